@@ -1,0 +1,164 @@
+"""An identity-conditioned chat model: base model + experts + tokenizer, and how to generate with them.
+
+Every call takes its identity sets as arguments (one per row for batches) and runs inside its own
+`use_identities` context, so the identities of one request never reach another and nothing has to be
+reset between calls. Seeded sampling reseeds torch's global generator: reproducible for calls made one at
+a time; concurrent seeded calls in one process share that generator.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
+
+from .base_model import EMBEDDED, load_base_model
+from .checkpoint import load_experts
+from .identities import IdentitySet
+from .inject import expert_config
+from .prompts import Conditioning, expert_identities, system_message
+from .routing import use_identities
+
+SHIPPED_EXPERTS = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-experts"
+Message = dict  # {"role": "user" | "assistant", "content": str}
+
+
+@dataclass
+class Sampling:
+    """Decoding settings."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    num_beams: int = 1
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict:
+        kwargs = asdict(self)
+        kwargs.pop("seed")
+        if not self.do_sample:
+            for key in ("temperature", "top_p", "top_k"):
+                kwargs.pop(key)
+        return kwargs
+
+
+class StopOnEvent(StoppingCriteria):
+    """Ends generation at the next token once `event` is set (the UI's Stop button)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def default_experts(base_model: str) -> Path | None:
+    """The shipped experts for the embedded model, when present."""
+    if base_model == EMBEDDED and (SHIPPED_EXPERTS / "adapter_config.json").is_file():
+        return SHIPPED_EXPERTS
+    return None
+
+
+class Engine:
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @classmethod
+    def load(cls, base_model: str = EMBEDDED, lora_weights: str | Path | None = "default",
+             load_in_8bit: bool | None = None, dtype: str = "auto") -> "Engine":
+        """`lora_weights`: a checkpoint directory, "default" (the shipped experts if any), or None."""
+        model, tokenizer = load_base_model(base_model, load_in_8bit=load_in_8bit, dtype=dtype)
+        experts = default_experts(base_model) if lora_weights == "default" else lora_weights
+        if experts:
+            load_experts(model, experts)
+        return cls(model, tokenizer)
+
+    @property
+    def has_experts(self) -> bool:
+        return expert_config(self.model) is not None
+
+    def effective_conditioning(self, conditioning: Conditioning) -> Conditioning:
+        """Without experts the identities can only act through the prompt."""
+        return conditioning if self.has_experts else Conditioning.PROMPT
+
+    # --- prompts ------------------------------------------------------------------------------
+    def chat_messages(self, history: Sequence[Message], identities: IdentitySet,
+                      conditioning: Conditioning) -> list[Message]:
+        """Our system message followed by the conversation (any system turns in it are replaced)."""
+        turns = [{"role": m["role"], "content": m["content"]} for m in history if m["role"] != "system"]
+        return [{"role": "system", "content": system_message(identities, conditioning)}] + turns
+
+    def encode(self, conversations: Sequence[Sequence[Message]]) -> dict:
+        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+                 for c in conversations]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return {k: v.to(self.model.device) for k, v in batch.items()}
+
+    # --- generation ---------------------------------------------------------------------------
+    def generate(self, histories: Sequence[Sequence[Message]], identities: Sequence[IdentitySet],
+                 conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
+                 num_return_sequences: int = 1, stop_event: threading.Event | None = None) -> list[list[str]]:
+        """One batch, each row with its own identity set; returns `num_return_sequences` replies per row."""
+        if len(histories) != len(identities):
+            raise ValueError(f"{len(histories)} conversations but {len(identities)} identity sets")
+        prompt_length, out = self._generate(histories, identities, conditioning, sampling, stop_event,
+                                            num_return_sequences=num_return_sequences)
+        replies = [r.strip() for r in self.tokenizer.batch_decode(out[:, prompt_length:], skip_special_tokens=True)]
+        n = num_return_sequences
+        return [replies[i * n:(i + 1) * n] for i in range(len(histories))]
+
+    def reply(self, history: Sequence[Message], identities: IdentitySet,
+              conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None) -> str:
+        return self.generate([history], [identities], conditioning, sampling)[0][0]
+
+    def stream(self, history: Sequence[Message], identities: IdentitySet,
+               conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
+               stop_event: threading.Event | None = None) -> Iterator[str]:
+        """Yield the reply as it grows (the whole text so far each time). Setting `stop_event`, or closing
+        the iterator, stops generation at the next token."""
+        stop_event = stop_event or threading.Event()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def run():
+            try:
+                self._generate([history], [identities], conditioning, sampling, stop_event, streamer=streamer)
+            except BaseException as err:  # surfaced to the consumer below
+                failure.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        text = ""
+        try:
+            for piece in streamer:
+                text += piece
+                yield text.strip()
+        finally:
+            stop_event.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+
+    def _generate(self, histories, identities, conditioning, sampling, stop_event, streamer=None,
+                  num_return_sequences=1):
+        """Run `generate` on a batch; returns (prompt length, output ids). The routing context is entered
+        here, in the thread that runs the model (contexts are per thread, see routing.py)."""
+        sampling = sampling or Sampling()
+        conditioning = Conditioning.parse(conditioning)
+        identities = [IdentitySet.parse(s) for s in identities]
+        batch = self.encode([self.chat_messages(h, s, conditioning) for h, s in zip(histories, identities)])
+        kwargs = sampling.generate_kwargs()
+        if stop_event is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnEvent(stop_event)])
+        if sampling.seed is not None:
+            set_seed(sampling.seed)
+        with torch.no_grad(), use_identities([expert_identities(s, conditioning) for s in identities]):
+            out = self.model.generate(**batch, num_return_sequences=num_return_sequences, streamer=streamer, **kwargs)
+        return batch["input_ids"].shape[1], out

@@ -1,0 +1,261 @@
+"""Identity inventory, the immutable `IdentitySet`, its rules and encodings.
+
+Two expert groups, in this fixed order (the HIS training format indexes them this way):
+
+    group 0  traits       AGR_high AGR_low CON_high CON_low EXT_high EXT_low NEU_high NEU_low OPE_high OPE_low
+    group 1  professions  Doctor Artist Programmer
+
+Rules: at most one pole per trait, at most one profession, so at most six identities. The empty set is
+valid and means the plain base model. 3^5 * 4 - 1 = 971 non-empty sets.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+TRAITS = ("AGR", "CON", "EXT", "NEU", "OPE")
+TRAIT_WORDS = {
+    "AGR": "agreeableness",
+    "CON": "conscientiousness",
+    "EXT": "extraversion",
+    "NEU": "neuroticism",
+    "OPE": "openness",
+}
+TRAIT_POLES = tuple(f"{t}_{p}" for t in TRAITS for p in ("high", "low"))
+PROFESSIONS = ("Doctor", "Artist", "Programmer")
+GROUPS = {"traits": TRAIT_POLES, "professions": PROFESSIONS}
+GROUP_NAMES = tuple(GROUPS)
+ALL_IDENTITIES = TRAIT_POLES + PROFESSIONS
+MAX_IDENTITIES = len(TRAITS) + 1
+# The public HIS data names the fifth factor emotional stability: EMS_high is low neuroticism.
+ALIASES = {"EMS_high": "NEU_low", "EMS_low": "NEU_high"}
+
+_CANONICAL_ORDER = {name: i for i, name in enumerate(ALL_IDENTITIES)}
+_LOWER = {name.lower(): name for name in ALL_IDENTITIES} | {a.lower(): c for a, c in ALIASES.items()}
+
+
+class IdentityError(ValueError):
+    """An identity name or combination that breaks the rules; the message names the offender."""
+
+
+def canonical_name(name: str) -> str:
+    """Map an input name (any case, EMS aliases) to its inventory name, or raise naming it."""
+    key = str(name).strip().lower()
+    if key not in _LOWER:
+        raise IdentityError(
+            f"unknown identity {name!r}; known: {', '.join(ALL_IDENTITIES)} (and aliases {', '.join(ALIASES)})"
+        )
+    return _LOWER[key]
+
+
+def trait_of(name: str) -> str | None:
+    """'AGR' for 'AGR_high'; None for a profession."""
+    return name.split("_")[0] if name in TRAIT_POLES else None
+
+
+def label(name: str) -> str:
+    """Human-readable label: 'high agreeableness', 'a doctor'."""
+    name = canonical_name(name)
+    if name in PROFESSIONS:
+        return f"a {name.lower()}"
+    trait, pole = name.split("_")
+    return f"{pole} {TRAIT_WORDS[trait]}"
+
+
+def expert_index(name: str) -> tuple[int, int]:
+    """(group, expert) indices of an identity, as in the HIS `[6, 2]` encoding."""
+    name = canonical_name(name)
+    for g, members in enumerate(GROUPS.values()):
+        if name in members:
+            return g, members.index(name)
+    raise AssertionError(name)  # unreachable: canonical_name validated it
+
+
+@dataclass(frozen=True)
+class SanitizeReport:
+    """What `IdentitySet.sanitize` kept and dropped, with a reason per dropped input."""
+
+    identities: "IdentitySet"
+    dropped: tuple[tuple[str, str], ...]  # (input name, reason)
+
+    def describe(self) -> str:
+        kept = self.identities.describe()
+        if not self.dropped:
+            return f"identities: {kept}"
+        why = "; ".join(f"{name}: {reason}" for name, reason in self.dropped)
+        return f"identities: {kept} (dropped {why})"
+
+
+@dataclass(frozen=True)
+class IdentitySet:
+    """An immutable, valid set of identities, stored in canonical inventory order."""
+
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        # Construction always validates, so every IdentitySet in the program obeys the rules.
+        checked = _check(self.names)
+        object.__setattr__(self, "names", checked)
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, value: "str | Iterable[str] | IdentitySet | None") -> "IdentitySet":
+        """Strict: reject unknown names, opposing poles, two professions, more than six identities."""
+        if isinstance(value, IdentitySet):
+            return value
+        return cls(tuple(_split_names(value)))
+
+    @classmethod
+    def sanitize(cls, value: "str | Iterable[str] | IdentitySet | None") -> SanitizeReport:
+        """Lenient: drop unknown names and duplicates, keep the later of two opposing poles and the first
+        profession; report every dropped input with its reason."""
+        dropped: list[tuple[str, str]] = []
+        kept: list[str] = []
+        for raw in _split_names(value):
+            try:
+                name = canonical_name(raw)
+            except IdentityError:
+                dropped.append((raw, "unknown identity"))
+                continue
+            if name in kept:
+                dropped.append((raw, "duplicate"))
+                continue
+            trait = trait_of(name)
+            if trait is not None:
+                rival = next((k for k in kept if trait_of(k) == trait), None)
+                if rival is not None:
+                    kept.remove(rival)
+                    dropped.append((rival, f"overridden by the later {name}"))
+            elif any(k in PROFESSIONS for k in kept):
+                first = next(k for k in kept if k in PROFESSIONS)
+                dropped.append((raw, f"only one profession allowed, kept {first}"))
+                continue
+            kept.append(name)
+        return SanitizeReport(cls(tuple(kept)), tuple(dropped))
+
+    @classmethod
+    def from_index_pairs(cls, pairs) -> "IdentitySet":
+        """Inverse of `index_pairs`: rows of (group, expert), `[-1, -1]` rows ignored."""
+        names = []
+        for g, e in torch.as_tensor(pairs).tolist():
+            if g < 0:
+                continue
+            members = list(GROUPS.values())[g]
+            names.append(members[e])
+        return cls(tuple(names))
+
+    # --- views --------------------------------------------------------------------------------
+    @property
+    def traits(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if n in TRAIT_POLES)
+
+    @property
+    def profession(self) -> str | None:
+        return next((n for n in self.names if n in PROFESSIONS), None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __str__(self) -> str:
+        return ",".join(self.names) if self.names else "(none)"
+
+    def describe(self) -> str:
+        """Words for people: 'a doctor with high agreeableness and low openness'."""
+        if not self.names:
+            return "no identity (plain base model)"
+        traits = _join_words([label(t) for t in self.traits])
+        if self.profession and traits:
+            return f"{label(self.profession)} with {traits}"
+        return label(self.profession) if self.profession else f"a person with {traits}"
+
+    # --- encodings ----------------------------------------------------------------------------
+    def index_pairs(self) -> torch.Tensor:
+        """The HIS training format: a `[6, 2]` long tensor of (group, expert), padded with `[-1, -1]`."""
+        rows = [expert_index(n) for n in self.names]
+        rows += [(-1, -1)] * (MAX_IDENTITIES - len(rows))
+        return torch.tensor(rows, dtype=torch.long)
+
+    def mask_rows(self) -> dict[str, torch.Tensor]:
+        """One boolean row per group: True where that group's expert is chosen."""
+        return {g: torch.tensor([m in self.names for m in members]) for g, members in GROUPS.items()}
+
+    def active_vector(self) -> torch.Tensor:
+        """A boolean vector over all 13 experts in inventory order (the mask rows concatenated)."""
+        return torch.tensor([n in self.names for n in ALL_IDENTITIES])
+
+    def to_json(self) -> str:
+        return json.dumps(list(self.names))
+
+
+def _check(names: Sequence[str]) -> tuple[str, ...]:
+    distinct = list(dict.fromkeys(canonical_name(raw) for raw in names))
+    if len(distinct) > MAX_IDENTITIES:
+        raise IdentityError(
+            f"{len(distinct)} identities given ({', '.join(distinct)}); at most {MAX_IDENTITIES} are allowed"
+        )
+    canonical: list[str] = []
+    for raw in names:
+        name = canonical_name(raw)
+        if name in canonical:
+            continue  # the same identity twice is still one identity
+        trait = trait_of(name)
+        rival = next((c for c in canonical if trait is not None and trait_of(c) == trait), None)
+        if rival is not None:
+            raise IdentityError(f"both poles of {trait} given ({rival} and {name}): choose at most one per trait")
+        if name in PROFESSIONS and any(c in PROFESSIONS for c in canonical):
+            other = next(c for c in canonical if c in PROFESSIONS)
+            raise IdentityError(f"more than one profession ({other} and {name}): choose at most one")
+        canonical.append(name)
+    return tuple(sorted(canonical, key=_CANONICAL_ORDER.__getitem__))
+
+
+def _split_names(value) -> list[str]:
+    """Accept None, a JSON list string, a comma/space separated string, or an iterable of names."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise IdentityError(f"identity list {text!r} is not valid JSON: {err.msg}") from None
+            if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+                raise IdentityError(f"identity list {text!r} must be a JSON list of names")
+            return parsed
+        return [part for part in text.replace(",", " ").split() if part]
+    names = list(value)
+    for n in names:
+        if not isinstance(n, str):
+            raise IdentityError(f"identity names must be strings, got {n!r}")
+    return names
+
+
+def _join_words(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def all_combinations() -> Iterator[IdentitySet]:
+    """Every non-empty valid identity set (971 of them), in a stable order."""
+    per_trait = [(None, f"{t}_high", f"{t}_low") for t in TRAITS]
+    for choice in itertools.product(*per_trait, (None,) + PROFESSIONS):
+        names = tuple(c for c in choice if c is not None)
+        if names:
+            yield IdentitySet(names)
+
+
+def single_poles() -> list[IdentitySet]:
+    """The ten one-pole sets."""
+    return [IdentitySet((p,)) for p in TRAIT_POLES]
