@@ -11,8 +11,10 @@ For one wrapped projection W holding E experts of rank r (grouped in routing uni
     mask bias = 0 for the row's chosen experts, -inf otherwise;  w = 0 for a unit the row does not use.
 
 A batch whose rows carry different identity sets is still one pair of matmuls. Projections that read the
-same input (q, k and v) share one `InputBank`: at inference their A matrices and routers are concatenated
-into a single matmul, computed once per input and reused by the siblings.
+same input (q, k and v) form one `InputBank` that computes all their outputs at the first member's call:
+their A matrices and routers are one matmul, and the siblings pick up their result. At inference on the CPU,
+where each extra op costs more than its arithmetic, the bank also folds the frozen W and the B matrices
+into one matmul over `[x, mixed expert activations]` (cached weights; the originals stay the parameters).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .identities import ALL_IDENTITIES, GROUPS
-from .routing import current_routing
+from .routing import _CURRENT  # read directly: this runs for every projection and token
 
 LAYOUTS = ("flat", "layered", "alternate")
 
@@ -96,6 +98,7 @@ class ExpertLinear(nn.Module):
         for p in base.parameters():
             p.requires_grad_(False)
         self.in_features, self.out_features = base.in_features, base.out_features
+        self.plain_base = type(base) is nn.Linear
         self.expert_names = tuple(n for unit in units for n in unit)
         self.expert_ids = tuple(ALL_IDENTITIES.index(n) for n in self.expert_names)
         bounds, start = [], 0
@@ -126,23 +129,22 @@ class ExpertLinear(nn.Module):
         return len(self.expert_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        mixed = self.bank.mixed_inputs(x)
-        if mixed is None:
-            return y
-        z = mixed[..., self.bank_slot, :]
-        return y + F.linear(z, self.lora_B).to(y.dtype)
+        return self.bank.member_output(self.bank_slot, x)
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A plain Linear is applied directly: one module call less per projection on the hot path.
+        return F.linear(x, self.base.weight, self.base.bias) if self.plain_base else self.base(x)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, r={self.rank}, units={self.unit_bounds}"
 
 
 class InputBank:
-    """Projections of one layer that read the same input; their expert inputs are computed together.
+    """Projections of one layer that read the same input (q, k, v; or one projection alone).
 
-    `mixed_inputs(x)` returns `[..., P, E·r]`: for each member, A·x with each expert's r columns already
-    weighted by its router weight and scaling, ready for that member's B. Not an `nn.Module` (it owns no
-    parameters, only references), so the state dict keeps one entry per projection.
+    The first member called with an input computes every member's output; the siblings, called with the
+    same tensor, pick theirs up from the call's routing state. Not an `nn.Module` (it owns no parameters,
+    only references), so the state dict keeps one entry per projection.
     """
 
     def __init__(self, members: list[ExpertLinear]):
@@ -153,69 +155,166 @@ class InputBank:
         self.members = members
         for slot, m in enumerate(members):
             m.bank, m.bank_slot = self, slot
-        self._fused: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+        self.shape = (len(members), first.num_experts, first.rank)  # P, E, r
+        self.units = first.unit_bounds
+        self.out_sizes = [m.out_features for m in members]
+        # What the mask table depends on; banks with the same signature share one table per call.
+        self.signature = (first.expert_ids, first.unit_bounds, first.hard_mask, first.use_router)
+        self._cache: dict = {}  # inference copies of concatenated weights, checked once per call
 
-    def mixed_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
-        routing = current_routing()
+    def member_output(self, slot: int, x: torch.Tensor) -> torch.Tensor:
+        routing = _CURRENT.get()
         if routing is None:
-            return None
-        cached = routing.shared.get(id(self))
-        if cached is not None and cached[0] is x:
-            return cached[1]
-        first = self.members[0]
-        rows = x.shape[0]
-        table = routing.table(first.expert_ids, first.unit_bounds, rows, first.scaling, first.hard_mask,
-                              first.lora_A.device, first.lora_A.dtype)
-        result = self._compute(x, table) if table.any_active else None
-        routing.shared[id(self)] = (x, result)
-        return result
+            return self.members[slot].base_forward(x)  # outside any identity context: the base model
+        cached = routing.shared.get(self)
+        if cached is None or cached[0] is not x:  # else a sibling already computed it for this very input
+            key = (self, x.shape[0], torch.is_grad_enabled())
+            plan = routing.plans.get(key)
+            if plan is None:
+                plan = routing.plans[key] = self._plan(x, routing)
+            cached = routing.shared[self] = (x, None if plan is None else plan.outputs(x))
+        outputs = cached[1]
+        return self.members[slot].base_forward(x) if outputs is None else outputs[slot]
 
-    def _compute(self, x: torch.Tensor, table) -> torch.Tensor:
+    def _plan(self, x: torch.Tensor, routing) -> "_BankPlan | None":
+        """Everything a call needs to run this bank, resolved once per call (weights, masks, path), so the
+        per-token path does no cache checks and no module attribute lookups."""
+        table = routing.table_for(self, x)
+        if not table.any_active:
+            return None  # no row uses these experts: the members run their base projections
         first = self.members[0]
-        p, e, r = len(self.members), first.num_experts, first.rank
-        lead = x.shape[:-1]
-        x = x.to(first.lora_A.dtype)
-        broadcast = (x.shape[0],) + (1,) * (x.dim() - 2) + (1, e)  # [rows, 1.., 1 (members), E]
-        dropout_active = first.training and isinstance(first.dropout, nn.Dropout)
-        if first.use_router and not dropout_active:
-            # One matmul for every member's A and router (the router rides along as extra output rows).
-            weight, bias = self._fused_weights()
-            h = F.linear(x, weight, bias)
-            a, logits = h[..., : p * e * r], h[..., p * e * r :]
-        else:
-            a = F.linear(first.dropout(x), torch.cat([m.lora_A for m in self.members]))
-            logits = None
-            if first.use_router:  # the router sees the input without dropout
-                logits = F.linear(x, torch.cat([m.router.weight for m in self.members]),
-                                  torch.cat([m.router.bias for m in self.members]))
-        if logits is None:
-            weights = table.uniform.view(broadcast)
-        else:
-            logits = logits.view(*lead, p, e) + table.bias.view(broadcast)
-            if len(first.unit_bounds) == 1:
-                weights = logits.softmax(dim=-1)
-            else:
-                weights = torch.cat([logits[..., s:t].softmax(dim=-1) for s, t in first.unit_bounds], dim=-1)
-            weights = weights * table.scale.view(broadcast)
-        mixed = a.view(*lead, p, e, r) * weights.unsqueeze(-1)
-        return mixed.view(*lead, p, e * r)
+        needs_router = table.fixed_weights is None
+        inference = not (torch.is_grad_enabled() or first.training)
+        plan = _BankPlan(self, table, needs_router)
+        if inference:
+            plan.in_weight, plan.in_bias = self._cached(("in", needs_router), self._in_tensors(needs_router),
+                                                        lambda: self._concat_in(needs_router))
+            if not needs_router and table.same_rows:
+                # One identity set and no router: the fixed mixture weights fold into the A rows (per call;
+                # a few microseconds a layer) and the per-token path loses its multiply.
+                p, e, r = self.shape
+                row_scale = table.fixed_weights[0].reshape(-1).repeat_interleave(r).repeat(p)
+                plan.in_weight = plan.in_weight * row_scale[:, None]
+                plan.weights_in_a = True
+            if needs_router and table.same_rows:
+                # One identity set for the whole batch: its mask rides in the router bias (one add less per token).
+                p, e, r = self.shape
+                mask = table.bias[0].reshape(-1).repeat(p)  # one row's mask, once per member
+                plan.in_bias = torch.cat([plan.in_bias[:p * e * r], plan.in_bias[p * e * r:] + mask])
+                plan.mask_in_bias = True
+            # At inference on the CPU the frozen W and the B matrices become one matmul over [x, mixed]
+            # (it keeps a second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
+            if x.device.type == "cpu" and all(m.plain_base for m in self.members):
+                plan.out_weight, plan.out_bias = self._cached("out", self._out_tensors(), self._concat_out)
+        return plan
 
-    def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        params = [t for m in self.members for t in (m.lora_A, m.router.weight, m.router.bias)]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in params):
-            return self._concat()  # autograd must see the concatenation
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in params)
-        if self._fused is None or self._fused[0] != key:
+    # --- weights ----------------------------------------------------------------------------------
+    def _in_tensors(self, with_router: bool) -> list[torch.Tensor]:
+        out = []
+        for m in self.members:
+            out.append(m.lora_A)
+            if with_router:
+                out += [m.router.weight, m.router.bias]
+        return out
+
+    def _out_tensors(self) -> list[torch.Tensor]:
+        return [t for m in self.members for t in (m.base.weight, m.base.bias, m.lora_B) if t is not None]
+
+    def _cached(self, name, tensors, build):
+        """`build()`, reused while no tensor it reads was changed in place (_version) or re-allocated."""
+        key = tuple((t._version, t.data_ptr()) for t in tensors)
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
             with torch.no_grad():
-                self._fused = (key, *self._concat())
-        return self._fused[1], self._fused[2]
+                hit = self._cache[name] = (key, *build())
+        return hit[1], hit[2]
 
-    def _concat(self) -> tuple[torch.Tensor, torch.Tensor]:
-        a = [m.lora_A for m in self.members]
-        weight = torch.cat(a + [m.router.weight for m in self.members])
-        zeros = torch.zeros(sum(t.shape[0] for t in a), dtype=weight.dtype, device=weight.device)
-        bias = torch.cat([zeros] + [m.router.bias for m in self.members])
-        return weight, bias
+    def _concat_in(self, with_router: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[A_1·s; ...; A_P·s; router_1; ...; router_P]` and its bias (zeros for the A rows)."""
+        scaled_a = torch.cat([m.lora_A * m.scaling for m in self.members])
+        if not with_router:
+            return scaled_a, None
+        router_weight = torch.cat([m.router.weight for m in self.members])
+        router_bias = torch.cat([m.router.bias for m in self.members])
+        zeros = router_bias.new_zeros(scaled_a.shape[0])
+        return torch.cat([scaled_a, router_weight]), torch.cat([zeros, router_bias])
+
+    def _concat_out(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[W_1; ...; W_P | blockdiag(B_1, ..., B_P)]` and the stacked base biases."""
+        base = torch.cat([m.base.weight for m in self.members])
+        experts = torch.block_diag(*[m.lora_B for m in self.members]).to(base.dtype)
+        bias = None
+        if any(m.base.bias is not None for m in self.members):
+            bias = torch.cat([m.base.bias if m.base.bias is not None else base.new_zeros(m.out_features)
+                              for m in self.members])
+        return torch.cat([base, experts], dim=1).contiguous(), bias
+
+
+class _BankPlan:
+    """One call's way of running a bank; `outputs(x)` is the per-token hot path, kept to as few torch calls
+    as possible because on a CPU each call costs more than its arithmetic at these sizes."""
+
+    def __init__(self, bank: InputBank, table, needs_router: bool):
+        self.bank, self.table, self.needs_router = bank, table, needs_router
+        self.in_weight = self.in_bias = self.out_weight = self.out_bias = None
+        self.mask_in_bias = False  # True: the mask bias was added to in_bias (all rows share one set)
+        self.weights_in_a = False  # True: fixed mixture weights were folded into in_weight
+        p, e, r = bank.shape
+        self.split_sizes = [p * e * r, p * e]
+
+    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        bank = self.bank
+        mixed = self.mixed(x)  # [..., P·E·r]
+        if self.out_weight is not None:
+            out = F.linear(torch.cat([x, mixed], dim=-1), self.out_weight, self.out_bias)
+            return out.split(bank.out_sizes, dim=-1) if len(bank.out_sizes) > 1 else (out,)
+        mixed = mixed.unflatten(-1, (len(bank.members), -1))
+        outputs = []
+        for slot, m in enumerate(bank.members):
+            y = m.base_forward(x)
+            delta = F.linear(mixed[..., slot, :], m.lora_B)
+            outputs.append(y + (delta if delta.dtype == y.dtype else delta.to(y.dtype)))
+        return outputs
+
+    def mixed(self, x: torch.Tensor) -> torch.Tensor:
+        """`[..., P·E·r]`: each member's A·x, every expert's r columns weighted by its mixture weight and
+        alpha/r (the input of the B matrices)."""
+        bank, table = self.bank, self.table
+        p, e, r = bank.shape
+        if self.in_weight is None:  # training, or autograd on: concatenate afresh so gradients flow
+            first = bank.members[0]
+            x = x.to(first.lora_A.dtype)
+            a = F.linear(first.dropout(x), torch.cat([m.lora_A for m in bank.members])) * first.scaling
+            logits = None
+            if self.needs_router:  # the router sees the input without dropout
+                logits = F.linear(x, torch.cat([m.router.weight for m in bank.members]),
+                                  torch.cat([m.router.bias for m in bank.members]))
+        else:
+            # One matmul for every member's A and, riding along as extra output rows, the routers.
+            if x.dtype != self.in_weight.dtype:
+                x = x.to(self.in_weight.dtype)
+            h = F.linear(x, self.in_weight, self.in_bias)
+            if self.weights_in_a:
+                return h
+            a, logits = h.split(self.split_sizes, dim=-1) if self.needs_router else (h, None)
+        lead = x.shape[:-1]
+        fixed, bias, engaged = table.fixed_weights, table.bias, table.engaged  # [rows, 1, 1, E, 1]
+        if x.dim() != 3:
+            view = (x.shape[0],) + (1,) * (x.dim() - 2) + (1, e, 1)
+            fixed, bias, engaged = (None if t is None else t.view(view) for t in (fixed, bias, engaged))
+        if logits is None:
+            weights = fixed
+        else:
+            logits = logits.view(lead + (p, e, 1))
+            if not self.mask_in_bias:
+                logits = logits + bias
+            if len(bank.units) == 1:
+                weights = logits.softmax(dim=-2)
+            else:
+                weights = torch.cat([logits[..., s:t, :].softmax(dim=-2) for s, t in bank.units], dim=-2)
+            if not table.all_engaged:
+                weights = weights * engaged
+        return (a.view(lead + (p, e, r)) * weights).view(lead + (p * e * r,))
 
 
 def _weight_device(module: nn.Module) -> torch.device:

@@ -61,7 +61,8 @@ def label(name: str) -> str:
     """Human-readable label: 'high agreeableness', 'a doctor'."""
     name = canonical_name(name)
     if name in PROFESSIONS:
-        return f"a {name.lower()}"
+        article = "an" if name[0] in "AEIOU" else "a"
+        return f"{article} {name.lower()}"
     trait, pole = name.split("_")
     return f"{pole} {TRAIT_WORDS[trait]}"
 
@@ -115,6 +116,7 @@ class IdentitySet:
         profession; report every dropped input with its reason."""
         dropped: list[tuple[str, str]] = []
         kept: list[str] = []
+        typed: dict[str, str] = {}  # canonical name -> as the user typed it, for the report
         for raw in _split_names(value):
             try:
                 name = canonical_name(raw)
@@ -129,12 +131,13 @@ class IdentitySet:
                 rival = next((k for k in kept if trait_of(k) == trait), None)
                 if rival is not None:
                     kept.remove(rival)
-                    dropped.append((rival, f"overridden by the later {name}"))
+                    dropped.append((typed[rival], f"overridden by the later {name}"))
             elif any(k in PROFESSIONS for k in kept):
                 first = next(k for k in kept if k in PROFESSIONS)
                 dropped.append((raw, f"only one profession allowed, kept {first}"))
                 continue
             kept.append(name)
+            typed[name] = raw
         return SanitizeReport(cls(tuple(kept)), tuple(dropped))
 
     @classmethod

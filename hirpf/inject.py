@@ -33,6 +33,7 @@ def add_experts(model: nn.Module, config: ExpertConfig) -> nn.Module:
     wrapped: dict[str, ExpertLinear] = {}
     for name, module in targets:
         layer = ExpertLinear(module, config.units_for_layer(layer_index(name)), config)
+        layer.train(model.training)  # new modules start in training mode; follow the model's
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer)
         wrapped[name] = layer

@@ -25,11 +25,14 @@ _CURRENT: contextvars.ContextVar["Routing | None"] = contextvars.ContextVar("hir
 
 @dataclass(frozen=True)
 class MaskTable:
-    """How one layer's experts mix for each batch row (shapes `[rows, E]`)."""
+    """How one layer's experts mix for each batch row; tensors are `[rows, 1, 1, E, 1]` so they broadcast
+    over `[rows, tokens, projections, E, rank]`."""
 
     bias: torch.Tensor  # 0 for allowed experts, -inf for masked ones (added to router logits)
-    scale: torch.Tensor  # alpha/r for experts of a unit the row engages, 0 elsewhere
-    uniform: torch.Tensor  # scale / number of allowed experts in the unit (the router-off mixture)
+    engaged: torch.Tensor  # 1 for experts of a unit the row uses, 0 elsewhere (a unit it does not use adds nothing)
+    fixed_weights: torch.Tensor | None  # the mixture when no router is needed (router off, or one allowed expert per unit)
+    all_engaged: bool  # every row uses every unit, so `engaged` is all ones and can be skipped
+    same_rows: bool  # every row has the same identity set
     any_active: bool  # False: no row engages this layer, so it can skip its experts entirely
 
 
@@ -50,42 +53,53 @@ class Routing:
             active = torch.stack([s.active_vector() for s in sets])
         self.active = active
         self._tables: dict[tuple, MaskTable] = {}
-        # Results shared by projections that read the same input (q, k, v): bank id -> (input, result).
-        self.shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Per expert bank: the latest (input, outputs), which siblings reading the same input reuse...
+        self.shared: dict = {}
+        # ...and how the bank runs in this call (weights and masks resolved once, see experts.py).
+        self.plans: dict = {}
 
     @property
     def batch_size(self) -> int:
         return self.active.shape[0]
 
-    def table(self, expert_ids: tuple[int, ...], units: tuple[tuple[int, int], ...], rows: int,
-              scaling: float, hard_mask: bool, device, dtype) -> MaskTable:
-        key = (expert_ids, units, rows, scaling, hard_mask, device, dtype)
+    def table_for(self, bank, x: torch.Tensor) -> MaskTable:
+        """The mask table of an expert bank for input `x` (built on first use in this call)."""
+        key = (bank.signature, x.shape[0])
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = self._build(expert_ids, units, rows, scaling, hard_mask, device, dtype)
+            expert_ids, units, hard_mask, router = bank.signature
+            weight = bank.members[0].lora_A
+            table = self._tables[key] = self._build(expert_ids, units, x.shape[0], hard_mask, router,
+                                                    weight.device, weight.dtype)
         return table
 
-    def _build(self, expert_ids, units, rows, scaling, hard_mask, device, dtype) -> MaskTable:
+    def _build(self, expert_ids, units, rows, hard_mask, router, device, dtype) -> MaskTable:
         active = self._rows(rows)[:, list(expert_ids)]  # [rows, E]
         allowed = torch.zeros_like(active)
+        engaged = torch.zeros_like(active)
+        counts = torch.ones(active.shape)
         for start, stop in units:
             unit = active[:, start:stop]
-            engaged = unit.any(dim=1, keepdim=True)
+            uses = unit.any(dim=1, keepdim=True)
             # Hard mask: only the chosen experts. Without it (the ablation, as the original code ran), every
             # expert of a unit mixes once the row chooses any identity of that unit.
-            allowed[:, start:stop] = unit if hard_mask else engaged.expand_as(unit)
-        engaged_units = torch.zeros_like(active)
-        for start, stop in units:
-            engaged_units[:, start:stop] = allowed[:, start:stop].any(dim=1, keepdim=True)
-        # A row with nothing allowed in a unit keeps bias 0 there (no all -inf softmax, no NaN) and scale 0.
-        bias = torch.where(engaged_units & ~allowed, float("-inf"), 0.0)
-        scale = engaged_units.to(torch.float32) * scaling
-        counts = torch.zeros(active.shape, dtype=torch.float32)
-        for start, stop in units:
+            allowed[:, start:stop] = unit if hard_mask else uses.expand_as(unit)
+            engaged[:, start:stop] = uses.expand_as(unit)
             counts[:, start:stop] = allowed[:, start:stop].sum(dim=1, keepdim=True).clamp(min=1)
-        uniform = allowed.to(torch.float32) * scaling / counts
-        to = dict(device=device, dtype=dtype)
-        return MaskTable(bias.to(**to), scale.to(**to), uniform.to(**to), bool(allowed.any()))
+        # A row that does not use a unit keeps bias 0 there (no all -inf softmax, no NaN); `engaged` zeroes it.
+        bias = torch.where(engaged & ~allowed, float("-inf"), 0.0)
+        single_choice = bool((counts[allowed] == 1).all())
+        fixed = None
+        if not router or (hard_mask and single_choice):
+            fixed = allowed.to(torch.float32) / counts
+        shape = dict(device=device, dtype=dtype)
+
+        def broadcast(t):
+            return t.to(**shape).view(rows, 1, 1, -1, 1)
+
+        return MaskTable(broadcast(bias), broadcast(engaged.to(torch.float32)),
+                         None if fixed is None else broadcast(fixed), bool(engaged.all()),
+                         bool((active == active[:1]).all()), bool(allowed.any()))
 
     def _rows(self, rows: int) -> torch.Tensor:
         """The identity rows for a batch of `rows`: generation with beams or several return sequences
@@ -99,9 +113,10 @@ class Routing:
 
 
 @contextmanager
-def use_identities(rows: "Sequence[IdentitySet] | IdentitySet | torch.Tensor") -> Iterator[Routing]:
-    """Run the model with one identity set per batch row (or one set for every row)."""
-    routing = Routing(rows)
+def use_identities(rows: "Sequence[IdentitySet] | IdentitySet | torch.Tensor | Routing") -> Iterator[Routing]:
+    """Run the model with one identity set per batch row (or one set for every row). A `Routing` from an
+    earlier call is reused as it is, with the mask tables it already built."""
+    routing = rows if isinstance(rows, Routing) else Routing(rows)
     token = _CURRENT.set(routing)
     try:
         yield routing
