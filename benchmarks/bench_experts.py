@@ -1,17 +1,20 @@
 """Speed of the identity experts on the embedded model (float32, CPU), against PEFT on the same model.
 
-    python benchmarks/bench_experts.py [--json] [--rounds 5] [--new_tokens 32]
+    python benchmarks/bench_experts.py [--json] [--steps 150] [--rank 8]
 
-Measured in one process, configurations interleaved round by round and summarised by their median, because
-this machine is noisy. Reported:
-  1. decode tokens/s at batch 1 with 0, 1, 3 and 6 active identities, and the base model without experts;
+Reported (timings are reported here, never asserted in tests):
+  1. decode time per token at batch 1 with 0, 1, 3 and 6 active identities, against the base model
+     without experts;
   2. throughput of a batch of 8 rows with 8 different identity sets, against the base model at batch 8;
-  3. the cost of changing identities between two calls (one decode step with a new set minus one with the
-     same set);
+  3. the cost of changing identities between two calls: one-token calls that alternate between two
+     sets of six against the same call with its set already in place;
   4. the same for PEFT with 13 plain LoRA adapters of the same rank on the same targets and layers
      (`layers_to_transform` reproduces the alternate layout): stacked active adapters
      (`base_model.set_adapter([...])`), mixed batches (`adapter_names=`), `add_weighted_adapter`.
-Timings are reported, never asserted.
+
+How: this machine's speed drifts by 10-30% within minutes, so whole-run timings of two configurations
+taken one after the other are not comparable. Every configuration keeps its own KV cache and the
+configurations take turns one decode step at a time; each reports the median of its step times.
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hirpf.base_model import load_base_model  # noqa: E402
 from hirpf.experts import ExpertConfig  # noqa: E402
-from hirpf.identities import ALL_IDENTITIES, GROUPS, IdentitySet  # noqa: E402
+from hirpf.identities import GROUPS, IdentitySet  # noqa: E402
 from hirpf.inject import add_experts, expert_layers  # noqa: E402
-from hirpf.routing import use_identities  # noqa: E402
+from hirpf.routing import Routing, use_identities  # noqa: E402
 
 SETS = {
     0: IdentitySet(),
@@ -40,6 +43,7 @@ SETS = {
     3: IdentitySet.parse("AGR_high,CON_low,Doctor"),
     6: IdentitySet.parse("AGR_high,CON_low,EXT_high,NEU_low,OPE_high,Doctor"),
 }
+OTHER_6 = IdentitySet.parse("AGR_low,CON_high,EXT_low,NEU_high,OPE_low,Artist")
 MIXED = [IdentitySet.parse(s) for s in (
     "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",
     "AGR_high,CON_low,EXT_high,NEU_low,OPE_high,Doctor", "EXT_high,Artist", "OPE_high,NEU_low,Programmer")]
@@ -62,30 +66,92 @@ def batch(tokenizer, rows):
     return tokenizer([text] * rows, return_tensors="pt", add_special_tokens=False)
 
 
-def decode_steps(model, inputs, steps, routing=None, **forward_kwargs):
-    """Prefill, then `steps` greedy decode steps with the KV cache; returns each step's seconds.
-    Timing single steps (and taking medians over many) is far steadier here than timing whole calls."""
-    times = []
-    context = use_identities(routing) if routing is not None else contextlib.nullcontext()
-    with torch.no_grad(), context:
-        out = model(**inputs, use_cache=True, **forward_kwargs)
+def decoder(model, inputs, rows=None, restart_every=32, **forward_kwargs):
+    """A generator: each `next()` runs and times one greedy decode step with the KV cache; it starts over
+    from the prompt every `restart_every` steps so every configuration decodes at the same lengths."""
+    while True:
+        routing = Routing(rows) if rows is not None else None
+        context = (lambda: use_identities(routing)) if routing is not None else contextlib.nullcontext
+        with torch.no_grad(), context():
+            out = model(**inputs, use_cache=True, **forward_kwargs)
         past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(steps):
-            start = time.perf_counter()
-            out = model(input_ids=token, past_key_values=past, use_cache=True, **forward_kwargs)
-            times.append(time.perf_counter() - start)
+        for _ in range(restart_every):
+            with torch.no_grad(), context():
+                start = time.perf_counter()
+                out = model(input_ids=token, past_key_values=past, use_cache=True, **forward_kwargs)
+                elapsed = time.perf_counter() - start
             token = out.logits[:, -1:].argmax(-1)
-    return times
+            yield elapsed
 
 
-def interleaved(cases: dict, rounds: int) -> dict:
-    """Run every case once per round (rotating the order); the median step time of each case."""
+def take_turns(cases: dict, steps: int) -> dict:
+    """Median seconds per step of each case, the cases advancing one step at a time in turn."""
     times = {name: [] for name in cases}
-    names = list(cases)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name] += cases[name]()
+    for name, timer in cases.items():  # warm-up
+        next(timer)
+    for _ in range(steps):
+        for name, timer in cases.items():
+            times[name].append(next(timer))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def switch_cost(change_and_call, call, first, second, steps):
+    """Milliseconds that applying a new identity set adds to a one-token call: calls that switch between
+    two sets against the same call with the set already in place."""
+    def switching():
+        i = 0
+        while True:
+            i += 1
+            yield change_and_call(first if i % 2 else second)
+
+    def steady():
+        while True:
+            yield call()
+
+    t = take_turns({"steady": steady(), "switching": switching()}, steps)
+    return (t["switching"] - t["steady"]) * 1000
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def per_second(times: dict) -> dict:
+    return {name: round((8 if "batch8" in name else 1) / sec, 2) for name, sec in times.items()}
+
+
+def measure_hirpf(base, model, one, eight, steps):
+    cases = {"base": decoder(base, one)}
+    for k, s in SETS.items():
+        cases[f"{k}_identities"] = decoder(model, one, s)
+    cases["base_batch8"] = decoder(base, eight)
+    cases["mixed_batch8"] = decoder(model, eight, MIXED)
+    t = take_turns(cases, steps)
+
+    token = one["input_ids"][:, -1:]
+    prepared = Routing(SETS[6])  # masks and per-layer plans already built
+
+    def call_prepared():
+        with torch.no_grad(), use_identities(prepared):
+            return timed(lambda: model(token))
+
+    def change_and_call(identities):  # what a new chat turn with other identities does
+        def run():
+            with torch.no_grad(), use_identities(identities):
+                model(token)
+        return timed(run)
+
+    call_prepared()
+    switch_ms = switch_cost(change_and_call, call_prepared, SETS[6], OTHER_6, steps)
+    return {
+        "tokens_per_s": per_second(t),
+        "overhead_by_identities": {k: round(t[f"{k}_identities"] / t["base"], 4) for k in SETS},
+        "overhead_6_identities": t["6_identities"] / t["base"],
+        "mixed_batch_ratio": t["base_batch8"] / t["mixed_batch8"],
+        "switch_ms": switch_ms,
+    }
 
 
 def peft_model(base, rank, alpha, targets, layers):
@@ -109,23 +175,85 @@ def peft_model(base, rank, alpha, targets, layers):
     return model.eval()
 
 
-def switch_cost(step, flip_sets, same_set, rounds, steps):
-    """Milliseconds that changing the identity set adds to a single-token call, as a chat turn with new
-    identities would see it: calls alternating between two sets against calls repeating one set."""
-    counter = {"i": 0}
+def measure_peft(base, config, one, eight, steps):
+    model = peft_model(copy.deepcopy(base), config.rank, config.alpha, config.target_modules,
+                       base.config.num_hidden_layers)
+    six, other = list(SETS[6]), list(OTHER_6)
+    single = [next(iter(s)) for s in MIXED]  # PEFT gives a row one adapter only
 
-    def alternating():
-        counter["i"] += 1
-        return call_times(step, flip_sets[counter["i"] % 2], steps)
+    def with_adapters(names, timer):
+        """Each step re-selects its adapters: the configurations share one PeftModel."""
+        while True:
+            model.base_model.set_adapter(names)
+            yield next(timer)
 
-    t = interleaved({"same": lambda: call_times(step, same_set, steps), "new": alternating}, rounds)
-    return max(0.0, (t["new"] - t["same"]) * 1000), t["same"] * 1000
+    def without_adapters(timer):
+        while True:
+            with model.disable_adapter():  # left before yielding: the other configurations share the model
+                elapsed = next(timer)
+            yield elapsed
+
+    cases = {
+        "base": without_adapters(decoder(model, one)),
+        "stacked_1": with_adapters(six[:1], decoder(model, one)),
+        "stacked_6": with_adapters(six, decoder(model, one)),
+        "base_batch8": decoder(base, eight),
+        "mixed_batch8": with_adapters(six, decoder(model, eight, adapter_names=single)),
+    }
+    t = take_turns(cases, steps)
+
+    token = one["input_ids"][:, -1:]
+
+    def change_and_call(names):
+        def run():
+            model.base_model.set_adapter(names)
+            with torch.no_grad():
+                model(token)
+        return timed(run)
+
+    def call_steady():
+        with torch.no_grad():
+            return timed(lambda: model(token))
+
+    model.base_model.set_adapter(six)
+    switch_ms = switch_cost(change_and_call, call_steady, six, other, steps)
+    weighted_ms = timed(lambda: model.add_weighted_adapter(six, [1.0] * 6, "weighted_6", combination_type="cat")) * 1000
+    model.set_adapter("weighted_6")
+    weighted = take_turns({"weighted_6": decoder(model, one), "base": decoder(base, one)}, steps // 3)
+    return {
+        "tokens_per_s": per_second(t) | {"weighted_6": round(1 / weighted["weighted_6"], 2)},
+        "overhead_6_identities": t["stacked_6"] / t["base"],
+        "mixed_batch_ratio": t["base_batch8"] / t["mixed_batch8"],
+        "switch_ms": switch_ms,
+        "add_weighted_adapter_ms": weighted_ms,
+        "weighted_6_overhead": weighted["weighted_6"] / weighted["base"],
+    }
+
+
+def table(result) -> str:
+    peft = result.get("peft", {})
+    na = float("nan")
+    lines = [
+        "| measure | HIRPF experts | PEFT |",
+        "|---|---|---|",
+        f"| time per token, 6 identities / base, batch 1 | {result['overhead_6_identities']:.3f} | "
+        f"{peft.get('overhead_6_identities', na):.3f} (stacked `set_adapter`) |",
+        f"| throughput, mixed batch of 8 / base batch 8 | {result['mixed_batch_ratio']:.3f} | "
+        f"{peft.get('mixed_batch_ratio', na):.3f} (`adapter_names`, one adapter a row) |",
+        f"| changing identities between calls (ms) | {result['switch_ms']:.2f} | {peft.get('switch_ms', na):.2f} |",
+    ]
+    if peft:
+        lines.append(f"| `add_weighted_adapter` of 6 (ms), then time per token / base | - | "
+                     f"{peft['add_weighted_adapter_ms']:.0f}, {peft['weighted_6_overhead']:.3f} |")
+    lines += ["", "time per token / base, batch 1, by active identities: " + ", ".join(
+        f"{k}: {v:.3f}" for k, v in result["overhead_by_identities"].items()),
+        "tokens/s: " + ", ".join(f"{k} {v}" for k, v in result["tokens_per_s"].items())]
+    return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=8, help="interleaved repetitions per configuration")
-    ap.add_argument("--steps", type=int, default=16, help="decode steps timed per repetition")
+    ap.add_argument("--steps", type=int, default=150, help="timed decode steps per configuration")
     ap.add_argument("--rank", type=int, default=8, help="expert rank (PEFT uses the same)")
     ap.add_argument("--layout", default="alternate", choices=["flat", "layered", "alternate"])
     ap.add_argument("--skip_peft", action="store_true", help="only measure HIRPF experts")
@@ -137,106 +265,13 @@ def main(argv=None):
     model = add_experts(copy.deepcopy(base), config)
     randomize(model)
     one, eight = batch(tokenizer, 1), batch(tokenizer, 8)
-
-    cases = {"base": lambda: decode_steps(base, one, args.steps)}
-    for k, s in SETS.items():
-        cases[f"{k}_identities"] = (lambda s=s: decode_steps(model, one, args.steps, s))
-    cases["base_batch8"] = lambda: decode_steps(base, eight, args.steps)
-    cases["mixed_batch8"] = lambda: decode_steps(model, eight, args.steps, MIXED)
-    interleaved(cases, 1)  # warm-up
-    t = interleaved(cases, args.rounds)
-
-    def one_token_call(routing):
-        start = time.perf_counter()
-        with torch.no_grad(), use_identities(routing):
-            model(**one)
-        return time.perf_counter() - start
-
-    switch_ms, call_ms = switch_cost(one_token_call, [SETS[6], SETS[3]], SETS[6], args.rounds, args.steps)
-    result = {
-        "device": "cpu", "dtype": "float32", "threads": torch.get_num_threads(), "layout": args.layout,
-        "rank": args.rank, "steps": args.steps, "rounds": args.rounds,
-        "tokens_per_s": {name: (8 if "batch8" in name else 1) / sec for name, sec in t.items()},
-        "overhead_6_identities": t["6_identities"] / t["base"],
-        "mixed_batch_ratio": t["base_batch8"] / t["mixed_batch8"],
-        "switch_ms": switch_ms,
-        "prompt_call_ms": call_ms,
-    }
+    result = {"device": "cpu", "dtype": "float32", "threads": torch.get_num_threads(), "layout": args.layout,
+              "rank": args.rank, "targets": list(config.target_modules), "steps": args.steps}
+    result |= measure_hirpf(base, model, one, eight, args.steps)
     if not args.skip_peft:
-        result["peft"] = measure_peft(base, config, one, eight, args)
+        result["peft"] = measure_peft(base, config, one, eight, args.steps)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return result
-
-
-def call_times(call, routing, n):
-    return [call(routing) for _ in range(n)]
-
-
-def measure_peft(base, config, one, eight, args):
-    model = peft_model(copy.deepcopy(base), config.rank, config.alpha, config.target_modules,
-                       base.config.num_hidden_layers)
-    six = list(SETS[6])
-    single = [next(iter(s)) for s in MIXED]  # PEFT gives a row one adapter only
-
-    def stacked(names):
-        model.base_model.set_adapter(names)
-        return decode_steps(model, one, args.steps)
-
-    def plain_base():
-        with model.disable_adapter():
-            return decode_steps(model, one, args.steps)
-
-    cases = {"base": plain_base, "stacked_6": lambda: stacked(six), "stacked_1": lambda: stacked(six[:1]),
-             "mixed_batch8": lambda: decode_steps(model, eight, args.steps, adapter_names=single),
-             "base_batch8": lambda: decode_steps(base, eight, args.steps)}
-    interleaved(cases, 1)
-    t = interleaved(cases, args.rounds)
-
-    def one_token_call(names):
-        start = time.perf_counter()
-        model.base_model.set_adapter(names)
-        with torch.no_grad():
-            model(**one)
-        return time.perf_counter() - start
-
-    switch_ms, _ = switch_cost(one_token_call, [six, six[:3]], six, args.rounds, args.steps)
-
-    start = time.perf_counter()
-    model.add_weighted_adapter(six, [1.0] * len(six), "weighted_6", combination_type="cat")
-    weighted_ms = (time.perf_counter() - start) * 1000
-    model.set_adapter("weighted_6")
-    weighted = statistics.median(decode_steps(model, one, args.steps * args.rounds))
-    return {
-        "tokens_per_s": {name: (8 if "batch8" in name else 1) / sec for name, sec in t.items()}
-        | {"weighted_6": 1 / weighted},
-        "overhead_6_identities": t["stacked_6"] / t["base"],
-        "mixed_batch_ratio": t["base_batch8"] / t["mixed_batch8"],
-        "switch_ms": switch_ms,
-        "add_weighted_adapter_ms": weighted_ms,
-        "weighted_6_overhead": weighted / t["base"],
-    }
-
-
-def table(result) -> str:
-    rows = [("configuration", "HIRPF", "PEFT")]
-    peft = result.get("peft", {})
-    rows.append(("6 identities / base, batch 1 (time per token)", f"{result['overhead_6_identities']:.3f}",
-                 f"{peft.get('overhead_6_identities', float('nan')):.3f}"))
-    rows.append(("mixed batch 8 / base batch 8 (throughput)", f"{result['mixed_batch_ratio']:.3f}",
-                 f"{peft.get('mixed_batch_ratio', float('nan')):.3f}"))
-    rows.append(("switching identities (ms)", f"{result['switch_ms']:.2f}", f"{peft.get('switch_ms', float('nan')):.2f}"))
-    lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines.insert(1, "|---|---|---|")
-    lines.append("")
-    lines.append("| tokens/s | " + " | ".join(result["tokens_per_s"]) + " |")
-    lines.append("|---" * (len(result["tokens_per_s"]) + 1) + "|")
-    lines.append("| HIRPF | " + " | ".join(f"{v:.1f}" for v in result["tokens_per_s"].values()) + " |")
-    if peft:
-        lines.append("")
-        lines.append("PEFT tokens/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peft["tokens_per_s"].items())
-                     + f"; add_weighted_adapter {peft['add_weighted_adapter_ms']:.0f} ms, "
-                     f"then {peft['weighted_6_overhead']:.3f}x base time per token")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -109,14 +109,14 @@ class ExpertLinear(nn.Module):
         self.rank, self.scaling = config.rank, config.scaling
         self.hard_mask, self.use_router = config.hard_mask, config.router
         n = len(self.expert_names)
-        weight_device = _weight_device(base)
-        self.lora_A = nn.Parameter(torch.empty(n * config.rank, self.in_features, device=weight_device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, n * config.rank, device=weight_device))
+        where = dict(device=_weight_device(base), dtype=_expert_dtype(base))
+        self.lora_A = nn.Parameter(torch.empty(n * config.rank, self.in_features, **where))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, n * config.rank, **where))
         # PEFT's LoRA init: A Kaiming-uniform (per expert, the same fan-in), B zero, so a new expert is a no-op.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         if config.router:
             # Zero router: uniform over the active experts until trained.
-            self.router = nn.Linear(self.in_features, n, device=weight_device)
+            self.router = nn.Linear(self.in_features, n, **where)
             nn.init.zeros_(self.router.weight)
             nn.init.zeros_(self.router.bias)
         else:
@@ -320,3 +320,10 @@ class _BankPlan:
 def _weight_device(module: nn.Module) -> torch.device:
     w = getattr(module, "weight", None)
     return w.device if w is not None and w.device.type != "meta" else torch.device("cpu")
+
+
+def _expert_dtype(module: nn.Module) -> torch.dtype:
+    """float32, or float64 over a float64 base: experts of a half-precision or quantized base stay float32,
+    as PEFT keeps its adapters, so that training them is stable."""
+    w = getattr(module, "weight", None)
+    return torch.float64 if w is not None and w.dtype == torch.float64 else torch.float32

@@ -77,7 +77,7 @@ class Routing:
         active = self._rows(rows)[:, list(expert_ids)]  # [rows, E]
         allowed = torch.zeros_like(active)
         engaged = torch.zeros_like(active)
-        counts = torch.ones(active.shape)
+        counts = torch.ones(active.shape, dtype=torch.float64)  # exact for float64 models too
         for start, stop in units:
             unit = active[:, start:stop]
             uses = unit.any(dim=1, keepdim=True)
@@ -91,7 +91,7 @@ class Routing:
         single_choice = bool((counts[allowed] == 1).all())
         fixed = None
         if not router or (hard_mask and single_choice):
-            fixed = allowed.to(torch.float32) / counts
+            fixed = allowed.to(torch.float64) / counts
         shape = dict(device=device, dtype=dtype)
 
         def broadcast(t):

