@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .identities import ALL_IDENTITIES, GROUPS
-from .routing import _CURRENT  # read directly: this runs for every projection and token
+from .routing import _CURRENT, LRU  # _CURRENT is read directly: this runs for every projection and token
 
 LAYOUTS = ("flat", "layered", "alternate")
 
@@ -161,6 +161,10 @@ class InputBank:
         # What the mask table depends on; banks with the same signature share one table per call.
         self.signature = (first.expert_ids, first.unit_bounds, first.hard_mask, first.use_router)
         self._cache: dict = {}  # inference copies of concatenated weights, checked once per call
+        self._plans = LRU(16)  # inference plans by mask table, reused across calls while the weights stand
+        # The parameter dicts of everything the plans read, for a cheap "did any weight change" check.
+        self._parameter_dicts = [d for m in members for d in
+                                 (m._parameters, m.base._parameters, m.router._parameters if m.router else {})]
 
     def member_output(self, slot: int, x: torch.Tensor) -> torch.Tensor:
         routing = _CURRENT.get()
@@ -178,34 +182,44 @@ class InputBank:
 
     def _plan(self, x: torch.Tensor, routing) -> "_BankPlan | None":
         """Everything a call needs to run this bank, resolved once per call (weights, masks, path), so the
-        per-token path does no cache checks and no module attribute lookups."""
+        per-token path does no cache checks and no module attribute lookups. Inference plans are kept
+        across calls (switching back to a recent identity set is free) while no weight changed."""
         table = routing.table_for(self, x)
         if not table.any_active:
             return None  # no row uses these experts: the members run their base projections
         first = self.members[0]
         needs_router = table.fixed_weights is None
-        inference = not (torch.is_grad_enabled() or first.training)
+        if torch.is_grad_enabled() or first.training:
+            return _BankPlan(self, table, needs_router)  # concatenates afresh each time: gradients flow
+        versions = tuple((t._version, t.data_ptr()) for d in self._parameter_dicts for t in d.values() if t is not None)
+        key = (table.key, x.device)
+        plan = self._plans.get(key)
+        if plan is None or plan.versions != versions:
+            plan = self._plans.put(key, self._inference_plan(x, table, needs_router))
+            plan.versions = versions
+        return plan
+
+    def _inference_plan(self, x: torch.Tensor, table, needs_router: bool) -> "_BankPlan":
         plan = _BankPlan(self, table, needs_router)
-        if inference:
-            plan.in_weight, plan.in_bias = self._cached(("in", needs_router), self._in_tensors(needs_router),
-                                                        lambda: self._concat_in(needs_router))
-            if not needs_router and table.same_rows:
-                # One identity set and no router: the fixed mixture weights fold into the A rows (per call;
-                # a few microseconds a layer) and the per-token path loses its multiply.
-                p, e, r = self.shape
-                row_scale = table.fixed_weights[0].reshape(-1).repeat_interleave(r).repeat(p)
-                plan.in_weight = plan.in_weight * row_scale[:, None]
-                plan.weights_in_a = True
-            if needs_router and table.same_rows:
-                # One identity set for the whole batch: its mask rides in the router bias (one add less per token).
-                p, e, r = self.shape
-                mask = table.bias[0].reshape(-1).repeat(p)  # one row's mask, once per member
-                plan.in_bias = torch.cat([plan.in_bias[:p * e * r], plan.in_bias[p * e * r:] + mask])
-                plan.mask_in_bias = True
-            # At inference on the CPU the frozen W and the B matrices become one matmul over [x, mixed]
-            # (it keeps a second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
-            if x.device.type == "cpu" and all(m.plain_base for m in self.members):
-                plan.out_weight, plan.out_bias = self._cached("out", self._out_tensors(), self._concat_out)
+        plan.in_weight, plan.in_bias = self._cached(("in", needs_router), self._in_tensors(needs_router),
+                                                    lambda: self._concat_in(needs_router))
+        if not needs_router and table.same_rows:
+            # One identity set and no router: the fixed mixture weights fold into the A rows and the
+            # per-token path loses its multiply.
+            p, e, r = self.shape
+            row_scale = table.fixed_weights[0].reshape(-1).repeat_interleave(r).repeat(p)
+            plan.in_weight = plan.in_weight * row_scale[:, None]
+            plan.weights_in_a = True
+        if needs_router and table.same_rows:
+            # One identity set for the whole batch: its mask rides in the router bias (one add less per token).
+            p, e, r = self.shape
+            mask = table.bias[0].reshape(-1).repeat(p)  # one row's mask, once per member
+            plan.in_bias = torch.cat([plan.in_bias[:p * e * r], plan.in_bias[p * e * r:] + mask])
+            plan.mask_in_bias = True
+        # At inference on the CPU the frozen W and the B matrices become one matmul over [x, mixed]
+        # (it keeps a second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
+        if x.device.type == "cpu" and all(m.plain_base for m in self.members):
+            plan.out_weight, plan.out_bias = self._cached("out", self._out_tensors(), self._concat_out)
         return plan
 
     # --- weights ----------------------------------------------------------------------------------
@@ -213,7 +227,7 @@ class InputBank:
         out = []
         for m in self.members:
             out.append(m.lora_A)
-            if with_router:
+            if with_router and m.router is not None:
                 out += [m.router.weight, m.router.bias]
         return out
 
@@ -259,13 +273,16 @@ class _BankPlan:
         self.in_weight = self.in_bias = self.out_weight = self.out_bias = None
         self.mask_in_bias = False  # True: the mask bias was added to in_bias (all rows share one set)
         self.weights_in_a = False  # True: fixed mixture weights were folded into in_weight
+        self.versions = None  # the weight versions an inference plan was built from
         p, e, r = bank.shape
         self.split_sizes = [p * e * r, p * e]
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         bank = self.bank
         mixed = self.mixed(x)  # [..., P·E·r]
-        if self.out_weight is not None:
+        if self.out_weight is not None and x.numel() == x.shape[-1]:
+            # One token of one row (batch-1 decoding): here the op count dominates and folding pays. With
+            # more rows or tokens the block-diagonal zeros cost more arithmetic than the ops it saves.
             out = F.linear(torch.cat([x, mixed], dim=-1), self.out_weight, self.out_bias)
             return out.split(bank.out_sizes, dim=-1) if len(bank.out_sizes) > 1 else (out,)
         mixed = mixed.unflatten(-1, (len(bank.members), -1))

@@ -12,6 +12,8 @@ layer and every decoding step, so switching identities between calls costs only 
 from __future__ import annotations
 
 import contextvars
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -21,6 +23,33 @@ import torch
 from .identities import ALL_IDENTITIES, IdentitySet
 
 _CURRENT: contextvars.ContextVar["Routing | None"] = contextvars.ContextVar("hirpf_routing", default=None)
+
+
+class LRU:
+    """A small thread-safe least-recently-used cache (mask tables here, bank plans in experts.py)."""
+
+    def __init__(self, size: int):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
+# Mask tables depend only on (layer shape, identity rows): shared by all calls, so a set used before costs
+# nothing to switch back to. Tables are read-only once built.
+_TABLES = LRU(512)
 
 
 @dataclass(frozen=True)
@@ -34,6 +63,7 @@ class MaskTable:
     all_engaged: bool  # every row uses every unit, so `engaged` is all ones and can be skipped
     same_rows: bool  # every row has the same identity set
     any_active: bool  # False: no row engages this layer, so it can skip its experts entirely
+    key: tuple  # what the table was built from; expert banks key their cached plans on it
 
 
 class Routing:
@@ -52,6 +82,7 @@ class Routing:
                 raise ValueError("use_identities needs at least one row")
             active = torch.stack([s.active_vector() for s in sets])
         self.active = active
+        self._active_key = (tuple(active.shape), active.numpy().tobytes())
         self._tables: dict[tuple, MaskTable] = {}
         # Per expert bank: the latest (input, outputs), which siblings reading the same input reuse...
         self.shared: dict = {}
@@ -67,13 +98,14 @@ class Routing:
         key = (bank.signature, x.shape[0])
         table = self._tables.get(key)
         if table is None:
-            expert_ids, units, hard_mask, router = bank.signature
             weight = bank.members[0].lora_A
-            table = self._tables[key] = self._build(expert_ids, units, x.shape[0], hard_mask, router,
-                                                    weight.device, weight.dtype)
+            shared_key = key + (self._active_key, weight.device, weight.dtype)
+            table = _TABLES.get(shared_key) or _TABLES.put(shared_key, self._build(shared_key))
+            self._tables[key] = table
         return table
 
-    def _build(self, expert_ids, units, rows, hard_mask, router, device, dtype) -> MaskTable:
+    def _build(self, key) -> MaskTable:
+        (expert_ids, units, hard_mask, router), rows, _, device, dtype = key
         active = self._rows(rows)[:, list(expert_ids)]  # [rows, E]
         allowed = torch.zeros_like(active)
         engaged = torch.zeros_like(active)
@@ -99,7 +131,7 @@ class Routing:
 
         return MaskTable(broadcast(bias), broadcast(engaged.to(torch.float32)),
                          None if fixed is None else broadcast(fixed), bool(engaged.all()),
-                         bool((active == active[:1]).all()), bool(allowed.any()))
+                         bool((active == active[:1]).all()), bool(allowed.any()), key)
 
     def _rows(self, rows: int) -> torch.Tensor:
         """The identity rows for a batch of `rows`: generation with beams or several return sequences
