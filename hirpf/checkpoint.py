@@ -46,6 +46,7 @@ def save_experts(model: nn.Module, directory: str | Path) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **config.to_dict(),
+        "base_model": config.base_model or getattr(model, "hirpf_base_model", ""),
         "groups": {g: list(m) for g, m in GROUPS.items()},
         "base_model_fingerprint": base_fingerprint(model),
     }

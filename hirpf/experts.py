@@ -12,14 +12,15 @@ For one wrapped projection W holding E experts of rank r (grouped in routing uni
 
 A batch whose rows carry different identity sets is still one pair of matmuls. Projections that read the
 same input (q, k and v) form one `InputBank` that computes all their outputs at the first member's call:
-their A matrices and routers are one matmul, and the siblings pick up their result. At inference on the CPU,
-where each extra op costs more than its arithmetic, the bank also folds the frozen W and the B matrices
-into one matmul over `[x, mixed expert activations]` (cached weights; the originals stay the parameters).
+their A matrices and routers are one matmul, and the siblings pick up their result. A call resolves its
+masks and concatenated weights once (`_BankPlan`, cached across calls while the weights stand). At inference
+on the CPU, where each extra torch call costs more than its arithmetic, a single-token input also gets the
+frozen W and the B matrices as one matmul over `[x, mixed expert activations]`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +221,7 @@ class InputBank:
         # (it keeps a second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
         if x.device.type == "cpu" and all(m.plain_base for m in self.members):
             plan.out_weight, plan.out_bias = self._cached("out", self._out_tensors(), self._concat_out)
+        # Plans for different identity sets share these concatenations (`_cached`), not copies of them.
         return plan
 
     # --- weights ----------------------------------------------------------------------------------

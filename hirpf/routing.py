@@ -6,8 +6,9 @@ one model never see each other's identities, and nothing persists after the `wit
 model in a helper thread (streaming generation) must enter the context inside that thread. Outside any
 context the expert layers add nothing: the model is the plain base model.
 
-The mask tables an expert layer needs are built once per call and per layer shape, then reused for every
-layer and every decoding step, so switching identities between calls costs only building this object.
+The mask tables an expert layer needs depend only on (layer shape, identity rows): they are built once,
+kept in a small process-wide cache, and reused by every layer, decoding step and later call with the same
+rows. What is per call (the `Routing` object) is light, so switching identities between calls is cheap.
 """
 from __future__ import annotations
 
@@ -155,6 +156,3 @@ def use_identities(rows: "Sequence[IdentitySet] | IdentitySet | torch.Tensor | R
     finally:
         _CURRENT.reset(token)
 
-
-def current_routing() -> "Routing | None":
-    return _CURRENT.get()
