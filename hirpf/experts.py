@@ -30,6 +30,7 @@ from .identities import ALL_IDENTITIES, GROUPS
 from .routing import _CURRENT, LRU  # _CURRENT is read directly: this runs for every projection and token
 
 LAYOUTS = ("flat", "layered", "alternate")
+FOLD_MAX_VECTORS = 16  # fold W and B into one matmul for inputs of up to this many rows x tokens (CPU)
 
 
 @dataclass
@@ -282,9 +283,9 @@ class _BankPlan:
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         bank = self.bank
         mixed = self.mixed(x)  # [..., P·E·r]
-        if self.out_weight is not None and x.numel() == x.shape[-1]:
-            # One token of one row (batch-1 decoding): here the op count dominates and folding pays. With
-            # more rows or tokens the block-diagonal zeros cost more arithmetic than the ops it saves.
+        if self.out_weight is not None and x.numel() <= FOLD_MAX_VECTORS * x.shape[-1]:
+            # Decoding (a few rows, one token each): the op count dominates and folding pays. For a long
+            # prompt the block-diagonal zeros cost more arithmetic than the ops it saves.
             out = F.linear(torch.cat([x, mixed], dim=-1), self.out_weight, self.out_bias)
             return out.split(bank.out_sizes, dim=-1) if len(bank.out_sizes) > 1 else (out,)
         mixed = mixed.unflatten(-1, (len(bank.members), -1))
