@@ -1,0 +1,1 @@
+"""Training sidecar for the identity experts: data, trainer, synthesis. The app never imports it."""
