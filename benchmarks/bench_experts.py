@@ -7,7 +7,8 @@ Reported (timings are reported here, never asserted in tests):
      without experts;
   2. throughput of a batch of 8 rows with 8 different identity sets, against the base model at batch 8;
   3. the cost of changing identities between two calls: one-token calls that alternate between two
-     sets of six against the same call with its set already in place;
+     sets of six against calls that repeat one set (each call passes its identities, as a chat turn does),
+     and what applying a set costs every call (`routing_setup_ms`);
   4. the same for PEFT with 13 plain LoRA adapters of the same rank on the same targets and layers
      (`layers_to_transform` reproduces the alternate layout): stacked active adapters
      (`base_model.set_adapter([...])`), mixed batches (`adapter_names=`), `add_weighted_adapter`.
@@ -96,8 +97,8 @@ def take_turns(cases: dict, steps: int) -> dict:
 
 
 def switch_cost(change_and_call, call, first, second, steps):
-    """Milliseconds that applying a new identity set adds to a one-token call: calls that switch between
-    two sets against the same call with the set already in place."""
+    """Milliseconds that changing the identity set adds to a one-token call: calls that alternate between
+    two sets against calls that keep one."""
     def switching():
         i = 0
         while True:
@@ -131,27 +132,38 @@ def measure_hirpf(base, model, one, eight, steps):
     t = take_turns(cases, steps)
 
     token = one["input_ids"][:, -1:]
-    prepared = Routing(SETS[6])  # masks and per-layer plans already built
 
-    def call_prepared():
-        with torch.no_grad(), use_identities(prepared):
-            return timed(lambda: model(token))
-
-    def change_and_call(identities):  # what a new chat turn with other identities does
+    def call(identities):  # every call passes its identities, as a chat turn does
         def run():
             with torch.no_grad(), use_identities(identities):
                 model(token)
         return timed(run)
 
-    call_prepared()
-    switch_ms = switch_cost(change_and_call, call_prepared, SETS[6], OTHER_6, steps)
+    switch_ms = switch_cost(call, lambda: call(SETS[6]), SETS[6], OTHER_6, steps)
     return {
         "tokens_per_s": per_second(t),
         "overhead_by_identities": {k: round(t[f"{k}_identities"] / t["base"], 4) for k in SETS},
         "overhead_6_identities": t["6_identities"] / t["base"],
         "mixed_batch_ratio": t["base_batch8"] / t["mixed_batch8"],
         "switch_ms": switch_ms,
+        "routing_setup_ms": routing_setup_ms(model, token, steps),
     }
+
+
+def routing_setup_ms(model, token, steps) -> float:
+    """What every call pays to apply its identities, switching or not: the `Routing` and each expert
+    bank's plan (masks and weights, from the caches once a set has been seen)."""
+    banks = list({id(layer.bank): layer.bank for layer in expert_layers(model).values()}.values())
+    x = model.get_input_embeddings()(token)
+    times = []
+    with torch.no_grad():
+        for i in range(steps):
+            start = time.perf_counter()
+            routing = Routing(SETS[6] if i % 2 else OTHER_6)
+            for bank in banks:
+                bank._plan(x, routing)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 def peft_model(base, rank, alpha, targets, layers):
@@ -241,6 +253,7 @@ def table(result) -> str:
         f"| throughput, mixed batch of 8 / base batch 8 | {result['mixed_batch_ratio']:.3f} | "
         f"{peft.get('mixed_batch_ratio', na):.3f} (`adapter_names`, one adapter a row) |",
         f"| changing identities between calls (ms) | {result['switch_ms']:.2f} | {peft.get('switch_ms', na):.2f} |",
+        f"| applying a set, paid by every call (ms) | {result['routing_setup_ms']:.2f} | - |",
     ]
     if peft:
         lines.append(f"| `add_weighted_adapter` of 6 (ms), then time per token / base | - | "
