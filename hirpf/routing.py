@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .identities import ALL_IDENTITIES, IdentitySet
+from .identities import ALL_IDENTITIES, GROUPS, IdentitySet
 
 _CURRENT: contextvars.ContextVar["Routing | None"] = contextvars.ContextVar("hirpf_routing", default=None)
 
@@ -73,10 +73,13 @@ class Routing:
     def __init__(self, rows: "Sequence[IdentitySet] | IdentitySet | torch.Tensor"):
         if isinstance(rows, IdentitySet):
             rows = [rows]
-        if isinstance(rows, torch.Tensor):
+        if isinstance(rows, torch.Tensor) and rows.dim() == 3:
+            active = active_from_pairs(rows)
+        elif isinstance(rows, torch.Tensor):
             active = rows.to(torch.bool)
             if active.dim() != 2 or active.shape[1] != len(ALL_IDENTITIES):
-                raise ValueError(f"identity rows must be [batch, {len(ALL_IDENTITIES)}] booleans, got {tuple(rows.shape)}")
+                raise ValueError(f"identity rows must be [batch, {len(ALL_IDENTITIES)}] booleans or [batch, 6, 2] "
+                                 f"(group, expert) pairs, got {tuple(rows.shape)}")
         else:
             sets = [IdentitySet.parse(r) for r in rows]
             if not sets:
@@ -143,6 +146,17 @@ class Routing:
         if rows % b:
             raise ValueError(f"the model got a batch of {rows} rows but {b} identity rows were given")
         return self.active.repeat_interleave(rows // b, dim=0)
+
+
+def active_from_pairs(pairs: torch.Tensor) -> torch.Tensor:
+    """`[batch, 6, 2]` (group, expert) index pairs, padded with -1 (the HIS training format), as
+    `[batch, 13]` booleans in inventory order."""
+    offsets = torch.tensor([0] + [len(m) for m in GROUPS.values()][:-1]).cumsum(0)
+    pairs = pairs.to("cpu", torch.long)
+    valid = pairs[..., 0] >= 0
+    index = torch.where(valid, offsets[pairs[..., 0].clamp(min=0)] + pairs[..., 1], 0)
+    counts = torch.zeros(pairs.shape[0], len(ALL_IDENTITIES), dtype=torch.long)
+    return counts.scatter_add_(1, index, valid.long()) > 0
 
 
 @contextmanager

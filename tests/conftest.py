@@ -34,3 +34,22 @@ def embedded_engine():
     from hirpf.engine import Engine
 
     return Engine.load("embedded", lora_weights=None, load_in_8bit=False, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory):
+    """A tiny random Llama with the embedded model's tokenizer and chat template, saved as a base model
+    directory: the trainer's logic runs in seconds on it."""
+    from transformers import AutoTokenizer
+
+    from hirpf.embedded import ensure_embedded_model
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny-base")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

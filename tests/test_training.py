@@ -1,0 +1,103 @@
+"""The trainer on a tiny random Llama: flags, checkpoints in the core format, resume, two-process DDP."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hirpf.checkpoint import read_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_data(path: Path, n: int = 24) -> Path:
+    pool = [(["Doctor"], "Does the clinic open early?", "Yes, we start rounds at seven."),
+            (["AGR_high", "Artist"], "Can I see your sketches?", "Of course, take your time with them."),
+            (["EXT_low"], "Coming to the party?", "I think I will stay home and read."),
+            (["CON_high", "Programmer"], "Is the release ready?", "Almost: the last tests run tonight.")]
+    records = []
+    for i in range(n):
+        adapters, question, answer = pool[i % len(pool)]
+        records.append({"dialog": [{"role": "user", "content": f"{question} ({i})"},
+                                   {"role": "assistant", "content": answer}], "active_adapters": adapters})
+    path.write_text(json.dumps(records))
+    return path
+
+
+def train(*args, env=None, launcher=None):
+    command = (launcher or [sys.executable]) + [str(ROOT / "training" / "train.py"), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_dev_run_writes_expert_checkpoints_and_a_summary(tmp_path, tiny_base_dir):
+    data = write_data(tmp_path / "data.json")
+    out = tmp_path / "run"
+    result = train("--data", data, "--base_model", tiny_base_dir, "--output_dir", out, "--dev", "--rank", 4,
+                   "--batch_size", 4, "--micro_batch_size", 2, "--num_epochs", 2, "--save_steps", 2,
+                   "--eval_steps", 2, "--logging_steps", 1, "--learning_rate", 1e-2, "--warmup_steps", 0)
+    assert "trainable parameters:" in result.stderr
+    config, fingerprint = read_config(out)
+    assert config.layout == "alternate" and config.rank == 4 and fingerprint["hidden_size"] == 32
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert not list(out.rglob("model.safetensors"))  # never the base weights
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["train_samples"] == 10 and summary["eval_samples"] == 2
+    assert summary["tokens_per_s"] > 0 and summary["final_eval_loss"] is not None
+    assert any("tokens_per_s" in entry and "loss" in entry for entry in summary["log_history"])
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in weights.items())  # the experts learned
+    chat = subprocess.run([sys.executable, "-m", "hirpf", "chat", "--user_prompt", "hi", "--base_model", str(tiny_base_dir),
+                           "--lora_weights", str(out), "--active_adapter_names", "Doctor", "--max_new_tokens", "3"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert chat.returncode == 0 and f"experts: {out}" in chat.stderr, chat.stderr[-2000:]
+
+
+def test_resume_continues_from_a_checkpoint(tmp_path, tiny_base_dir):
+    data = write_data(tmp_path / "data.json")
+    out = tmp_path / "run"
+    common = ["--data", data, "--base_model", tiny_base_dir, "--output_dir", out, "--dev", "--rank", 2,
+              "--batch_size", 2, "--micro_batch_size", 2, "--save_steps", 5, "--eval_steps", 100]
+    train(*common, "--num_epochs", 1)
+    train(*common, "--num_epochs", 2, "--resume_from_checkpoint", out / "checkpoint-5")
+    assert json.loads((out / "training_summary.json").read_text())["steps"] == 10
+
+
+def test_bad_records_stop_the_run_or_are_skipped(tmp_path, tiny_base_dir):
+    data = write_data(tmp_path / "data.json", n=8)
+    records = json.loads(data.read_text())
+    records[3]["active_adapters"] = ["CON_high", "CON_low"]
+    data.write_text(json.dumps(records))
+    command = [sys.executable, str(ROOT / "training" / "train.py"), "--data", str(data), "--base_model",
+               str(tiny_base_dir), "--output_dir", str(tmp_path / "x"), "--dev", "--batch_size", "2"]
+    failed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert failed.returncode != 0 and "record 3: identity rules: both poles of CON" in failed.stderr
+    result = train(*command[2:], "--on_invalid", "skip", "--num_epochs", 1)
+    assert "1 × identity rules: both poles of one trait" in result.stderr
+
+
+def test_two_processes_train_on_different_shards_and_save_one_model(tmp_path, tiny_base_dir):
+    data = write_data(tmp_path / "data.json", n=16)
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    train("--data", data, "--base_model", tiny_base_dir, "--output_dir", out, "--rank", 2, "--batch_size", 4,
+          "--micro_batch_size", 2, "--num_epochs", 1, "--eval_fraction", 0.25, "--save_steps", 100,
+          "--eval_steps", 100, "--log_samples", "--learning_rate", 1e-2, "--warmup_steps", 0, launcher=torchrun)
+    seen = [set(json.loads((out / f"samples_rank{r}.json").read_text())) for r in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]  # each process its own shard
+    assert len(seen[0] | seen[1]) == 12  # together: the whole training split
+    final = load_file(str(out / "adapter_model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in final.items() if k.endswith("lora_B"))
+    other = load_file(str(out / "rank1" / "adapter_model.safetensors"))  # what the second process holds
+    assert final.keys() == other.keys() and all(torch.equal(final[k], other[k]) for k in final)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3

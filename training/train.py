@@ -1,0 +1,229 @@
+"""Train the identity experts: `python training/train.py --data FILE ...` or `python -m training.train ...`.
+
+Wraps the Hugging Face `Trainer`. Only expert and router parameters train. Multi-process data parallel
+works through `torchrun` / `accelerate` (LOCAL_RANK; gloo on CPU, NCCL on GPUs). Every checkpoint, and the
+final result in `--output_dir`, is an expert checkpoint (`adapter_config.json` + `adapter_model.safetensors`)
+that `python -m hirpf chat --lora_weights DIR` loads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from hirpf.base_model import EMBEDDED, load_base_model
+from hirpf.checkpoint import load_experts, save_experts
+from hirpf.experts import LAYOUTS, ExpertConfig
+from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
+from hirpf.prompts import Conditioning
+from hirpf.routing import use_identities
+from training.data import Collator, load_dialogues, tokenize
+
+log = logging.getLogger("hirpf.train")
+DEV_TRAIN, DEV_EVAL = 10, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="Train HIRPF identity experts")
+    ap.add_argument("--data", required=True, help="training data: JSON list, JSONL, or a <name>/{train,test}.json tree")
+    ap.add_argument("--eval_data", default=None, help="evaluation data (default: the tree's test files, else "
+                                                       "--eval_fraction of --data)")
+    ap.add_argument("--eval_fraction", type=float, default=0.1, help="held-out share of --data when no eval data")
+    ap.add_argument("--on_invalid", choices=["error", "skip"], default="error",
+                    help="a record that breaks the rules: stop (default) or skip it and report counts")
+    ap.add_argument("--base_model", default=EMBEDDED, help="'embedded', a local path or a hub id")
+    ap.add_argument("--load_in_8bit", action="store_true", help="8-bit base model (bitsandbytes)")
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument("--num_epochs", type=float, default=1.0)
+    ap.add_argument("--batch_size", type=int, default=64, help="effective batch size across processes")
+    ap.add_argument("--micro_batch_size", type=int, default=2, help="per process and step; the rest is accumulation")
+    ap.add_argument("--learning_rate", type=float, default=1e-4)
+    ap.add_argument("--warmup_steps", type=int, default=100)
+    ap.add_argument("--max_length", type=int, default=1024, help="tokens per dialogue; whole turns are cut beyond")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--alpha", type=float, default=16.0)
+    ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--insert_mode", choices=LAYOUTS, default="alternate")
+    ap.add_argument("--target_modules", default="q_proj,k_proj,v_proj,o_proj")
+    ap.add_argument("--train_router", action=argparse.BooleanOptionalAction, default=True,
+                    help="train the routers with the experts (--no-train_router: uniform mixing)")
+    ap.add_argument("--hard_mask", action=argparse.BooleanOptionalAction, default=True,
+                    help="only the chosen experts mix (--no-hard_mask: the dense ablation)")
+    ap.add_argument("--conditioning", choices=["experts+prompt", "experts"], default="experts+prompt")
+    ap.add_argument("--limit_train_samples", type=int, default=None)
+    ap.add_argument("--limit_eval_samples", type=int, default=None)
+    ap.add_argument("--eval_steps", type=int, default=100)
+    ap.add_argument("--save_steps", type=int, default=200)
+    ap.add_argument("--logging_steps", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N directory of an earlier run")
+    ap.add_argument("--dev", action="store_true", help=f"a quick run: {DEV_TRAIN} train and {DEV_EVAL} eval samples")
+    ap.add_argument("--log_samples", action="store_true",
+                    help="write the sample ids each process trained on, and each process's experts (rank<N>/)")
+    return ap
+
+
+class ExpertTrainer(Trainer):
+    """Runs every forward inside the batch's identity routing and saves expert checkpoints only."""
+
+    def __init__(self, *args, sample_log: list | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sample_log = sample_log
+        self.tokens_seen = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Training and evaluation (prediction_step calls this too) both go through here.
+        pairs = inputs.pop("identity_pairs")
+        ids = inputs.pop("sample_id")
+        if model.training:
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+            if self.sample_log is not None:
+                self.sample_log.extend(ids.tolist())
+        with use_identities(pairs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _save(self, output_dir=None, state_dict=None):
+        save_experts(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        load_experts(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+
+class Throughput(TrainerCallback):
+    """Adds tokens/s to every log line."""
+
+    def __init__(self):
+        self.trainer, self.start, self.history = None, time.perf_counter(), []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.trainer is not None:
+            logs["tokens_per_s"] = round(self.trainer.tokens_seen / max(time.perf_counter() - self.start, 1e-9), 1)
+            self.history.append({"step": state.global_step, **logs})
+
+
+def tokenized(dialogues, tokenizer, conditioning, max_length, first_id=0):
+    items, dropped = [], 0
+    for i, d in enumerate(dialogues):
+        item = tokenize(d, tokenizer, conditioning, max_length)
+        if item is None:
+            dropped += 1
+            continue
+        item["sample_id"] = torch.tensor(first_id + i)
+        items.append(item)
+    if dropped:
+        log.warning("%d dialogues dropped: not even their first reply fits in --max_length", dropped)
+    return items
+
+
+def split_data(args):
+    """(train dialogues, eval dialogues, load report text)."""
+    data = Path(args.data)
+    if args.eval_data:
+        train, report = load_dialogues(data, args.on_invalid)
+        evaluation, eval_report = load_dialogues(args.eval_data, args.on_invalid)
+        return train, evaluation, f"train: {report.describe()}; eval: {eval_report.describe()}"
+    if data.is_dir():
+        train, report = load_dialogues(data, args.on_invalid, split="train")
+        evaluation, eval_report = load_dialogues(data, args.on_invalid, split="test")
+        return train, evaluation, f"train: {report.describe()}; eval: {eval_report.describe()}"
+    dialogues, report = load_dialogues(data, args.on_invalid)
+    order = list(range(len(dialogues)))
+    random.Random(args.seed).shuffle(order)  # a fixed split for a given seed
+    held_out = max(1, round(len(order) * args.eval_fraction))
+    return ([dialogues[i] for i in order[held_out:]], [dialogues[i] for i in order[:held_out]],
+            f"{report.describe()}; {held_out} held out for evaluation (seed {args.seed})")
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if args.dev:
+        args.limit_train_samples, args.limit_eval_samples = DEV_TRAIN, DEV_EVAL
+    per_step = args.micro_batch_size * world
+    if args.batch_size % per_step:
+        raise SystemExit(f"--batch_size {args.batch_size} must be a multiple of --micro_batch_size × processes ({per_step})")
+    accumulation = args.batch_size // per_step
+
+    model, tokenizer = load_base_model(args.base_model, load_in_8bit=args.load_in_8bit, dtype="float32"
+                                       if not torch.cuda.is_available() else "auto")
+    config = ExpertConfig(layout=args.insert_mode, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
+                          target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
+                          hard_mask=args.hard_mask, base_model=model.hirpf_base_model)
+    add_experts(model, config)
+    if not args.train_router:
+        for layer in expert_layers(model).values():
+            layer.router.requires_grad_(False)
+    trainable = trainable_parameter_count(model)
+    log.info("trainable parameters: %d (experts and routers only; %s layout, r=%d)", trainable, args.insert_mode, args.rank)
+
+    train, evaluation, described = split_data(args)
+    log.info("data: %s", described)
+    train, evaluation = train[:args.limit_train_samples], evaluation[:args.limit_eval_samples]
+    conditioning = Conditioning.parse(args.conditioning)
+    train_items = tokenized(train, tokenizer, conditioning, args.max_length)
+    eval_items = tokenized(evaluation, tokenizer, conditioning, args.max_length, first_id=len(train))
+    if not train_items:
+        raise SystemExit("no training samples left")
+
+    sample_log = [] if args.log_samples else None
+    throughput = Throughput()
+    training_args = TrainingArguments(
+        output_dir=args.output_dir, num_train_epochs=args.num_epochs, per_device_train_batch_size=args.micro_batch_size,
+        per_device_eval_batch_size=args.micro_batch_size, gradient_accumulation_steps=accumulation,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, logging_steps=args.logging_steps,
+        eval_strategy="steps" if eval_items else "no", eval_steps=args.eval_steps, save_strategy="steps",
+        save_steps=args.save_steps, seed=args.seed, data_seed=args.seed, remove_unused_columns=False,
+        report_to=[], use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=True,
+        ddp_backend="gloo" if not torch.cuda.is_available() and world > 1 else None,
+        dataloader_num_workers=0,
+    )
+    trainer = ExpertTrainer(model=model, args=training_args, train_dataset=train_items,
+                            eval_dataset=eval_items or None, data_collator=DialogueCollator(tokenizer.pad_token_id),
+                            callbacks=[throughput], sample_log=sample_log)
+    throughput.trainer = trainer
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    elapsed = time.perf_counter() - start
+    final_eval = trainer.evaluate() if eval_items else {}
+    summary = {
+        "steps": trainer.state.global_step, "epochs": args.num_epochs, "seconds": round(elapsed, 1),
+        "processes": world, "train_samples": len(train_items), "eval_samples": len(eval_items),
+        "trainable_parameters": trainable, "tokens_per_s": round(trainer.tokens_seen * world / elapsed, 1),
+        "final_train_loss": result.training_loss, "final_eval_loss": final_eval.get("eval_loss"),
+        "args": vars(args), "log_history": throughput.history,
+    }
+    if sample_log is not None:  # per-process record, for checking shards and weight agreement across processes
+        save_experts(model, Path(args.output_dir) / f"rank{rank}")
+        (Path(args.output_dir) / f"samples_rank{rank}.json").write_text(json.dumps(sample_log))
+    if trainer.is_world_process_zero():
+        save_experts(model, args.output_dir)
+        (Path(args.output_dir) / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        log.info("saved experts to %s (%d steps, %.0f s, %.0f tokens/s)", args.output_dir, summary["steps"],
+                 elapsed, summary["tokens_per_s"])
+    return summary
+
+
+class DialogueCollator(Collator):
+    """The data collator plus each sample's id (for --log_samples and shard checks)."""
+
+    def __call__(self, features):
+        batch = super().__call__(features)
+        batch["sample_id"] = torch.stack([f["sample_id"] for f in features])
+        return batch
+
+
+if __name__ == "__main__":
+    main()
