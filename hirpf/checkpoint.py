@@ -36,7 +36,9 @@ def base_fingerprint(model: nn.Module) -> dict:
     return {k: getattr(cfg, k) for k in _FINGERPRINT_KEYS if getattr(cfg, k, None) is not None}
 
 
-def save_experts(model: nn.Module, directory: str | Path) -> Path:
+def save_experts(model: nn.Module, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the model's experts; `dtype` (e.g. float16 for a shipped copy) casts the stored tensors, which
+    load back into the model's own dtype."""
     config = expert_config(model)
     if config is None:
         raise CheckpointError("the model holds no identity experts to save")
@@ -51,7 +53,7 @@ def save_experts(model: nn.Module, directory: str | Path) -> Path:
         "base_model_fingerprint": base_fingerprint(model),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in expert_state_dict(model).items()}
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in expert_state_dict(model).items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
     return directory
 

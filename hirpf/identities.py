@@ -262,3 +262,21 @@ def all_combinations() -> Iterator[IdentitySet]:
 def single_poles() -> list[IdentitySet]:
     """The ten one-pole sets."""
     return [IdentitySet((p,)) for p in TRAIT_POLES]
+
+
+def single_edit_neighbours(identities: IdentitySet, remove_poles: bool = False) -> list[IdentitySet]:
+    """Sets one edit away: each pole flipped, the profession changed or removed (and, with `remove_poles`,
+    each pole removed). Used to test whether a model prefers the true set over its near misses."""
+    out = []
+    for name in identities.traits:
+        trait, pole = name.split("_")
+        flipped = f"{trait}_{'low' if pole == 'high' else 'high'}"
+        out.append(IdentitySet(tuple(n if n != name else flipped for n in identities.names)))
+        if remove_poles:
+            out.append(IdentitySet(tuple(n for n in identities.names if n != name)))
+    if identities.profession:
+        for other in PROFESSIONS:
+            if other != identities.profession:
+                out.append(IdentitySet(identities.traits + (other,)))
+        out.append(IdentitySet(identities.traits))
+    return [s for s in dict.fromkeys(out) if s != identities]

@@ -497,3 +497,24 @@ def test_profession_article_in_prompt_and_describe():
     s = IdentitySet.parse("Artist")
     assert "You are an artist." in identity_system_message(s)
     assert IdentitySet.parse("Artist, OPE_high").describe() == "an artist with high openness"
+
+
+def test_single_edit_neighbours():
+    from hirpf.identities import single_edit_neighbours
+
+    around = {str(s) for s in single_edit_neighbours(IdentitySet.parse("AGR_high,OPE_low,Doctor"))}
+    assert around == {"AGR_low,OPE_low,Doctor", "AGR_high,OPE_high,Doctor", "AGR_high,OPE_low,Artist",
+                      "AGR_high,OPE_low,Programmer", "AGR_high,OPE_low"}
+    with_removals = {str(s) for s in single_edit_neighbours(IdentitySet.parse("EXT_low"), remove_poles=True)}
+    assert with_removals == {"EXT_high", "(none)"}
+    assert {str(s) for s in single_edit_neighbours(IdentitySet.parse("Artist"))} == {"Doctor", "Programmer", "(none)"}
+
+
+def test_index_pairs_become_routing_rows():
+    import torch
+
+    from hirpf.routing import active_from_pairs
+
+    sets = list(all_combinations()) + [IdentitySet()]
+    pairs = torch.stack([s.index_pairs() for s in sets])
+    assert torch.equal(active_from_pairs(pairs), torch.stack([s.active_vector() for s in sets]))

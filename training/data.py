@@ -10,6 +10,7 @@ Sources: a JSON list file, a JSONL file, or a tree `<root>/<name>/{train,test}.j
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,14 @@ def load_dialogues(path: str | Path, on_invalid: str = "error", split: str | Non
             continue
         report.kept += 1
     return dialogues, report
+
+
+def holdout_split(dialogues: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held out): a fixed shuffle for a given seed, so training and evaluation agree on the split."""
+    order = list(range(len(dialogues)))
+    random.Random(seed).shuffle(order)
+    held_out = max(1, round(len(order) * fraction))
+    return [dialogues[i] for i in order[held_out:]], [dialogues[i] for i in order[:held_out]]
 
 
 def _identity_rule(message: str) -> str:

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from hirpf.experts import LAYOUTS, ExpertConfig
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
 from hirpf.prompts import Conditioning
 from hirpf.routing import use_identities
-from training.data import Collator, load_dialogues, tokenize
+from training.data import Collator, holdout_split, load_dialogues, tokenize
 
 log = logging.getLogger("hirpf.train")
 DEV_TRAIN, DEV_EVAL = 10, 2
@@ -138,11 +137,8 @@ def split_data(args):
         evaluation, eval_report = load_dialogues(data, args.on_invalid, split="test")
         return train, evaluation, f"train: {report.describe()}; eval: {eval_report.describe()}"
     dialogues, report = load_dialogues(data, args.on_invalid)
-    order = list(range(len(dialogues)))
-    random.Random(args.seed).shuffle(order)  # a fixed split for a given seed
-    held_out = max(1, round(len(order) * args.eval_fraction))
-    return ([dialogues[i] for i in order[held_out:]], [dialogues[i] for i in order[:held_out]],
-            f"{report.describe()}; {held_out} held out for evaluation (seed {args.seed})")
+    train, held_out = holdout_split(dialogues, args.eval_fraction, args.seed)
+    return train, held_out, f"{report.describe()}; {len(held_out)} held out for evaluation (seed {args.seed})"
 
 
 def main(argv=None) -> dict:
