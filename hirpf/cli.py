@@ -90,7 +90,11 @@ def chat(args) -> int:
     conditioning = Conditioning.parse(args.conditioning)
     print(report.describe(), file=sys.stderr)
 
-    engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=args.load_in_8bit, dtype=args.dtype)
+    try:
+        engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=args.load_in_8bit, dtype=args.dtype)
+    except (OSError, ValueError) as err:  # a missing or mismatched model or checkpoint (CheckpointError too)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if engine.has_experts:
         print(f"experts: {getattr(engine.model, 'hirpf_expert_dir', '?')} ({conditioning.value})", file=sys.stderr)
     else:

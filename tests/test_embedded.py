@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import randomize_experts
 from hirpf import embedded
@@ -140,6 +139,8 @@ def test_cli_rejects_bad_input_clearly():
     assert result.returncode == 2 and "--user_prompt is required" in result.stderr
     result = run_cli("chat", "--user_prompt", "hi", "--active_adapter_names", '["Doctor"')
     assert result.returncode == 2 and "not valid JSON" in result.stderr
+    result = run_cli("chat", "--user_prompt", "hi", "--lora_weights", str(ROOT / "no-such-checkpoint"))
+    assert result.returncode == 2 and "adapter_config.json is missing" in result.stderr
 
 
 def test_bootstrap_downloads_the_gguf_when_the_package_is_missing(tmp_path, monkeypatch):
