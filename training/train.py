@@ -198,7 +198,7 @@ def main(argv=None) -> dict:
         "steps": trainer.state.global_step, "epochs": args.num_epochs, "seconds": round(elapsed, 1),
         "processes": world, "train_samples": len(train_items), "eval_samples": len(eval_items),
         "trainable_parameters": trainable, "tokens_per_s": round(trainer.tokens_seen * world / elapsed, 1),
-        "final_train_loss": result.training_loss, "final_eval_loss": final_eval.get("eval_loss"),
+        "mean_train_loss": result.training_loss, "final_eval_loss": final_eval.get("eval_loss"),
         "args": vars(args), "log_history": throughput.history,
     }
     if sample_log is not None:  # per-process record, for checking shards and weight agreement across processes
