@@ -69,7 +69,7 @@ def prepare() -> int:
 def chat(args) -> int:
     if args.cuda_devices is not None:  # must happen before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_devices
-    from .engine import Engine, Sampling, default_experts
+    from .engine import Engine, Sampling
     from .identities import IdentityError, IdentitySet
     from .prompts import Conditioning
 
@@ -98,8 +98,7 @@ def chat(args) -> int:
     if engine.has_experts:
         print(f"experts: {getattr(engine.model, 'hirpf_expert_dir', '?')} ({conditioning.value})", file=sys.stderr)
     else:
-        missing = "no expert checkpoint given" if lora is None or default_experts(base_model) is None else "none loaded"
-        print(f"experts: {missing}; identities act through the prompt only", file=sys.stderr)
+        print("experts: no expert checkpoint given; identities act through the prompt only", file=sys.stderr)
         conditioning = engine.effective_conditioning(conditioning)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                         top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,

@@ -197,14 +197,13 @@ class InputBank:
         key = (table.key, x.device)
         plan = self._plans.get(key)
         if plan is None or plan.versions != versions:
-            plan = self._plans.put(key, self._inference_plan(x, table, needs_router))
+            plan = self._plans.put(key, self._inference_plan(x, table, needs_router, versions))
             plan.versions = versions
         return plan
 
-    def _inference_plan(self, x: torch.Tensor, table, needs_router: bool) -> "_BankPlan":
+    def _inference_plan(self, x: torch.Tensor, table, needs_router: bool, versions: tuple) -> "_BankPlan":
         plan = _BankPlan(self, table, needs_router)
-        plan.in_weight, plan.in_bias = self._cached(("in", needs_router), self._in_tensors(needs_router),
-                                                    lambda: self._concat_in(needs_router))
+        plan.in_weight, plan.in_bias = self._cached(("in", needs_router), versions, lambda: self._concat_in(needs_router))
         if not needs_router and table.same_rows:
             # One identity set and no router: the fixed mixture weights fold into the A rows and the
             # per-token path loses its multiply.
@@ -221,29 +220,18 @@ class InputBank:
         # At inference on the CPU the frozen W and the B matrices become one matmul over [x, mixed]
         # (it keeps a second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
         if x.device.type == "cpu" and all(m.plain_base for m in self.members):
-            plan.out_weight, plan.out_bias = self._cached("out", self._out_tensors(), self._concat_out)
+            plan.out_weight, plan.out_bias = self._cached("out", versions, self._concat_out)
         # Plans for different identity sets share these concatenations (`_cached`), not copies of them.
         return plan
 
     # --- weights ----------------------------------------------------------------------------------
-    def _in_tensors(self, with_router: bool) -> list[torch.Tensor]:
-        out = []
-        for m in self.members:
-            out.append(m.lora_A)
-            if with_router and m.router is not None:
-                out += [m.router.weight, m.router.bias]
-        return out
-
-    def _out_tensors(self) -> list[torch.Tensor]:
-        return [t for m in self.members for t in (m.base.weight, m.base.bias, m.lora_B) if t is not None]
-
-    def _cached(self, name, tensors, build):
-        """`build()`, reused while no tensor it reads was changed in place (_version) or re-allocated."""
-        key = tuple((t._version, t.data_ptr()) for t in tensors)
+    def _cached(self, name, versions: tuple, build):
+        """`build()`, reused while the bank's weights stand (`versions`: each tensor's in-place version and
+        storage, as `_plan` computes them)."""
         hit = self._cache.get(name)
-        if hit is None or hit[0] != key:
+        if hit is None or hit[0] != versions:
             with torch.no_grad():
-                hit = self._cache[name] = (key, *build())
+                hit = self._cache[name] = (versions, *build())
         return hit[1], hit[2]
 
     def _concat_in(self, with_router: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -26,17 +26,15 @@ from hirpf.engine import Engine
 from hirpf.identities import single_edit_neighbours
 from hirpf.prompts import Conditioning, expert_identities
 from hirpf.routing import use_identities
-from training.data import IGNORE, Collator, holdout_split, load_dialogues, tokenize
+from training.data import IGNORE, Collator, Dialogue, holdout_split, load_dialogues, tokenize
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "his" / "identity_dialogues.json"
 
 
 def assistant_log_likelihoods(model, tokenizer, dialogue, candidates, conditioning, max_length) -> list[float]:
     """Sum of log-probabilities of the assistant tokens, one value per candidate identity set (one batch)."""
-    items = []
-    for identities in candidates:
-        item = tokenize(type(dialogue)(dialogue.turns, identities), tokenizer, conditioning, max_length)
-        items.append(item)
+    items = [tokenize(Dialogue(dialogue.turns, identities), tokenizer, conditioning, max_length)
+             for identities in candidates]
     batch = Collator(tokenizer.pad_token_id)(items)
     rows = [expert_identities(s, conditioning) for s in candidates]
     labels = batch["labels"][:, 1:]

@@ -153,8 +153,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--batch_size {args.batch_size} must be a multiple of --micro_batch_size × processes ({per_step})")
     accumulation = args.batch_size // per_step
 
-    model, tokenizer = load_base_model(args.base_model, load_in_8bit=args.load_in_8bit, dtype="float32"
-                                       if not torch.cuda.is_available() else "auto")
+    model, tokenizer = load_base_model(args.base_model, load_in_8bit=args.load_in_8bit)
     config = ExpertConfig(layout=args.insert_mode, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                           target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
                           hard_mask=args.hard_mask, base_model=model.hirpf_base_model)
