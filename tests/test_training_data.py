@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from hirpf.identities import IdentitySet
+from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
 from training.data import IGNORE, Collator, InvalidRecord, load_dialogues, tokenize, validate
 
-HIS_DIALOGUES = Path(__file__).resolve().parents[2] / "shared" / "his" / "identity_dialogues.json"
+HIS_DIALOGUES = his_file("identity_dialogues.json")
 
 
 def record(adapters, *turns, system=True):

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from hirpf.base_model import EMBEDDED
 from hirpf.engine import Engine
 from hirpf.identities import single_edit_neighbours
+from hirpf.paths import his_file
 from hirpf.prompts import Conditioning, expert_identities
 from hirpf.routing import use_identities
 from training.data import IGNORE, Collator, Dialogue, holdout_split, load_dialogues, tokenize
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "his" / "identity_dialogues.json"
+DEFAULT_DATA = his_file("identity_dialogues.json")
 
 
 def assistant_log_likelihoods(model, tokenizer, dialogue, candidates, conditioning, max_length) -> list[float]:
