@@ -203,13 +203,13 @@ class InputBank:
 
     def _inference_plan(self, x: torch.Tensor, table, needs_router: bool, versions: tuple) -> "_BankPlan":
         plan = _BankPlan(self, table, needs_router)
-        plan.in_weight, plan.in_bias = self._cached(("in", needs_router), versions, lambda: self._concat_in(needs_router))
+        plan.in_weight_t, plan.in_bias = self._cached(("in", needs_router), versions, lambda: self._concat_in(needs_router))
         if not needs_router and table.same_rows:
             # One identity set and no router: the fixed mixture weights fold into the A rows and the
             # per-token path loses its multiply.
             p, e, r = self.shape
             row_scale = table.fixed_weights[0].reshape(-1).repeat_interleave(r).repeat(p)
-            plan.in_weight = plan.in_weight * row_scale[:, None]
+            plan.in_weight_t = plan.in_weight_t * row_scale
             plan.weights_in_a = True
         if needs_router and table.same_rows:
             # One identity set for the whole batch: its mask rides in the router bias (one add less per token).
@@ -220,7 +220,7 @@ class InputBank:
         # At inference on the CPU the frozen W and the B matrices become one matmul over [x, mixed]
         # (it keeps a second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
         if x.device.type == "cpu" and all(m.plain_base for m in self.members):
-            plan.out_weight, plan.out_bias = self._cached("out", versions, self._concat_out)
+            plan.out_weight_t, plan.out_bias = self._cached("out", versions, self._concat_out)
         # Plans for different identity sets share these concatenations (`_cached`), not copies of them.
         return plan
 
@@ -234,25 +234,28 @@ class InputBank:
                 hit = self._cache[name] = (versions, *build())
         return hit[1], hit[2]
 
+    # Inference copies are stored transposed, [in, out], and applied with `_affine`: with a few input rows
+    # (decoding a batch) the CPU GEMM is 2-3x faster on that layout than on nn.Linear's [out, in]
+    # (benchmarks/bench_matmul_layout.py measures it).
     def _concat_in(self, with_router: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`[A_1·s; ...; A_P·s; router_1; ...; router_P]` and its bias (zeros for the A rows)."""
+        """`[A_1·s; ...; A_P·s; router_1; ...; router_P]`ᵀ and its bias (zeros for the A rows)."""
         scaled_a = torch.cat([m.lora_A * m.scaling for m in self.members])
         if not with_router:
-            return scaled_a, None
+            return scaled_a.t().contiguous(), None
         router_weight = torch.cat([m.router.weight for m in self.members])
         router_bias = torch.cat([m.router.bias for m in self.members])
         zeros = router_bias.new_zeros(scaled_a.shape[0])
-        return torch.cat([scaled_a, router_weight]), torch.cat([zeros, router_bias])
+        return torch.cat([scaled_a, router_weight]).t().contiguous(), torch.cat([zeros, router_bias])
 
     def _concat_out(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`[W_1; ...; W_P | blockdiag(B_1, ..., B_P)]` and the stacked base biases."""
+        """`[W_1; ...; W_P | blockdiag(B_1, ..., B_P)]`ᵀ and the stacked base biases."""
         base = torch.cat([m.base.weight for m in self.members])
         experts = torch.block_diag(*[m.lora_B for m in self.members]).to(base.dtype)
         bias = None
         if any(m.base.bias is not None for m in self.members):
             bias = torch.cat([m.base.bias if m.base.bias is not None else base.new_zeros(m.out_features)
                               for m in self.members])
-        return torch.cat([base, experts], dim=1).contiguous(), bias
+        return torch.cat([base, experts], dim=1).t().contiguous(), bias
 
 
 class _BankPlan:
@@ -261,9 +264,9 @@ class _BankPlan:
 
     def __init__(self, bank: InputBank, table, needs_router: bool):
         self.bank, self.table, self.needs_router = bank, table, needs_router
-        self.in_weight = self.in_bias = self.out_weight = self.out_bias = None
+        self.in_weight_t = self.in_bias = self.out_weight_t = self.out_bias = None  # inference copies, [in, out]
         self.mask_in_bias = False  # True: the mask bias was added to in_bias (all rows share one set)
-        self.weights_in_a = False  # True: fixed mixture weights were folded into in_weight
+        self.weights_in_a = False  # True: fixed mixture weights were folded into in_weight_t
         self.versions = None  # the weight versions an inference plan was built from
         p, e, r = bank.shape
         self.split_sizes = [p * e * r, p * e]
@@ -271,10 +274,10 @@ class _BankPlan:
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         bank = self.bank
         mixed = self.mixed(x)  # [..., P·E·r]
-        if self.out_weight is not None and x.numel() <= FOLD_MAX_VECTORS * x.shape[-1]:
+        if self.out_weight_t is not None and x.numel() <= FOLD_MAX_VECTORS * x.shape[-1]:
             # Decoding (a few rows, one token each): the op count dominates and folding pays. For a long
             # prompt the block-diagonal zeros cost more arithmetic than the ops it saves.
-            out = F.linear(torch.cat([x, mixed], dim=-1), self.out_weight, self.out_bias)
+            out = _affine(torch.cat([x, mixed], dim=-1), self.out_weight_t, self.out_bias)
             return out.split(bank.out_sizes, dim=-1) if len(bank.out_sizes) > 1 else (out,)
         mixed = mixed.unflatten(-1, (len(bank.members), -1))
         outputs = []
@@ -289,7 +292,7 @@ class _BankPlan:
         alpha/r (the input of the B matrices)."""
         bank, table = self.bank, self.table
         p, e, r = bank.shape
-        if self.in_weight is None:  # training, or autograd on: concatenate afresh so gradients flow
+        if self.in_weight_t is None:  # training, or autograd on: concatenate afresh so gradients flow
             first = bank.members[0]
             x = x.to(first.lora_A.dtype)
             a = F.linear(first.dropout(x), torch.cat([m.lora_A for m in bank.members])) * first.scaling
@@ -299,9 +302,9 @@ class _BankPlan:
                                   torch.cat([m.router.bias for m in bank.members]))
         else:
             # One matmul for every member's A and, riding along as extra output rows, the routers.
-            if x.dtype != self.in_weight.dtype:
-                x = x.to(self.in_weight.dtype)
-            h = F.linear(x, self.in_weight, self.in_bias)
+            if x.dtype != self.in_weight_t.dtype:
+                x = x.to(self.in_weight_t.dtype)
+            h = _affine(x, self.in_weight_t, self.in_bias)
             if self.weights_in_a:
                 return h
             a, logits = h.split(self.split_sizes, dim=-1) if self.needs_router else (h, None)
@@ -323,6 +326,13 @@ class _BankPlan:
             if not table.all_engaged:
                 weights = weights * engaged
         return (a.view(lead + (p, e, r)) * weights).view(lead + (p * e * r,))
+
+
+def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`x @ weight_t + bias` over the last dimension, for a weight stored [in, out]."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.mm(flat, weight_t) if bias is None else torch.addmm(bias, flat, weight_t)
+    return out.view(x.shape[:-1] + (weight_t.shape[1],))
 
 
 def _weight_device(module: nn.Module) -> torch.device:
