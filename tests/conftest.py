@@ -5,6 +5,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from openai_server import openai_server  # noqa: F401  (fixture: local chat-completions server)
+
 
 def tiny_llama(seed: int = 0, dtype=torch.float32, layers: int = 4) -> LlamaForCausalLM:
     """2-4 layers, width 32, GQA (4 query heads, 2 key/value heads): k/v are narrower than q."""
