@@ -1,0 +1,127 @@
+"""python -m annotation: the human-evaluation store without the UI.
+
+    python -m annotation import FILE [--kind his-open|his-scale|his-data|jsonl] [--encoding E]
+    python -m annotation export --format csv|jsonl [--output FILE]
+    python -m annotation report [--json]
+    python -m annotation backup DEST [--every SECONDS --keep N]
+
+Every command takes `--database URL` (default: `DATABASE_URL`, else `data/hirpf.sqlite3`; `HIRPF_DATA_DIR`
+moves the folder). `import` exits 1 when it rejected rows (each reported with its line number on standard
+error, the rest imported) and 2 when the file cannot be read at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from annotation.labels import SLOTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m annotation", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database", metavar="URL", help="SQLAlchemy URL (default: DATABASE_URL, else "
+                        "the SQLite file data/hirpf.sqlite3 under HIRPF_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    imports = commands.add_parser("import", parents=[common], help="import dialogues (HIS CSV or JSONL)")
+    imports.add_argument("file", type=Path)
+    imports.add_argument("--kind", choices=["his-open", "his-scale", "his-data", "jsonl"],
+                         help="default: from the extension (.jsonl) or the CSV header")
+    imports.add_argument("--encoding", help="the file's text encoding (default: detected)")
+    exports = commands.add_parser("export", parents=[common], help="answered/skipped tasks, unblinded")
+    exports.add_argument("--format", choices=["csv", "jsonl"], required=True)
+    exports.add_argument("--output", type=Path, help="default: standard output")
+    reports = commands.add_parser("report", parents=[common], help="agreement report")
+    reports.add_argument("--json", action="store_true", help="the full report as JSON")
+    backups = commands.add_parser("backup", parents=[common], help="online backup of a SQLite store")
+    backups.add_argument("destination", type=Path, help="a file, or a folder for timestamped files")
+    backups.add_argument("--every", type=float, metavar="SECONDS", help="repeat forever at this interval")
+    backups.add_argument("--keep", type=int, default=24, help="with --every: newest backups to keep")
+    args = parser.parse_args(argv)
+
+    from annotation.store import Store
+    from db import Database
+
+    database = Database(args.database)
+    try:
+        return COMMANDS[args.command](Store(database), args)
+    finally:
+        database.close()
+
+
+def _import(store, args) -> int:
+    from annotation.his_import import HisImportError
+    from annotation.store import StoreError
+    from annotation.store_io import import_file
+
+    try:
+        report = import_file(store, args.file, args.kind, args.encoding)
+    except (HisImportError, StoreError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary, *details = report.describe().split("\n")
+    print(summary)
+    for line in details:
+        print(line, file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def _export(store, args) -> int:
+    from annotation.store_io import write_csv, write_jsonl
+
+    write = write_csv if args.format == "csv" else write_jsonl
+    if args.output is None:
+        n = write(store, sys.stdout)
+    else:
+        with open(args.output, "w", encoding="utf-8", newline="") as out:
+            n = write(store, out)
+    print(f"{n} row(s) exported", file=sys.stderr)
+    return 0
+
+
+def _report(store, args) -> int:
+    from annotation.report import build_report
+
+    report = build_report(store.db)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    print("stored: " + ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in report["counts"].items()))
+    rows = [("human vs target", report["human_vs_target"], "accuracy"),
+            ("human vs judges", report["human_vs_judge"], "accuracy"),
+            ("inter-annotator", report["inter_annotator"], "krippendorff_alpha")]
+    print(f"{'':<18}{'figure':<20}" + "".join(f"{s:>12}" for s in SLOTS) + f"{'overall':>10}")
+    for name, section, figure in rows:
+        cells = "".join(f"{_number(section['per_slot'][s][figure]):>12}" for s in SLOTS)
+        print(f"{name:<18}{figure:<20}{cells}{_number(section['overall'][figure]):>10}")
+    return 0
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _backup(store, args) -> int:
+    from annotation.backup import backup_sqlite, prune
+
+    if not store.db.is_sqlite:
+        print(f"error: {store.db.display_url} is not SQLite: back it up with the server's tools (pg_dump)",
+              file=sys.stderr)
+        return 2
+    if args.every is None:
+        print(backup_sqlite(store.db, args.destination))
+        return 0
+    args.destination.mkdir(parents=True, exist_ok=True)
+    while True:  # until interrupted
+        print(backup_sqlite(store.db, args.destination), flush=True)
+        prune(args.destination, args.keep, Path(store.db.url.database).stem)
+        time.sleep(args.every)
+
+
+COMMANDS = {"import": _import, "export": _export, "report": _report, "backup": _backup}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The human-evaluation schema (the latest version; `db/migrations.py` builds it step by step).
+
+    annotators ─< annotation_tasks >─ dialogues ─< judge_predictions
+                        │
+                   annotations (one per task)
+
+Every row people may see through the annotation UI is referenced by `public_id`, a random token that
+says nothing about the dialogue's target, system or source; the integer keys stay inside the database.
+"""
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import (JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+KINDS = ("identity", "scale_interview")
+SOURCES = ("app", "file", "simulator")
+STATUSES = ("pending", "done", "skipped")
+SIDES = ("X", "Y")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_public_id() -> str:
+    """An opaque id for anything an annotator's browser may hold (128 random bits)."""
+    return secrets.token_hex(16)
+
+
+# `none_as_null`: a missing value is SQL NULL, so CHECK constraints and IS NULL queries see it.
+Json = JSON(none_as_null=True)
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    display_name: Mapped[str] = mapped_column(String(200))
+    # e.g. "hf:<username>" for a Hugging Face login; one annotator per external identity (migration 3).
+    external_id: Mapped[Optional[str]] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    tasks: Mapped[list["AnnotationTask"]] = relationship(back_populates="annotator")
+
+    __table_args__ = (Index("ix_annotators_external_id", "external_id", unique=True),)
+
+
+class Dialogue(Base):
+    __tablename__ = "dialogues"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    kind: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(20))
+    # The model or system that produced the dialogue, and where it came from (file name and line): both
+    # stay out of everything an annotator sees.
+    system: Mapped[Optional[str]] = mapped_column(String(200))
+    source_ref: Mapped[Optional[str]] = mapped_column(String(500))
+    # Canonical identity names (`IdentitySet` order), [] for the plain base model.
+    target: Mapped[list] = mapped_column(Json)
+    # Scale interviews: the questionnaire item, its factor/polarity, and the expected option (1-5) if known.
+    statement: Mapped[Optional[str]] = mapped_column(Text)
+    factor: Mapped[Optional[str]] = mapped_column(String(100))
+    target_option: Mapped[Optional[int]] = mapped_column(Integer)
+    transcript: Mapped[list] = mapped_column(Json)
+    anonymized: Mapped[list] = mapped_column(Json)
+    reversed: Mapped[list] = mapped_column(Json)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    tasks: Mapped[list["AnnotationTask"]] = relationship(back_populates="dialogue")
+    judge_predictions: Mapped[list["JudgePrediction"]] = relationship(back_populates="dialogue")
+
+    __table_args__ = (
+        CheckConstraint(f"kind IN {KINDS}", name="ck_dialogues_kind"),
+        CheckConstraint(f"source IN {SOURCES}", name="ck_dialogues_source"),
+        Index("ix_dialogues_kind", "kind"),
+    )
+
+
+class AnnotationTask(Base):
+    """One dialogue in one annotator's queue: its place in their order, and which anonymous speaker
+    (X or Y) the role-playing agent is shown as."""
+
+    __tablename__ = "annotation_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"))
+    dialogue_id: Mapped[int] = mapped_column(ForeignKey("dialogues.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    side: Mapped[str] = mapped_column(String(1))
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    skip_reason: Mapped[Optional[str]] = mapped_column(Text)
+    assigned_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    annotator: Mapped[Annotator] = relationship(back_populates="tasks")
+    dialogue: Mapped[Dialogue] = relationship(back_populates="tasks")
+    annotation: Mapped[Optional["Annotation"]] = relationship(back_populates="task")
+
+    __table_args__ = (
+        UniqueConstraint("annotator_id", "dialogue_id", name="uq_tasks_annotator_dialogue"),
+        UniqueConstraint("annotator_id", "position", name="uq_tasks_annotator_position"),
+        CheckConstraint(f"status IN {STATUSES}", name="ck_tasks_status"),
+        CheckConstraint(f"side IN {SIDES}", name="ck_tasks_side"),
+        Index("ix_tasks_queue", "annotator_id", "status", "position"),  # next_task, progress
+        Index("ix_tasks_dialogue", "dialogue_id"),  # annotators per item (assignment, agreement)
+    )
+
+
+class Annotation(Base):
+    """An answer: six slots (identity dialogues) or one option 1-5 (scale interviews)."""
+
+    __tablename__ = "annotations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("annotation_tasks.id", ondelete="CASCADE"), unique=True)
+    slots: Mapped[Optional[dict[str, Any]]] = mapped_column(Json)
+    option: Mapped[Optional[int]] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    seconds: Mapped[Optional[float]] = mapped_column(Float)
+    edits: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    task: Mapped[AnnotationTask] = relationship(back_populates="annotation")
+
+    __table_args__ = (
+        CheckConstraint("(slots IS NULL) <> (option IS NULL)", name="ck_annotations_one_answer"),
+    )
+
+
+class JudgePrediction(Base):
+    """An LLM referee's labelling of a dialogue (migration 2), compared with the humans'."""
+
+    __tablename__ = "judge_predictions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dialogue_id: Mapped[int] = mapped_column(ForeignKey("dialogues.id", ondelete="CASCADE"))
+    judge: Mapped[str] = mapped_column(String(200))
+    slots: Mapped[Optional[dict[str, Any]]] = mapped_column(Json)
+    option: Mapped[Optional[int]] = mapped_column(Integer)
+    raw_reply: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    dialogue: Mapped[Dialogue] = relationship(back_populates="judge_predictions")
+
+    __table_args__ = (
+        UniqueConstraint("dialogue_id", "judge", name="uq_judge_predictions_dialogue_judge"),
+        CheckConstraint("(slots IS NULL) <> (option IS NULL)", name="ck_judge_predictions_one_answer"),
+        Index("ix_judge_predictions_judge", "judge"),
+    )
+
+
+class SchemaMigration(Base):
+    """One row per applied migration (see `db/migrations.py`)."""
+
+    __tablename__ = "schema_migrations"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(200))
+    applied_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
