@@ -7,13 +7,14 @@ a time; concurrent seeded calls in one process share that generator.
 """
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .base_model import EMBEDDED, load_base_model
 from .checkpoint import load_experts
@@ -56,6 +57,13 @@ class StopOnEvent(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (all devices), as transformers' `set_seed` does; that one is not
+    imported because its module pulls in peft and bitsandbytes, seconds of app start-up."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def default_experts(base_model: str) -> Path | None:
@@ -158,7 +166,7 @@ class Engine:
         if stop_event is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnEvent(stop_event)])
         if sampling.seed is not None:
-            set_seed(sampling.seed)
+            seed_everything(sampling.seed)
         with torch.no_grad(), use_identities([expert_identities(s, conditioning) for s in identities]):
             out = self.model.generate(**batch, num_return_sequences=num_return_sequences, streamer=streamer, **kwargs)
         return batch["input_ids"].shape[1], out
