@@ -1,4 +1,4 @@
-"""Do the trained experts carry identity? A likelihood test on held-out dialogues.
+"""Do the trained experts carry identity? A likelihood test on held-out dialogues (the model card's figure).
 
     python training/evaluate_experts.py --experts DIR [--data FILE] [--json OUT]
 
@@ -6,6 +6,9 @@ For each held-out dialogue, the assistant-token log-likelihood under its true id
 each single-edit neighbour (a pole flipped, the profession changed or removed). A hit when the true set is
 the most likely. Two conditionings on the same base model: the experts with the identity prompt, and the
 identity prompt alone. The split is the trainer's (same data, --eval_fraction and --seed).
+
+The scoring is `hirpf.eval.recognize` (`python -m hirpf.eval recognize` runs the wider test: pole removal
+among the neighbours, the experts-only mode, any data file); this script fixes the model card's settings.
 """
 from __future__ import annotations
 
@@ -18,35 +21,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
-import torch.nn.functional as F
-
 from hirpf.base_model import EMBEDDED
 from hirpf.engine import Engine
-from hirpf.identities import single_edit_neighbours
+from hirpf.eval.recognize import DEFAULT_BATCH_TOKENS, recognize
 from hirpf.paths import his_file
-from hirpf.prompts import Conditioning, expert_identities
-from hirpf.routing import use_identities
-from training.data import IGNORE, Collator, Dialogue, holdout_split, load_dialogues, tokenize
+from hirpf.prompts import Conditioning
+from training.data import holdout_split, load_dialogues
 
 DEFAULT_DATA = his_file("identity_dialogues.json")
-
-
-def assistant_log_likelihoods(model, tokenizer, dialogue, candidates, conditioning, max_length) -> list[float]:
-    """Sum of log-probabilities of the assistant tokens, one value per candidate identity set (one batch)."""
-    items = [tokenize(Dialogue(dialogue.turns, identities), tokenizer, conditioning, max_length)
-             for identities in candidates]
-    batch = Collator(tokenizer.pad_token_id)(items)
-    rows = [expert_identities(s, conditioning) for s in candidates]
-    labels = batch["labels"][:, 1:]
-    scored = labels != IGNORE
-    with torch.no_grad(), use_identities(rows):
-        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        # The output layer only where a label is scored: most positions are prompt and user turns.
-        logits = model.get_output_embeddings()(hidden[:, :-1][scored]).float()
-    picked = F.log_softmax(logits, dim=-1).gather(-1, labels[scored].unsqueeze(-1)).squeeze(-1)
-    rows_of = scored.nonzero()[:, 0]
-    return torch.zeros(len(candidates)).index_add_(0, rows_of, picked).tolist()
+MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)
 
 
 def main(argv=None) -> dict:
@@ -57,6 +40,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval_fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--max_length", type=int, default=384)
+    ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass")
+    ap.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per forward pass")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N held-out dialogues")
     ap.add_argument("--json", default=None, help="write the full result here")
     args = ap.parse_args(argv)
@@ -65,26 +50,19 @@ def main(argv=None) -> dict:
     dialogues, _ = load_dialogues(args.data, on_invalid="skip")
     _, held_out = holdout_split(dialogues, args.eval_fraction, args.seed)
     held_out = held_out[:args.limit]
-    modes = {"experts+prompt": Conditioning.EXPERTS_AND_PROMPT, "prompt": Conditioning.PROMPT}
-    hits = {m: 0 for m in modes}
-    details, start = [], time.perf_counter()
-    for i, dialogue in enumerate(held_out):
-        candidates = [dialogue.identities] + single_edit_neighbours(dialogue.identities)
-        row = {"identities": str(dialogue.identities), "neighbours": [str(c) for c in candidates[1:]]}
-        for name, mode in modes.items():
-            scores = assistant_log_likelihoods(engine.model, engine.tokenizer, dialogue, candidates, mode,
-                                               args.max_length)
-            hit = scores[0] > max(scores[1:])
-            hits[name] += hit
-            row[name] = {"hit": hit, "margin": scores[0] - max(scores[1:])}
-        details.append(row)
-        print(f"[{i + 1}/{len(held_out)}] {row['identities']}: " + ", ".join(
+    start = time.perf_counter()
+    scored = recognize(engine.model, engine.tokenizer, held_out, MODES, remove_poles=False,
+                       max_length=args.max_length, batch_size=args.batch_size,
+                       batch_tokens=args.batch_tokens)
+    modes = [m.value for m in MODES]
+    details = [{"identities": d["identities"], "neighbours": d["neighbours"]}
+               | {m: {"hit": d[m]["hit"], "margin": d[m]["margin"]} for m in modes} for d in scored["details"]]
+    for i, row in enumerate(details):
+        print(f"[{i + 1}/{len(details)}] {row['identities']}: " + ", ".join(
             f"{m} {'hit' if row[m]['hit'] else 'miss'}" for m in modes), file=sys.stderr)
-    n = len(held_out)
     result = {
-        "dialogues": n, "experts": args.experts, "seconds": round(time.perf_counter() - start, 1),
-        "accuracy_by_mode": {m: hits[m] / n for m in modes},
-        "mean_margin_by_mode": {m: sum(d[m]["margin"] for d in details) / n for m in modes},
+        "dialogues": scored["dialogues"], "experts": args.experts, "seconds": round(time.perf_counter() - start, 1),
+        "accuracy_by_mode": scored["accuracy_by_mode"], "mean_margin_by_mode": scored["mean_margin_by_mode"],
         "details": details,
     }
     if args.json:

@@ -1,0 +1,106 @@
+"""Charts of evaluation runs as PNG files: radar charts of factor scores, bars of answer distributions.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global figure state), so
+charts can be made from worker threads of the app as well as from the CLI.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+MAX_PANELS = 12  # a radar chart of more sets would be unreadable; the CSV has them all
+
+
+@dataclass
+class RadarPanel:
+    title: str
+    scores: Sequence[float | None]  # one per axis
+    reference: Sequence[float | None] | None = None  # e.g. the empty set's scores
+    target: Sequence[float | None] | None = None  # where the identity should pull each axis; None = no target
+
+
+def radar_chart(path: Path, axes: Sequence[str], panels: Sequence[RadarPanel], low: float = 1.0,
+                high: float = 5.0, title: str = "") -> Path:
+    """One polar panel per identity set: its scores (solid), the reference (dashed) and the target poles
+    (markers). Only the first MAX_PANELS panels are drawn."""
+    panels = list(panels)[:MAX_PANELS]
+    columns = min(4, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
+    figure = Figure(figsize=(max(3.2 * columns, 6.4), 3.4 * rows + 0.6))
+    FigureCanvasAgg(figure)
+    angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
+    closed = angles + angles[:1]
+    for n, panel in enumerate(panels):
+        ax = figure.add_subplot(rows, columns, n + 1, projection="polar")
+        # The centre sits one unit below the scale's low end, so a target at the low end (a _low pole) still
+        # shows on its own axis instead of collapsing into the centre.
+        ax.set_ylim(low - (high - low) / 4, high)
+        ax.set_xticks(angles)
+        ax.set_xticklabels(axes, fontsize=8)
+        ax.set_yticks([low + (high - low) * f for f in (0, 0.25, 0.5, 0.75)])
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_title(panel.title, fontsize=9, pad=14)
+        if panel.reference is not None:
+            ax.plot(closed, _closed(panel.reference, low), linestyle="--", color="grey", linewidth=1,
+                    label="reference")
+        ax.plot(closed, _closed(panel.scores, low), color="tab:blue", linewidth=1.5, label="scores")
+        ax.fill(closed, _closed(panel.scores, low), color="tab:blue", alpha=0.15)
+        if panel.target is not None:
+            points = [(a, t) for a, t in zip(angles, panel.target) if t is not None]
+            if points:
+                ax.scatter([a for a, _ in points], [t for _, t in points], marker="*", s=80, color="tab:red",
+                           zorder=3, label="target")
+    if panels:
+        handles, labels = figure.axes[0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0.05, 1, 0.97))
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _closed(values: Sequence[float | None], fill: float) -> list[float]:
+    values = [fill if v is None else v for v in values]
+    return values + values[:1]
+
+
+def distribution_chart(path: Path, rows: Sequence[str], options: Sequence[str],
+                       distributions: Sequence[Sequence[float]], title: str = "") -> Path:
+    """Horizontal stacked bars: one bar per identity set, the share of each option."""
+    height = 1.6 + 0.32 * len(rows) + 0.2 * math.ceil(len(options) / 3)
+    figure = Figure(figsize=(8, max(2.5, height)))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    colours = [figure_colour(i, len(options)) for i in range(len(options))]
+    left = [0.0] * len(rows)
+    positions = list(range(len(rows)))[::-1]  # first row at the top
+    for k, option in enumerate(options):
+        widths = [d[k] for d in distributions]
+        ax.barh(positions, widths, left=left, color=colours[k], label=option, height=0.7)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_yticks(positions)
+    ax.set_yticklabels(rows, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of probability", fontsize=8)
+    legend_rows = math.ceil(len(options) / 3)
+    figure.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=3)
+    if title:
+        ax.set_title(textwrap.fill(title, 100), fontsize=9)
+    # Leave room at the bottom for the legend (in inches, whatever the number of rows).
+    figure.tight_layout(rect=(0, (0.25 + 0.2 * legend_rows) / figure.get_figheight(), 1, 1))
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def figure_colour(i: int, n: int):
+    """Ordered options get an ordered colour map (a Likert scale reads left to right)."""
+    from matplotlib import colormaps
+
+    return colormaps["RdYlBu"](i / max(1, n - 1))

@@ -1,0 +1,209 @@
+"""What every evaluation command shares: model options, engine loading, identity-set options, progress bars,
+logs and output files.
+
+Conventions: logs and progress bars go to stderr; with `--json` stdout carries exactly one JSON document
+(the command's result); files of a run go to `--output_dir`. Bad input raises `EvalError` with a message
+that names what is wrong; the CLI prints it and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..cli import ENV_BASE_MODEL, ENV_LORA_WEIGHTS, _env
+from ..identities import IdentityError, IdentitySet, all_combinations, single_poles
+from ..paths import PROJECT_ROOT
+from ..prompts import Conditioning
+
+log = logging.getLogger("hirpf.eval")
+DEFAULT_OUTPUT_ROOT = PROJECT_ROOT / "runs" / "eval"
+EMPTY_NAMES = ("", "none", "(none)", "empty", "[]")  # how a command line spells the empty set
+
+
+class EvalError(ValueError):
+    """Bad input to an evaluation (a file, an option, an identity set); the message names it."""
+
+
+# --- options every command takes ---------------------------------------------------------------------
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and output (every command)")
+    group.add_argument("--base_model", default=None,
+                       help="'embedded' (SmolLM2-135M-Instruct), a local path or a hub id "
+                            "(default: $HIRPF_BASE_MODEL or embedded)")
+    group.add_argument("--lora_weights", default=None,
+                       help="expert checkpoint directory, or 'none' (default: $HIRPF_LORA_WEIGHTS, else the "
+                            "shipped experts of the embedded model)")
+    group.add_argument("--conditioning", default="experts+prompt", choices=[c.value for c in Conditioning],
+                       help="how identities reach the model")
+    group.add_argument("--load_in_8bit", action=argparse.BooleanOptionalAction, default=None,
+                       help="bitsandbytes 8-bit base (default: on when CUDA is available)")
+    group.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    group.add_argument("--seed", type=int, default=0, help="seed for sampling and --sample (default 0)")
+    group.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default 16)")
+    group.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
+    group.add_argument("--output_dir", default=None,
+                       help="where this run's files go (default: runs/eval/<command>-<time>)")
+
+
+def load_engine(args):
+    """The Engine the model options describe; a missing or mismatched model becomes an EvalError."""
+    from ..engine import Engine
+
+    base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
+    lora = args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")
+    lora = None if str(lora).lower() == "none" else lora
+    log.info("loading %s (experts: %s)", base_model, lora)
+    try:
+        engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=args.load_in_8bit, dtype=args.dtype)
+    except (OSError, ValueError) as err:  # CheckpointError is a ValueError
+        raise EvalError(str(err)) from err
+    return engine
+
+
+def conditioning_for(args, engine) -> Conditioning:
+    """The conditioning asked for, or prompt-only (with a note) when the engine has no experts."""
+    asked = Conditioning.parse(args.conditioning)
+    effective = engine.effective_conditioning(asked)
+    if effective is not asked:
+        log.info("no experts loaded: conditioning %s falls back to %s", asked.value, effective.value)
+    return effective
+
+
+def run_config(args, engine=None) -> dict:
+    """The settings that produced a result, for the JSON document."""
+    config = {"base_model": args.base_model or _env(ENV_BASE_MODEL, "embedded"),
+              "lora_weights": str(args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")),
+              "conditioning": args.conditioning, "seed": args.seed}
+    if engine is not None:
+        config["experts"] = str(getattr(engine.model, "hirpf_expert_dir", None)) if engine.has_experts else None
+        config["conditioning"] = engine.effective_conditioning(Conditioning.parse(args.conditioning)).value
+    return config
+
+
+def check_positive(name: str, value: int) -> int:
+    if value < 1:
+        raise EvalError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+# --- identity sets -----------------------------------------------------------------------------------
+def add_identity_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """`--identities SET [SET ...]` | `--poles` | `--combinations all|FILE`, and `--sample N`."""
+    group = parser.add_argument_group("identity sets")
+    choice = group.add_mutually_exclusive_group(required=required)
+    choice.add_argument("--identities", nargs="+", metavar="SET",
+                        help="identity sets, each a comma list such as AGR_high,Doctor ('none' = the empty set)")
+    choice.add_argument("--poles", action="store_true",
+                        help="the ten single-pole sets plus the empty set as a reference")
+    choice.add_argument("--combinations", metavar="all|FILE",
+                        help="'all' = the 971 non-empty sets, or a file: one set per line (comma list) or a "
+                             "JSON list of lists of names")
+    group.add_argument("--sample", type=int, default=None, metavar="N",
+                       help="a random sample of N of the chosen sets (seeded by --seed)")
+
+
+def parse_identity_set(text: str, where: str = "") -> IdentitySet:
+    """One set from the command line or a file; strict (unknown names and broken rules are errors)."""
+    if isinstance(text, str) and text.strip().lower() in EMPTY_NAMES:
+        return IdentitySet()
+    try:
+        return IdentitySet.parse(text)
+    except IdentityError as err:
+        raise EvalError(f"{where}{err}") from None
+
+
+def read_combinations_file(path: str | Path) -> list[IdentitySet]:
+    """A JSON list of sets (each a list of names or a comma string), or text with one set per line
+    ('#' starts a comment)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise EvalError(f"cannot read combinations file {path}: {err.strerror}") from None
+    if text.lstrip().startswith("["):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise EvalError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        if not isinstance(entries, list):
+            raise EvalError(f"{path}: expected a JSON list of identity sets")
+        return [parse_identity_set(e if isinstance(e, str) else list(e) if isinstance(e, list) else e,
+                                   f"{path}: set {i}: ") for i, e in enumerate(entries)]
+    sets = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            sets.append(parse_identity_set(line, f"{path}: line {number}: "))
+    if not sets:
+        raise EvalError(f"{path}: no identity sets in the file")
+    return sets
+
+
+def identity_sets_from_args(args, reference: bool = False) -> list[IdentitySet]:
+    """The identity sets the options choose, without duplicates, in order. `--poles` always includes the
+    empty set; `reference=True` appends it to any choice (commands that compare against the base)."""
+    if getattr(args, "poles", False):
+        sets = single_poles() + [IdentitySet()]
+    elif getattr(args, "combinations", None):
+        sets = (list(all_combinations()) if args.combinations == "all"
+                else read_combinations_file(args.combinations))
+    elif getattr(args, "identities", None):
+        sets = [parse_identity_set(s, f"--identities {s!r}: ") for s in args.identities]
+    else:
+        raise EvalError("choose identity sets with --identities, --poles or --combinations")
+    sets = list(dict.fromkeys(sets))
+    if getattr(args, "sample", None) is not None:
+        check_positive("--sample", args.sample)
+        if args.sample < len(sets):
+            sets = random.Random(args.seed).sample(sets, args.sample)
+    if reference and IdentitySet() not in sets:
+        sets.append(IdentitySet())
+    return sets
+
+
+# --- progress, files ---------------------------------------------------------------------------------
+def progress(total: int, desc: str):
+    """A progress bar on stderr (shown on a terminal, silent otherwise); use as a context manager and
+    call `.update(n)`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True)
+
+
+def batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    check_positive("--batch_size", size)
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def output_dir(args, command: str) -> Path:
+    """This run's output directory (created): `--output_dir` or `runs/eval/<command>-<time>`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT / f"{command}-{stamp}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EvalError(f"cannot create output directory {path}: {err.strerror}") from None
+    return path
+
+
+def write_json(path: Path, document) -> Path:
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
+    """Rows of dicts as CSV; columns default to the keys of the first row."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

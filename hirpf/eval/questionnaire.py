@@ -1,0 +1,265 @@
+"""Questionnaires (`scale`, `profession`): agents rate statements about themselves on a 1-5 accuracy scale.
+
+    python -m hirpf.eval scale --poles --judge logits --json
+    python -m hirpf.eval profession --judge logits --json
+
+Answers come from one of two judges:
+- `logits`: the item is put to the agent as a question about itself; the answer is the expected value of
+  its next-token distribution over the digits 1-5 (local, deterministic, batched).
+- `interview`: the paper's protocol, see `hirpf/eval/interview.py`.
+
+Scoring: a reverse-keyed item scores 6 - answer; a factor's score is the mean over its items. `scale`: a
+`_high` pole is a hit when its factor scores above the midpoint 3 and above the empty set (the reference),
+a `_low` pole when below both; accuracy = hits / poles over all identity sets. `profession`: every
+profession agent answers every profession's items; a hit when its own field's mean beats the other fields'.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import Sequence
+
+from ..charts import RadarPanel, radar_chart
+from ..identities import PROFESSIONS, IdentitySet, single_poles
+from ..prompts import Conditioning
+from ..scales import Scale, ScaleError, ScaleItem, default_scale, load_scale
+from .choices import LIKERT_LABELS, choice_probabilities
+from .common import (EvalError, add_identity_arguments, check_positive, conditioning_for, identity_sets_from_args,
+                     load_engine, log, output_dir, progress, run_config, write_csv, write_json)
+
+ACCURACY_OPTIONS = ("very inaccurate", "moderately inaccurate", "neither accurate nor inaccurate",
+                    "moderately accurate", "very accurate")
+MIDPOINT = 3.0
+KIND_OF_COMMAND = {"scale": "personality", "profession": "profession"}
+REFERENCE = IdentitySet()
+
+
+def likert_question(statement: str) -> str:
+    """The logits judge's question. The options come before the statement so that every item of one identity
+    set shares its prompt up to the statement (encoded once, see choices.py); the reply must start with the
+    digit, a single token for the tokenizer."""
+    options = "\n".join(f"{i} = {text}" for i, text in enumerate(ACCURACY_OPTIONS, 1))
+    return ("Here is a statement a person might make about themselves. How accurately does it describe you? "
+            f"Reply with a single digit:\n{options}\n\nStatement: \"{statement}\"")
+
+
+@dataclass
+class Answer:
+    """One identity set's answer to one item."""
+
+    identities: IdentitySet
+    item_index: int
+    item: ScaleItem
+    answer: float | None  # 1-5; None when the judge failed (interview: every referee sample malformed)
+    detail: dict = field(default_factory=dict)  # judge-specific: probabilities, votes, transcript
+
+    @property
+    def score(self) -> float | None:
+        """The answer toward the factor's high pole (reverse keying applied)."""
+        return None if self.answer is None else self.item.score(self.answer)
+
+    def row(self) -> dict:
+        return {"identities": str(self.identities), "item": self.item_index, "factor": self.item.factor,
+                "keyed": "+" if self.item.keyed > 0 else "-", "text": self.item.text,
+                "answer": _rounded(self.answer), "score": _rounded(self.score),
+                **{k: v for k, v in self.detail.items() if not isinstance(v, (list, dict))}}
+
+
+# --- answering -----------------------------------------------------------------------------------------
+def answer_by_logits(engine, scale: Scale, identity_sets: Sequence[IdentitySet], conditioning: Conditioning,
+                     batch_size: int = 16, bar=None) -> list[Answer]:
+    """Every identity set answers every item; one batched pass over all (set, item) pairs."""
+    pairs = [(s, i) for s in identity_sets for i in range(len(scale.items))]
+    conversations = [[{"role": "user", "content": likert_question(scale.items[i].text)}] for _, i in pairs]
+    probabilities, mass = choice_probabilities(engine, conversations, [s for s, _ in pairs], conditioning,
+                                               LIKERT_LABELS, batch_size, bar)
+    answers = []
+    for (s, i), p, m in zip(pairs, probabilities.tolist(), mass.tolist()):
+        expected = sum(k * pk for k, pk in enumerate(p, 1))
+        detail = {f"p{k}": round(pk, 6) for k, pk in enumerate(p, 1)} | {"option_mass": round(m, 6)}
+        answers.append(Answer(s, i, scale.items[i], expected, detail))
+    return answers
+
+
+# --- scoring -------------------------------------------------------------------------------------------
+def factor_scores(answers: Sequence[Answer]) -> dict[IdentitySet, dict[str, float | None]]:
+    """Mean keyed score per factor for each identity set (failed answers left out; None if none remain)."""
+    collected: dict[IdentitySet, dict[str, list[float]]] = {}
+    for a in answers:
+        per_factor = collected.setdefault(a.identities, {})
+        values = per_factor.setdefault(a.item.factor, [])
+        if a.score is not None:
+            values.append(a.score)
+    return {s: {f: (mean(v) if v else None) for f, v in per_factor.items()} for s, per_factor in collected.items()}
+
+
+def pole_hit(pole: str, score: float | None, reference: float | None) -> bool | None:
+    """Does a factor score move in the pole's direction past both the midpoint and the reference?
+    None when a score is missing."""
+    if score is None or reference is None:
+        return None
+    if pole.endswith("_high"):
+        return score > MIDPOINT and score > reference
+    return score < MIDPOINT and score < reference
+
+
+def direction_accuracy(scores: dict[IdentitySet, dict[str, float | None]]) -> tuple[list[dict], float | None]:
+    """Per identity set, each trait pole's score, reference and hit; and the accuracy over all poles."""
+    if REFERENCE not in scores:
+        raise EvalError("direction accuracy needs the empty identity set as a reference")
+    reference = scores[REFERENCE]
+    per_set, hits = [], []
+    for s, factor_score in scores.items():
+        poles = []
+        for pole in s.traits:
+            trait = pole.split("_")[0]
+            hit = pole_hit(pole, factor_score.get(trait), reference.get(trait))
+            poles.append({"pole": pole, "score": _rounded(factor_score.get(trait)),
+                          "reference": _rounded(reference.get(trait)), "hit": hit})
+            if hit is not None:
+                hits.append(hit)
+        judged = [p["hit"] for p in poles if p["hit"] is not None]
+        per_set.append({"identities": str(s), "scores": _rounded_dict(factor_score), "poles": poles,
+                        "accuracy": _rounded(sum(judged) / len(judged)) if judged else None})
+    return per_set, (_rounded(sum(hits) / len(hits)) if hits else None)
+
+
+def profession_accuracy(scores: dict[IdentitySet, dict[str, float | None]]) -> tuple[list[dict], float | None]:
+    """Per identity set with a profession: own-field mean versus the mean of the other fields; a hit when
+    own > other. Accuracy over those sets."""
+    reference = scores.get(REFERENCE, {})
+    per_set, hits = [], []
+    for s, field_score in scores.items():
+        entry = {"identities": str(s), "scores": _rounded_dict(field_score), "profession": s.profession}
+        own = field_score.get(s.profession) if s.profession else None
+        others = [v for f, v in field_score.items() if f != s.profession and v is not None]
+        if s.profession and own is not None and others:
+            other = mean(others)
+            hit = own > other
+            hits.append(hit)
+            entry |= {"own_field": _rounded(own), "other_field": _rounded(other), "hit": hit,
+                      "reference_own_field": _rounded(reference.get(s.profession))}
+        per_set.append(entry)
+    return per_set, (_rounded(sum(hits) / len(hits)) if hits else None)
+
+
+# --- the commands ----------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale_file", default=None,
+                        help="a scale in our format or a HIS format (default: our bank for the command)")
+    parser.add_argument("--items_per_factor", type=int, default=None,
+                        help="only the first N items of each factor (quick runs)")
+    parser.add_argument("--judge", choices=["logits", "interview"], default="logits",
+                        help="logits: next-token probabilities over 1-5 (local); interview: the paper's "
+                             "interviewer + referee protocol (an OpenAI-compatible endpoint)")
+    add_identity_arguments(parser, required=False)
+    from .interview import add_interview_arguments
+
+    add_interview_arguments(parser)
+
+
+def default_identity_sets(command: str) -> list[IdentitySet]:
+    """`scale`: the ten poles and the reference; `profession`: each profession and the reference."""
+    if command == "scale":
+        return single_poles() + [REFERENCE]
+    return [IdentitySet((p,)) for p in PROFESSIONS] + [REFERENCE]
+
+
+def run(args) -> dict:
+    kind = KIND_OF_COMMAND[args.command]
+    try:
+        scale = load_scale(args.scale_file, kind) if args.scale_file else default_scale(kind)
+    except ScaleError as err:
+        raise EvalError(str(err)) from None
+    if args.items_per_factor is not None:
+        scale = scale.subset(check_positive("--items_per_factor", args.items_per_factor))
+    chosen = args.identities or args.poles or args.combinations
+    identity_sets = identity_sets_from_args(args, reference=True) if chosen else default_identity_sets(args.command)
+    if args.judge == "interview":
+        from .interview import interview_judge_from_args
+
+        judge = interview_judge_from_args(args)  # fails early on a bad endpoint setting, before the model loads
+    engine = load_engine(args)
+    conditioning = conditioning_for(args, engine)
+    total = len(identity_sets) * len(scale.items)
+    log.info("%s: %d items x %d identity sets, judge %s, conditioning %s", args.command, len(scale.items),
+             len(identity_sets), args.judge, conditioning.value)
+    with progress(total, f"{args.command} ({args.judge})") as bar:
+        if args.judge == "logits":
+            answers = answer_by_logits(engine, scale, identity_sets, conditioning, args.batch_size, bar)
+        else:
+            answers = judge.answer(engine, scale, identity_sets, conditioning, args.batch_size, bar)
+    return report(args, engine, scale, answers, identity_sets)
+
+
+def report(args, engine, scale: Scale, answers: list[Answer], identity_sets: Sequence[IdentitySet]) -> dict:
+    """The JSON document, and the run's files: answers.csv, scores.csv, result.json, radar.png."""
+    scores = factor_scores(answers)
+    if scale.kind == "personality":
+        per_set, accuracy = direction_accuracy(scores)
+    else:
+        per_set, accuracy = profession_accuracy(scores)
+    failures = sum(a.answer is None for a in answers)
+    document = {"command": args.command, "accuracy": accuracy, "judge": args.judge,
+                "scale": {"name": scale.name, "kind": scale.kind, "items": len(scale.items),
+                          "file": str(args.scale_file) if args.scale_file else "built-in bank"},
+                "identity_sets": per_set, "failed_answers": failures, "config": run_config(args, engine)}
+    if scale.kind == "profession":
+        judged = [p for p in per_set if "own_field" in p]
+        document["own_field_mean"] = _rounded(mean(p["own_field"] for p in judged)) if judged else None
+        document["other_field_mean"] = _rounded(mean(p["other_field"] for p in judged)) if judged else None
+    if failures:
+        log.info("%d answers failed (every referee sample malformed); they are left out of the scores", failures)
+    directory = output_dir(args, args.command)
+    files = {"answers": write_csv(directory / "answers.csv", [a.row() for a in answers]),
+             "scores": write_csv(directory / "scores.csv", _score_rows(scores, scale.factors)),
+             "radar": _radar(directory / "radar.png", scale, scores, identity_sets)}
+    if any("transcript" in a.detail for a in answers):
+        files["transcripts"] = write_json(directory / "transcripts.json", [
+            {"identities": str(a.identities), "item": a.item_index, **a.detail} for a in answers])
+    document["files"] = {k: str(v) for k, v in files.items()}
+    write_json(directory / "result.json", document)
+    log.info("%s accuracy: %s; files in %s", args.command, accuracy, directory)
+    return document
+
+
+def summarize(document: dict) -> str:
+    lines = [f"accuracy: {document['accuracy']}"]
+    for entry in document["identity_sets"]:
+        scores = ", ".join(f"{f} {v}" for f, v in entry["scores"].items())
+        lines.append(f"  {entry['identities']}: {scores}" + (f"  hit: {entry['hit']}" if "hit" in entry else ""))
+    lines.append(f"files: {document['files']['answers']} (and beside it)")
+    return "\n".join(lines)
+
+
+def _score_rows(scores, factors) -> list[dict]:
+    return [{"identities": str(s), "factor": f, "score": _rounded(per.get(f))} for s, per in scores.items()
+            for f in factors]
+
+
+def _radar(path: Path, scale: Scale, scores, identity_sets) -> Path:
+    """Each identity set's factor scores against its targets (5 for a high pole or the own profession, 1 for
+    a low pole), with the empty set as the reference line."""
+    factors = scale.factors
+    reference = [scores.get(REFERENCE, {}).get(f) for f in factors]
+    panels = []
+    for s in identity_sets:
+        if s == REFERENCE:
+            continue
+        if scale.kind == "personality":
+            poles = {p.split("_")[0]: p for p in s.traits}
+            target = [(5.0 if poles[f].endswith("_high") else 1.0) if f in poles else None for f in factors]
+        else:
+            target = [5.0 if f == s.profession else None for f in factors]
+        panels.append(RadarPanel(str(s), [scores[s].get(f) for f in factors], reference, target))
+    return radar_chart(path, factors, panels, title=f"{scale.name}: scores (blue), empty set (grey), targets (red)")
+
+
+def _rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _rounded_dict(values: dict) -> dict:
+    return {k: _rounded(v) for k, v in values.items()}
