@@ -467,3 +467,34 @@ def _view(session: Session, task: AnnotationTask) -> dict:
         "editable": task.annotation is not None and task.annotation.id == last,
         "skip_reason": task.skip_reason,
     }
+
+
+# --- for the app's human-evaluation tab ----------------------------------------------------------------
+def last_answered(store: Store, annotator: str) -> dict | None:
+    """The task view of the annotator's last answer (the only one they may edit), None before any answer;
+    this is where "go back" leads, also after the browser was closed."""
+    with store.db.read() as session:
+        who = _annotator(session, annotator)
+        task = session.scalar(select(AnnotationTask).join(Annotation).where(AnnotationTask.annotator_id == who.id)
+                              .order_by(Annotation.id.desc()).limit(1))
+        return None if task is None else _view(session, task)
+
+
+def overview(store: Store) -> dict:
+    """What an admin watches: dialogues per kind, and every annotator's progress (imported label sets
+    flagged `imported`), most recent first."""
+    with store.db.read() as session:
+        kinds = dict(session.execute(select(Dialogue.kind, func.count()).group_by(Dialogue.kind)).all())
+        counts: dict[int, dict[str, int]] = {}
+        for annotator_id, status, n in session.execute(select(
+                AnnotationTask.annotator_id, AnnotationTask.status, func.count())
+                .group_by(AnnotationTask.annotator_id, AnnotationTask.status)):
+            counts.setdefault(annotator_id, {})[status] = n
+        annotators = []
+        for a in session.scalars(select(Annotator).order_by(Annotator.id.desc())):
+            mine = counts.get(a.id, {})
+            done, skipped = mine.get("done", 0), mine.get("skipped", 0)
+            annotators.append({"id": a.public_id, "display_name": a.display_name, "external_id": a.external_id,
+                               "imported": (a.external_id or "").startswith(IMPORTED_PREFIX),
+                               "done": done + skipped, "assigned": sum(mine.values()), "skipped": skipped})
+    return {"dialogues": {kind: kinds.get(kind, 0) for kind in KINDS}, "annotators": annotators}

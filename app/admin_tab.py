@@ -1,0 +1,278 @@
+"""The Evaluation admin tab: load dialogues, set the assignment policy, watch progress, see agreement, export.
+
+This is where the unblinded data is (targets, systems, judges), so the tab is locked: it opens with the
+password in `HIRPF_ADMIN_PASSWORD`, or for the Hugging Face users listed in `HIRPF_ADMIN_USERS` (signed in
+through OAuth on a Space). With neither set it says how to turn it on and shows nothing else. The unlock is
+held server side (`gr.State`), and every admin event checks it, so a hand-made API call gets nothing either.
+Nothing here has a starting value: admin data reaches a browser only in answer to an unlocked session.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from annotation.assignment import AssignmentPolicy
+from annotation.labels import SLOTS
+from annotation.report import build_report
+from annotation.store import StoreError, overview
+from annotation.store_io import import_file, write_csv, write_jsonl
+
+from .annotation_tab import POLICY_ENV, SLOT_TITLES, oauth_configured, open_store, policy_as_text, policy_from_text
+
+PASSWORD_ENV, USERS_ENV = "HIRPF_ADMIN_PASSWORD", "HIRPF_ADMIN_USERS"
+FAILED_UNLOCK_DELAY_S = 1.0  # slows password guessing down
+TITLE = "Evaluation admin"
+IMPORT_KINDS = [("Detect from the file", "auto"), ("HIS open situations (CSV)", "his-open"),
+                ("HIS scale interviews (CSV)", "his-scale"), ("HIS dataset samples (CSV)", "his-data"),
+                ("Simulator or app export (JSONL)", "jsonl")]
+PROGRESS_HEADERS = ["Annotator", "Signed in as", "Done", "Assigned", "Skipped"]
+
+DISABLED_TEXT = f"""### The admin view is off
+It shows unblinded results, so it opens only when it is protected. Set one of these environment variables
+(on a Space: *Settings → Variables and secrets*, the password as a **secret**) and restart the app:
+
+- `{PASSWORD_ENV}`: a password that opens this tab;
+- `{USERS_ENV}`: Hugging Face usernames, comma-separated, who may open it after signing in (needs
+  `hf_oauth: true` in the Space's README front matter)."""
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """Who may open the admin tab."""
+
+    password: str | None = None
+    users: frozenset[str] = frozenset()  # Hugging Face usernames, case-folded
+
+    @classmethod
+    def from_env(cls) -> "AdminAccess":
+        users = frozenset(u.strip().casefold() for u in os.environ.get(USERS_ENV, "").split(",") if u.strip())
+        return cls(os.environ.get(PASSWORD_ENV) or None, users)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.password or self.users)
+
+    def admits(self, password: str | None, username: str | None) -> bool:
+        if username and username.casefold() in self.users:
+            return True
+        # Compared in constant time; an empty attempt never matches.
+        return bool(self.password and password) and hmac.compare_digest(password.encode(), self.password.encode())
+
+
+def _figure(x: float | None, percent: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.1%}" if percent else f"{x:.3f}"
+
+
+def _scale_line(name: str, figures: dict) -> str:
+    if not figures.get("n"):
+        return f"- {name}: no pairs yet"
+    return (f"- {name}: accuracy {_figure(figures['accuracy'], True)}, κ {_figure(figures['kappa'])}, ordinal α "
+            f"{_figure(figures['ordinal_alpha'])}, mean |difference| {_figure(figures['mean_abs_diff'])} "
+            f"(n = {figures['n']})")
+
+
+def report_markdown(report: dict) -> str:
+    """The agreement report as tables: humans vs targets, vs the LLM judges, and between annotators."""
+    target, judge, inter = report["human_vs_target"], report["human_vs_judge"], report["inter_annotator"]
+    counts = report["counts"]
+    lines = [f"**{counts['annotations']}** answers from **{counts['annotators']}** annotators (imported label sets "
+             f"included) on **{counts['dialogues']}** dialogues; {counts['skipped']} skipped.", "",
+             "#### Human vs target identity", "| Slot | Accuracy | Cohen's κ | n |", "|---|---|---|---|"]
+    lines += [f"| {SLOT_TITLES[s]} | {_figure(f['accuracy'], True)} | {_figure(f['kappa'])} | {f['n']} |"
+              for s, f in target["per_slot"].items()]
+    o = target["overall"]
+    lines += [f"| **All six** (exact match {_figure(o['exact_match'], True)}) | {_figure(o['accuracy'], True)} | "
+              f"{_figure(o['kappa'])} | {o['n']} |", "", "| Annotator | Accuracy | Exact match | Dialogues |",
+              "|---|---|---|---|"]
+    lines += [f"| {a['display_name']} | {_figure(a['overall']['accuracy'], True)} | "
+              f"{_figure(a['overall']['exact_match'], True)} | {a['overall']['n']} |"
+              for a in target["per_annotator"].values()]
+    lines += ["", _scale_line("Scale interviews vs the expected option", target["scale"]), "",
+              "#### Human vs LLM judge", "| Judge | Accuracy | mean κ | Exact match | Pairs |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {name} | {_figure(f['overall']['accuracy'], True)} | {_figure(f['overall']['kappa'])} | "
+              f"{_figure(f['overall']['exact_match'], True)} | {f['overall']['n']} |"
+              for name, f in judge["per_judge"].items()] or ["| (no judge predictions) | | | | |"]
+    lines += ["", _scale_line("Scale interviews vs the judges", judge["scale"]), "",
+              "#### Between annotators", "| Slot | Krippendorff's α | Cohen's κ | Fleiss' κ | Agreement | Units |",
+              "|---|---|---|---|---|---|"]
+    for s in SLOTS:
+        f = inter["per_slot"][s]
+        lines.append(f"| {SLOT_TITLES[s]} | {_figure(f['krippendorff_alpha'])} | {_figure(f['cohen_kappa'])} | "
+                     f"{_figure(f['fleiss_kappa'])} | {_figure(f['percent_agreement'], True)} | {f['n_units']} |")
+    o = inter["overall"]
+    lines += [f"| **Mean** (exact match {_figure(o['exact_match'], True)}, {o['n_annotators']} annotators) | "
+              f"{_figure(o['krippendorff_alpha'])} | {_figure(o['cohen_kappa'])} | {_figure(o['fleiss_kappa'])} | "
+              f"{_figure(o['percent_agreement'], True)} | {o['n_units']} |"]
+    return "\n".join(lines)
+
+
+def _export_path(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix="hirpf-admin-")) / name
+
+
+def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | None = None) -> dict:
+    """Lay out the admin tab inside the current Blocks; without any access configured, only the note."""
+    access = access or AdminAccess.from_env()
+    if not access.enabled:
+        gr.Markdown(DISABLED_TEXT, elem_id="admin-disabled")
+        return {}
+    unlocked = gr.State(False)  # server side, per browser session
+    start_policy = policy_from_text(os.environ.get(POLICY_ENV, ""))
+    with gr.Column(elem_id="admin-lock") as lock_box:
+        gr.Markdown("### Evaluation admin\nThis view shows unblinded results. " + (
+            "Enter the admin password" if access.password else "Sign in with an allowed Hugging Face account")
+            + " to open it.")
+        password = gr.Textbox(label="Admin password", type="password", visible=bool(access.password),
+                              elem_id="admin-password")
+        if access.users:
+            if oauth_configured():
+                gr.LoginButton(elem_id="admin-hf-login")
+            else:
+                gr.Markdown(f"`{USERS_ENV}` is set, but Hugging Face sign-in is not configured "
+                            "(`hf_oauth: true` on a Space), so only the password can open this view.")
+        unlock = gr.Button("Open the admin view", variant="primary", elem_id="admin-unlock")
+    with gr.Column(visible=False, elem_id="admin-panel") as panel:
+        gr.Markdown("### Progress")
+        counts = gr.Markdown(elem_id="admin-counts")
+        progress_table = gr.Dataframe(headers=PROGRESS_HEADERS, value=None, interactive=False, wrap=True,
+                                      elem_id="admin-progress")
+        refresh = gr.Button("Refresh", size="sm", elem_id="admin-refresh")
+        with gr.Accordion("Load dialogues", open=True, elem_id="admin-import"):
+            gr.Markdown("HIS human-evaluation CSVs, or JSONL from the simulators or an export (one "
+                        "`{\"dialog\": [...], \"active_adapters\": [...], \"system\": ...}` record a line). Rows "
+                        "already stored are skipped; rejected rows are listed with their line numbers. Debates "
+                        "arrive from the Debate tab's *Send to human evaluation*.")
+            with gr.Row():
+                upload = gr.File(label="File", file_types=[".csv", ".jsonl", ".json"], elem_id="admin-file")
+                with gr.Column():
+                    kind = gr.Dropdown(IMPORT_KINDS, value="auto", label="Format", elem_id="admin-kind")
+                    encoding = gr.Textbox(label="Encoding (empty: detect)", elem_id="admin-encoding")
+                    load = gr.Button("Import", variant="primary", elem_id="admin-load")
+            import_result = gr.Markdown(elem_id="admin-import-result")
+        with gr.Accordion("Assignment policy", open=False, elem_id="admin-policy"):
+            gr.Markdown("Applies to tasks handed out from now on. Every item goes to *overlap* annotators, never "
+                        "more than *cap* (0: the overlap); a *shared* fraction of items goes to everyone; "
+                        "annotators get *batch* tasks at a time, in an order shuffled by *seed*.")
+            with gr.Row():
+                overlap = gr.Number(start_policy.overlap, precision=0, minimum=1, label="Overlap",
+                                    elem_id="admin-overlap")
+                cap = gr.Number(start_policy.cap or 0, precision=0, minimum=0, label="Cap", elem_id="admin-cap")
+                shared = gr.Slider(0, 1, value=start_policy.shared_fraction, step=0.05, label="Shared fraction",
+                                   elem_id="admin-shared")
+                batch = gr.Number(start_policy.batch, precision=0, minimum=1, label="Batch", elem_id="admin-batch")
+                seed = gr.Number(start_policy.seed, precision=0, minimum=0, label="Seed", elem_id="admin-seed")
+            apply_policy = gr.Button("Apply", elem_id="admin-apply-policy")
+            policy_note = gr.Markdown(elem_id="admin-policy-note")
+        with gr.Accordion("Agreement", open=False, elem_id="admin-agreement"):
+            compute = gr.Button("Compute agreement", elem_id="admin-compute")
+            agreement = gr.Markdown(elem_id="admin-report")
+            report_file = gr.File(label="Full report (JSON)", interactive=False, elem_id="admin-report-file")
+        with gr.Accordion("Export", open=False, elem_id="admin-export"):
+            gr.Markdown("Every answered or skipped task, unblinded: annotator, target, system, source, the "
+                        "original transcript, the answer and every judge's prediction.")
+            with gr.Row():
+                export_format = gr.Radio(["csv", "jsonl"], value="csv", label="Format", elem_id="admin-format")
+                export = gr.Button("Export", elem_id="admin-export-button")
+            export_file = gr.File(label="Download", interactive=False, elem_id="admin-export-file")
+
+    def store():
+        return open_store(data_dir)
+
+    def require(is_unlocked: bool) -> None:
+        if is_unlocked is not True:
+            raise gr.Error("Open the admin view first (admin password or an allowed Hugging Face account).",
+                           title=TITLE, print_exception=False)
+
+    def progress_screen() -> dict:
+        seen = overview(store())
+        people = [a for a in seen["annotators"] if not a["imported"]]
+        imported = len(seen["annotators"]) - len(people)
+        dialogues = seen["dialogues"]
+        summary = (f"**{dialogues['identity']}** identity dialogues and **{dialogues['scale_interview']}** scale "
+                   f"interviews stored; **{len(people)}** annotators"
+                   + (f" (plus {imported} imported label sets)" if imported else "") + ".")
+        rows = [[a["display_name"], a["external_id"] or "", a["done"], a["assigned"], a["skipped"]] for a in people]
+        return {counts: summary, progress_table: rows or None}
+
+    def policy_fields(policy: AssignmentPolicy) -> dict:
+        return {overlap: policy.overlap, cap: policy.cap or 0, shared: policy.shared_fraction, batch: policy.batch,
+                seed: policy.seed}
+
+    def open_admin(password_attempt: str | None = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """Open the admin view with the password (or as an allowed Hugging Face user)."""
+        if not access.admits(password_attempt, profile.username if profile is not None else None):
+            time.sleep(FAILED_UNLOCK_DELAY_S)
+            raise gr.Error("Wrong admin password" if access.password else "This account may not open the admin view.",
+                           title=TITLE, print_exception=False)
+        return {unlocked: True, lock_box: gr.Column(visible=False), panel: gr.Column(visible=True), password: "",
+                **progress_screen(), **policy_fields(store().policy)}
+
+    def refresh_progress(is_unlocked: bool) -> dict:
+        """Dialogue counts and every annotator's progress."""
+        require(is_unlocked)
+        return progress_screen()
+
+    def import_dialogues(is_unlocked: bool, path: str | None, file_kind: str = "auto",
+                         file_encoding: str | None = None) -> dict:
+        """Import an uploaded HIS CSV or JSONL file; says what was added and which rows were rejected."""
+        require(is_unlocked)
+        if not path:
+            raise gr.Error("Choose a file to import first.", title=TITLE, print_exception=False)
+        try:
+            result = import_file(store(), path, None if file_kind == "auto" else file_kind,
+                                 (file_encoding or "").strip() or None)
+        except (StoreError, ValueError, OSError) as err:
+            raise gr.Error(str(err).replace(str(path), Path(path).name), title=TITLE, print_exception=False) from None
+        text = result.describe().replace(str(path), Path(path).name)
+        return {import_result: "```\n" + text + "\n```", **progress_screen()}
+
+    def set_policy(is_unlocked: bool, new_overlap: float, new_cap: float, new_shared: float, new_batch: float,
+                   new_seed: float) -> dict:
+        """Change the assignment policy of the running app (tasks handed out from now on)."""
+        require(is_unlocked)
+        try:
+            policy = AssignmentPolicy(overlap=int(new_overlap), cap=int(new_cap) or None,
+                                      shared_fraction=float(new_shared), batch=int(new_batch), seed=int(new_seed))
+        except (TypeError, ValueError) as err:
+            raise gr.Error(f"Assignment policy: {err}", title=TITLE, print_exception=False) from None
+        store().policy = policy
+        return {policy_note: f"Applied. It lasts until the app restarts; to keep it, set `{POLICY_ENV}="
+                             f"{policy_as_text(policy)}`.", **policy_fields(policy)}
+
+    def compute_agreement(is_unlocked: bool) -> dict:
+        """Agreement of the humans with the targets, with the LLM judges and with each other."""
+        require(is_unlocked)
+        report = build_report(store().db)
+        path = _export_path("agreement.json")
+        path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        return {agreement: report_markdown(report), report_file: str(path)}
+
+    def export_annotations(is_unlocked: bool, fmt: str = "csv") -> dict:
+        """Every answered or skipped task, unblinded, as CSV or JSONL."""
+        require(is_unlocked)
+        path = _export_path(f"annotations.{fmt}")
+        with path.open("w", encoding="utf-8", newline="") as out:
+            (write_csv if fmt == "csv" else write_jsonl)(store(), out)
+        return {export_file: str(path)}
+
+    policy_inputs = [overlap, cap, shared, batch, seed]
+    screen = [counts, progress_table]
+    gr.on([unlock.click, password.submit], open_admin, [password],
+          [unlocked, lock_box, panel, password, *screen, *policy_inputs], api_name="admin_open")
+    refresh.click(refresh_progress, [unlocked], screen, api_name="admin_progress")
+    load.click(import_dialogues, [unlocked, upload, kind, encoding], [import_result, *screen],
+               api_name="admin_import")
+    apply_policy.click(set_policy, [unlocked, *policy_inputs], [policy_note, *policy_inputs], api_name="admin_policy")
+    compute.click(compute_agreement, [unlocked], [agreement, report_file], api_name="admin_agreement")
+    export.click(export_annotations, [unlocked, export_format], [export_file], api_name="admin_export")
+    return {"panel": panel, "unlock": unlock}

@@ -1,0 +1,86 @@
+"""`build_app`: the whole Gradio app around one model, and `launch`, which serves it.
+
+The model is given as a loaded `Engine`, a `ModelSlot`, or a function that loads one (started in the
+background at once, so the page is usable while the weights load). Tabs add their events to one shared
+model queue (`concurrency_id="model"`): whatever tab a request comes from, at most `model_concurrency`
+generations run at a time, and the rest wait their turn in order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from .admin_tab import build_admin_tab
+from .annotation_tab import build_annotation_tab
+from .chat_tab import build_chat_tab
+from .debate_tab import build_debate_tab
+from .identity_panel import PANEL_CSS
+from .model_slot import ModelSlot
+from .questionnaire_tab import build_questionnaire_tab, judge_endpoint_from_env
+from .stop_signals import StopSignals
+
+APP_CSS = PANEL_CSS
+INTRO = (
+    "Chat with an agent whose persona is composed from **identity experts**: Big Five trait poles and a "
+    "profession, switched on per request. Change the identities at any time; the next reply uses them, and "
+    "each reply is labelled with the set it was generated with."
+)
+
+
+def status_line(slot: ModelSlot) -> str:
+    """The model's state for the page; says so when identities can only act through the prompt."""
+    line = slot.status()
+    if slot.finished and not slot.failed and not slot.get().has_experts:
+        line += " No expert checkpoint is loaded: identities act through the system prompt only."
+    return line
+
+
+def as_slot(engine) -> ModelSlot:
+    if isinstance(engine, ModelSlot):
+        return engine.start()
+    if callable(engine) and not hasattr(engine, "stream"):  # a loader, not an Engine
+        return ModelSlot(engine).start()
+    return ModelSlot.ready(engine, getattr(engine.model, "hirpf_base_model", "the model"))
+
+
+def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: str | Path | None = None,
+              model_concurrency: int = 1, title: str = "HIRPF: identity-driven role-playing agents") -> gr.Blocks:
+    """The app's Blocks. `data_dir` is where tabs that store things (human evaluation) keep their data."""
+    slot = as_slot(engine)
+    stops = StopSignals()
+    model_queue = {"concurrency_id": "model", "concurrency_limit": model_concurrency}
+    with gr.Blocks(title="HIRPF", analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title}\n{INTRO}")
+        status = gr.Markdown(status_line(slot), elem_id="model-status")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                build_chat_tab(slot, stops, model_queue)
+            with gr.Tab("Debate", id="debate", elem_id="tab-debate"):
+                build_debate_tab(slot, stops, model_queue, data_dir=data_dir)
+            with gr.Tab("Questionnaire", id="questionnaire", elem_id="tab-questionnaire"):
+                build_questionnaire_tab(slot, model_queue, judge_endpoint_from_env())
+            with gr.Tab("Human evaluation", id="annotate", elem_id="tab-annotate"):
+                build_annotation_tab(demo, data_dir=data_dir)
+            with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
+                build_admin_tab(data_dir=data_dir)
+
+        # The status line follows the background load, then its timer switches itself off.
+        poll = gr.Timer(1.0, active=not slot.finished)
+
+        def refresh_status():
+            return status_line(slot), gr.Timer(active=not slot.finished)
+
+        poll.tick(refresh_status, None, [status, poll], queue=False, show_progress="hidden",
+                  api_name="model_status")
+        demo.load(refresh_status, None, [status, poll], queue=False, show_progress="hidden",
+                  api_name="model_status_on_load", api_visibility="undocumented")
+    demo.hirpf_slot = slot  # for start-up scripts and tests: wait on or inspect the model load
+    demo.hirpf_data_dir = Path(data_dir) if data_dir is not None else None
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
+    """Serve `demo` with the app's stylesheet (Gradio 6 takes CSS at launch, not in the Blocks)."""
+    return demo.launch(server_name=host, server_port=port, css=APP_CSS, **kwargs)

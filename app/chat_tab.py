@@ -1,0 +1,177 @@
+"""The Chat tab: talk to one identity-composed agent, changing its identities between turns.
+
+Every reply reads the identity panel at the moment it starts (live masking: nothing is reloaded, the
+next call simply routes through other experts) and is recorded with the set it was generated with.
+Model events share the app's model queue; Stop both cancels the event and sets the generation's stop flag.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import closing
+
+import gradio as gr
+
+from hirpf.engine import Sampling
+from hirpf.identities import IdentitySet
+from hirpf.prompts import Conditioning
+
+from .identity_panel import IdentityPanel, read_identities
+from .model_slot import ModelLoadError, ModelSlot
+from .stop_signals import StopSignals
+from .transcript import (
+    CONDITIONING_LABELS,
+    DONE,
+    STOPPED,
+    assistant_turn,
+    mark_stopped,
+    model_history,
+    render,
+    user_turn,
+)
+from .zerogpu import gpu
+
+# Our own openers; each probes a different side of a persona.
+EXAMPLES = [
+    "How did you spend last weekend?",
+    "A friend cancelled our plans an hour before we were due to meet. What would you say to them?",
+    "I have to give a talk to two hundred people tomorrow. Any advice?",
+    "What does a good working day look like for you?",
+]
+MAX_NEW_TOKENS = 512
+
+
+def read_conditioning(value) -> Conditioning:
+    try:
+        return Conditioning.parse(value)
+    except ValueError as err:
+        raise gr.Error(str(err), title="Conditioning", print_exception=False) from None
+
+
+def read_sampling(max_new_tokens, temperature, top_p, seed) -> Sampling:
+    """Sampling settings from the panel; temperature 0 means greedy decoding, seed 0 (or none) a random one."""
+    problems = []
+    if max_new_tokens is None or not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
+        problems.append(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
+    if temperature is None or not 0 <= float(temperature) <= 2:
+        problems.append(f"temperature must be between 0 and 2, got {temperature!r}")
+    if top_p is None or not 0 < float(top_p) <= 1:
+        problems.append(f"top-p must be in (0, 1], got {top_p!r}")
+    if seed is not None and (int(seed) != seed or seed < 0):
+        problems.append(f"seed must be a whole number ≥ 0 (0 for random), got {seed!r}")
+    if problems:
+        raise gr.Error("; ".join(problems), title="Sampling settings", print_exception=False)
+    return Sampling(max_new_tokens=int(max_new_tokens), do_sample=float(temperature) > 0,
+                    temperature=float(temperature) or 1.0, top_p=float(top_p),
+                    seed=int(seed) if seed else None)
+
+
+def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> dict:
+    """Lay out the tab inside the current Blocks and wire its events; returns its main components."""
+    with gr.Row():
+        with gr.Column(scale=2, min_width=380):
+            panel = IdentityPanel("chat", "Agent identity")
+            conditioning = gr.Radio(
+                choices=[(CONDITIONING_LABELS[c], c.value) for c in Conditioning],
+                value=Conditioning.EXPERTS_AND_PROMPT.value, label="Conditioning", elem_id="chat-conditioning",
+                info="how the identities reach the model: expert layers, the system prompt, or both")
+            with gr.Accordion("Sampling", open=False, elem_id="chat-sampling"):
+                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
+                                           elem_id="chat-max-new-tokens")
+                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)",
+                                        elem_id="chat-temperature")
+                top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p", elem_id="chat-top-p")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (0 = random)", elem_id="chat-seed")
+        with gr.Column(scale=5):
+            chatbot = gr.Chatbot(label="Conversation", elem_id="chat-transcript", height=520,
+                                 placeholder="Pick identities on the left, then say something.")
+            message = gr.Textbox(label="Message", show_label=False, placeholder="Your message (Enter to send)",
+                                 elem_id="chat-message", lines=1, max_lines=6)
+            with gr.Row():
+                send = gr.Button("Send", variant="primary", elem_id="chat-send")
+                stop = gr.Button("Stop", variant="stop", elem_id="chat-stop")
+                regenerate = gr.Button("Regenerate", elem_id="chat-regenerate")
+                clear = gr.Button("Clear", elem_id="chat-clear")
+            gr.Examples(examples=[[e] for e in EXAMPLES], inputs=[message], label="Examples")
+    conversation = gr.State([])  # per session: the record with each reply's identity set
+    settings = [conditioning, max_new_tokens, temperature, top_p, seed]
+
+    def stream_reply(record: list[dict], identities: IdentitySet, mode: Conditioning, sampling: Sampling,
+                     request: gr.Request):
+        """Yield (chatbot, record) as the reply to `record` grows; the last record ends with the finished reply."""
+        turn = assistant_turn(identities, mode, sampling.seed)
+        yield render(record + [turn]), record + [turn]  # at once, even while the model is still loading
+        try:
+            engine = slot.get()
+        except ModelLoadError as err:
+            yield render(record), record
+            raise gr.Error(str(err), title="Model") from None
+        mode = engine.effective_conditioning(mode)  # without experts, identities act through the prompt only
+        turn = dict(turn, conditioning=mode.value)
+        began = time.perf_counter()
+        with stops.armed(request.session_hash if request else None) as handle:
+            try:
+                with closing(engine.stream(model_history(record), identities, mode, sampling, handle.event)) as chunks:
+                    for text in chunks:
+                        turn = dict(turn, content=text, seconds=time.perf_counter() - began,
+                                    status=STOPPED if handle.requested else turn["status"])
+                        yield render(record + [turn]), record + [turn]
+            except Exception as err:  # the model failed: keep the conversation, drop the broken reply
+                yield render(record), record
+                raise gr.Error(f"Generation failed: {err}", title="Model") from err
+            turn = dict(turn, seconds=time.perf_counter() - began, status=STOPPED if handle.requested else DONE)
+        yield render(record + [turn]), record + [turn]
+
+    @gpu
+    def chat(message: str, conversation: list, traits: list[str], profession: list[str], conditioning: str,
+             max_new_tokens: float, temperature: float, top_p: float, seed: float = 0,
+             request: gr.Request = None):
+        """Send `message` to the agent with the given identities; streams the transcript as the reply grows."""
+        identities = read_identities(traits, profession)
+        mode = read_conditioning(conditioning)
+        sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
+        text = (message or "").strip()
+        if not text:
+            raise gr.Error("Type a message first.", title="Chat", print_exception=False)
+        record = list(conversation or []) + [user_turn(text)]
+        for i, (messages, updated) in enumerate(stream_reply(record, identities, mode, sampling, request)):
+            # Empty the box once; later updates leave it alone so the next message can be typed meanwhile.
+            yield messages, updated, "" if i == 0 else gr.skip()
+
+    @gpu
+    def regenerate_reply(conversation: list, traits: list[str], profession: list[str], conditioning: str,
+                         max_new_tokens: float, temperature: float, top_p: float, seed: float = 0,
+                         request: gr.Request = None):
+        """Replace the last reply with a new one, generated with the identities selected now."""
+        identities = read_identities(traits, profession)
+        mode = read_conditioning(conditioning)
+        sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
+        record = list(conversation or [])
+        while record and record[-1]["role"] == "assistant":
+            record.pop()
+        if not record:
+            raise gr.Error("Nothing to regenerate yet: send a message first.", title="Chat", print_exception=False)
+        yield from stream_reply(record, identities, mode, sampling, request)
+
+    def stop_reply(conversation: list, request: gr.Request):
+        """Stop this session's running reply at the next token; the text so far stays."""
+        stops.stop(request.session_hash if request else None)
+        record = mark_stopped(list(conversation or []))
+        return render(record), record
+
+    def clear_chat(request: gr.Request):
+        """Stop any running reply and start a new conversation."""
+        stops.stop(request.session_hash if request else None)
+        return [], []
+
+    identity_inputs = panel.inputs
+    chat_event = gr.on([send.click, message.submit], chat,
+                       [message, conversation, *identity_inputs, *settings], [chatbot, conversation, message],
+                       api_name="chat", **model_queue)
+    regenerate_event = regenerate.click(regenerate_reply, [conversation, *identity_inputs, *settings],
+                                        [chatbot, conversation], api_name="regenerate", **model_queue)
+    running = [chat_event, regenerate_event]
+    stop.click(stop_reply, [conversation], [chatbot, conversation], cancels=running, queue=False,
+               api_name="stop")
+    clear.click(clear_chat, None, [chatbot, conversation], cancels=running, queue=False, api_name="clear")
+    return {"panel": panel, "chatbot": chatbot, "message": message, "conversation": conversation,
+            "conditioning": conditioning}

@@ -1,0 +1,321 @@
+"""The Questionnaire tab: agents answer a personality or profession scale, or a social-simulation survey.
+
+Questionnaire: a bank (ours, or an uploaded scale file in our format or a HIS format, `hirpf.scales`), the
+identity sets (the panel's set, the ten single poles or the three professions, each run with the empty set
+as the reference), and the judge: `logits` (local, next-token probabilities) or `interview` (the paper's
+protocol, only when an OpenAI-compatible endpoint is configured with HIRPF_JUDGE_BASE_URL and
+HIRPF_JUDGE_MODEL). The run is `hirpf.eval.questionnaire` itself, and so are its results: a radar chart of the
+factor scores against the target poles, the per-item answers, and the CSV and JSON files of the CLI.
+
+Survey: a survey file (our example or an upload, `hirpf.eval.survey`); each identity set's answer is its
+probability distribution over the options, shown as a table and a chart per question.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from hirpf.eval.common import EvalError, identity_sets_from_args
+from hirpf.eval.questionnaire import REFERENCE, answer_by_logits, default_identity_sets, report
+from hirpf.eval.survey import load_survey, survey_distributions, survey_outputs
+from hirpf.identities import IdentitySet
+from hirpf.prompts import Conditioning
+from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
+
+from .chat_tab import read_conditioning
+from .identity_panel import IdentityPanel, read_identities
+from .model_slot import ModelLoadError, ModelSlot
+from .transcript import CONDITIONING_LABELS
+from .zerogpu import gpu
+
+EXAMPLE_SURVEY = DATA_DIR / "example_survey.json"
+BANKS = [("Personality bank (ours, Big Five)", "personality"), ("Profession bank (ours)", "profession"),
+         ("Upload a scale file", "upload")]
+IDENTITY_CHOICES = [("The panel's identity set", "panel"), ("All ten single poles", "poles"),
+                    ("The three professions", "professions")]
+SURVEYS = [("Example survey (ours)", "example"), ("Upload a survey file", "upload")]
+COMMAND_OF_KIND = {"personality": "scale", "profession": "profession"}
+BATCH_SIZE = 16
+ANSWER_COLUMNS = ["identities", "item", "factor", "keyed", "text", "answer", "score"]
+ENV_JUDGE_BASE_URL = "HIRPF_JUDGE_BASE_URL"
+ENV_JUDGE_MODEL = "HIRPF_JUDGE_MODEL"
+ENV_JUDGE_CACHE_DIR = "HIRPF_JUDGE_CACHE_DIR"
+SCALE_FORMATS = ("our format {\"name\", \"kind\": \"personality\"|\"profession\", \"items\": [...]}, or a HIS list of "
+                 "{factor, polarity, content} or {question, profession} items")
+
+
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    """Where the interview judge's interviewer and referee run (an OpenAI-compatible endpoint), and where
+    its responses are cached (None: no cache)."""
+
+    base_url: str
+    model: str
+    cache_dir: Path | None = None
+
+
+def judge_endpoint_from_env() -> JudgeEndpoint | None:
+    """The interview judge's endpoint from HIRPF_JUDGE_BASE_URL, HIRPF_JUDGE_MODEL (default: the CLI's) and
+    HIRPF_JUDGE_CACHE_DIR (default: the CLI's cache; 'none' switches it off); None when no URL is set. The key,
+    if the endpoint needs one, comes from OPENAI_API_KEY."""
+    from hirpf.eval.interview import DEFAULT_CACHE, DEFAULT_MODEL
+
+    base_url = os.environ.get(ENV_JUDGE_BASE_URL, "").strip()
+    if not base_url:
+        return None
+    cache = os.environ.get(ENV_JUDGE_CACHE_DIR, "").strip() or str(DEFAULT_CACHE)
+    return JudgeEndpoint(base_url, os.environ.get(ENV_JUDGE_MODEL, "").strip() or DEFAULT_MODEL,
+                         None if cache.lower() == "none" else Path(cache))
+
+
+class ProgressBar:
+    """The `bar.update(n)` that hirpf's runs call, driving the page's progress bar."""
+
+    def __init__(self, progress: gr.Progress, total: int, desc: str):
+        self.progress, self.total, self.desc, self.done = progress, total, desc, 0
+        progress((0, total), desc=desc, unit="answers")
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.progress((self.done, self.total), desc=self.desc, unit="answers")
+
+
+def file_problem(err: Exception, path: str | Path) -> gr.Error:
+    """A loader's error about an uploaded file, naming the file as the visitor knows it (not the server's
+    upload folder)."""
+    message = str(err).replace(str(path), Path(path).name)
+    return gr.Error(message, title="File problem", print_exception=False)
+
+
+def read_scale(bank: str, scale_file: str | None, items_per_factor) -> Scale:
+    if items_per_factor is None or int(items_per_factor) != items_per_factor or items_per_factor < 0:
+        raise gr.Error(f"items per factor must be a whole number ≥ 0 (0 = all), got {items_per_factor!r}",
+                       title="Questionnaire", print_exception=False)
+    if bank == "upload":
+        if not scale_file:
+            raise gr.Error(f"Upload a scale file first: {SCALE_FORMATS}.", title="File problem",
+                           print_exception=False)
+        try:
+            scale = load_scale(scale_file)
+        except ScaleError as err:
+            raise file_problem(err, scale_file) from None
+    elif bank in ("personality", "profession"):
+        scale = default_scale(bank)
+    else:
+        raise gr.Error(f"unknown bank {bank!r}; choose personality, profession or upload", title="Questionnaire",
+                       print_exception=False)
+    return scale.subset(int(items_per_factor)) if items_per_factor else scale
+
+
+def read_identity_sets(choice: str, traits, profession) -> list[IdentitySet]:
+    """The chosen identity sets, each run beside the empty set (the reference every score is compared with)."""
+    if choice == "panel":
+        sets = [read_identities(traits, profession)]
+    elif choice == "poles":
+        sets = identity_sets_from_args(argparse.Namespace(poles=True))
+    elif choice == "professions":
+        sets = default_identity_sets("profession")
+    else:
+        raise gr.Error(f"unknown identity choice {choice!r}; choose panel, poles or professions",
+                       title="Identity sets", print_exception=False)
+    return list(dict.fromkeys(sets + [REFERENCE]))
+
+
+def get_engine(slot: ModelSlot):
+    try:
+        return slot.get()
+    except ModelLoadError as err:
+        raise gr.Error(str(err), title="Model") from None
+
+
+def scores_table(document: dict, factors: tuple[str, ...]) -> pd.DataFrame:
+    """One row per identity set: its factor scores and whether it moved toward its targets."""
+    rows = []
+    for entry in document["identity_sets"]:
+        name = entry["identities"]
+        row = {"identities": f"{name} (reference)" if name == str(REFERENCE) else name,
+               **{f: entry["scores"].get(f) for f in factors}}
+        if "poles" in entry:  # personality: hits per target pole
+            row["poles hit"] = ", ".join(f"{p['pole']} {'✓' if p['hit'] else '✗' if p['hit'] is False else '?'}"
+                                         for p in entry["poles"])
+            row["accuracy"] = entry["accuracy"]
+        else:
+            row["own field"], row["other fields"] = entry.get("own_field"), entry.get("other_field")
+            row["hit"] = entry.get("hit")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def questionnaire_summary(document: dict) -> str:
+    scale = document["scale"]
+    lines = [f"**{scale['name']}** ({scale['kind']}, {scale['items']} items, judge `{document['judge']}`, "
+             f"conditioning {document['config']['conditioning']})."]
+    if scale["kind"] == "personality":
+        lines.append(f"Direction accuracy (high poles above the midpoint and the empty set, low poles below "
+                     f"both): **{document['accuracy'] if document['accuracy'] is not None else 'n/a (no poles)'}**.")
+    else:
+        lines.append(f"Profession accuracy (own field above the others): **{document['accuracy']}**; own-field "
+                     f"mean {document.get('own_field_mean')}, other-field mean {document.get('other_field_mean')}.")
+    if document["failed_answers"]:
+        lines.append(f"{document['failed_answers']} answers failed (every referee sample malformed) and are left "
+                     "out of the scores.")
+    return "\n\n".join(lines)
+
+
+def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndpoint | None = None) -> dict:
+    """Lay out the tab inside the current Blocks and wire its events; returns its main components.
+    `judge`: the interview judge's endpoint (None: only the local logits judge is offered)."""
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            mode = gr.Radio([("Questionnaire (scale)", "questionnaire"), ("Survey", "survey")], value="questionnaire",
+                            label="Mode", elem_id="questionnaire-mode")
+            identity_choice = gr.Radio(IDENTITY_CHOICES, value="poles", label="Identity sets",
+                                       info="each is run beside the empty set, the reference",
+                                       elem_id="questionnaire-identity-sets")
+            panel = IdentityPanel("questionnaire", "The panel's identity set")
+            conditioning = gr.Radio(
+                choices=[(CONDITIONING_LABELS[c], c.value) for c in Conditioning],
+                value=Conditioning.EXPERTS_AND_PROMPT.value, label="Conditioning",
+                elem_id="questionnaire-conditioning")
+        with gr.Column(scale=3):
+            with gr.Column(visible=True, elem_id="questionnaire-scale-mode") as scale_mode:
+                with gr.Row():
+                    bank = gr.Radio(BANKS, value="personality", label="Bank", elem_id="questionnaire-bank")
+                    items_per_factor = gr.Number(value=4, precision=0, minimum=0, label="Items per factor (0 = all)",
+                                                 elem_id="questionnaire-items-per-factor")
+                scale_file = gr.File(label=f"Scale file (JSON): {SCALE_FORMATS}", file_types=[".json"],
+                                     type="filepath", visible=False, elem_id="questionnaire-scale-file")
+                judge_note = ("`interview`: the agent answers in its own words, an interviewer asks two follow-ups "
+                              f"and a referee rates the transcript ({judge.model} at {judge.base_url})."
+                              if judge else
+                              f"`interview` needs an OpenAI-compatible endpoint: set {ENV_JUDGE_BASE_URL} (and "
+                              f"{ENV_JUDGE_MODEL}) before starting the app. Only the local `logits` judge is "
+                              "available now.")
+                judge_choice = gr.Radio(["logits", "interview"], value="logits", label="Judge", info=judge_note,
+                                        interactive=judge is not None, elem_id="questionnaire-judge")
+                run_scale = gr.Button("Run questionnaire", variant="primary", elem_id="questionnaire-run")
+                scale_summary = gr.Markdown(elem_id="questionnaire-outcome")
+                radar = gr.Image(label="Factor scores (blue) against the empty set (grey) and the targets (red)",
+                                 type="filepath", interactive=False, elem_id="questionnaire-radar")
+                scores = gr.Dataframe(label="Scores per identity set", interactive=False,
+                                      elem_id="questionnaire-scores")
+                answers = gr.Dataframe(label="Answers per item", interactive=False, max_height=420,
+                                       elem_id="questionnaire-answers")
+                scale_files = gr.File(label="Downloads (CSV, JSON, PNG)", file_count="multiple", interactive=False,
+                                      elem_id="questionnaire-files")
+            with gr.Column(visible=False, elem_id="questionnaire-survey-mode") as survey_mode:
+                survey_choice = gr.Radio(SURVEYS, value="example", label="Survey", elem_id="survey-choice")
+                survey_file = gr.File(label="Survey file (JSON): {\"name\", \"questions\": [{\"id\", \"text\", "
+                                            "\"options\": [...], \"labels\": \"letters\"|\"digits\"}]}",
+                                      file_types=[".json"], type="filepath", visible=False, elem_id="survey-file")
+                run_survey = gr.Button("Run survey", variant="primary", elem_id="survey-run")
+                survey_summary = gr.Markdown(elem_id="survey-summary")
+                # "contain": the wide bar charts whole, not cropped to square thumbnails.
+                charts = gr.Gallery(label="Answer distribution per identity set", columns=1, height="auto",
+                                    object_fit="contain", elem_id="survey-charts")
+                distributions = gr.Dataframe(label="Probability of each option, per identity set", interactive=False,
+                                             max_height=420, elem_id="survey-table")
+                survey_files = gr.File(label="Download (CSV)", file_count="multiple", interactive=False,
+                                       elem_id="survey-files")
+
+    @gpu
+    def questionnaire(bank: str, items_per_factor: float, identity_sets: str, traits: list[str],
+                      profession: list[str], judge_name: str, conditioning: str, scale_file: str | None = None,
+                      progress=gr.Progress()):
+        """Give the scale to the chosen identity sets; returns the summary, the radar chart, the scores, the
+        per-item answers and the run's files (answers.csv, scores.csv, result.json, radar.png)."""
+        scale = read_scale(bank, scale_file, items_per_factor)
+        sets = read_identity_sets(identity_sets, traits, profession)
+        mode = read_conditioning(conditioning)
+        if judge_name not in ("logits", "interview"):
+            raise gr.Error(f"unknown judge {judge_name!r}; choose logits or interview", title="Judge",
+                           print_exception=False)
+        if judge_name == "interview" and judge is None:
+            raise gr.Error(f"The interview judge is not configured: set {ENV_JUDGE_BASE_URL} (and {ENV_JUDGE_MODEL}) "
+                           "and restart the app, or use the logits judge.", title="Judge", print_exception=False)
+        engine = get_engine(slot)
+        mode = engine.effective_conditioning(mode)
+        bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
+        try:
+            if judge_name == "logits":
+                results = answer_by_logits(engine, scale, sets, mode, BATCH_SIZE, bar)
+            else:
+                results = interview_judge(judge).answer(engine, scale, sets, mode, BATCH_SIZE, bar)
+        except EvalError as err:
+            raise gr.Error(str(err), title="Questionnaire") from None
+        args = argparse.Namespace(command=COMMAND_OF_KIND[scale.kind], judge=judge_name,
+                                  scale_file=Path(scale_file).name if bank == "upload" else None,
+                                  output_dir=tempfile.mkdtemp(prefix="hirpf-questionnaire-"),
+                                  base_model=engine.model.name_or_path, lora_weights=None, conditioning=mode.value,
+                                  seed=0)
+        document = report(args, engine, scale, results, sets)
+        table = pd.DataFrame([a.row() for a in results])[ANSWER_COLUMNS]
+        downloads = [document["files"][k] for k in ("answers", "scores", "radar")] + \
+                    [str(Path(args.output_dir) / "result.json")]
+        return (questionnaire_summary(document), document["files"]["radar"], scores_table(document, scale.factors),
+                table, downloads)
+
+    @gpu
+    def survey(survey_source: str, identity_sets: str, traits: list[str], profession: list[str],
+               conditioning: str, survey_file: str | None = None, progress=gr.Progress()):
+        """Put the survey to the chosen identity sets; returns the summary, a chart per question, the table of
+        option probabilities per identity set and the run's files."""
+        if survey_source == "upload":
+            if not survey_file:
+                raise gr.Error("Upload a survey file first (JSON, see the field's label for the format).",
+                               title="File problem", print_exception=False)
+            try:
+                questions = load_survey(survey_file)
+            except EvalError as err:
+                raise file_problem(err, survey_file) from None
+        else:
+            questions = load_survey(EXAMPLE_SURVEY)
+        sets = read_identity_sets(identity_sets, traits, profession)
+        mode = read_conditioning(conditioning)
+        engine = get_engine(slot)
+        mode = engine.effective_conditioning(mode)
+        bar = ProgressBar(progress, len(sets) * len(questions.questions),
+                          f"{len(questions.questions)} questions x {len(sets)} sets")
+        results = survey_distributions(engine, questions, sets, mode, BATCH_SIZE, bar)
+        folder = Path(tempfile.mkdtemp(prefix="hirpf-survey-"))
+        summaries, rows, files = survey_outputs(questions, sets, results, folder)
+        charts = [(str(files[f"chart_{q['id']}"]), f"{q['id']}: {q['text']}") for q in summaries]
+        summary = [f"**{questions.name}**: {len(summaries)} questions, {len(sets)} identity sets "
+                   f"(conditioning {mode.value}). Most likely answer per identity set:"]
+        for q in summaries:
+            tops = "; ".join(f"{a['identities']}: {a['top']}" for a in q["answers"])
+            summary.append(f"- *{q['id']}*: {tops}")
+        return "\n".join(summary), charts, pd.DataFrame(rows), [str(files["table"])]
+
+    def show_mode(choice: str):
+        return gr.Column(visible=choice == "questionnaire"), gr.Column(visible=choice == "survey")
+
+    def show_upload(choice: str):
+        return gr.File(visible=choice == "upload")
+
+    identity_inputs = [identity_choice, *panel.inputs]
+    hidden = {"queue": False, "show_progress": "hidden", "api_visibility": "undocumented"}
+    mode.change(show_mode, mode, [scale_mode, survey_mode], api_name="questionnaire_mode", **hidden)
+    bank.change(show_upload, bank, scale_file, api_name="questionnaire_bank", **hidden)
+    survey_choice.change(show_upload, survey_choice, survey_file, api_name="survey_source", **hidden)
+    run_scale.click(questionnaire,
+                    [bank, items_per_factor, *identity_inputs, judge_choice, conditioning, scale_file],
+                    [scale_summary, radar, scores, answers, scale_files], api_name="questionnaire", **model_queue)
+    run_survey.click(survey, [survey_choice, *identity_inputs, conditioning, survey_file],
+                     [survey_summary, charts, distributions, survey_files], api_name="survey", **model_queue)
+    return {"panel": panel, "mode": mode, "radar": radar, "answers": answers, "charts": charts}
+
+
+def interview_judge(endpoint: JudgeEndpoint):
+    """The paper's interview judge against `endpoint`; one model plays interviewer and referee."""
+    from hirpf.eval.interview import InterviewJudge
+    from hirpf.llm_client import ChatClient
+
+    client = ChatClient(endpoint.base_url, endpoint.model, cache_dir=endpoint.cache_dir)
+    return InterviewJudge(client, client)

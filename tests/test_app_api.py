@@ -1,0 +1,283 @@
+"""The app driven as a client would: `gradio_client` against the app served on loopback.
+
+Most tests run on a tiny random Llama with random experts (replies are noise, the plumbing is real); the
+embedded model serves the streamed chat and the Stop tests, where a reply has to take a while.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import runpy
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+import gradio as gr
+import pytest
+from conftest import randomize_experts
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from app.build import build_app, launch
+from app.settings import settings_from
+
+
+@contextmanager
+def served(engine):
+    with tempfile.TemporaryDirectory(prefix="hirpf-app-data-") as data_dir:  # tabs that store things write here
+        demo = build_app(engine, data_dir=data_dir)
+        _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+        try:
+            yield url
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_base_dir):
+    from hirpf.engine import Engine
+    from hirpf.experts import ExpertConfig
+    from hirpf.inject import add_experts
+
+    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
+    add_experts(engine.model, ExpertConfig(rank=4))
+    randomize_experts(engine.model)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def tiny_url(tiny_engine):
+    with served(tiny_engine) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def embedded_url(embedded_engine):
+    with served(embedded_engine) as url:
+        yield url
+
+
+@contextmanager
+def forward_calls(model):
+    """(thread, time) of every forward pass of `model` while the block runs: which thread ran the model."""
+    calls: list[tuple[threading.Thread, float]] = []
+    hook = model.register_forward_hook(lambda *_: calls.append((threading.current_thread(), time.monotonic())))
+    try:
+        yield calls
+    finally:
+        hook.remove()
+
+
+def client(url) -> Client:
+    # A generous HTTP timeout: a cancel request returns once the model thread has ended, which on a busy
+    # machine can take a few seconds.
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 60})
+
+
+def transcript(result) -> list[dict]:
+    """The chatbot value out of an endpoint's result (chat returns it with the message box)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def captions(messages: list[dict]) -> list[str]:
+    """The identity line recorded above each reply."""
+    return [m["metadata"]["title"] for m in messages if m.get("metadata")]
+
+
+def replies(messages: list[dict]) -> list[str]:
+    return [text(m) for m in messages if m["role"] == "assistant" and not m.get("metadata")]
+
+
+def user_messages(messages: list[dict]) -> list[str]:
+    return [text(m) for m in messages if m["role"] == "user"]
+
+
+QUICK = {"max_new_tokens": 12, "temperature": 1.0}
+
+
+def test_chat_streams_the_reply_and_records_its_identities(embedded_url):
+    job = client(embedded_url).submit(message="Tell me about your morning.", traits=["AGR_high"],
+                                      profession=["Doctor"], max_new_tokens=24, seed=3, api_name="/chat")
+    updates = [transcript(update) for update in job]
+    final = transcript(job.result())
+    lengths = [len(replies(u)[0]) for u in updates if replies(u)]
+    assert len({n for n in lengths if n}) >= 3, f"the reply did not grow in steps: {lengths}"
+    assert lengths == sorted(lengths)
+    assert user_messages(final) == ["Tell me about your morning."]
+    assert captions(final) == ["Identity: a doctor with high agreeableness"]
+    caption = next(m for m in final if m.get("metadata"))
+    assert "AGR_high, Doctor" in text(caption) and "seed 3" in text(caption)
+    assert caption["metadata"]["status"] == "done"
+    assert replies(final)[0] and "stopped" not in replies(final)[0]
+
+
+@pytest.mark.parametrize("identities, expected", [
+    ({"traits": ["AGR_high", "AGR_low"]}, "both poles of AGR given (AGR_high and AGR_low)"),
+    ({"profession": ["Doctor", "Artist"]}, "more than one profession (Doctor and Artist)"),
+    ({"traits": ["AGR_high", "Kindness"]}, "'Kindness'"),
+    ({"profession": ["Astronaut"]}, "'Astronaut'"),
+])
+def test_a_bad_identity_set_gets_an_error_naming_it(tiny_url, identities, expected):
+    c = client(tiny_url)
+    with pytest.raises(AppError) as chat_error:
+        c.predict(message="hello", **identities, **QUICK, api_name="/chat")
+    assert expected in str(chat_error.value)
+    # Nothing was recorded: there is no reply to regenerate, and regenerating with the bad set fails the same way.
+    with pytest.raises(AppError) as regenerate_error:
+        c.predict(**identities, **QUICK, api_name="/regenerate")
+    assert expected in str(regenerate_error.value)
+    with pytest.raises(AppError, match="Nothing to regenerate"):
+        c.predict(**QUICK, api_name="/regenerate")
+
+
+def test_bad_sampling_settings_are_named(tiny_url):
+    with pytest.raises(AppError, match="-4 is less than minimum value 0"):
+        client(tiny_url).predict(message="hello", seed=-4, **QUICK, api_name="/chat")
+    with pytest.raises(AppError, match="3000 is greater than maximum value 512"):
+        client(tiny_url).predict(message="hello", max_new_tokens=3000, api_name="/chat")
+    with pytest.raises(AppError, match="Type a message first"):
+        client(tiny_url).predict(message="   ", **QUICK, api_name="/chat")
+
+
+def test_identity_changes_apply_to_the_next_reply_only(tiny_url):
+    c = client(tiny_url)
+    c.predict(message="first", traits=["AGR_high"], **QUICK, api_name="/chat")
+    messages = transcript(c.predict(message="second", traits=["AGR_low", "OPE_high"], profession=["Programmer"],
+                                    conditioning="experts", **QUICK, api_name="/chat"))
+    assert captions(messages) == ["Identity: a person with high agreeableness",
+                                  "Identity: a programmer with low agreeableness and high openness"]
+    first, second = [text(m) for m in messages if m.get("metadata")]
+    assert first.endswith("conditioning: experts+prompt") and second.endswith("conditioning: experts")
+    # Regenerate replaces only the last reply, with the identities selected now.
+    messages = transcript(c.predict(profession=["Artist"], **QUICK, api_name="/regenerate"))
+    assert user_messages(messages) == ["first", "second"]
+    assert captions(messages) == ["Identity: a person with high agreeableness", "Identity: an artist"]
+
+
+def test_two_clients_never_see_each_others_conversation(tiny_url):
+    a, b = client(tiny_url), client(tiny_url)
+    a.predict(message="from A", profession=["Doctor"], **QUICK, api_name="/chat")
+    b_messages = transcript(b.predict(message="from B", profession=["Artist"], **QUICK, api_name="/chat"))
+    a_messages = transcript(a.predict(message="again from A", profession=["Doctor"], **QUICK, api_name="/chat"))
+    assert user_messages(a_messages) == ["from A", "again from A"]
+    assert captions(a_messages) == ["Identity: a doctor"] * 2
+    assert user_messages(b_messages) == ["from B"] and captions(b_messages) == ["Identity: an artist"]
+    # Clearing one conversation leaves the other.
+    assert a.predict(api_name="/clear") == []
+    assert user_messages(transcript(b.predict(**QUICK, api_name="/regenerate"))) == ["from B"]
+
+
+def test_model_events_share_one_queue(tiny_url, tiny_engine):
+    """Two visitors asking at once: the second generation starts only after the first has ended."""
+    with forward_calls(tiny_engine.model) as calls:
+        jobs = [client(tiny_url).submit(message=f"visitor {i}", max_new_tokens=24, api_name="/chat") for i in range(2)]
+        for job in jobs:
+            job.result()
+    threads = [thread for thread, _ in calls]
+    switches = sum(1 for before, after in itertools.pairwise(threads) if before is not after)
+    assert len(set(threads)) == 2 and switches == 1, "two generations ran interleaved"
+
+
+def start_long_reply(url):
+    """Submit a long reply and wait until it is streaming; returns (client, job, model thread)."""
+    c = client(url)
+    job = c.submit(message="Describe your whole week, day by day, in detail.", max_new_tokens=400,
+                   api_name="/chat")
+    deadline = time.monotonic() + 120
+    while not any(replies(transcript(o)) and replies(transcript(o))[0] for o in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), "the reply never started streaming"
+        time.sleep(0.05)
+    return c, job
+
+
+def assert_generation_ends(calls, tokens_asked: int):
+    model_thread = calls[0][0]
+    model_thread.join(timeout=30)
+    assert not model_thread.is_alive(), "the model thread kept running after Stop"
+    count = len(calls)
+    time.sleep(0.5)
+    assert len(calls) == count, "the model was still being called after Stop"
+    assert count < tokens_asked, "the reply ran to its full length"
+
+
+def test_stop_ends_the_model_thread_and_keeps_the_text(embedded_url, embedded_engine):
+    with forward_calls(embedded_engine.model) as calls:
+        c, job = start_long_reply(embedded_url)
+        stopped = transcript(c.predict(api_name="/stop"))
+        job.result(timeout=60)  # the stream ends on its own once the model thread stops
+        assert_generation_ends(calls, 400)
+    assert replies(stopped)[0].endswith("*(stopped)*")
+    assert captions(stopped) and stopped[1]["metadata"]["status"] == "done"
+
+
+def test_cancelling_the_event_also_ends_the_model_thread(embedded_url, embedded_engine):
+    """What a closed tab or the Stop button's `cancels=` does: the stream is closed, the model stops."""
+    with forward_calls(embedded_engine.model) as calls:
+        _, job = start_long_reply(embedded_url)
+        job.cancel()
+        assert_generation_ends(calls, 400)
+
+
+def test_a_failed_model_load_is_reported_by_the_model_events(tiny_base_dir):
+    def broken_loader():
+        raise OSError(f"no model in {tiny_base_dir / 'missing'}")
+
+    with served(broken_loader) as url:
+        with pytest.raises(AppError, match="failed to load: no model in"):
+            client(url).predict(message="hello", **QUICK, api_name="/chat")
+        assert "failed to load" in client(url).predict(api_name="/model_status")[0]
+
+
+def test_settings_come_from_flags_then_environment(monkeypatch, tmp_path):
+    for name in ("HIRPF_HOST", "GRADIO_SERVER_NAME", "HIRPF_PORT", "GRADIO_SERVER_PORT", "HIRPF_BASE_MODEL",
+                 "HIS_BASE_MODEL", "HIRPF_LORA_WEIGHTS", "HIS_LORA_WEIGHTS", "HIRPF_LOAD_IN_8BIT", "HIRPF_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = settings_from([])
+    assert (defaults.host, defaults.port, defaults.base_model, defaults.lora_weights, defaults.load_in_8bit) == \
+        ("127.0.0.1", 7860, "embedded", "default", None)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what Spaces sets
+    monkeypatch.setenv("HIRPF_PORT", "9000")
+    monkeypatch.setenv("HIRPF_LORA_WEIGHTS", "none")
+    monkeypatch.setenv("HIRPF_LOAD_IN_8BIT", "yes")
+    monkeypatch.setenv("HIRPF_DATA_DIR", str(tmp_path))
+    from_env = settings_from([])
+    assert (from_env.host, from_env.port, from_env.lora_weights, from_env.load_in_8bit, from_env.data_dir) == \
+        ("0.0.0.0", 9000, None, True, tmp_path)
+    flags = settings_from(["--host", "127.0.0.2", "--port", "9001", "--base_model", "some/dir", "--no-load_in_8bit"])
+    assert (flags.host, flags.port, flags.base_model, flags.load_in_8bit) == ("127.0.0.2", 9001, "some/dir", False)
+    monkeypatch.setenv("HIRPF_LOAD_IN_8BIT", "maybe")
+    with pytest.raises(ValueError, match="HIRPF_LOAD_IN_8BIT='maybe'"):
+        settings_from([])
+
+
+def test_app_py_exposes_the_blocks_at_module_level(monkeypatch, tiny_base_dir, tmp_path):
+    """What Spaces imports: `demo` exists without launching, and its model loads from the environment."""
+    monkeypatch.setenv("HIRPF_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HIRPF_BASE_MODEL", str(tiny_base_dir))
+    monkeypatch.setenv("HIRPF_LORA_WEIGHTS", "none")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--port", "1"])  # ignored: flags are read only as __main__
+    module = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "app.py"), run_name="hirpf_app")
+    demo = module["demo"]
+    assert isinstance(demo, gr.Blocks)
+    engine = demo.hirpf_slot.get(timeout=120)
+    assert not engine.has_experts and module["settings"].base_model == str(tiny_base_dir)
+
+
+def test_every_setting_the_app_reads_is_documented_in_the_readme():
+    from hirpf.paths import PROJECT_ROOT
+
+    source = (PROJECT_ROOT / "app" / "settings.py").read_text(encoding="utf-8")
+    flags = set(re.findall(r'add_argument\("(--[a-z_0-9]+)"', source))
+    variables = set(re.findall(r'"((?:HIRPF|GRADIO)_[A-Z_0-9]+)"', source))
+    assert {"--host", "--port", "--base_model", "--lora_weights", "--load_in_8bit", "--data_dir"} <= flags
+    assert {"HIRPF_HOST", "HIRPF_PORT", "HIRPF_LOAD_IN_8BIT", "HIRPF_DATA_DIR"} <= variables
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    assert [name for name in sorted(flags | variables) if name not in readme] == []
