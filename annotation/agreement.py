@@ -186,23 +186,25 @@ def slot_agreement(predicted: Sequence[Mapping | None], reference: Sequence[Mapp
     `predicted[i]` and `reference[i]` are slot dicts for item i (`None` where a source has no labels for the
     item; a `None` slot value drops that slot). Returns::
 
-        {"per_slot": {slot: {"accuracy", "kappa", "n"}},
-         "overall": {"accuracy", "kappa", "exact_match", "n"}}
+        {"per_slot": {slot: {"accuracy", "kappa", "alpha", "n"}},
+         "overall": {"accuracy", "kappa", "alpha", "exact_match", "n"}}
 
     Overall accuracy pools every slot decision, overall kappa is the mean of the defined per-slot kappas
-    (pooling labels across slots would inflate it), exact match counts items right on all slots. `kappa` is
-    Cohen's; undefined figures are None."""
+    (pooling labels across slots would inflate it), and so is overall alpha; exact match counts items right on
+    all slots. `kappa` is Cohen's, `alpha` Krippendorff's (nominal, the two sources as raters); undefined
+    figures are None."""
     pairs = _pairs(predicted, reference)
     per_slot = {}
     for slot in slots:
         p = [x.get(slot) for x, _ in pairs]
         r = [y.get(slot) for _, y in pairs]
         per_slot[slot] = {"accuracy": _figure(accuracy(p, r)), "kappa": _figure(cohen_kappa(p, r)),
-                          "n": len(_pairs(p, r))}
+                          "alpha": _figure(krippendorff_alpha([p, r])), "n": len(_pairs(p, r))}
     decisions = sum(s["n"] for s in per_slot.values())
     right = sum(s["accuracy"] * s["n"] for s in per_slot.values() if s["n"])
     overall = {"accuracy": right / decisions if decisions else None,
                "kappa": _mean(s["kappa"] for s in per_slot.values()),
+               "alpha": _mean(s["alpha"] for s in per_slot.values()),
                "exact_match": _figure(exact_match([p for p, _ in pairs], [r for _, r in pairs], slots)),
                "n": len(pairs)}
     return {"per_slot": per_slot, "overall": overall}

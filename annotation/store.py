@@ -200,22 +200,24 @@ class Store:
                 return None
         return None
 
-    def task_view(self, task: str) -> dict:
+    # `annotator`, where a method takes it: the task must be that annotator's (else NotFound), so a task id
+    # seen elsewhere or replayed cannot answer or skip somebody else's task.
+    def task_view(self, task: str, annotator: str | None = None) -> dict:
         """What the annotator's screen shows for a task: the anonymized transcript with the agent as the
         task's speaker, the scale item if any, their answer if any. No target, system, source or internal
         id: every id in it is opaque."""
         with self.db.read() as session:
-            return _view(session, _task(session, task))
+            return _view(session, _task(session, task, annotator))
 
     def submit(self, task: str, slots: Mapping[str, object] | None = None, option: object = None,
-               comment: str = "", seconds: float | None = None) -> Submitted:
+               comment: str = "", seconds: float | None = None, annotator: str | None = None) -> Submitted:
         """Answer a task. The same answer twice is stored once; a different answer to an answered task is an
         edit, allowed only for the annotator's last answer."""
         comment = _comment(comment)
         seconds = _seconds(seconds)
 
         def run(session: Session) -> Submitted:
-            found = _task(session, task)
+            found = _task(session, task, annotator)
             answer = _answer_values(found.dialogue.kind, slots, option)
             if found.status == "skipped":
                 raise StoreError("this task was skipped; it cannot be answered")
@@ -241,12 +243,12 @@ class Store:
 
         return self.db.write(run)
 
-    def skip(self, task: str, reason: str) -> None:
+    def skip(self, task: str, reason: str, annotator: str | None = None) -> None:
         """Set a pending task aside with a reason (required); it no longer counts towards the item's cap."""
         reason = _short_text(reason, "skip reason", MAX_REASON_CHARS, required=True)
 
         def run(session: Session) -> None:
-            found = _task(session, task)
+            found = _task(session, task, annotator)
             if found.status == "done":
                 raise StoreError("this task is answered; edit the answer instead of skipping it")
             found.status, found.skip_reason, found.updated_at = "skipped", reason, utcnow()
@@ -393,8 +395,11 @@ def _annotator(session: Session, public_id: str) -> Annotator:
     return found
 
 
-def _task(session: Session, public_id: str) -> AnnotationTask:
-    found = session.scalar(select(AnnotationTask).where(AnnotationTask.public_id == public_id))
+def _task(session: Session, public_id: str, annotator: str | None = None) -> AnnotationTask:
+    query = select(AnnotationTask).where(AnnotationTask.public_id == public_id)
+    if annotator is not None:
+        query = query.join(Annotator).where(Annotator.public_id == annotator)
+    found = session.scalar(query)
     if found is None:
         raise NotFound(f"no task {public_id!r}")
     return found

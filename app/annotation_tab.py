@@ -398,18 +398,21 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
         state = state or {}
         seconds = time.time() - state["since"] if state.get("task") == task_id else None
         try:
-            kind = store().task_view(task_id)["kind"]
+            who = signed_in_as(annotator)
+            kind = store().task_view(task_id, annotator=who)["kind"]
             if kind == "scale_interview":
                 if option is None:
                     raise StoreError("Pick one of the five options first.")
-                result = store().submit(task_id, option=option, comment=comment_text or "", seconds=seconds)
+                result = store().submit(task_id, option=option, comment=comment_text or "", seconds=seconds,
+                                        annotator=who)
             else:
                 values = dict(zip(SLOTS, (agreeableness, conscientiousness, extraversion, neuroticism, openness,
                                           profession)))
                 missing = [SLOT_TITLES[s] for s, v in values.items() if v is None]
                 if missing:
                     raise StoreError(f"Choose a label for every slot; missing: {', '.join(missing)}.")
-                result = store().submit(task_id, slots=values, comment=comment_text or "", seconds=seconds)
+                result = store().submit(task_id, slots=values, comment=comment_text or "", seconds=seconds,
+                                        annotator=who)
         except (StoreError, LabelError) as err:
             raise failure(err) from None
         note = {"stored": "Saved.", "edited": "Your change was saved.", "unchanged": "Already saved."}[result.status]
@@ -422,7 +425,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
         if not (reason or "").strip():
             raise failure(StoreError("Say why you skip this dialogue (type a reason next to the Skip button)."))
         try:
-            store().skip(task_id, reason)
+            store().skip(task_id, reason, annotator=signed_in_as(annotator))
         except StoreError as err:
             raise failure(err) from None
         return next_screen(annotator, "Skipped.")

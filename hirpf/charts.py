@@ -29,7 +29,10 @@ def radar_chart(path: Path, axes: Sequence[str], panels: Sequence[RadarPanel], l
                 high: float = 5.0, title: str = "") -> Path:
     """One polar panel per identity set: its scores (solid), the reference (dashed) and the target poles
     (markers). Only the first MAX_PANELS panels are drawn."""
-    panels = list(panels)[:MAX_PANELS]
+    panels = list(panels)
+    if len(panels) > MAX_PANELS:
+        title = f"{title} (first {MAX_PANELS} of {len(panels)} sets)".strip()
+        panels = panels[:MAX_PANELS]
     columns = min(4, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))
     figure = Figure(figsize=(max(3.2 * columns, 6.4), 3.4 * rows + 0.6))

@@ -104,7 +104,7 @@ def test_one_shared_category_is_undefined_everywhere():
     assert math.isnan(fleiss_kappa([same[:3], same[3:]]))
     assert math.isnan(krippendorff_alpha([same, same]))
     report = slot_agreement([{"AGR": "high"}] * 3, [{"AGR": "high"}] * 3, slots=("AGR",))
-    assert report["per_slot"]["AGR"] == {"accuracy": 1.0, "kappa": None, "n": 3}
+    assert report["per_slot"]["AGR"] == {"accuracy": 1.0, "kappa": None, "alpha": None, "n": 3}
     assert report["overall"]["kappa"] is None and report["overall"]["exact_match"] == 1.0
 
 
@@ -196,13 +196,17 @@ def test_slot_agreement_counts_by_slot_and_overall():
     report = slot_agreement(human, target)
     assert set(report["per_slot"]) == set(SLOTS)
     assert report["per_slot"]["AGR"] == {"accuracy": 1.0, "kappa": pytest.approx(cohen_kappa(
-        ["high", "low", "none"], ["high", "low", "none"])), "n": 3}
+        ["high", "low", "none"], ["high", "low", "none"])), "alpha": 1.0, "n": 3}
+    assert report["per_slot"]["CON"]["alpha"] == pytest.approx(krippendorff_alpha(
+        [["none", "none", "high"], ["none", "none", "low"]]))
     assert report["per_slot"]["Profession"]["accuracy"] == pytest.approx(2 / 3)
     assert report["overall"]["n"] == 3  # the item without human labels is dropped
     assert report["overall"]["accuracy"] == pytest.approx(16 / 18)
     assert report["overall"]["exact_match"] == pytest.approx(1 / 3)
     defined = [s["kappa"] for s in report["per_slot"].values() if s["kappa"] is not None]
     assert report["overall"]["kappa"] == pytest.approx(sum(defined) / len(defined))
+    alphas = [s["alpha"] for s in report["per_slot"].values() if s["alpha"] is not None]
+    assert report["overall"]["alpha"] == pytest.approx(sum(alphas) / len(alphas))
 
 
 def test_exact_match_skips_unlabelled_slots():

@@ -350,6 +350,20 @@ def test_unknown_ids_are_not_found(database):
         store.submit("no-such-task", slots=DOCTOR)
 
 
+def test_a_task_answers_only_to_its_own_annotator(database):
+    store = Store(database)
+    items(store, 1)
+    ada, bob = store.register_annotator("Ada"), store.register_annotator("Bob")
+    task = store.next_task(ada)["task"]
+    before = snapshot(database)
+    for call in (lambda: store.submit(task, slots=DOCTOR, annotator=bob), lambda: store.task_view(task, annotator=bob),
+                 lambda: store.skip(task, "not mine", annotator=bob)):
+        with pytest.raises(NotFound, match="no task"):
+            call()
+    assert snapshot(database) == before
+    assert store.submit(task, slots=DOCTOR, annotator=ada).status == "stored"
+
+
 # --- nothing leaked ---------------------------------------------------------------------------------------
 def test_the_annotator_view_reveals_no_target_system_file_or_internal_id(database):
     store = Store(database)
@@ -470,6 +484,32 @@ def test_imported_his_open_file_reproduces_the_gpt_versus_human_agreement(databa
     # Imported label sets are never handed tasks and leave the overlap to our annotators.
     assert store.assign(store.register_annotator("Ada"), 5) == 5
     assert import_file(store, path).duplicates == 320
+
+
+def test_imported_his_scale_and_dataset_files_reach_the_report(database):
+    """The 50 scale interviews (referee vs human option) and the 50 dataset samples (human labels vs the
+    target identities) through the store give the figures straight counting of the CSV columns gives."""
+    from annotation.report import build_report
+    from annotation.store_io import import_file
+
+    scale_path, data_path = (his_file(f"human_evaluation/{n}") for n in ("scale_sample50.csv", "data_sample50.csv"))
+    if not scale_path.exists() or not data_path.exists():
+        pytest.skip("HIS human-evaluation files not found")
+    store = Store(database)
+    assert (import_file(store, scale_path).kind, import_file(store, data_path).kind) == ("his-scale", "his-data")
+    with scale_path.open(encoding="utf-8", errors="replace", newline="") as f:
+        scale_rows = list(csv.DictReader(f))
+    report = build_report(database)
+    scale = report["human_vs_judge"]["per_judge"]["his-judge"]["scale"]
+    assert scale["n"] == len(scale_rows) == 50
+    assert scale["accuracy"] == pytest.approx(sum(r["judge_ans"] == r["human_ans"] for r in scale_rows) / 50)
+    assert scale["mean_abs_diff"] == pytest.approx(
+        sum(abs(float(r["judge_score"]) - float(r["human_score"])) for r in scale_rows) / 50)
+    target = report["human_vs_target"]
+    assert target["overall"]["n"] == 50 and 0.5 < target["overall"]["accuracy"] <= 1.0
+    with database.read() as session:
+        kinds = Counter(session.scalars(select(Dialogue.kind)))
+    assert kinds == {"scale_interview": 50, "identity": 50}
 
 
 # --- files in and out ------------------------------------------------------------------------------------

@@ -209,6 +209,12 @@ def test_labels_are_checked_before_anything_is_stored(tiny_engine, tmp_path, app
             c.predict(annotator=screen.who, task_id="not-a-task", **ANSWER, api_name="/annotation_submit")
         with pytest.raises(AppError, match="not answered anything yet"):
             c.predict(annotator=screen.who, api_name="/annotation_edit_last")
+        # Another annotator holding (or replaying) Ada's task id can neither answer nor skip it.
+        bob = sign_in(client(url), "Bob")
+        with pytest.raises(AppError, match=f"no task '{screen.task}'"):
+            c.predict(annotator=bob.who, task_id=screen.task, **ANSWER, api_name="/annotation_submit")
+        with pytest.raises(AppError, match=f"no task '{screen.task}'"):
+            c.predict(annotator=bob.who, task_id=screen.task, reason="not mine", api_name="/annotation_skip")
         assert stored_answers(tmp_path) == []
         assert submit(c, screen).message == "Saved."  # the same form, now complete
 

@@ -187,7 +187,7 @@ def test_profession_accuracy_compares_own_field_with_the_others():
 # --- identity options -------------------------------------------------------------------------------------
 def parse_identity_options(argv):
     parser = argparse.ArgumentParser()
-    add_identity_arguments(parser, required=False)
+    add_identity_arguments(parser)
     args = parser.parse_args(argv)
     args.seed = 0
     return args
@@ -202,6 +202,9 @@ def test_identity_options(tmp_path):
     sample = identity_sets_from_args(parse_identity_options(["--combinations", "all", "--sample", "7"]))
     assert len(sample) == 7 and sample == identity_sets_from_args(
         parse_identity_options(["--combinations", "all", "--sample", "7"]))
+    assert identity_sets_from_args(parse_identity_options(["--sample", "7"])) == sample  # alone: of all 971
+    with pytest.raises(EvalError, match="choose identity sets with --identities, --poles, --combinations or --sample"):
+        identity_sets_from_args(parse_identity_options([]))
     listed = tmp_path / "sets.txt"
     listed.write_text("# two sets\nEXT_high,Artist\n\nNEU_low  # calm\n")
     assert identity_sets_from_args(parse_identity_options(["--combinations", str(listed)])) == [

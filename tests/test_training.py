@@ -52,6 +52,7 @@ def test_dev_run_writes_expert_checkpoints_and_a_summary(tmp_path, tiny_base_dir
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 6 and summary["train_samples"] == 10 and summary["eval_samples"] == 2
     assert summary["tokens_per_s"] > 0 and summary["final_eval_loss"] is not None
+    assert summary["final_train_loss"] == [e["loss"] for e in summary["log_history"] if "loss" in e][-1]
     assert any("tokens_per_s" in entry and "loss" in entry for entry in summary["log_history"])
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in weights.items())  # the experts learned
@@ -69,6 +70,28 @@ def test_resume_continues_from_a_checkpoint(tmp_path, tiny_base_dir):
     train(*common, "--num_epochs", 1)
     train(*common, "--num_epochs", 2, "--resume_from_checkpoint", out / "checkpoint-5")
     assert json.loads((out / "training_summary.json").read_text())["steps"] == 10
+    # Resuming restores the experts, the optimizer and the data order: the same weights as one straight run.
+    straight = tmp_path / "straight"
+    train(*[str(straight) if a == out else a for a in common], "--num_epochs", 2)
+    resumed, reference = load_file(str(out / "adapter_model.safetensors")), load_file(str(straight / "adapter_model.safetensors"))
+    assert resumed.keys() == reference.keys()
+    assert any(v.abs().sum() > 0 for k, v in reference.items() if k.endswith("lora_B"))
+    for key, value in reference.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_router_and_mask_switches_take_the_issue_spelling(tmp_path, tiny_base_dir):
+    data = write_data(tmp_path / "data.json")
+    out = tmp_path / "run"
+    train("--data", data, "--base_model", tiny_base_dir, "--output_dir", out, "--dev", "--rank", 2,
+          "--batch_size", 2, "--micro_batch_size", 2, "--num_epochs", 1, "--eval_steps", 100,
+          "--no_train_router", "--no_hard_mask", "--learning_rate", 1e-2, "--warmup_steps", 0)
+    config, _ = read_config(out)
+    assert config.hard_mask is False
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    routers = [v for k, v in weights.items() if "router" in k]
+    assert routers and all(v.abs().sum() == 0 for v in routers)  # frozen at zero: uniform mixing
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if k.endswith("lora_B"))
 
 
 def test_bad_records_stop_the_run_or_are_skipped(tmp_path, tiny_base_dir):

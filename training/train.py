@@ -55,10 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dropout", type=float, default=0.05)
     ap.add_argument("--insert_mode", choices=LAYOUTS, default="alternate")
     ap.add_argument("--target_modules", default="q_proj,k_proj,v_proj,o_proj")
-    ap.add_argument("--train_router", action=argparse.BooleanOptionalAction, default=True,
-                    help="train the routers with the experts (--no-train_router: uniform mixing)")
-    ap.add_argument("--hard_mask", action=argparse.BooleanOptionalAction, default=True,
-                    help="only the chosen experts mix (--no-hard_mask: the dense ablation)")
+    add_switch(ap, "train_router", "train the routers with the experts (--no_train_router: uniform mixing)")
+    add_switch(ap, "hard_mask", "only the chosen experts mix (--no_hard_mask: the dense ablation)")
     ap.add_argument("--conditioning", choices=["experts+prompt", "experts"], default="experts+prompt")
     ap.add_argument("--limit_train_samples", type=int, default=None)
     ap.add_argument("--limit_eval_samples", type=int, default=None)
@@ -71,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log_samples", action="store_true",
                     help="write the sample ids each process trained on, and each process's experts (rank<N>/)")
     return ap
+
+
+def add_switch(ap: argparse.ArgumentParser, name: str, help_text: str, default: bool = True) -> None:
+    """`--name` / `--no_name` (the spelling of the other flags; `--no-name`, argparse's, is accepted too)."""
+    ap.add_argument(f"--{name}", dest=name, action="store_true", default=default, help=help_text)
+    ap.add_argument(f"--no_{name}", f"--no-{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
 
 
 class ExpertTrainer(Trainer):
@@ -197,7 +201,9 @@ def main(argv=None) -> dict:
         "steps": trainer.state.global_step, "epochs": args.num_epochs, "seconds": round(elapsed, 1),
         "processes": world, "train_samples": len(train_items), "eval_samples": len(eval_items),
         "trainable_parameters": trainable, "tokens_per_s": round(trainer.tokens_seen * world / elapsed, 1),
-        "mean_train_loss": result.training_loss, "final_eval_loss": final_eval.get("eval_loss"),
+        "mean_train_loss": result.training_loss,
+        "final_train_loss": next((e["loss"] for e in reversed(throughput.history) if "loss" in e), None),
+        "final_eval_loss": final_eval.get("eval_loss"),
         "args": vars(args), "log_history": throughput.history,
     }
     if sample_log is not None:  # per-process record, for checking shards and weight agreement across processes

@@ -94,10 +94,11 @@ def check_positive(name: str, value: int) -> int:
 
 
 # --- identity sets -----------------------------------------------------------------------------------
-def add_identity_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """`--identities SET [SET ...]` | `--poles` | `--combinations all|FILE`, and `--sample N`."""
+def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--identities SET [SET ...]` | `--poles` | `--combinations all|FILE`, and `--sample N` (alone: a sample
+    of all 971 combinations). A missing choice is `identity_sets_from_args`'s error (or a command's default)."""
     group = parser.add_argument_group("identity sets")
-    choice = group.add_mutually_exclusive_group(required=required)
+    choice = group.add_mutually_exclusive_group()
     choice.add_argument("--identities", nargs="+", metavar="SET",
                         help="identity sets, each a comma list such as AGR_high,Doctor ('none' = the empty set)")
     choice.add_argument("--poles", action="store_true",
@@ -106,7 +107,8 @@ def add_identity_arguments(parser: argparse.ArgumentParser, required: bool = Tru
                         help="'all' = the 971 non-empty sets, or a file: one set per line (comma list) or a "
                              "JSON list of lists of names")
     group.add_argument("--sample", type=int, default=None, metavar="N",
-                       help="a random sample of N of the chosen sets (seeded by --seed)")
+                       help="a random sample of N of the chosen sets, or of all 971 when none are chosen "
+                            "(seeded by --seed)")
 
 
 def parse_identity_set(text: str, where: str = "") -> IdentitySet:
@@ -156,8 +158,10 @@ def identity_sets_from_args(args, reference: bool = False) -> list[IdentitySet]:
                 else read_combinations_file(args.combinations))
     elif getattr(args, "identities", None):
         sets = [parse_identity_set(s, f"--identities {s!r}: ") for s in args.identities]
+    elif getattr(args, "sample", None) is not None:
+        sets = list(all_combinations())
     else:
-        raise EvalError("choose identity sets with --identities, --poles or --combinations")
+        raise EvalError("choose identity sets with --identities, --poles, --combinations or --sample")
     sets = list(dict.fromkeys(sets))
     if getattr(args, "sample", None) is not None:
         check_positive("--sample", args.sample)

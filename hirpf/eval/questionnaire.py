@@ -154,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", choices=["logits", "interview"], default="logits",
                         help="logits: next-token probabilities over 1-5 (local); interview: the paper's "
                              "interviewer + referee protocol (an OpenAI-compatible endpoint)")
-    add_identity_arguments(parser, required=False)
+    add_identity_arguments(parser)
     from .interview import add_interview_arguments
 
     add_interview_arguments(parser)
@@ -175,7 +175,7 @@ def run(args) -> dict:
         raise EvalError(str(err)) from None
     if args.items_per_factor is not None:
         scale = scale.subset(check_positive("--items_per_factor", args.items_per_factor))
-    chosen = args.identities or args.poles or args.combinations
+    chosen = args.identities or args.poles or args.combinations or args.sample is not None
     identity_sets = identity_sets_from_args(args, reference=True) if chosen else default_identity_sets(args.command)
     if args.judge == "interview":
         from .interview import interview_judge_from_args

@@ -206,7 +206,7 @@ def sampling_from_args(args) -> Sampling:
 
 # --- the command -------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
-    add_identity_arguments(parser, required=True)
+    add_identity_arguments(parser)
     parser.add_argument("--scenario_file", default=None,
                         help="scenarios in our format or the HIS format (default: hirpf/data/scenarios.json)")
     parser.add_argument("--scenarios", default=None, help="comma list of scenario ids or targets (default: all)")

@@ -136,7 +136,7 @@ def survey_outputs(survey: Survey, identity_sets, results: dict, directory: Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", required=True, help="survey file (see the README, or "
                                                            "hirpf/data/example_survey.json)")
-    add_identity_arguments(parser, required=True)
+    add_identity_arguments(parser)
 
 
 def run(args) -> dict:
