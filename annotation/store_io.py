@@ -14,6 +14,8 @@ Simulator JSONL, one record a line (the HIS training format plus what the store 
      "judge": {"name": ..., "slots": {...} | "option": ..., "raw_reply": ...}  (or a list of them)}
 
 Only `dialog` is required (`active_adapters` defaults to none, `source` to simulator, `kind` to identity).
+A file whose text starts with `[` is read as one JSON list of such records (the HIS training files' shape);
+its rejected records are reported by position ("record N").
 """
 from __future__ import annotations
 
@@ -52,13 +54,14 @@ class ImportReport:
     def describe(self) -> str:
         text = (f"{self.path} ({self.kind}, {self.encoding}): {self.added} dialogue(s) added, "
                 f"{self.duplicates} already stored, {len(self.errors)} row(s) rejected")
+        where = "record" if self.kind == "json" else "line"
         return "\n".join([text] + [f"  note: {n}" for n in self.notes]
-                         + [f"  line {line}: {reason}" for line, reason in self.errors])
+                         + [f"  {where} {line}: {reason}" for line, reason in self.errors])
 
 
 def import_file(store: Store, path: str | Path, kind: str | None = None, encoding: str | None = None) -> ImportReport:
     """Import a HIS CSV (`his-open`, `his-scale`, `his-data`; found from the header when `kind` is None) or
-    a JSONL file (`jsonl`; the default for a `.jsonl` name). An undecodable file or an unknown header raises
+    a JSONL file (`jsonl`; the default for a `.jsonl` or `.json` name, which may also hold one JSON list). An undecodable file or an unknown header raises
     `his_import.HisImportError`; bad rows end up in the report."""
     path = Path(path)
     if kind is not None and kind not in IMPORT_KINDS:
@@ -93,18 +96,36 @@ def _add_his_record(store: Store, path: Path, record: his_import.HisRecord):
 
 def _import_jsonl(store: Store, path: Path, encoding: str | None) -> ImportReport:
     decoded = his_import.read_text(path, encoding)
+    if decoded.text.lstrip().startswith("["):
+        return _import_json_list(store, path, decoded)
     report = ImportReport(str(path), "jsonl", decoded.encoding)
     for number, line in enumerate(decoded.text.splitlines(), start=1):
         if line.strip():
-            _count(report, number, lambda line=line: _add_jsonl_record(store, path, number, line))
+            _count(report, number, lambda line=line: _add_record(store, path, number, _json_line(line)))
     return report
 
 
-def _add_jsonl_record(store: Store, path: Path, number: int, line: str):
+def _import_json_list(store: Store, path: Path, decoded) -> ImportReport:
     try:
-        record = json.loads(line)
+        records = json.loads(decoded.text)
+    except json.JSONDecodeError as error:  # one list: nothing in it can be trusted
+        raise StoreError(f"{path}: not a valid JSON list ({error.msg}, line {error.lineno} column {error.colno})") from None
+    if not isinstance(records, list):
+        raise StoreError(f"{path}: expected a JSON list of records")
+    report = ImportReport(str(path), "json", decoded.encoding)
+    for number, record in enumerate(records, start=1):
+        _count(report, number, lambda record=record: _add_record(store, path, number, record))
+    return report
+
+
+def _json_line(line: str):
+    try:
+        return json.loads(line)
     except json.JSONDecodeError as error:
         raise StoreError(f"not JSON ({error.msg} at column {error.colno})") from None
+
+
+def _add_record(store: Store, path: Path, number: int, record):
     if not isinstance(record, dict):
         raise StoreError(f"expected a JSON object, got {type(record).__name__}")
     if "dialog" not in record:

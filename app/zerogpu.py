@@ -1,12 +1,35 @@
 """ZeroGPU support: `gpu` is `spaces.GPU` when the `spaces` package is importable (Hugging Face Spaces),
-otherwise a decorator that changes nothing. Put it on every function that runs the model."""
+otherwise a decorator that changes nothing. Put it on every function that runs the model.
+
+ZeroGPU lends a GPU for at most `duration` seconds a call (its default, 60 s, is short for a debate or an
+all-poles questionnaire): `HIRPF_GPU_DURATION` sets it (seconds, default 180). There the function runs in
+a worker process: Stop cancels the event, but the generation's stop flag lives in the app's process, so a
+cancelled generation may run on in the worker until its token limit (ZeroGPU is not tested here).
+"""
 from __future__ import annotations
+
+import os
 
 try:
     import spaces
 except ImportError:  # not on Spaces: plain CPU or a dedicated GPU
     spaces = None
 
+DEFAULT_GPU_DURATION_S = 180
+
+
+def gpu_duration() -> int:
+    raw = os.environ.get("HIRPF_GPU_DURATION", "").strip()
+    if not raw:
+        return DEFAULT_GPU_DURATION_S
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise ValueError(f"HIRPF_GPU_DURATION must be a positive number of seconds, got {raw!r}")
+    return seconds
+
 
 def gpu(fn):
-    return spaces.GPU(fn) if spaces is not None else fn
+    return spaces.GPU(duration=gpu_duration())(fn) if spaces is not None else fn

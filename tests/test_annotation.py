@@ -597,6 +597,26 @@ def test_cli_import_export_report_round_trip(database, tmp_path, capsys):
         assert backup.returncode == 2 and "pg_dump" in backup.stderr
 
 
+def test_a_json_list_file_imports_record_by_record(database, tmp_path):
+    """A `.json` file holding one list (the HIS training files' shape): bad records are reported by position,
+    the rest stored; a list that is not valid JSON is refused whole and stores nothing."""
+    from annotation.store_io import import_file
+
+    store = Store(database)
+    path = tmp_path / "dialogues.json"
+    path.write_text(json.dumps([{"dialog": turns(1), "active_adapters": ["Doctor"]},
+                                {"dialog": [], "active_adapters": ["Doctor"]},
+                                {"dialog": turns(2), "active_adapters": ["EMS_high"]}]), encoding="utf-8")
+    report = import_file(store, path)
+    assert (report.kind, report.added, [line for line, _ in report.errors]) == ("json", 2, [2])
+    assert "record 2:" in report.describe()
+    before = snapshot(database)
+    path.write_text('[{"dialog": []}, oops]', encoding="utf-8")
+    with pytest.raises(StoreError, match="not a valid JSON list"):
+        import_file(store, path)
+    assert snapshot(database) == before
+
+
 def test_online_backup_copies_a_consistent_database(tmp_path):
     from annotation.backup import PeriodicBackup, backup_sqlite, prune
 
