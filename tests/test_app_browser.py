@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from browser_inputs import set_slider
+
 from app.build import build_app, launch
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
 from hirpf.paths import PROJECT_ROOT
@@ -68,10 +70,7 @@ def choose(page, names: list[str]) -> None:
 def set_max_new_tokens(page, n: int) -> None:
     if not page.locator("#chat-max-new-tokens").is_visible():
         page.locator("#chat-sampling").get_by_text("Sampling").click()
-    field = page.locator("#chat-max-new-tokens input[type=number]")
-    field.fill(str(n))
-    field.press("Enter")
-    expect(page.locator("#chat-max-new-tokens input[type=range]")).to_have_value(str(n))
+    set_slider(page, "chat-max-new-tokens", n)
 
 
 def captions(page) -> list[str]:

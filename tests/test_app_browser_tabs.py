@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from browser_inputs import set_slider
+
 from app.build import build_app, launch
 from hirpf.identities import TRAIT_POLES, IdentitySet
 from hirpf.paths import PROJECT_ROOT
@@ -74,10 +76,7 @@ def test_a_debate_streams_both_sides_on_the_page(page):
     choose(page, "debate-b", ["EXT_low", "Artist"])
     page.locator("#debate-topic textarea").fill("Museums should be free for everyone.")
     page.locator("#debate-generation").get_by_text("Generation").click()
-    field = page.locator("#debate-max-new-tokens input[type=number]")
-    field.fill("24")
-    field.press("Enter")
-    expect(page.locator("#debate-max-new-tokens input[type=range]")).to_have_value("24")
+    set_slider(page, "debate-max-new-tokens", 24)
     page.locator("#debate-start").click()
     seen: list[tuple[int, int]] = []  # total text length of A's and B's columns, as the page showed them
     deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
