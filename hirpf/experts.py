@@ -234,9 +234,9 @@ class InputBank:
                 hit = self._cache[name] = (versions, *build())
         return hit[1], hit[2]
 
-    # Inference copies are stored transposed, [in, out], and applied with `_affine`: with a few input rows
-    # (decoding a batch) the CPU GEMM is 2-3x faster on that layout than on nn.Linear's [out, in]
-    # (benchmarks/bench_matmul_layout.py measures it).
+    # Inference copies are stored transposed, [in, out], and applied with `_affine`: at 8 input rows
+    # (decoding a batch) the CPU GEMM is up to ~10% faster on that layout than on nn.Linear's [out, in], and
+    # the same at 1 row (benchmarks/bench_matmul_layout.py measures it).
     def _concat_in(self, with_router: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`[A_1·s; ...; A_P·s; router_1; ...; router_P]`ᵀ and its bias (zeros for the A rows)."""
         scaled_a = torch.cat([m.lora_A * m.scaling for m in self.members])
