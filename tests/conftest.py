@@ -38,6 +38,19 @@ def embedded_engine():
     return Engine.load("embedded", lora_weights=None, load_in_8bit=False, dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_base_dir):
+    """An engine on the tiny base with random rank-4 experts: replies are noise, the plumbing is real."""
+    from hirpf.engine import Engine
+    from hirpf.experts import ExpertConfig
+    from hirpf.inject import add_experts
+
+    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
+    add_experts(engine.model, ExpertConfig(rank=4))
+    randomize_experts(engine.model)
+    return engine
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     """A tiny random Llama with the embedded model's tokenizer and chat template, saved as a base model

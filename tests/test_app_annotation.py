@@ -7,21 +7,20 @@ does; admin calls rely on the session's server-side unlock, as the page does.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
 import httpx
 import pytest
+from app_serving import client, served
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import func, select
 
 from annotation.labels import SLOTS
 from app.annotation_tab import open_store, policy_from_text, send_to_evaluation
-from app.build import build_app, launch
-from conftest import randomize_experts
+from app.build import build_app
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
 
@@ -62,18 +61,6 @@ class Screen(NamedTuple):
         return cls(value(result[0], who), v[1], v[2], v[3], v[4:10], v[10], v[11], v[12], v[13], v[14])
 
 
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_base_dir):
-    from hirpf.engine import Engine
-    from hirpf.experts import ExpertConfig
-    from hirpf.inject import add_experts
-
-    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
-    add_experts(engine.model, ExpertConfig(rank=4))
-    randomize_experts(engine.model)
-    return engine
-
-
 @pytest.fixture
 def app_env(monkeypatch):
     """No outside configuration leaks in: SQLite under the test's data dir, no admin access, no OAuth."""
@@ -81,20 +68,6 @@ def app_env(monkeypatch):
                  "SPACE_ID", "SYSTEM"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
-
-
-@contextmanager
-def served(engine, data_dir: Path):
-    demo = build_app(engine, data_dir=data_dir)
-    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
-    try:
-        yield url
-    finally:
-        demo.close()
-
-
-def client(url: str) -> Client:
-    return Client(url, verbose=False, httpx_kwargs={"timeout": 60})
 
 
 def seed_dialogues(data_dir: Path, n: int = 3) -> list[str]:

@@ -10,42 +10,16 @@ import os
 import re
 import runpy
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 
 import gradio as gr
 import pytest
-from conftest import randomize_experts
-from gradio_client import Client
+from app_serving import client, served
 from gradio_client.exceptions import AppError
 
-from app.build import build_app, launch
 from app.settings import settings_from
-
-
-@contextmanager
-def served(engine):
-    with tempfile.TemporaryDirectory(prefix="hirpf-app-data-") as data_dir:  # tabs that store things write here
-        demo = build_app(engine, data_dir=data_dir)
-        _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
-        try:
-            yield url
-        finally:
-            demo.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_base_dir):
-    from hirpf.engine import Engine
-    from hirpf.experts import ExpertConfig
-    from hirpf.inject import add_experts
-
-    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
-    add_experts(engine.model, ExpertConfig(rank=4))
-    randomize_experts(engine.model)
-    return engine
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +43,6 @@ def forward_calls(model):
         yield calls
     finally:
         hook.remove()
-
-
-def client(url) -> Client:
-    # A generous HTTP timeout: a cancel request returns once the model thread has ended, which on a busy
-    # machine can take a few seconds.
-    return Client(url, verbose=False, httpx_kwargs={"timeout": 60})
 
 
 def transcript(result) -> list[dict]:

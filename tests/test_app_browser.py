@@ -7,45 +7,24 @@ one saves a screenshot of every tab under `artifacts/screenshots/` (git-ignored;
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from app_serving import browser_page, needs_chromium, screenshot, served, set_slider
+from playwright.sync_api import expect
 
-from browser_inputs import set_slider
-
-from app.build import build_app, launch
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
-from hirpf.paths import PROJECT_ROOT
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
 REPLY_TIMEOUT_MS = 180_000  # the embedded model on a busy 2-core CPU
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="Debian's Chromium is not installed (apt-get install -y --no-install-recommends chromium; "
-           ".ci/run installs it)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def page(embedded_engine, tmp_path_factory):
-    demo = build_app(embedded_engine, data_dir=tmp_path_factory.mktemp("app-data"))
-    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
-    try:
-        with sync_playwright() as playwright:
-            # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(20_000)
-            page.goto(url)
-            page.wait_for_selector("#chat-traits input")
-            yield page
-            browser.close()
-    finally:
-        demo.close()
+    with served(embedded_engine, tmp_path_factory.mktemp("app-data")) as url, \
+            browser_page(url, "#chat-traits input") as page:
+        yield page
 
 
 def box(page, name: str):
@@ -153,12 +132,9 @@ def test_stop_ends_a_reply_and_keeps_its_text(page):
 
 
 def test_screenshots_of_every_tab(page):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     tabs = page.get_by_role("tab")
     names = tabs.all_inner_texts()
     assert "Chat" in names
     for i, name in enumerate(names):
         tabs.nth(i).click()
-        path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.png"
-        page.screenshot(path=str(path), full_page=True)
-        assert path.stat().st_size > 10_000
+        screenshot(page, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))

@@ -9,33 +9,25 @@ keyboard and one with the mouse, reload the page, carry on. Screenshots go to `a
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from app_serving import browser_page, needs_chromium, open_tab, screenshot, served
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from annotation.labels import SLOTS
 from app.annotation_tab import open_store
-from app.build import build_app, launch
-from conftest import randomize_experts
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
-from hirpf.paths import PROJECT_ROOT
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
 SYSTEM = "secret-system-x"
 PASSWORD = "browser-test-password"
 TARGETS = [["AGR_high", "EXT_low", "Doctor"], ["CON_low", "OPE_high", "Artist"], ["NEU_high", "Programmer"]]
 BY_KEYBOARD = {"AGR": "high", "CON": "low", "EXT": "none", "NEU": "none", "OPE": "high", "Profession": "none"}
 BY_MOUSE = {"AGR": "low", "CON": "none", "EXT": "high", "NEU": "low", "OPE": "none", "Profession": "Artist"}
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="Debian's Chromium is not installed (apt-get install -y --no-install-recommends chromium; "
-           ".ci/run installs it)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -53,35 +45,13 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(tiny_base_dir, data_dir):
-    from hirpf.engine import Engine
-    from hirpf.experts import ExpertConfig
-    from hirpf.inject import add_experts
-
-    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
-    add_experts(engine.model, ExpertConfig(rank=4))
-    randomize_experts(engine.model)
-    with pytest.MonkeyPatch.context() as env:
+def page(tiny_engine, data_dir):
+    with pytest.MonkeyPatch.context() as env:  # the settings the tabs read when the app is built
         for name in ("DATABASE_URL", "HIRPF_ADMIN_USERS", "HIRPF_ASSIGNMENT", "OAUTH_CLIENT_ID"):
             env.delenv(name, raising=False)
         env.setenv("HIRPF_ADMIN_PASSWORD", PASSWORD)
-        demo = build_app(engine, data_dir=data_dir)
-    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
-    try:
-        with sync_playwright() as playwright:
-            # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(20_000)
-            page.goto(url)
+        with served(tiny_engine, data_dir) as url, browser_page(url) as page:
             yield page
-            browser.close()
-    finally:
-        demo.close()
-
-
-def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
 
 
 def header(page):
@@ -99,13 +69,6 @@ def checked(page) -> dict[str, str | None]:
         box = page.locator(f"#slot-{i} input[type=radio]:checked")
         out[slot] = box.get_attribute("value") if box.count() else None
     return out
-
-
-def screenshot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
 
 
 def answers(data_dir: Path) -> list[tuple[str, dict]]:

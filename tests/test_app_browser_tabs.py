@@ -5,49 +5,24 @@ screenshot under `artifacts/screenshots/` (git-ignored; CI keeps it).
 """
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from app_serving import browser_page, needs_chromium, open_tab, screenshot, served, set_slider
+from playwright.sync_api import expect
 
-from browser_inputs import set_slider
-
-from app.build import build_app, launch
 from hirpf.identities import TRAIT_POLES, IdentitySet
-from hirpf.paths import PROJECT_ROOT
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
 RUN_TIMEOUT_MS = 300_000  # the embedded model on a busy 2-core CPU
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="Debian's Chromium is not installed (apt-get install -y --no-install-recommends chromium; "
-           ".ci/run installs it)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def page(embedded_engine, tmp_path_factory):
-    demo = build_app(embedded_engine, data_dir=tmp_path_factory.mktemp("app-data"))
-    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
-    try:
-        with sync_playwright() as playwright:
-            # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(20_000)
-            page.goto(url)
-            page.wait_for_selector("#chat-traits input")
-            yield page
-            browser.close()
-    finally:
-        demo.close()
-
-
-def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
+    with served(embedded_engine, tmp_path_factory.mktemp("app-data")) as url, \
+            browser_page(url, "#chat-traits input") as page:
+        yield page
 
 
 def choose(page, panel: str, names: list[str]) -> None:
@@ -61,13 +36,6 @@ def choose(page, panel: str, names: list[str]) -> None:
 
 def column_texts(page, side: str) -> list[str]:
     return page.locator(f'#debate-transcript-{side} [data-testid="bot"]').all_inner_texts()
-
-
-def screenshot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
 
 
 def test_a_debate_streams_both_sides_on_the_page(page):

@@ -15,40 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from app_serving import client, served
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import select
 
 from app.annotation_tab import open_store
-from app.build import build_app, launch
-from conftest import randomize_experts
 from db.models import Dialogue
 from hirpf.eval.interview import REFEREE_SYSTEM
 from hirpf.eval.survey import load_survey
 from hirpf.paths import his_file
 from hirpf.scales import DATA_DIR, load_scale
-
-
-@contextmanager
-def served(engine, data_dir):
-    demo = build_app(engine, data_dir=data_dir)
-    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
-    try:
-        yield url
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_base_dir):
-    from hirpf.engine import Engine
-    from hirpf.experts import ExpertConfig
-    from hirpf.inject import add_experts
-
-    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
-    add_experts(engine.model, ExpertConfig(rank=4))
-    randomize_experts(engine.model)
-    return engine
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +43,6 @@ def tiny_url(tiny_engine, tiny_data_dir):
 def embedded_url(embedded_engine, tmp_path_factory):
     with served(embedded_engine, tmp_path_factory.mktemp("embedded-data")) as url:
         yield url
-
-
-def client(url) -> Client:
-    return Client(url, verbose=False, httpx_kwargs={"timeout": 60})
 
 
 @contextmanager

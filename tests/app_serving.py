@@ -1,0 +1,92 @@
+"""Serving the app for tests: on loopback, driven by `gradio_client` or by Debian's Chromium through
+Playwright (never a browser Playwright downloads)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from app.build import build_app, launch
+from hirpf.paths import PROJECT_ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = PROJECT_ROOT / "artifacts" / "screenshots"  # git-ignored; CI keeps them as artifacts
+
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="Debian's Chromium is not installed (apt-get install -y --no-install-recommends chromium; "
+           ".ci/run installs it)")
+
+
+@contextmanager
+def served(engine, data_dir: str | Path | None = None):
+    """The whole app around `engine` on a free loopback port; yields its URL. Tabs that store things
+    write under `data_dir` (a temporary folder when None)."""
+    with tempfile.TemporaryDirectory(prefix="hirpf-app-data-") as scratch:
+        demo = build_app(engine, data_dir=data_dir if data_dir is not None else scratch)
+        _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+        try:
+            yield url
+        finally:
+            demo.close()
+
+
+def client(url: str):
+    from gradio_client import Client
+
+    # A generous HTTP timeout: a cancel request returns once the model thread has ended, which on a busy
+    # machine can take a few seconds.
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 60})
+
+
+@contextmanager
+def browser_page(url: str, ready_selector: str | None = None):
+    """A Chromium page open at `url` (waiting for `ready_selector` when given)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(20_000)
+            page.goto(url)
+            if ready_selector:
+                page.wait_for_selector(ready_selector)
+            yield page
+        finally:
+            browser.close()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def set_slider(page, elem_id: str, value: int, attempts: int = 3) -> None:
+    """Type `value` into a slider's number box and commit it (Enter, then leaving the box), until the
+    slider shows it: on a busy machine the first keystrokes can land before the component listens."""
+    from playwright.sync_api import expect
+
+    field = page.locator(f"#{elem_id} input[type=number]")
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    for attempt in range(attempts):
+        field.fill(str(value))
+        field.press("Enter")
+        field.blur()
+        try:
+            expect(slider).to_have_value(str(value), timeout=5_000)
+            return
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+
+
+def screenshot(page, name: str) -> None:
+    """Save the whole page as `artifacts/screenshots/<name>.png` (and check that something was drawn)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
