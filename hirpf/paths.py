@@ -6,6 +6,7 @@ lives beside the checkout in `../shared/his/` and is read from there, never copi
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,3 +20,17 @@ def his_dir() -> Path:
 def his_file(name: str) -> Path:
     """A file of the HIS release, e.g. `his_file("profession_scale.json")`."""
     return his_dir() / name
+
+
+def read_json_file(path: str | Path, what: str, error: type[Exception]):
+    """The JSON document in `path` (a data file we were given: scale, survey, scenarios). Failures raise
+    `error` naming the file: it cannot be read, or is not valid JSON (with the parser's message and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None

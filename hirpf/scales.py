@@ -16,11 +16,11 @@ factor; in our own format `factor: "NEU"` with `keyed: "+"` means more neurotici
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .identities import PROFESSIONS, TRAITS
+from .paths import read_json_file
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_SCALES = {"personality": DATA_DIR / "personality_bank.json", "profession": DATA_DIR / "profession_bank.json"}
@@ -83,12 +83,7 @@ def load_scale(path: str | Path, kind: str | None = None) -> Scale:
     """Read a scale file in any supported format (detected from its content). `kind`, when given, must
     match the file's kind."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ScaleError(f"cannot read scale file {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ScaleError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    data = read_json_file(path, "scale file", ScaleError)
     scale = _parse(data, path)
     if not scale.items:
         raise ScaleError(f"{path}: the scale has no items")

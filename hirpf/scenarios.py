@@ -16,11 +16,11 @@ profession name ("Openness", ..., "Neuroticism", "Doctor") with `Scenario`, `NPC
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .identities import PROFESSIONS, TRAIT_WORDS, TRAITS
+from .paths import read_json_file
 
 DEFAULT_SCENARIOS = Path(__file__).resolve().parent / "data" / "scenarios.json"
 NATIVE_FIELDS = ("id", "target", "setting", "other_character", "other_brief", "look_for")
@@ -73,12 +73,7 @@ def target_code(name: str) -> str:
 def load_scenarios(path: str | Path | None = None) -> list[Scenario]:
     """The scenarios of a file in our format or the HIS format (default: our own bank)."""
     path = Path(path) if path is not None else DEFAULT_SCENARIOS
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ScenarioError(f"cannot read scenario file {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ScenarioError(f"{path} is not valid JSON (line {err.lineno}): {err.msg}") from None
+    data = read_json_file(path, "scenario file", ScenarioError)
     if isinstance(data, dict) and "scenarios" in data:
         scenarios = _native(data["scenarios"], path)
     elif isinstance(data, dict) and data and all(isinstance(v, dict) and "NPC_prompt" in v for v in data.values()):

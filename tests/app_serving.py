@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +34,17 @@ def served(engine, data_dir: str | Path | None = None):
             yield url
         finally:
             demo.close()
+
+
+@contextmanager
+def forward_calls(model):
+    """(thread, time) of every forward pass of `model` while the block runs: which thread ran the model."""
+    calls: list[tuple[threading.Thread, float]] = []
+    hook = model.register_forward_hook(lambda *_: calls.append((threading.current_thread(), time.monotonic())))
+    try:
+        yield calls
+    finally:
+        hook.remove()
 
 
 def client(url: str):

@@ -10,13 +10,11 @@ import os
 import re
 import runpy
 import sys
-import threading
 import time
-from contextlib import contextmanager
 
 import gradio as gr
 import pytest
-from app_serving import client, served
+from app_serving import client, forward_calls, served
 from gradio_client.exceptions import AppError
 
 from app.settings import settings_from
@@ -32,17 +30,6 @@ def tiny_url(tiny_engine):
 def embedded_url(embedded_engine):
     with served(embedded_engine) as url:
         yield url
-
-
-@contextmanager
-def forward_calls(model):
-    """(thread, time) of every forward pass of `model` while the block runs: which thread ran the model."""
-    calls: list[tuple[threading.Thread, float]] = []
-    hook = model.register_forward_hook(lambda *_: calls.append((threading.current_thread(), time.monotonic())))
-    try:
-        yield calls
-    finally:
-        hook.remove()
 
 
 def transcript(result) -> list[dict]:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from app_serving import client, served
+from app_serving import client, forward_calls, served
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import select
@@ -43,17 +41,6 @@ def tiny_url(tiny_engine, tiny_data_dir):
 def embedded_url(embedded_engine, tmp_path_factory):
     with served(embedded_engine, tmp_path_factory.mktemp("embedded-data")) as url:
         yield url
-
-
-@contextmanager
-def forward_calls(model):
-    """(thread, time) of every forward pass of `model` while the block runs."""
-    calls: list[tuple[threading.Thread, float]] = []
-    hook = model.register_forward_hook(lambda *_: calls.append((threading.current_thread(), time.monotonic())))
-    try:
-        yield calls
-    finally:
-        hook.remove()
 
 
 def text(message: dict) -> str:

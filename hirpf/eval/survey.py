@@ -17,13 +17,13 @@ costs one forward pass per batch.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..charts import distribution_chart
+from ..paths import read_json_file
 from .choices import choice_probabilities
 from .common import (EvalError, add_identity_arguments, conditioning_for, identity_sets_from_args, load_engine,
                      log, output_dir, progress, run_config, write_csv, write_json)
@@ -54,12 +54,7 @@ class Survey:
 def load_survey(path: str | Path) -> Survey:
     """Read and check a survey file; errors name the file and the question."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise EvalError(f"cannot read survey file {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise EvalError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    data = read_json_file(path, "survey file", EvalError)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list) or not data["questions"]:
         raise EvalError(f"{path}: expected an object with a non-empty 'questions' list")
     questions, seen = [], set()
