@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 
-from conftest import randomize_experts
 from hirpf.eval.common import EvalError, add_identity_arguments, identity_sets_from_args
 from hirpf.identities import IdentitySet
 from hirpf.paths import his_file
@@ -26,18 +25,6 @@ S = IdentitySet.parse
 def write(path, data):
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_base_dir):
-    from hirpf.engine import Engine
-    from hirpf.experts import ExpertConfig
-    from hirpf.inject import add_experts
-
-    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
-    add_experts(engine.model, ExpertConfig(rank=4))
-    randomize_experts(engine.model)
-    return engine
 
 
 # --- scale files -------------------------------------------------------------------------------------------
