@@ -22,6 +22,7 @@ from .questionnaire_tab import build_questionnaire_tab, judge_endpoint_from_env
 from .stop_signals import StopSignals
 
 APP_CSS = PANEL_CSS
+MODEL_TABS = ("Chat", "Debate", "Questionnaire")  # the tabs whose actions run the model
 INTRO = (
     "Chat with an agent whose persona is composed from **identity experts**: Big Five trait poles and a "
     "profession, switched on per request. Change the identities at any time; the next reply uses them, and "
@@ -54,7 +55,7 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
     with gr.Blocks(title="HIRPF", analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\n{INTRO}")
         status = gr.Markdown(status_line(slot), elem_id="model-status")
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
                 build_chat_tab(slot, stops, model_queue)
             with gr.Tab("Debate", id="debate", elem_id="tab-debate"):
@@ -65,6 +66,14 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
                 build_annotation_tab(demo, data_dir=data_dir)
             with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
                 build_admin_tab(data_dir=data_dir)
+
+        # The model line shows on the model tabs only: annotators must not learn which model is behind the
+        # dialogues they judge.
+        def status_for_tab(selected: gr.SelectData):
+            return gr.Markdown(visible=selected.value in MODEL_TABS)
+
+        tabs.select(status_for_tab, None, status, queue=False, show_progress="hidden", api_name="tab_selected",
+                    api_visibility="undocumented")
 
         # The status line follows the background load, then its timer switches itself off.
         poll = gr.Timer(1.0, active=not slot.finished)

@@ -79,8 +79,10 @@ def answers(data_dir: Path) -> list[tuple[str, dict]]:
 
 
 def test_an_annotator_signs_in_and_labels_with_the_keyboard(page, data_dir):
+    expect(page.locator("#model-status")).to_be_visible()  # on the Chat tab
     open_tab(page, "Human evaluation")
     expect(page.locator("#annotate-name textarea")).to_be_visible()
+    expect(page.locator("#model-status")).to_be_hidden()  # which model runs here is not the annotator's business
     screenshot(page, "annotate-sign-in")
     page.locator("#annotate-name textarea").fill("Ada")
     page.locator("#annotate-name textarea").press("Enter")
@@ -125,6 +127,7 @@ def test_the_annotator_page_reveals_no_target_or_system(page, data_dir):
     whole = page.content().lower()
     for secret in [SYSTEM, "secret-run", *dialogue_ids, *(IdentitySet.parse(t).describe() for t in TARGETS)]:
         assert secret.lower() not in whole
+    assert "model ready" not in page.locator("body").inner_text().lower()  # the model line is off this tab
     # The tab's markup, text and attributes alike; the profession slot lists the professions as its choices.
     tab = page.locator("#tab-annotate").inner_html()
     choices = page.locator("#slot-6").inner_html()
