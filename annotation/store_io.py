@@ -61,8 +61,9 @@ class ImportReport:
 
 def import_file(store: Store, path: str | Path, kind: str | None = None, encoding: str | None = None) -> ImportReport:
     """Import a HIS CSV (`his-open`, `his-scale`, `his-data`; found from the header when `kind` is None) or
-    a JSONL file (`jsonl`; the default for a `.jsonl` or `.json` name, which may also hold one JSON list). An undecodable file or an unknown header raises
-    `his_import.HisImportError`; bad rows end up in the report."""
+    a JSONL file (`jsonl`; the default for a `.jsonl` or `.json` name, which may also hold one JSON list).
+    An undecodable file or an unknown header raises `his_import.HisImportError`, a broken JSON list
+    `StoreError`; bad rows end up in the report."""
     path = Path(path)
     if kind is not None and kind not in IMPORT_KINDS:
         raise StoreError(f"unknown import kind {kind!r}; expected one of {', '.join(IMPORT_KINDS)}")
@@ -109,7 +110,8 @@ def _import_json_list(store: Store, path: Path, decoded) -> ImportReport:
     try:
         records = json.loads(decoded.text)
     except json.JSONDecodeError as error:  # one list: nothing in it can be trusted
-        raise StoreError(f"{path}: not a valid JSON list ({error.msg}, line {error.lineno} column {error.colno})") from None
+        raise StoreError(f"{path}: not a valid JSON list ({error.msg}, line {error.lineno} "
+                         f"column {error.colno})") from None
     if not isinstance(records, list):
         raise StoreError(f"{path}: expected a JSON list of records")
     report = ImportReport(str(path), "json", decoded.encoding)
