@@ -47,6 +47,18 @@ def forward_calls(model):
         hook.remove()
 
 
+def assert_model_stopped(calls) -> int:
+    """After Stop: the model thread of `forward_calls` ends and calls the model no more. Returns how many
+    forward passes it made."""
+    model_thread = calls[0][0]
+    model_thread.join(timeout=30)
+    assert not model_thread.is_alive(), "the model thread kept running after Stop"
+    count = len(calls)
+    time.sleep(0.5)
+    assert len(calls) == count, "the model was still being called after Stop"
+    return count
+
+
 def client(url: str):
     from gradio_client import Client
 

@@ -14,7 +14,7 @@ import time
 
 import gradio as gr
 import pytest
-from app_serving import client, forward_calls, served
+from app_serving import assert_model_stopped, client, forward_calls, served
 from gradio_client.exceptions import AppError
 
 from app.settings import settings_from
@@ -154,13 +154,7 @@ def start_long_reply(url):
 
 
 def assert_generation_ends(calls, tokens_asked: int):
-    model_thread = calls[0][0]
-    model_thread.join(timeout=30)
-    assert not model_thread.is_alive(), "the model thread kept running after Stop"
-    count = len(calls)
-    time.sleep(0.5)
-    assert len(calls) == count, "the model was still being called after Stop"
-    assert count < tokens_asked, "the reply ran to its full length"
+    assert assert_model_stopped(calls) < tokens_asked, "the reply ran to its full length"
 
 
 def test_stop_ends_the_model_thread_and_keeps_the_text(embedded_url, embedded_engine):

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from app_serving import client, forward_calls, served
+from app_serving import assert_model_stopped, client, forward_calls, served
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import select
@@ -110,12 +110,7 @@ def test_stop_ends_the_debate_and_keeps_what_was_said(embedded_url, embedded_eng
             time.sleep(0.05)
         a_messages, b_messages, status, files = c.predict(api_name="/debate_stop")
         job.result(timeout=60)  # the stream ends on its own once the model thread stops
-        model_thread = calls[0][0]
-        model_thread.join(timeout=30)
-        assert not model_thread.is_alive(), "the model thread kept running after Stop"
-        count = len(calls)
-        time.sleep(0.5)
-        assert len(calls) == count, "the model was still being called after Stop"
+        count = assert_model_stopped(calls)
     document = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text(encoding="utf-8"))
     assert document["status"] == "stopped" and 1 <= len(document["turns"]) < 8 and count < 8 * 200
     assert document["seed"] is None  # the default 0: a random seed
