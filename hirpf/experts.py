@@ -30,6 +30,8 @@ from .identities import ALL_IDENTITIES, GROUPS
 from .routing import _CURRENT, LRU  # _CURRENT is read directly: this runs for every projection and token
 
 LAYOUTS = ("flat", "layered", "alternate")
+# How a row's chosen experts in one group are weighted (see ExpertConfig.gate).
+GATES = ("softmax", "scaled_softmax", "sigmoid")
 FOLD_MAX_VECTORS = 16  # fold W and B into one matmul for inputs of up to this many rows x tokens (CPU)
 
 
@@ -45,6 +47,7 @@ class ExpertConfig:
     group_order: tuple[str, ...] = ("traits", "professions")  # alternate: layer i holds group_order[i % len]
     router: bool = True  # learned router; False mixes the chosen experts uniformly (ablation)
     hard_mask: bool = True  # only chosen experts mix; False mixes every expert of an engaged group (ablation)
+    gate: str = "softmax"  # softmax: the paper's, weights of a group's chosen experts sum to 1; scaled_softmax: that times their number; sigmoid: 2·sigmoid(router) per expert (1 at init), so two chosen experts each keep full strength
     shared_inputs: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # projections that read one input: fused at inference
     base_model: str = ""  # the base model the experts belong to (checked when loading)
 
@@ -54,6 +57,8 @@ class ExpertConfig:
         self.shared_inputs = tuple(tuple(s) for s in self.shared_inputs)
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if self.gate not in GATES:
+            raise ValueError(f"unknown gate {self.gate!r}; choose one of {', '.join(GATES)}")
         if self.rank < 1:
             raise ValueError(f"rank must be at least 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
@@ -109,7 +114,7 @@ class ExpertLinear(nn.Module):
             start += len(unit)
         self.unit_bounds = tuple(bounds)
         self.rank, self.scaling = config.rank, config.scaling
-        self.hard_mask, self.use_router = config.hard_mask, config.router
+        self.hard_mask, self.use_router, self.gate = config.hard_mask, config.router, config.gate
         n = len(self.expert_names)
         where = dict(device=_weight_device(base), dtype=_expert_dtype(base))
         self.lora_A = nn.Parameter(torch.empty(n * config.rank, self.in_features, **where))
@@ -161,7 +166,7 @@ class InputBank:
         self.units = first.unit_bounds
         self.out_sizes = [m.out_features for m in members]
         # What the mask table depends on; banks with the same signature share one table per call.
-        self.signature = (first.expert_ids, first.unit_bounds, first.hard_mask, first.use_router)
+        self.signature = (first.expert_ids, first.unit_bounds, first.hard_mask, first.use_router, first.gate)
         self._cache: dict = {}  # inference copies of concatenated weights, checked once per call
         self._plans = LRU(16)  # inference plans by mask table, reused across calls while the weights stand
         # The parameter dicts of everything the plans read, for a cheap "did any weight change" check.
@@ -309,22 +314,24 @@ class _BankPlan:
                 return h
             a, logits = h.split(self.split_sizes, dim=-1) if self.needs_router else (h, None)
         lead = x.shape[:-1]
-        fixed, bias, engaged = table.fixed_weights, table.bias, table.engaged  # [rows, 1, 1, E, 1]
+        fixed, bias, scale = table.fixed_weights, table.bias, table.scale  # [rows, 1, 1, E, 1]
         if x.dim() != 3:
             view = (x.shape[0],) + (1,) * (x.dim() - 2) + (1, e, 1)
-            fixed, bias, engaged = (None if t is None else t.view(view) for t in (fixed, bias, engaged))
+            fixed, bias, scale = (None if t is None else t.view(view) for t in (fixed, bias, scale))
         if logits is None:
             weights = fixed
         else:
             logits = logits.view(lead + (p, e, 1))
             if not self.mask_in_bias:
                 logits = logits + bias
-            if len(bank.units) == 1:
+            if table.gate == "sigmoid":  # -inf (a masked expert) gives 0
+                weights = logits.sigmoid()
+            elif len(bank.units) == 1:
                 weights = logits.softmax(dim=-2)
             else:
                 weights = torch.cat([logits[..., s:t, :].softmax(dim=-2) for s, t in bank.units], dim=-2)
-            if not table.all_engaged:
-                weights = weights * engaged
+            if not table.scale_is_one:
+                weights = weights * scale
         return (a.view(lead + (p, e, r)) * weights).view(lead + (p * e * r,))
 
 

@@ -59,9 +59,10 @@ class MaskTable:
     over `[rows, tokens, projections, E, rank]`."""
 
     bias: torch.Tensor  # 0 for allowed experts, -inf for masked ones (added to router logits)
-    engaged: torch.Tensor  # 1 for experts of a unit the row uses, 0 elsewhere (a unit it does not use adds nothing)
+    scale: torch.Tensor  # multiplies the gate's weights: 0 for a unit the row does not use, else the gate's factor
     fixed_weights: torch.Tensor | None  # the mixture when no router is needed (router off, or one allowed expert per unit)
-    all_engaged: bool  # every row uses every unit, so `engaged` is all ones and can be skipped
+    gate: str  # the experts' gate (ExpertConfig.gate): softmax per unit, or sigmoid per expert
+    scale_is_one: bool  # `scale` is all ones and can be skipped
     same_rows: bool  # every row has the same identity set
     any_active: bool  # False: no row engages this layer, so it can skip its experts entirely
     key: tuple  # what the table was built from; expert banks key their cached plans on it
@@ -109,7 +110,7 @@ class Routing:
         return table
 
     def _build(self, key) -> MaskTable:
-        (expert_ids, units, hard_mask, router), rows, _, device, dtype = key
+        (expert_ids, units, hard_mask, router, gate), rows, _, device, dtype = key
         active = self._rows(rows)[:, list(expert_ids)]  # [rows, E]
         allowed = torch.zeros_like(active)
         engaged = torch.zeros_like(active)
@@ -122,20 +123,26 @@ class Routing:
             allowed[:, start:stop] = unit if hard_mask else uses.expand_as(unit)
             engaged[:, start:stop] = uses.expand_as(unit)
             counts[:, start:stop] = allowed[:, start:stop].sum(dim=1, keepdim=True).clamp(min=1)
-        # A row that does not use a unit keeps bias 0 there (no all -inf softmax, no NaN); `engaged` zeroes it.
+        # A row that does not use a unit keeps bias 0 there (no all -inf softmax, no NaN); `scale` zeroes it.
         bias = torch.where(engaged & ~allowed, float("-inf"), 0.0)
+        # What the gate's weights are multiplied by: the paper's softmax sums to 1 over a unit's chosen
+        # experts; scaled_softmax to their number; sigmoid is 2·sigmoid(logit), 1 for an untrained router.
+        factor = {"softmax": torch.ones_like(counts), "scaled_softmax": counts,
+                  "sigmoid": torch.full_like(counts, 2.0)}[gate]
+        scale = engaged.to(torch.float64) * factor
         single_choice = bool((counts[allowed] == 1).all())
         fixed = None
-        if not router or (hard_mask and single_choice):
-            fixed = allowed.to(torch.float64) / counts
+        if not router:  # an untrained router's weights: 1/count each for the softmax, 1 for the other gates
+            fixed = allowed.to(torch.float64) / (counts if gate == "softmax" else 1.0)
+        elif hard_mask and single_choice and gate != "sigmoid":  # one expert per unit: the softmax gives it 1
+            fixed = allowed.to(torch.float64) * factor
         shape = dict(device=device, dtype=dtype)
 
         def broadcast(t):
             return t.to(**shape).view(rows, 1, 1, -1, 1)
 
-        return MaskTable(broadcast(bias), broadcast(engaged.to(torch.float32)),
-                         None if fixed is None else broadcast(fixed), bool(engaged.all()),
-                         bool((active == active[:1]).all()), bool(allowed.any()), key)
+        return MaskTable(broadcast(bias), broadcast(scale), None if fixed is None else broadcast(fixed), gate,
+                         bool((scale == 1).all()), bool((active == active[:1]).all()), bool(allowed.any()), key)
 
     def _rows(self, rows: int) -> torch.Tensor:
         """The identity rows for a batch of `rows`: generation with beams or several return sequences

@@ -22,9 +22,11 @@ def random_sets(n: int, seed: int) -> list[IdentitySet]:
     return [IdentitySet() if rng.random() < 0.2 else rng.choice(COMBINATIONS) for _ in range(n)]
 
 
-def reference(layer: ExpertLinear, x: torch.Tensor, sets: list[IdentitySet], router: bool, hard_mask: bool):
+def reference(layer: ExpertLinear, x: torch.Tensor, sets: list[IdentitySet], router: bool, hard_mask: bool,
+              gate: str = "softmax"):
     """y = W x + sum over units and chosen experts of w_e * (alpha/r) * B_e A_e x, one sample, one token and
-    one expert at a time."""
+    one expert at a time. w: softmax over the allowed experts (times their number for scaled_softmax), or
+    2·sigmoid per allowed expert."""
     out = layer.base(x).clone()
     r = layer.rank
     for b, identities in enumerate(sets):
@@ -39,9 +41,11 @@ def reference(layer: ExpertLinear, x: torch.Tensor, sets: list[IdentitySet], rou
                 if router:
                     logits = layer.router.weight[start:stop] @ xt + layer.router.bias[start:stop]
                     logits = logits.masked_fill(~torch.tensor(allowed), float("-inf"))
-                    weights = logits.softmax(-1)
+                    weights = 2 * logits.sigmoid() if gate == "sigmoid" else logits.softmax(-1)
                 else:
-                    weights = torch.tensor(allowed, dtype=x.dtype) / sum(allowed)
+                    weights = torch.tensor(allowed, dtype=x.dtype) / (sum(allowed) if gate == "softmax" else 1)
+                if router and gate == "scaled_softmax":
+                    weights = weights * sum(allowed)
                 for k, expert in enumerate(range(start, stop)):
                     if not allowed[k]:
                         continue
@@ -78,6 +82,21 @@ def test_vectorized_layer_equals_reference_loop(layout, router, hard_mask, grad)
     assert len(seen) == 4 * len(ATTENTION_AND_MLP)
     for name, (x, y) in seen.items():
         expected = reference(expert_layers(model)[name], x.detach(), sets, router, hard_mask)
+        torch.testing.assert_close(y.detach(), expected, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("gate", ["scaled_softmax", "sigmoid"])
+@pytest.mark.parametrize("router,hard_mask", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+def test_gates_equal_reference_loop(gate, router, hard_mask, grad):
+    model = tiny_llama(dtype=torch.float64)
+    add_experts(model, ExpertConfig(layout="layered", rank=3, alpha=6, dropout=0.0, router=router,
+                                    hard_mask=hard_mask, gate=gate))
+    randomize_experts(model)
+    sets = random_sets(6, seed=7) + [IdentitySet.parse("AGR_high,CON_low,EXT_high,Doctor")] * 2
+    seen, _ = capture(model, torch.randint(3, 64, (len(sets), 5)), sets, grad)
+    for name, (x, y) in seen.items():
+        expected = reference(expert_layers(model)[name], x.detach(), sets, router, hard_mask, gate)
         torch.testing.assert_close(y.detach(), expected, rtol=1e-9, atol=1e-9, msg=name)
 
 

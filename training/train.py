@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hirpf.base_model import EMBEDDED, load_base_model
 from hirpf.checkpoint import load_experts, save_experts
-from hirpf.experts import LAYOUTS, ExpertConfig
+from hirpf.experts import GATES, LAYOUTS, ExpertConfig
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
 from hirpf.prompts import Conditioning
 from hirpf.routing import use_identities
@@ -48,12 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch_size", type=int, default=64, help="effective batch size across processes")
     ap.add_argument("--micro_batch_size", type=int, default=2, help="per process and step; the rest is accumulation")
     ap.add_argument("--learning_rate", type=float, default=1e-4)
+    ap.add_argument("--router_learning_rate", type=float, default=None,
+                    help="the routers' own learning rate (default: --learning_rate)")
     ap.add_argument("--warmup_steps", type=int, default=100)
     ap.add_argument("--max_length", type=int, default=1024, help="tokens per dialogue; whole turns are cut beyond")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--dropout", type=float, default=0.05)
     ap.add_argument("--insert_mode", choices=LAYOUTS, default="alternate")
+    ap.add_argument("--gate", choices=GATES, default="softmax",
+                    help="how a group's chosen experts are weighted (hirpf.experts.ExpertConfig.gate)")
     ap.add_argument("--target_modules", default="q_proj,k_proj,v_proj,o_proj")
     add_switch(ap, "train_router", "train the routers with the experts (--no_train_router: uniform mixing)")
     add_switch(ap, "hard_mask", "only the chosen experts mix (--no_hard_mask: the dense ablation)")
@@ -160,7 +164,7 @@ def main(argv=None) -> dict:
     model, tokenizer = load_base_model(args.base_model, load_in_8bit=args.load_in_8bit)
     config = ExpertConfig(layout=args.insert_mode, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                           target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
-                          hard_mask=args.hard_mask, base_model=model.hirpf_base_model)
+                          hard_mask=args.hard_mask, gate=args.gate, base_model=model.hirpf_base_model)
     add_experts(model, config)
     if not args.train_router:
         for layer in expert_layers(model).values():
@@ -191,7 +195,7 @@ def main(argv=None) -> dict:
     )
     trainer = ExpertTrainer(model=model, args=training_args, train_dataset=train_items,
                             eval_dataset=eval_items or None, data_collator=DialogueCollator(tokenizer.pad_token_id),
-                            callbacks=[throughput], sample_log=sample_log)
+                            callbacks=[throughput], sample_log=sample_log, optimizers=(optimizer(model, args), None))
     throughput.trainer = trainer
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -215,6 +219,18 @@ def main(argv=None) -> dict:
         log.info("saved experts to %s (%d steps, %.0f s, %.0f tokens/s)", args.output_dir, summary["steps"],
                  elapsed, summary["tokens_per_s"])
     return summary
+
+
+def optimizer(model, args) -> torch.optim.AdamW:
+    """AdamW (the Trainer's default settings) with the routers in their own group, for their own rate."""
+    experts, routers = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (routers if ".router." in name else experts).append(p)
+    groups = [{"params": experts, "lr": args.learning_rate}]
+    if routers:
+        groups.append({"params": routers, "lr": args.router_learning_rate or args.learning_rate})
+    return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=0.0)
 
 
 class DialogueCollator(Collator):
