@@ -152,8 +152,8 @@ def measure_hirpf(base, model, one, eight, steps):
 
 def routing_setup_ms(model, token, steps) -> float:
     """What every call pays to apply its identities, switching or not: the `Routing` and each expert
-    bank's plan (masks and weights, from the caches once a set has been seen)."""
-    banks = list({id(layer.bank): layer.bank for layer in expert_layers(model).values()}.values())
+    fast path's plan (masks and weights, from the caches once a set has been seen)."""
+    banks = list({id(layer.fast_path): layer.fast_path for layer in expert_layers(model).values()}.values())
     x = model.get_input_embeddings()(token)
     times = []
     with torch.no_grad():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hirpf.experts as experts  # noqa: E402
+import hirpf.fast_inference as fast  # noqa: E402
 from bench_experts import MIXED, batch, decoder, randomize, take_turns  # noqa: E402
 from hirpf.base_model import load_base_model  # noqa: E402
 from hirpf.experts import ExpertConfig  # noqa: E402
@@ -29,9 +29,9 @@ from hirpf.inject import add_experts  # noqa: E402
 
 
 def matmuls_only(plan, x):
-    """`_BankPlan.mixed` without its routing: the A matmul, sliced to the B matrices' input width."""
-    p, e, r = plan.bank.shape
-    return experts._affine(x, plan.in_weight_t, plan.in_bias)[..., :p * e * r]
+    """`InferencePlan.mixed` without its routing: the A matmul, sliced to the B matrices' input width."""
+    p, e, r = plan.projections.shape
+    return fast._affine(x, plan.in_weight_t, plan.in_bias)[..., :p * e * r]
 
 
 def ratio(base, model, eight, steps) -> float:
@@ -48,14 +48,14 @@ def main(argv=None) -> dict:
     randomize(model)
     eight = batch(tokenizer, 8)
     result = {"experts": ratio(base, model, eight, args.steps)}
-    real_mixed, real_fold = experts._BankPlan.mixed, experts.FOLD_MAX_VECTORS
+    real_mixed, real_fold = fast.InferencePlan.mixed, fast.FOLD_MAX_VECTORS
     try:
-        experts._BankPlan.mixed = matmuls_only
+        fast.InferencePlan.mixed = matmuls_only
         result["matmuls_only"] = ratio(base, model, eight, args.steps)
-        experts._BankPlan.mixed, experts.FOLD_MAX_VECTORS = real_mixed, 0
+        fast.InferencePlan.mixed, fast.FOLD_MAX_VECTORS = real_mixed, 0
         result["unfolded"] = ratio(base, model, eight, args.steps)
     finally:
-        experts._BankPlan.mixed, experts.FOLD_MAX_VECTORS = real_mixed, real_fold
+        fast.InferencePlan.mixed, fast.FOLD_MAX_VECTORS = real_mixed, real_fold
     print(json.dumps({"mixed_batch_ratio": result, "steps": args.steps}, indent=2))
     return result
 

@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--user_prompt", help="the user message (single mode; first turn in multi mode)")
     chat.add_argument("--active_adapter_names", default="",
                       help='identities, as a JSON list or a comma list: \'["Doctor","AGR_high"]\' or Doctor,AGR_high')
+    chat.add_argument("--strength", default=None,
+                      help="strength of chosen identities, 0 to 2 (1 = as trained, 0 = the prompt alone): "
+                           "AGR_low=1.6,Doctor=0.5, or one number for all")
     chat.add_argument("--lora_weights", default=None,
                       help="expert checkpoint directory; 'none' for no experts (default: $HIRPF_LORA_WEIGHTS, "
                            "else the shipped experts of the embedded model when present)")
@@ -81,14 +84,16 @@ def chat(args) -> int:
         return 2
     try:
         report = IdentitySet.sanitize(args.active_adapter_names)
-    except IdentityError as err:  # malformed list syntax; unknown names are only dropped
+        identities = report.identities.with_strengths(args.strength)
+    except IdentityError as err:  # malformed list syntax or strengths; unknown names are only dropped
         print(f"error: {err}", file=sys.stderr)
         return 2
     base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
     lora = args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")
     lora = None if str(lora).lower() == "none" else lora
     conditioning = Conditioning.parse(args.conditioning)
-    print(report.describe(), file=sys.stderr)
+    print(report.describe() if not identities.strengths else f"{report.describe()}; strengths {identities}",
+          file=sys.stderr)
 
     try:
         engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=args.load_in_8bit, dtype=args.dtype)
@@ -119,7 +124,7 @@ def chat(args) -> int:
             if not user:
                 continue
         history.append({"role": "user", "content": user})
-        reply = _print_streamed(engine.stream(history, report.identities, conditioning, sampling),
+        reply = _print_streamed(engine.stream(history, identities, conditioning, sampling),
                                 prefix="agent> " if args.mode == "multi" else "")
         history.append({"role": "assistant", "content": reply})
     return 0

@@ -110,9 +110,11 @@ class Engine:
 
     # --- generation ---------------------------------------------------------------------------
     def generate(self, histories: Sequence[Sequence[Message]], identities: Sequence[IdentitySet],
-                 conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
-                 num_return_sequences: int = 1, stop_event: threading.Event | None = None) -> list[list[str]]:
-        """One batch, each row with its own identity set; returns `num_return_sequences` replies per row."""
+                 conditioning: "Conditioning | Sequence[Conditioning]" = Conditioning.EXPERTS_AND_PROMPT,
+                 sampling: Sampling | None = None, num_return_sequences: int = 1,
+                 stop_event: threading.Event | None = None) -> list[list[str]]:
+        """One batch, each row with its own identity set (and conditioning, when a list is given); returns
+        `num_return_sequences` replies per row."""
         if len(histories) != len(identities):
             raise ValueError(f"{len(histories)} conversations but {len(identities)} identity sets")
         prompt_length, out = self._generate(histories, identities, conditioning, sampling, stop_event,
@@ -124,6 +126,18 @@ class Engine:
     def reply(self, history: Sequence[Message], identities: IdentitySet,
               conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None) -> str:
         return self.generate([history], [identities], conditioning, sampling)[0][0]
+
+    def compare(self, history: Sequence[Message], identities: IdentitySet,
+                conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT,
+                baseline: Conditioning | None = Conditioning.PROMPT, sampling: Sampling | None = None,
+                stop_event: threading.Event | None = None) -> tuple[str, str]:
+        """The same message answered twice in one batched call with one seed: under `conditioning`, and under
+        `baseline` (the prompt alone by default; None: the plain base model, no identity at all), so what the
+        experts add can be seen side by side."""
+        rows = [identities, identities if baseline is not None else IdentitySet()]
+        modes = [conditioning, baseline if baseline is not None else Conditioning.PROMPT]
+        (with_identity,), (without,) = self.generate([history, history], rows, modes, sampling, stop_event=stop_event)
+        return with_identity, without
 
     def stream(self, history: Sequence[Message], identities: IdentitySet,
                conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
@@ -159,14 +173,17 @@ class Engine:
         """Run `generate` on a batch; returns (prompt length, output ids). The routing context is entered
         here, in the thread that runs the model (contexts are per thread, see routing.py)."""
         sampling = sampling or Sampling()
-        conditioning = Conditioning.parse(conditioning)
         identities = [IdentitySet.parse(s) for s in identities]
-        batch = self.encode([self.chat_messages(h, s, conditioning) for h, s in zip(histories, identities)])
+        modes = ([Conditioning.parse(conditioning)] * len(identities) if isinstance(conditioning, (str, Conditioning))
+                 else [Conditioning.parse(c) for c in conditioning])
+        if len(modes) != len(identities):
+            raise ValueError(f"{len(identities)} identity sets but {len(modes)} conditionings")
+        batch = self.encode([self.chat_messages(h, s, c) for h, s, c in zip(histories, identities, modes)])
         kwargs = sampling.generate_kwargs()
         if stop_event is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnEvent(stop_event)])
         if sampling.seed is not None:
             seed_everything(sampling.seed)
-        with torch.no_grad(), use_identities([expert_identities(s, conditioning) for s in identities]):
+        with torch.no_grad(), use_identities([expert_identities(s, c) for s, c in zip(identities, modes)]):
             out = self.model.generate(**batch, num_return_sequences=num_return_sequences, streamer=streamer, **kwargs)
         return batch["input_ids"].shape[1], out

@@ -33,6 +33,9 @@ ALL_IDENTITIES = TRAIT_POLES + PROFESSIONS
 MAX_IDENTITIES = len(TRAITS) + 1
 # The public HIS data names the fifth factor emotional stability: EMS_high is low neuroticism.
 ALIASES = {"EMS_high": "NEU_low", "EMS_low": "NEU_high"}
+# A chosen identity's strength scales its expert's mixed contribution: 0 = off (the prompt alone), 1 = as
+# trained, 2 = doubled. Outside that range the experts leave the region they were trained in.
+MIN_STRENGTH, MAX_STRENGTH, DEFAULT_STRENGTH = 0.0, 2.0, 1.0
 
 _CANONICAL_ORDER = {name: i for i, name in enumerate(ALL_IDENTITIES)}
 _LOWER = {name.lower(): name for name in ALL_IDENTITIES} | {a.lower(): c for a, c in ALIASES.items()}
@@ -93,14 +96,17 @@ class SanitizeReport:
 
 @dataclass(frozen=True)
 class IdentitySet:
-    """An immutable, valid set of identities, stored in canonical inventory order."""
+    """An immutable, valid set of identities, stored in canonical inventory order, each with a strength
+    (`DEFAULT_STRENGTH` unless set; `strengths` holds only the others, so equal sets compare equal)."""
 
     names: tuple[str, ...] = ()
+    strengths: tuple[tuple[str, float], ...] = ()  # (name, strength) for identities not at the default
 
     def __post_init__(self):
         # Construction always validates, so every IdentitySet in the program obeys the rules.
         checked = _check(self.names)
         object.__setattr__(self, "names", checked)
+        object.__setattr__(self, "strengths", _check_strengths(checked, self.strengths))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -140,6 +146,31 @@ class IdentitySet:
             typed[name] = raw
         return SanitizeReport(cls(tuple(kept)), tuple(dropped))
 
+    def with_strengths(self, strengths: "dict[str, float] | str | float | None",
+                       ignore_absent: bool = False) -> "IdentitySet":
+        """This set with the given strengths: a mapping, text like `AGR_low=1.6,Doctor=0.5`, or one number for
+        every identity of the set (`1.5`); identities not named keep theirs. A strength outside [0, 2] is an
+        error, and so is naming an identity outside the set unless `ignore_absent` (one setting applied to
+        many sets, as the evaluations do)."""
+        if strengths is None or strengths == "" or strengths == {}:
+            return self
+        if isinstance(strengths, (int, float)) or (isinstance(strengths, str) and "=" not in strengths):
+            given = {n: _strength_number(strengths, "every identity") for n in self.names}
+        elif isinstance(strengths, str):
+            given = parse_strengths(strengths)
+        else:
+            given = {canonical_name(k): v for k, v in strengths.items()}
+        if ignore_absent:
+            given = {k: v for k, v in given.items() if k in self.names}
+        merged = dict(self.strengths) | given
+        return IdentitySet(self.names, tuple(merged.items()))
+
+    def without_strengths(self) -> "IdentitySet":
+        return IdentitySet(self.names)
+
+    def strength(self, name: str) -> float:
+        return dict(self.strengths).get(canonical_name(name), DEFAULT_STRENGTH)
+
     @classmethod
     def from_index_pairs(cls, pairs) -> "IdentitySet":
         """Inverse of `index_pairs`: rows of (group, expert), `[-1, -1]` rows ignored."""
@@ -170,12 +201,22 @@ class IdentitySet:
         return name in self.names
 
     def __str__(self) -> str:
-        return ",".join(self.names) if self.names else "(none)"
+        """`AGR_low,Doctor`; a strength other than 1 follows its name: `AGR_low=1.6,Doctor`."""
+        if not self.names:
+            return "(none)"
+        strengths = dict(self.strengths)
+        return ",".join(f"{n}={_number(strengths[n])}" if n in strengths else n for n in self.names)
 
     def describe(self) -> str:
         """Words for people: 'a doctor with high agreeableness and low openness'."""
         if not self.names:
             return "no identity (plain base model)"
+        described = self._describe_names()
+        if not self.strengths:
+            return described
+        return described + " (strength " + ", ".join(f"{n} {_number(s)}" for n, s in self.strengths) + ")"
+
+    def _describe_names(self) -> str:
         traits = _join_words([label(t) for t in self.traits])
         if self.profession and traits:
             return f"{label(self.profession)} with {traits}"
@@ -195,6 +236,11 @@ class IdentitySet:
     def active_vector(self) -> torch.Tensor:
         """A boolean vector over all 13 experts in inventory order (the mask rows concatenated)."""
         return torch.tensor([n in self.names for n in ALL_IDENTITIES])
+
+    def strength_vector(self) -> torch.Tensor:
+        """Each of the 13 experts' strength in inventory order (the default for identities not chosen)."""
+        strengths = dict(self.strengths)
+        return torch.tensor([strengths.get(n, DEFAULT_STRENGTH) for n in ALL_IDENTITIES], dtype=torch.float64)
 
     def to_json(self) -> str:
         return json.dumps(list(self.names))
@@ -220,6 +266,57 @@ def _check(names: Sequence[str]) -> tuple[str, ...]:
             raise IdentityError(f"more than one profession ({other} and {name}): choose at most one")
         canonical.append(name)
     return tuple(sorted(canonical, key=_CANONICAL_ORDER.__getitem__))
+
+
+def _check_strengths(names: tuple[str, ...], strengths) -> tuple[tuple[str, float], ...]:
+    checked = {}
+    for name, value in (strengths.items() if isinstance(strengths, dict) else strengths):
+        name = canonical_name(name)
+        if name not in names:
+            raise IdentityError(f"a strength is given for {name}, which is not in the set ({','.join(names) or 'empty'})")
+        value = _strength_number(value, name)
+        if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # also refuses NaN
+            raise IdentityError(f"the strength of {name} must be between {_number(MIN_STRENGTH)} and "
+                                f"{_number(MAX_STRENGTH)}, got {value!r}")
+        checked[name] = value
+    return tuple((n, checked[n]) for n in names if n in checked and checked[n] != DEFAULT_STRENGTH)
+
+
+def parse_strengths(text: str) -> dict[str, float]:
+    """`AGR_low=1.6,Doctor=0.5` as `{name: strength}` (names canonical; ranges are checked by the set)."""
+    out = {}
+    for part in str(text).replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise IdentityError(f"strength {part.strip()!r} must look like NAME=NUMBER (e.g. AGR_low=1.6)")
+        out[canonical_name(name)] = _strength_number(value.strip(), name.strip())
+    return out
+
+
+def check_strength_setting(value: "str | float | None") -> None:
+    """Refuse a strength setting (one number, or `NAME=NUMBER,...`) whose names or numbers are wrong, before
+    it is applied to any set."""
+    if value is None or value == "":
+        return
+    given = parse_strengths(value) if isinstance(value, str) and "=" in value else {"every identity": value}
+    for name, number in given.items():
+        number = _strength_number(number, name)
+        if not MIN_STRENGTH <= number <= MAX_STRENGTH:
+            raise IdentityError(f"the strength of {name} must be between {_number(MIN_STRENGTH)} and "
+                                f"{_number(MAX_STRENGTH)}, got {number!r}")
+
+
+def _strength_number(value, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise IdentityError(f"the strength of {what} must be a number, got {value!r}") from None
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
 
 
 def _split_names(value) -> list[str]:

@@ -6,7 +6,8 @@ import re
 import torch
 from torch import nn
 
-from .experts import ExpertConfig, ExpertLinear, InputBank
+from . import fast_inference
+from .experts import ExpertConfig, ExpertLinear
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)(?:\.|$)")
 
@@ -32,22 +33,14 @@ def add_experts(model: nn.Module, config: ExpertConfig) -> nn.Module:
         p.requires_grad_(False)
     wrapped: dict[str, ExpertLinear] = {}
     for name, module in targets:
-        layer = ExpertLinear(module, config.units_for_layer(layer_index(name)), config)
+        layer = ExpertLinear(module, config.groups_for_layer(layer_index(name)), config)
         layer.train(model.training)  # new modules start in training mode; follow the model's
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer)
         wrapped[name] = layer
-    _share_inputs(wrapped, config)
+    fast_inference.attach(wrapped, config.shared_inputs)
     model.hirpf_expert_config = config
     return model
-
-
-def _share_inputs(wrapped: dict[str, ExpertLinear], config: ExpertConfig) -> None:
-    for parent in {name.rpartition(".")[0] for name in wrapped}:
-        for names in config.shared_inputs:
-            members = [wrapped[f"{parent}.{n}"] for n in names if f"{parent}.{n}" in wrapped]
-            if len(members) > 1:
-                InputBank(members)
 
 
 def expert_layers(model: nn.Module) -> dict[str, ExpertLinear]:
@@ -85,6 +78,7 @@ def load_expert_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
     with torch.no_grad():
         for k, tensor in own.items():
             tensor.copy_(state[k].to(dtype=tensor.dtype, device=tensor.device))
+    fast_inference.forget_weights(model)
 
 
 def trainable_parameter_count(model: nn.Module) -> int:

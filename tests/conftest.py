@@ -19,6 +19,7 @@ def tiny_llama(seed: int = 0, dtype=torch.float32, layers: int = 4) -> LlamaForC
 
 def randomize_experts(model, seed: int = 0, scale: float = 0.3) -> None:
     """Experts start as no-ops (B = 0, router = 0); give them real weights."""
+    from hirpf.fast_inference import forget_weights
     from hirpf.inject import expert_layers
 
     g = torch.Generator().manual_seed(seed)
@@ -29,6 +30,7 @@ def randomize_experts(model, seed: int = 0, scale: float = 0.3) -> None:
             if layer.router is not None:
                 for p in layer.router.parameters():
                     p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+    forget_weights(model)
 
 
 @pytest.fixture(scope="session")

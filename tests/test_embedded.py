@@ -61,6 +61,17 @@ def test_mixed_batch_gives_each_row_its_own_tokens(expert_engine):
     assert swapped != together[0]  # the identities do change the reply
 
 
+def test_compare_answers_with_and_without_the_experts_in_one_batch(expert_engine):
+    history = [{"role": "user", "content": "What do you do at work?"}]
+    identities = IdentitySet.parse("AGR_low,Doctor").with_strengths("AGR_low=1.5")
+    with_experts, prompt_only = expert_engine.compare(history, identities, sampling=GREEDY)
+    assert with_experts == expert_engine.reply(history, identities, sampling=GREEDY)
+    assert prompt_only == expert_engine.reply(history, identities, Conditioning.PROMPT, GREEDY)
+    assert with_experts != prompt_only
+    _, plain = expert_engine.compare(history, identities, baseline=None, sampling=GREEDY)
+    assert plain == expert_engine.reply(history, IdentitySet(), Conditioning.PROMPT, GREEDY)
+
+
 def test_prompt_only_mode_ignores_the_experts(expert_engine, embedded_engine):
     history = [{"role": "user", "content": "What do you think of painting?"}]
     identities = IdentitySet.parse("Artist,OPE_high")
@@ -167,3 +178,32 @@ def test_shipped_experts_are_the_default_on_the_embedded_model():
     assert engine.has_experts
     history = [{"role": "user", "content": "Hello, who are you?"}]
     assert engine.reply(history, IdentitySet.parse("Doctor,AGR_high"), sampling=Sampling(max_new_tokens=6, do_sample=False))
+
+
+def test_cli_strength_zero_gives_the_prompt_only_reply():
+    """The shipped experts at strength 0 on every chosen identity answer exactly as the prompt alone."""
+    common = ("chat", "--user_prompt", "How do you spend a free afternoon?", "--active_adapter_names",
+              "AGR_low,EXT_high,Doctor", "--max_new_tokens", "16", "--no-do_sample")
+    off = run_cli(*common, "--strength", "AGR_low=0,EXT_high=0,Doctor=0")
+    prompt_only = run_cli(*common, "--conditioning", "prompt")
+    trained = run_cli(*common)
+    assert off.returncode == prompt_only.returncode == trained.returncode == 0, off.stderr + prompt_only.stderr
+    assert "strengths AGR_low=0,EXT_high=0,Doctor=0" in off.stderr
+    assert off.stdout == prompt_only.stdout
+    assert trained.stdout != prompt_only.stdout  # at strength 1 the experts change the reply
+
+
+def test_cli_refuses_bad_strengths():
+    for strength, message in (("OPE_high=1", "not in the set"), ("Doctor=2.5", "between 0 and 2"),
+                              ("Doctor=lots", "must be a number"), ("Doctor", "must be a number")):
+        result = run_cli("chat", "--user_prompt", "hi", "--active_adapter_names", "Doctor", "--strength", strength)
+        assert result.returncode == 2 and message in result.stderr, (strength, result.stderr)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cli_chat_in_half_precision_with_the_shipped_experts(dtype):
+    """Decoding takes the fold path (W and B in one matmul): its inputs must share the model's dtype."""
+    result = run_cli("chat", "--user_prompt", "Hello", "--active_adapter_names", "AGR_low,Doctor",
+                     "--dtype", dtype, "--max_new_tokens", "6", "--no-do_sample")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()

@@ -32,7 +32,7 @@ from hirpf.inject import add_experts, expert_layers
 from hirpf.llm_client import ChatClient
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning, expert_identities
-from hirpf.routing import _CURRENT, use_identities
+from hirpf.routing import current_routing, use_identities
 from hirpf.scenarios import DEFAULT_SCENARIOS, ScenarioError, load_scenarios, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,9 +75,9 @@ class RoutingLog:
         self._handle = layer.register_forward_pre_hook(self._record)
 
     def _record(self, module, inputs):
-        routing = _CURRENT.get()
+        routing = current_routing()
         rows = [] if routing is None else [
-            IdentitySet(tuple(n for n, on in zip(ALL_IDENTITIES, active.tolist()) if on)) for active in routing.active]
+            IdentitySet(tuple(n for n, on in zip(ALL_IDENTITIES, active.tolist()) if on)) for active in routing.chosen]
         self.calls.append(rows)
 
     def close(self):

@@ -9,6 +9,7 @@ import torch
 
 from conftest import randomize_experts, tiny_llama
 from hirpf.experts import ExpertConfig, ExpertLinear
+from hirpf.fast_inference import forget_weights
 from hirpf.identities import ALL_IDENTITIES, GROUPS, IdentitySet, all_combinations
 from hirpf.inject import add_experts, expert_layers
 from hirpf.routing import use_identities
@@ -32,7 +33,7 @@ def reference(layer: ExpertLinear, x: torch.Tensor, sets: list[IdentitySet], rou
     for b, identities in enumerate(sets):
         for t in range(x.shape[1]):
             xt = x[b, t]
-            for start, stop in layer.unit_bounds:
+            for start, stop in layer.group_bounds:
                 names = layer.expert_names[start:stop]
                 chosen = [n in identities for n in names]
                 if not any(chosen):
@@ -139,6 +140,7 @@ def test_inactive_experts_have_exactly_no_effect(layout):
                     layer.lora_B[:, k * r:(k + 1) * r].normal_()
                     layer.router.weight[k].normal_()
                     layer.router.bias[k] += 5.0
+    forget_weights(model)
     with torch.no_grad(), use_identities(chosen):
         after = model(ids).logits
     assert torch.equal(before, after)
@@ -166,7 +168,7 @@ def test_router_weights_sum_to_one_over_active_experts(layout):
         layer = expert_layers(model)[name]
         r = layer.rank
         delta = (x @ layer.lora_A[:r].T) @ layer.lora_B[:, :r].T * layer.scaling
-        units_used = torch.tensor([[sum(any(n in s for n in layer.expert_names[a:b]) for a, b in layer.unit_bounds)]
+        units_used = torch.tensor([[sum(any(n in s for n in layer.expert_names[a:b]) for a, b in layer.group_bounds)]
                                    for s in sets], dtype=x.dtype).unsqueeze(-1)
         torch.testing.assert_close(y, layer.base(x) + units_used * delta, rtol=1e-9, atol=1e-9, msg=name)
 
@@ -179,15 +181,15 @@ def test_layouts_place_groups_in_the_right_layers():
     for layer in range(4):
         group = "traits" if layer % 2 == 0 else "professions"
         assert experts_of(alternate, layer).expert_names == GROUPS[group]
-        assert experts_of(alternate, layer).unit_bounds == ((0, len(GROUPS[group])),)
+        assert experts_of(alternate, layer).group_bounds == ((0, len(GROUPS[group])),)
     swapped = add_experts(tiny_llama(), ExpertConfig(layout="alternate", group_order=("professions", "traits")))
     assert experts_of(swapped, 0).expert_names == GROUPS["professions"]
     assert experts_of(swapped, 1).expert_names == GROUPS["traits"]
     flat = add_experts(tiny_llama(), ExpertConfig(layout="flat"))
     assert experts_of(flat, 1).expert_names == ALL_IDENTITIES
-    assert experts_of(flat, 1).unit_bounds == ((0, 13),)
+    assert experts_of(flat, 1).group_bounds == ((0, 13),)
     layered = add_experts(tiny_llama(), ExpertConfig(layout="layered"))
-    assert experts_of(layered, 2).unit_bounds == ((0, 10), (10, 13))
+    assert experts_of(layered, 2).group_bounds == ((0, 10), (10, 13))
 
 
 def test_config_rejects_bad_values():

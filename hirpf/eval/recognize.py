@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dialogues import IGNORE, Collator, Dialogue, holdout_split, load_dialogues, tokenize
-from ..identities import IdentitySet, single_edit_neighbours
+from ..identities import IdentityError, IdentitySet, check_strength_setting, single_edit_neighbours
 from ..paths import his_file
 from ..prompts import Conditioning, expert_identities
 from ..routing import use_identities
@@ -70,7 +70,7 @@ def score_trials(model, tokenizer, trials: Sequence[Trial], max_length: int | No
         for candidate, item in zip(trial.candidates, items):
             last = int((item["labels"] != IGNORE).nonzero()[scored - 1]) + 1  # later tokens cannot change these
             experts = expert_identities(candidate, trial.conditioning)
-            key = (tuple(item["input_ids"][:last].tolist()), experts.names)
+            key = (tuple(item["input_ids"][:last].tolist()), experts)
             rows.setdefault(key, {"input_ids": item["input_ids"][:last], "labels": item["labels"][:last],
                                   "identity_pairs": experts.index_pairs(), "experts": experts})
             keys.append(key)
@@ -130,16 +130,21 @@ def _log_likelihoods(model, batch: dict, experts: list[IdentitySet]) -> list[flo
 # --- the evaluation ----------------------------------------------------------------------------------
 def recognize(model, tokenizer, dialogues: Sequence[Dialogue], modes: Sequence[Conditioning] = ALL_MODES,
               remove_poles: bool = True, max_length: int | None = 384, batch_size: int = 16,
-              batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch: Callable[[int, int], None] | None = None) -> dict:
+              batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch: Callable[[int, int], None] | None = None,
+              strength: "str | float | dict | None" = None) -> dict:
     """Hits and margins per dialogue and mode, and accuracies per mode, per identity and per number of
-    identities. Dialogues whose true set is empty have no neighbours and are left out (counted)."""
+    identities. Dialogues whose true set is empty have no neighbours and are left out (counted). `strength`
+    (`IdentitySet.with_strengths`) applies to the true set and every neighbour that holds the identity."""
     usable = [d for d in dialogues if len(d.identities)]
-    trials = [Trial(d, candidates_for(d.identities, remove_poles), Conditioning.parse(m))
-              for d in usable for m in modes]
+
+    def candidates(identities: IdentitySet) -> tuple[IdentitySet, ...]:
+        return tuple(c.with_strengths(strength, ignore_absent=True) for c in candidates_for(identities, remove_poles))
+
+    trials = [Trial(d, candidates(d.identities), Conditioning.parse(m)) for d in usable for m in modes]
     scores = iter(score_trials(model, tokenizer, trials, max_length, batch_size, batch_tokens, on_batch))
     details = []
     for dialogue in usable:
-        candidates = candidates_for(dialogue.identities, remove_poles)
+        candidates = candidates_for(dialogue.identities, remove_poles)  # names only: the details say the strength once
         row = {"source": dialogue.source, "index": dialogue.index, "identities": str(dialogue.identities),
                "neighbours": [str(c) for c in candidates[1:]]}
         for mode in modes:
@@ -148,7 +153,7 @@ def recognize(model, tokenizer, dialogues: Sequence[Dialogue], modes: Sequence[C
             row[Conditioning.parse(mode).value] = {"hit": margin > 0, "margin": margin, "scores": values}
         details.append(row)
     return summarize_details(details, [Conditioning.parse(m).value for m in modes]) | {
-        "dialogues": len(usable), "left_out_empty_sets": len(dialogues) - len(usable),
+        "dialogues": len(usable), "left_out_empty_sets": len(dialogues) - len(usable), "strength": strength,
         "remove_poles": remove_poles, "max_length": max_length, "details": details}
 
 
@@ -193,6 +198,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS,
                         help=f"padded tokens per forward pass, besides --batch_size rows (default {DEFAULT_BATCH_TOKENS}; "
                              "raise it on a GPU)")
+    parser.add_argument("--strength", default=None,
+                        help="strength of the experts, 0 to 2 (1 = as trained): one number for every identity, or "
+                             "AGR_low=1.6,Doctor=0.5 (applied to each candidate set that holds the identity)")
     parser.add_argument("--no_pole_removal", action="store_true",
                         help="neighbours: flipped poles and profession edits only (the model card's test)")
 
@@ -242,6 +250,10 @@ def run(args) -> dict:
     check_positive("--max_length", args.max_length)
     check_positive("--batch_tokens", args.batch_tokens)
     asked = parse_modes(args.modes)
+    try:
+        check_strength_setting(args.strength)
+    except IdentityError as err:
+        raise EvalError(f"--strength: {err}") from None
     dialogues, described = load_data(args)
     engine = load_engine(args)
     modes = modes_for(engine, asked)
@@ -256,7 +268,7 @@ def run(args) -> dict:
 
         try:
             result = recognize(engine.model, engine.tokenizer, dialogues, modes, remove_poles, args.max_length,
-                               args.batch_size, args.batch_tokens, on_batch=advance)
+                               args.batch_size, args.batch_tokens, on_batch=advance, strength=args.strength)
         except ValueError as err:
             raise EvalError(str(err)) from None
     seconds = time.perf_counter() - start

@@ -1,0 +1,309 @@
+"""The expert layers' fast inference path: the formula of `hirpf.experts`, in fewer operations.
+
+On a CPU at these sizes each torch call costs more than its arithmetic, so at inference (no autograd, eval
+mode) a layer hands its input to the `SharedInputProjections` it belongs to, which:
+
+- computes every projection that reads the same input (q, k and v; gate and up) at the first one's call: one
+  matmul for all their A matrices and, riding along as extra output rows, their routers; the siblings pick
+  up their outputs from the call's scratch space;
+- resolves, once per call, the masks of the call's identity rows (`MaskTable`, kept process-wide by content)
+  and an `InferencePlan` (which weights, which shortcuts), kept across calls per identity rows;
+- for decoding (a few vectors) applies the frozen W and the B matrices as one matmul over
+  `[x, mixed expert activations]` (the fold).
+
+This module owns every cache of the expert layers. Freshness is explicit: the concatenated weight copies and
+the plans built on them are dropped by `forget_weights` (loading weights, entering training mode and moving
+or casting a layer call it; code that edits expert weights in place must call `forget_weights(model)`).
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FOLD_MAX_VECTORS = 16  # fold W and B into one matmul for inputs of up to this many rows x tokens (CPU)
+
+
+class LRU:
+    """A small thread-safe least-recently-used cache."""
+
+    def __init__(self, size: int):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def attach(layers: dict, shared_inputs) -> None:
+    """Give every expert layer (`{module name: ExpertLinear}`) its fast path; layers of one decoder block
+    named together in `shared_inputs` (e.g. q, k, v) share one."""
+    grouped = set()
+    for parent in {name.rpartition(".")[0] for name in layers}:
+        for names in shared_inputs:
+            members = [layers[f"{parent}.{n}"] for n in names if f"{parent}.{n}" in layers]
+            if len(members) > 1:
+                SharedInputProjections(members)
+                grouped.update(id(m) for m in members)
+    for layer in layers.values():
+        if id(layer) not in grouped:
+            SharedInputProjections([layer])
+
+
+def forget_weights(model: nn.Module) -> None:
+    """Drop every copy of expert weights the fast path holds in `model` (after changing weights in place)."""
+    for module in model.modules():
+        fast_path = getattr(module, "fast_path", None)
+        if fast_path is not None:
+            fast_path.forget_weights()
+
+
+# Mask tables depend only on (the layer's expert signature, identity rows, dtype, device): shared by all
+# calls and layers, so a set used before costs nothing to switch back to. Read-only once built.
+_MASK_TABLES = LRU(512)
+
+
+@dataclass(frozen=True)
+class MaskTable:
+    """How one layer's experts mix for each batch row; tensors are `[rows, 1, 1, E, 1]` so they broadcast
+    over `[rows, tokens, projections, E, rank]`."""
+
+    bias: torch.Tensor  # 0 for allowed experts, -inf for masked ones (added to router logits)
+    scale: torch.Tensor  # multiplies the gate: 0 in a group the row does not use, else gate factor × strength
+    fixed_weights: torch.Tensor | None  # the mixture when no router is needed (router off, or one allowed expert per group)
+    gate: str  # the experts' gate (ExpertConfig.gate): softmax per group, or sigmoid per expert
+    scale_is_one: bool  # `scale` is all ones and can be skipped
+    same_rows: bool  # every row has the same identity set and strengths
+    any_active: bool  # False: no row engages this layer with a non-zero strength: it runs the base projection
+    key: tuple  # what the table was built from; plans are cached by it
+
+
+def mask_table(signature: tuple, routing, rows: int, device, dtype) -> MaskTable:
+    key = (signature, rows, routing.key, device, dtype)
+    return _MASK_TABLES.get(key) or _MASK_TABLES.put(key, _build_mask_table(key, routing))
+
+
+def _build_mask_table(key, routing) -> MaskTable:
+    (expert_ids, groups, hard_mask, router, gate), rows, _, device, dtype = key
+    chosen, strength = routing.rows(rows)
+    chosen, strength = chosen[:, list(expert_ids)], strength[:, list(expert_ids)]  # [rows, E]
+    allowed = torch.zeros_like(chosen)
+    engaged = torch.zeros_like(chosen)
+    counts = torch.ones(chosen.shape, dtype=torch.float64)  # exact for float64 models too
+    for start, stop in groups:
+        picked = chosen[:, start:stop]
+        uses = picked.any(dim=1, keepdim=True)
+        allowed[:, start:stop] = picked if hard_mask else uses.expand_as(picked)
+        engaged[:, start:stop] = uses.expand_as(picked)
+        counts[:, start:stop] = allowed[:, start:stop].sum(dim=1, keepdim=True).clamp(min=1)
+    # A row that does not use a group keeps bias 0 there (no all -inf softmax, no NaN); `scale` zeroes it.
+    bias = torch.where(engaged & ~allowed, float("-inf"), 0.0)
+    factor = {"softmax": torch.ones_like(counts), "scaled_softmax": counts, "sigmoid": torch.full_like(counts, 2.0)}[gate]
+    scale = engaged.to(torch.float64) * factor * strength
+    fixed = None
+    if not router:  # an untrained router's weights: 1/count each for the softmax, 1 for the other gates
+        fixed = allowed.to(torch.float64) / (counts if gate == "softmax" else 1.0) * strength
+    elif hard_mask and gate != "sigmoid" and bool((counts[allowed] == 1).all()):
+        fixed = allowed.to(torch.float64) * factor * strength  # one expert per group: the softmax gives it 1
+
+    def broadcast(t):
+        return t.to(device=device, dtype=dtype).view(rows, 1, 1, -1, 1)
+
+    same_rows = bool((chosen == chosen[:1]).all() and (strength == strength[:1]).all())
+    return MaskTable(broadcast(bias), broadcast(scale), None if fixed is None else broadcast(fixed), gate,
+                     bool((scale == 1).all()), same_rows, bool((allowed & (scale != 0)).any()), key)
+
+
+class SharedInputProjections:
+    """Expert layers of one decoder block that read the same input (q, k, v; or one projection alone).
+
+    The first member called with an input computes every member's output; the siblings, called with the
+    same tensor, pick theirs up from the call's scratch space. Not an `nn.Module` (it owns no parameters,
+    only references), so the state dict keeps one entry per projection.
+    """
+
+    def __init__(self, members: list):
+        first = members[0]
+        for m in members[1:]:
+            if (m.in_features, m.expert_ids, m.group_bounds) != (first.in_features, first.expert_ids, first.group_bounds):
+                raise ValueError("projections sharing an input must hold the same experts")
+        self.members = members
+        self.slot = {id(m): i for i, m in enumerate(members)}
+        for m in members:
+            m.fast_path = self
+        self.shape = (len(members), first.num_experts, first.rank)  # P, E, r
+        self.groups = first.group_bounds
+        self.out_sizes = [m.out_features for m in members]
+        # What a mask table depends on; projections with the same signature share one table per call.
+        self.signature = (first.expert_ids, first.group_bounds, first.hard_mask, first.router is not None, first.gate)
+        self._weights: dict = {}  # concatenated weight copies, by name
+        self._plans = LRU(16)  # inference plans by mask table, reused across calls until forget_weights
+        self._lock = threading.Lock()
+
+    def forget_weights(self) -> None:
+        with self._lock:
+            self._weights.clear()
+            self._plans.clear()
+
+    def output(self, member, x: torch.Tensor, routing) -> torch.Tensor:
+        slot = self.slot[id(member)]
+        state = routing.inference_state
+        cached = state.get(self)
+        if cached is None or cached[0] is not x:  # else a sibling already computed it for this very input
+            key = (self, x.shape[0])
+            plan = state.get(key)
+            if plan is None:
+                plan = state[key] = self._plan(x, routing) or False
+            cached = state[self] = (x, plan.outputs(x) if plan else None)
+        outputs = cached[1]
+        return member.base_forward(x) if outputs is None else outputs[slot]
+
+    def _plan(self, x: torch.Tensor, routing) -> "InferencePlan | None":
+        """How this call runs these projections, resolved once per call (weights, masks, shortcuts), so the
+        per-token path does no cache checks. Plans are kept across calls until `forget_weights`."""
+        first = self.members[0]
+        table = mask_table(self.signature, routing, x.shape[0], first.lora_A.device, first.lora_A.dtype)
+        if not table.any_active:
+            return None  # no row uses these experts: the members run their base projections
+        key = (table.key, x.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans.put(key, InferencePlan(self, table, fold=x.device.type == "cpu"))
+        return plan
+
+    # --- weight copies ----------------------------------------------------------------------------
+    def weights(self, name: str, build):
+        """`build()` (concatenated copies of the members' weights), kept until `forget_weights`."""
+        with self._lock:
+            hit = self._weights.get(name)
+            if hit is None:
+                with torch.no_grad():
+                    hit = self._weights[name] = build()
+            return hit
+
+    # Copies are stored transposed, [in, out], and applied with `_affine`: at 8 input rows (decoding a batch)
+    # the CPU GEMM is up to ~10% faster on that layout than on nn.Linear's [out, in], and the same at 1 row
+    # (benchmarks/bench_matmul_layout.py measures it).
+    def concat_in(self, with_router: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[A_1·s; ...; A_P·s; router_1; ...; router_P]`ᵀ and its bias (zeros for the A rows)."""
+        scaled_a = torch.cat([m.lora_A * m.scaling for m in self.members])
+        if not with_router:
+            return scaled_a.t().contiguous(), None
+        router_weight = torch.cat([m.router.weight for m in self.members])
+        router_bias = torch.cat([m.router.bias for m in self.members])
+        zeros = router_bias.new_zeros(scaled_a.shape[0])
+        return torch.cat([scaled_a, router_weight]).t().contiguous(), torch.cat([zeros, router_bias])
+
+    def concat_out(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[W_1; ...; W_P | blockdiag(B_1, ..., B_P)]`ᵀ and the stacked base biases."""
+        base = torch.cat([m.base.weight for m in self.members])
+        experts = torch.block_diag(*[m.lora_B for m in self.members]).to(base.dtype)
+        bias = None
+        if any(m.base.bias is not None for m in self.members):
+            bias = torch.cat([m.base.bias if m.base.bias is not None else base.new_zeros(m.out_features)
+                              for m in self.members])
+        return torch.cat([base, experts], dim=1).t().contiguous(), bias
+
+
+class InferencePlan:
+    """One way of running a `SharedInputProjections` for one set of identity rows; `outputs(x)` is the
+    per-token hot path, kept to as few torch calls as possible."""
+
+    def __init__(self, projections: SharedInputProjections, table: MaskTable, fold: bool):
+        self.projections, self.table = projections, table
+        p, e, r = projections.shape
+        self.needs_router = table.fixed_weights is None
+        self.split_sizes = [p * e * r, p * e]
+        self.in_weight_t, self.in_bias = projections.weights(("in", self.needs_router),
+                                                             lambda: projections.concat_in(self.needs_router))
+        self.weights_in_a = self.mask_in_bias = False
+        if not self.needs_router and table.same_rows:
+            # One identity set and no router: the fixed mixture weights fold into the A rows and the
+            # per-token path loses its multiply.
+            row_scale = table.fixed_weights[0].reshape(-1).repeat_interleave(r).repeat(p)
+            self.in_weight_t = self.in_weight_t * row_scale
+            self.weights_in_a = True
+        if self.needs_router and table.same_rows:
+            # One identity set for the whole batch: its mask rides in the router bias (one add less per token).
+            mask = table.bias[0].reshape(-1).repeat(p)  # one row's mask, once per member
+            self.in_bias = torch.cat([self.in_bias[:p * e * r], self.in_bias[p * e * r:] + mask])
+            self.mask_in_bias = True
+        self.out_weight_t = self.out_bias = None
+        if fold and all(m.plain_base for m in projections.members):
+            # On the CPU the frozen W and the B matrices become one matmul over [x, mixed] for decoding (a
+            # second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
+            self.out_weight_t, self.out_bias = projections.weights("out", projections.concat_out)
+
+    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        projections = self.projections
+        mixed = self.mixed(x)  # [..., P·E·r]
+        if self.out_weight_t is not None and x.numel() <= FOLD_MAX_VECTORS * x.shape[-1]:
+            # Decoding (a few rows, one token each): the op count dominates and folding pays. For a long
+            # prompt the block-diagonal zeros cost more arithmetic than the ops it saves.
+            out = _affine(torch.cat([x, mixed.to(x.dtype)], dim=-1), self.out_weight_t, self.out_bias)
+            return out.split(projections.out_sizes, dim=-1) if len(projections.out_sizes) > 1 else (out,)
+        mixed = mixed.unflatten(-1, (len(projections.members), -1))
+        outputs = []
+        for slot, m in enumerate(projections.members):
+            y = m.base_forward(x)
+            delta = F.linear(mixed[..., slot, :], m.lora_B)
+            outputs.append(y + delta.to(y.dtype))
+        return outputs
+
+    def mixed(self, x: torch.Tensor) -> torch.Tensor:
+        """`[..., P·E·r]`: each member's A·x, every expert's r columns weighted by its mixture weight and
+        alpha/r (the input of the B matrices)."""
+        table = self.table
+        p, e, r = self.projections.shape
+        if x.dtype != self.in_weight_t.dtype:
+            x = x.to(self.in_weight_t.dtype)
+        h = _affine(x, self.in_weight_t, self.in_bias)  # every member's A·x (and router logits) in one matmul
+        if self.weights_in_a:
+            return h
+        a, logits = h.split(self.split_sizes, dim=-1) if self.needs_router else (h, None)
+        lead = x.shape[:-1]
+        fixed, bias, scale = table.fixed_weights, table.bias, table.scale  # [rows, 1, 1, E, 1]
+        if x.dim() != 3:
+            view = (x.shape[0],) + (1,) * (x.dim() - 2) + (1, e, 1)
+            fixed, bias, scale = (None if t is None else t.view(view) for t in (fixed, bias, scale))
+        if logits is None:
+            weights = fixed
+        else:
+            logits = logits.view(lead + (p, e, 1))
+            if not self.mask_in_bias:
+                logits = logits + bias
+            if table.gate == "sigmoid":  # a masked expert's -inf gives 0
+                weights = logits.sigmoid()
+            elif len(self.projections.groups) == 1:
+                weights = logits.softmax(dim=-2)
+            else:
+                weights = torch.cat([logits[..., s:t, :].softmax(dim=-2) for s, t in self.projections.groups], dim=-2)
+            if not table.scale_is_one:
+                weights = weights * scale
+        return (a.view(lead + (p, e, r)) * weights).view(lead + (p * e * r,))
+
+
+def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`x @ weight_t + bias` over the last dimension, for a weight stored [in, out]."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.mm(flat, weight_t) if bias is None else torch.addmm(bias, flat, weight_t)
+    return out.view(x.shape[:-1] + (weight_t.shape[1],))

@@ -1,0 +1,172 @@
+"""The fast inference path (hirpf.fast_inference) against the formula (ExpertLinear.forward with autograd on),
+in float32, float16 and bfloat16, at the embedded model's shapes, for prompts and for decoding (the fold),
+and its caches: weights changed by loading, training or an in-place edit are never served stale."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import randomize_experts, tiny_llama
+from hirpf.checkpoint import load_experts, save_experts
+from hirpf.experts import ExpertConfig
+from hirpf.fast_inference import FOLD_MAX_VECTORS, forget_weights
+from hirpf.identities import IdentitySet
+from hirpf.inject import add_experts, expert_layers
+from hirpf.routing import use_identities
+
+MIXED = [IdentitySet.parse(s) for s in ("AGR_low,Doctor", "", "AGR_high,CON_low,EXT_high,NEU_low,OPE_high,Artist",
+                                        "OPE_low", "CON_high,EXT_low,Programmer")]
+MIXED[0] = MIXED[0].with_strengths("AGR_low=1.7,Doctor=0.4")
+MIXED[3] = MIXED[3].with_strengths("OPE_low=0")
+ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def embedded_shaped_llama(dtype) -> LlamaForCausalLM:
+    """Two layers of the embedded model's shapes (hidden 576, 9 query / 3 key-value heads), random weights."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=256)
+    return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def formula_and_fast(model, ids, rows):
+    """Logits through the formula (autograd on forces it) and through the fast path (no_grad, eval)."""
+    with torch.enable_grad(), use_identities(rows):
+        formula = model(ids).logits.detach()
+    with torch.no_grad(), use_identities(rows):
+        fast = model(ids).logits
+    return formula, fast
+
+
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 1e-1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("tokens", [1, 7], ids=["decode-fold", "prompt"])
+def test_fast_path_equals_formula_at_real_shapes(dtype, gate, tokens):
+    model = add_experts(embedded_shaped_llama(dtype), ExpertConfig(rank=8, dropout=0.0, gate=gate,
+                                                                   target_modules=ATTENTION_AND_MLP))
+    randomize_experts(model, scale=0.05)
+    ids = torch.randint(3, 256, (len(MIXED), tokens))
+    assert (len(MIXED) * tokens <= FOLD_MAX_VECTORS) == (tokens == 1)  # decoding takes the fold path
+    formula, fast = formula_and_fast(model, ids, MIXED)
+    assert fast.dtype == dtype and torch.isfinite(fast).all()
+    torch.testing.assert_close(fast.float(), formula.float(), rtol=0, atol=TOLERANCE[dtype] * formula.abs().max().item())
+    with torch.no_grad():
+        plain = model(ids).logits
+    assert (fast - plain).abs().max() > 0  # the experts do act
+
+
+@pytest.mark.parametrize("same_rows", [True, False])
+def test_fast_path_equals_formula_in_float64_exactly_enough(same_rows):
+    model = add_experts(tiny_llama(dtype=torch.float64), ExpertConfig(layout="layered", rank=3, dropout=0.0,
+                                                                      target_modules=ATTENTION_AND_MLP))
+    randomize_experts(model)
+    rows = [MIXED[2]] * 4 if same_rows else MIXED[:4]
+    for tokens in (1, 6):
+        formula, fast = formula_and_fast(model, torch.randint(3, 64, (4, tokens)), rows)
+        torch.testing.assert_close(fast, formula, rtol=1e-10, atol=1e-10)
+
+
+def test_strength_zero_everywhere_is_the_prompt_only_model_exactly():
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4, gate="sigmoid"))
+    randomize_experts(model)
+    ids = torch.randint(3, 64, (2, 5))
+    off = IdentitySet.parse("AGR_low,EXT_high,Doctor").with_strengths("AGR_low=0,EXT_high=0,Doctor=0")
+    with torch.no_grad():
+        plain = model(ids).logits
+        with use_identities(off):
+            fast = model(ids).logits
+    with torch.enable_grad(), use_identities(off):
+        formula = model(ids).logits.detach()
+    assert torch.equal(fast, plain) and torch.equal(formula, plain)
+
+
+@pytest.mark.parametrize("gate", ["softmax", "scaled_softmax", "sigmoid"])
+def test_strength_scales_each_experts_contribution(gate):
+    """One expert per group (a trait and a profession): the delta of strength s is s times the delta of 1."""
+    model = add_experts(tiny_llama(dtype=torch.float64), ExpertConfig(layout="layered", rank=3, dropout=0.0,
+                                                                      gate=gate))
+    randomize_experts(model)
+    captured = {}
+    layer = expert_layers(model)["model.layers.1.self_attn.o_proj"]
+    layer.register_forward_hook(lambda mod, inp, out: captured.update(x=inp[0], y=out))
+    ids = torch.randint(3, 64, (1, 4))
+    one = IdentitySet.parse("NEU_high")
+    with torch.no_grad(), use_identities(one):
+        model(ids)
+    delta_one = captured["y"] - layer.base(captured["x"])
+    for s in (0.0, 0.5, 1.5, 2.0):
+        with torch.no_grad(), use_identities(one.with_strengths({"NEU_high": s})):
+            model(ids)
+        # the input of layer 1 depends on layer 0's experts, so compare at the same input
+        with use_identities(one.with_strengths({"NEU_high": s})), torch.enable_grad():
+            y = layer(captured["x"]).detach()
+        with use_identities(one), torch.enable_grad():
+            unit = layer(captured["x"]).detach() - layer.base(captured["x"])
+        torch.testing.assert_close(y - layer.base(captured["x"]), s * unit, rtol=1e-9, atol=1e-12)
+    assert delta_one.abs().max() > 0
+
+
+def test_in_place_edits_are_seen_after_forget_weights():
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(model)
+    ids, rows = torch.randint(3, 64, (2, 3)), [MIXED[2], MIXED[4]]
+    with torch.no_grad(), use_identities(rows):
+        before = model(ids).logits
+    for layer in expert_layers(model).values():
+        layer.lora_B.data = layer.lora_B.data * 2  # a replaced tensor; its version counter says nothing
+    forget_weights(model)
+    with torch.no_grad(), use_identities(rows):
+        after = model(ids).logits
+    formula, _ = formula_and_fast(model, ids, rows)
+    torch.testing.assert_close(after, formula, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after, before)
+
+
+def test_loading_weights_replaces_the_fast_paths_copies(tmp_path):
+    source = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(source, seed=5)
+    save_experts(source, tmp_path / "other")
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(model, seed=1)
+    ids = torch.randint(3, 64, (1, 4))
+    with torch.no_grad(), use_identities(MIXED[2]):
+        model(ids)  # builds the fast path's copies of the seed-1 weights
+    load_experts(model, tmp_path / "other")
+    with torch.no_grad(), use_identities(MIXED[2]):
+        loaded = model(ids).logits
+        expected = source(ids).logits
+    torch.testing.assert_close(loaded, expected, rtol=0, atol=0)
+
+
+def test_a_training_step_is_seen_by_the_next_evaluation():
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4, dropout=0.0))
+    randomize_experts(model)
+    ids, rows = torch.randint(3, 64, (2, 5)), [MIXED[0], MIXED[2]]
+    with torch.no_grad(), use_identities(rows):
+        model(ids)  # copies of the current weights
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    with use_identities(rows):
+        model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    model.eval()
+    formula, fast = formula_and_fast(model, ids, rows)
+    torch.testing.assert_close(fast, formula, rtol=1e-5, atol=1e-5)
+
+
+def test_moving_to_another_dtype_rebuilds_the_copies():
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(model)
+    ids = torch.randint(3, 64, (1, 1))
+    with torch.no_grad(), use_identities(MIXED[2]):
+        model(ids)
+    model.to(torch.float64)
+    with torch.no_grad(), use_identities(MIXED[2]):
+        fast = model(ids).logits
+    formula, _ = formula_and_fast(model, ids, MIXED[2])
+    assert fast.dtype == torch.float64
+    torch.testing.assert_close(fast, formula, rtol=1e-9, atol=1e-9)
