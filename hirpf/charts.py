@@ -107,3 +107,29 @@ def figure_colour(i: int, n: int):
     from matplotlib import colormaps
 
     return colormaps["RdYlBu"](i / max(1, n - 1))
+
+
+def line_chart(path: Path, x: Sequence[float] | None, panels: Sequence[tuple[str, dict]], x_label: str = "") -> Path:
+    """Line charts (a loss curve, a dose-response), panels side by side, each `(title, {series name: values})`: values are y values over `x`, or, with
+    `x` None, `(x, y)` points of their own. Missing values (None) leave gaps."""
+    from matplotlib import colormaps
+
+    figure = Figure(figsize=(6.4 * len(panels), 4.4))
+    FigureCanvasAgg(figure)
+    for k, (title, series) in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), k + 1)
+        for i, (name, values) in enumerate(series.items()):
+            points = list(values) if x is None else list(zip(x, values))
+            points = [(a, b) for a, b in points if b is not None]
+            if points:  # tab20: 13 identities stay distinguishable; the professions dashed
+                ax.plot([a for a, _ in points], [b for _, b in points], marker="o", markersize=3, label=name,
+                        color=colormaps["tab20"](i % 20), linestyle="-" if i < 10 else "--")
+        if x is not None:
+            ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_title(textwrap.fill(title, 60), fontsize=9)
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path

@@ -1,14 +1,19 @@
-"""Do the trained experts carry identity? A likelihood test on held-out dialogues (the model card's figure).
+"""Do trained experts carry identity? The figures of the model card and of issue 10's targets, in one run.
 
-    python training/evaluate_experts.py --experts DIR [--data FILE] [--json OUT]
+    python training/evaluate_experts.py --experts DIR --json OUT [--dose_response] [--split_of RUN]
 
-For each held-out dialogue, the assistant-token log-likelihood under its true identity set is compared with
-each single-edit neighbour (a pole flipped, the profession changed or removed). A hit when the true set is
-the most likely. Two conditionings on the same base model: the experts with the identity prompt, and the
-identity prompt alone. The split is the trainer's (same data, --eval_fraction and --seed).
-
-The scoring is `hirpf.eval.recognize` (`python -m hirpf.eval recognize` runs the wider test: pole removal
-among the neighbours, the experts-only mode, any data file); this script fixes the model card's settings.
+1. Recognition on the trainer's held-out split (`--eval_fraction`, `--seed`, as the trainer split the data):
+   each dialogue's assistant tokens are scored under its true identity set and every single-edit neighbour
+   (a pole flipped or removed, the profession changed or removed); a hit when the true set scores highest.
+   Three conditionings on one base model: experts + identity prompt, experts alone, the prompt alone.
+   (`python -m hirpf.eval recognize --on_invalid skip --held_out_fraction 0.1` gives the same figures.)
+2. Questionnaires with the local likelihood judge (no digits needed): our 100-item personality bank put to
+   the ten single poles, each compared with the empty set on the same items (is the pole's factor score on
+   its side of the empty set's?), and our profession bank put to the three professions (is the own field
+   scored above the others?).
+3. With `--dose_response`: both measures against the strength of the experts, 0 to 2 (0 = the prompt alone,
+   1 = as trained): the mean recognition margin of the dialogues holding each pole, and each pole's factor
+   score minus the empty set's.
 """
 from __future__ import annotations
 
@@ -17,57 +22,123 @@ import json
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hirpf.base_model import EMBEDDED
+from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.engine import Engine
-from hirpf.eval.recognize import DEFAULT_BATCH_TOKENS, recognize
+from hirpf.eval.option_likelihood import answer_by_likelihood
+from hirpf.eval.questionnaire import REFERENCE, factor_scores
+from hirpf.eval.recognize import recognize
+from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
-from training.data import holdout_split, load_dialogues
+from hirpf.scales import Scale, default_scale
 
-DEFAULT_DATA = his_file("identity_dialogues.json")
-MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)
+MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.EXPERTS, Conditioning.PROMPT)
+STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def held_out_dialogues(data: str, fraction: float, seed: int) -> list:
+    dialogues, _ = load_dialogues(data, on_invalid="skip")
+    return holdout_split(dialogues, fraction, seed)[1]
+
+
+def recognition(engine, dialogues, args, modes=MODES, strength=None) -> dict:
+    scored = recognize(engine.model, engine.tokenizer, dialogues, modes, remove_poles=True,
+                       max_length=args.max_length, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                       strength=strength)
+    return {k: scored[k] for k in ("dialogues", "accuracy_by_mode", "mean_margin_by_mode", "accuracy_by_count",
+                                   "accuracy_by_identity")} | {
+        "margins": [{"identities": d["identities"]} | {m.value: round(d[m.value]["margin"], 4) for m in modes}
+                    for d in scored["details"]]}
+
+
+def personality(engine, conditioning: Conditioning, batch_size: int, strength: float | None = None) -> dict:
+    """Each pole's factor score beside the empty set's, on the items of that factor only (a pole's set
+    answers its own factor's items: all a factor score needs, a fifth of the rows)."""
+    scale = default_scale("personality")
+    out = {}
+    for trait in scale.factors:
+        items = Scale(scale.name, scale.kind, tuple(i for i in scale.items if i.factor == trait))
+        sets = [IdentitySet((f"{trait}_{pole}",)).with_strengths(strength) for pole in ("high", "low")]
+        scores = factor_scores(answer_by_likelihood(engine, items, sets + [REFERENCE], conditioning, batch_size))
+        empty = scores[REFERENCE][trait]
+        for s in sets:
+            pole, shift = s.names[0], scores[s][trait] - empty
+            out[pole] = {"score": round(scores[s][trait], 4), "empty_set": round(empty, 4), "shift": round(shift, 4),
+                         "right_side": shift > 0 if pole.endswith("_high") else shift < 0}
+    return {"poles": out, "right_side": sum(p["right_side"] for p in out.values()), "of": len(out)}
+
+
+def profession(engine, conditioning: Conditioning, batch_size: int) -> dict:
+    scale = default_scale("profession")
+    sets = [IdentitySet((p,)) for p in PROFESSIONS] + [REFERENCE]
+    scores = factor_scores(answer_by_likelihood(engine, scale, sets, conditioning, batch_size))
+    out = {}
+    for s in sets[:-1]:
+        own = scores[s][s.profession]
+        others = mean(v for f, v in scores[s].items() if f != s.profession)
+        out[s.profession] = {"own_field": round(own, 4), "other_fields": round(others, 4),
+                             "empty_set_own_field": round(scores[REFERENCE][s.profession], 4), "hit": own > others}
+    return {"professions": out, "hits": sum(p["hit"] for p in out.values()), "of": len(out)}
+
+
+def dose_response(engine, dialogues, args) -> dict:
+    """Recognition margin (experts + prompt) per pole and questionnaire shift per pole, against strength."""
+    curves = {}
+    for strength in STRENGTHS:
+        scored = recognition(engine, dialogues, args, modes=(Conditioning.EXPERTS_AND_PROMPT,), strength=strength)
+        margins = {pole: [m["experts+prompt"] for m in scored["margins"] if pole in m["identities"].split(",")]
+                   for pole in TRAIT_POLES + PROFESSIONS}
+        shifts = personality(engine, Conditioning.EXPERTS_AND_PROMPT, args.batch_size, strength)["poles"]
+        curves[str(strength)] = {
+            "recognition_accuracy": scored["accuracy_by_mode"]["experts+prompt"],
+            "mean_margin": {p: round(mean(v), 4) if v else None for p, v in margins.items()},
+            "questionnaire_shift": {p: v["shift"] for p, v in shifts.items()}}
+        print(f"strength {strength}: recognition {curves[str(strength)]['recognition_accuracy']:.3f}", file=sys.stderr)
+    return curves
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--experts", required=True, help="expert checkpoint directory")
     ap.add_argument("--base_model", default=EMBEDDED)
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
-    ap.add_argument("--eval_fraction", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--data", default=str(his_file("identity_dialogues.json")))
+    ap.add_argument("--eval_fraction", type=float, default=0.1, help="the trainer's --eval_fraction")
+    ap.add_argument("--seed", type=int, default=42, help="the trainer's --seed (the split)")
     ap.add_argument("--max_length", type=int, default=384)
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass")
-    ap.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per forward pass")
-    ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N held-out dialogues")
-    ap.add_argument("--json", default=None, help="write the full result here")
+    ap.add_argument("--batch_tokens", type=int, default=2048, help="padded tokens per forward pass")
+    ap.add_argument("--dose_response", action="store_true", help="also the curves against strength 0-2")
+    ap.add_argument("--skip_questionnaires", action="store_true", help="recognition only (quick recipe checks)")
+    ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args(argv)
 
     engine = Engine.load(args.base_model, lora_weights=args.experts, load_in_8bit=False, dtype="float32")
-    dialogues, _ = load_dialogues(args.data, on_invalid="skip")
-    _, held_out = holdout_split(dialogues, args.eval_fraction, args.seed)
-    held_out = held_out[:args.limit]
+    dialogues = held_out_dialogues(args.data, args.eval_fraction, args.seed)
     start = time.perf_counter()
-    scored = recognize(engine.model, engine.tokenizer, held_out, MODES, remove_poles=False,
-                       max_length=args.max_length, batch_size=args.batch_size,
-                       batch_tokens=args.batch_tokens)
-    modes = [m.value for m in MODES]
-    details = [{"identities": d["identities"], "neighbours": d["neighbours"]}
-               | {m: {"hit": d[m]["hit"], "margin": d[m]["margin"]} for m in modes} for d in scored["details"]]
-    for i, row in enumerate(details):
-        print(f"[{i + 1}/{len(details)}] {row['identities']}: " + ", ".join(
-            f"{m} {'hit' if row[m]['hit'] else 'miss'}" for m in modes), file=sys.stderr)
-    result = {
-        "dialogues": scored["dialogues"], "experts": args.experts, "seconds": round(time.perf_counter() - start, 1),
-        "accuracy_by_mode": scored["accuracy_by_mode"], "mean_margin_by_mode": scored["mean_margin_by_mode"],
-        "details": details,
-    }
+    result = {"experts": args.experts, "split": {"data": args.data, "eval_fraction": args.eval_fraction,
+                                                 "seed": args.seed, "dialogues": len(dialogues)},
+              "recognition": recognition(engine, dialogues, args)}
+    print(json.dumps({"recognition": {k: result["recognition"][k] for k in ("accuracy_by_mode", "accuracy_by_count")}},
+                     indent=1), file=sys.stderr)
+    if not args.skip_questionnaires:
+        result["personality"] = {m.value: personality(engine, m, args.batch_size)
+                                 for m in (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)}
+        result["profession"] = {m.value: profession(engine, m, args.batch_size)
+                                for m in (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)}
+    if args.dose_response:
+        result["dose_response"] = dose_response(engine, dialogues, args)
+    result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "details"}, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    summary = {k: v for k, v in result.items() if k not in ("recognition", "dose_response")}
+    summary["recognition"] = {k: result["recognition"][k] for k in ("accuracy_by_mode", "accuracy_by_count")}
+    print(json.dumps(summary, indent=2))
     return result
 
 

@@ -1,122 +1,208 @@
-"""Package a training run as shipped experts: float16 weights, the config, a loss curve and a model card.
+"""Package a training run as shipped experts: float16 weights, the config, charts and a model card, every
+figure taken from the run's own summary and from `training/evaluate_experts.py` results.
 
-    python training/model_card.py --run RUN_DIR --evaluation EVAL.json --out models/smollm2-135m-experts
+    python training/model_card.py --run RUN --evaluation EVAL.json --out models/smollm2-135m-experts \\
+        [--compare OTHER_RUN=OTHER_EVAL.json ...]
+
+`--compare` adds rows to the recipe table (other runs, each with its own evaluation).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import shlex
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
 import torch
+from safetensors.torch import load_file, save_file
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hirpf.charts import line_chart
 from hirpf.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from hirpf.dialogues import holdout_split, load_dialogues
+from hirpf.identities import PROFESSIONS, TRAIT_POLES
+from training.train import build_parser
+
+MODE_WORDS = {"experts+prompt": "experts + prompt", "experts": "experts alone", "prompt": "prompt alone"}
+# Issue 10's targets, as the card compares the figures with them.
+TARGETS = {"experts+prompt": 0.75, "over_prompt": 0.25, "2": 0.60, "3": 0.40, "poles": 8, "professions": 3}
 
 
-def loss_curve(history: list[dict], path: Path, size=(720, 420)) -> None:
-    """Train and eval loss against the step, drawn with PIL (no plotting library needed)."""
-    train = [(h["step"], float(h["loss"])) for h in history if "loss" in h]
-    evals = [(h["step"], float(h["eval_loss"])) for h in history if "eval_loss" in h]
-    points = train + evals
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = 70, 30, size[0] - 20, size[1] - 50
-    x_max = max(s for s, _ in points) or 1
-    y_min, y_max = min(v for _, v in points), max(v for _, v in points)
-    y_min, y_max = y_min - 0.05 * (y_max - y_min + 1e-6), y_max + 0.05 * (y_max - y_min + 1e-6)
+def training_command(args: dict) -> str:
+    """The trainer command that reproduces the run: every option that differs from the trainer's default."""
+    parser = build_parser()
+    parts = ["python", "training/train.py"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help" or action.dest not in args:
+            continue
+        value = args[action.dest]
+        if action.required or value != action.default:
+            if isinstance(value, bool):
+                if action.const is value:  # the store_true / store_false spelling that gives this value
+                    parts.append(action.option_strings[0])
+            elif value is not None:
+                parts += [action.option_strings[0], f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(parts)
 
-    def xy(step, value):
-        return (left + (right - left) * step / x_max, bottom - (bottom - top) * (value - y_min) / (y_max - y_min))
 
-    draw.rectangle([left, top, right, bottom], outline="black")
-    for k in range(5):
-        value = y_min + (y_max - y_min) * k / 4
-        y = xy(0, value)[1]
-        draw.line([left - 4, y, left, y], fill="black")
-        draw.text((8, y - 6), f"{value:.3f}", fill="black")
-    for k in range(5):
-        step = x_max * k / 4
-        x = xy(step, y_min)[0]
-        draw.line([x, bottom, x, bottom + 4], fill="black")
-        draw.text((x - 8, bottom + 8), f"{step:.0f}", fill="black")
-    draw.text(((left + right) / 2 - 20, size[1] - 22), "step", fill="black")
-    for series, colour, label in ((train, "royalblue", "train loss"), (evals, "darkorange", "eval loss")):
-        if len(series) > 1:
-            draw.line([xy(*p) for p in series], fill=colour, width=2)
-        for p in series:
-            x, y = xy(*p)
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    draw.text((right - 150, top + 8), "train loss", fill="royalblue")
-    draw.text((right - 150, top + 24), "eval loss", fill="darkorange")
-    image.save(path)
+def recipe(args: dict) -> str:
+    """The recipe in a few words, for the comparison table."""
+    targets = args["target_modules"].replace("_proj", "")
+    return (f"{args.get('gate', 'softmax')} gate, lr {args['learning_rate']:g}, {args['num_epochs']:g} epochs, "
+            f"r{args['rank']}, {targets}, max_length {args['max_length']}")
+
+
+def recipe_row(summary: dict, evaluation: dict) -> str:
+    rec = evaluation["recognition"]
+    acc, by_count = rec["accuracy_by_mode"], rec["accuracy_by_count"]["experts+prompt"]
+    counts = " / ".join(f"{by_count[k]['accuracy']:.2f}" if k in by_count else "–" for k in ("1", "2", "3"))
+    return (f"| {recipe(summary['args'])} | {summary['final_eval_loss']:.3f} | {acc['experts+prompt']:.3f} | "
+            f"{acc.get('experts', float('nan')):.3f} | {acc['prompt']:.3f} | {counts} | "
+            f"{summary['seconds'] / 60:.0f} |")
+
+
+def dose_response_chart(curves: dict, path: Path) -> Path | None:
+    if not curves:
+        return None
+    strengths = [float(s) for s in curves]
+    margin = {p: [curves[s]["mean_margin"].get(p) for s in curves] for p in TRAIT_POLES + PROFESSIONS}
+    shift = {p: [curves[s]["questionnaire_shift"].get(p) for s in curves] for p in TRAIT_POLES}
+    return line_chart(path, strengths, [("recognition margin (nats), dialogues holding the identity", margin),
+                                        ("questionnaire factor score minus the empty set's", shift)],
+                      x_label="strength (0 = prompt alone, 1 = as trained)")
+
+
+def targets_table(evaluation: dict) -> str:
+    acc = evaluation["recognition"]["accuracy_by_mode"]
+    by_count = evaluation["recognition"]["accuracy_by_count"]["experts+prompt"]
+    rows = [("recognition, experts + prompt", f"{acc['experts+prompt']:.3f}", f"≥ {TARGETS['experts+prompt']}"),
+            ("… minus prompt alone", f"{acc['experts+prompt'] - acc['prompt']:+.3f}", f"≥ +{TARGETS['over_prompt']}")]
+    for k in ("1", "2", "3"):
+        if k in by_count:
+            target = f"≥ {TARGETS[k]}" if k in TARGETS else ""
+            rows.append((f"… dialogues of {k} identit{'y' if k == '1' else 'ies'} ({by_count[k]['dialogues']})",
+                         f"{by_count[k]['accuracy']:.3f}", target))
+    if "personality" in evaluation:
+        p = evaluation["personality"]["experts+prompt"]
+        rows.append(("personality bank: poles on their side of the empty set", f"{p['right_side']} of {p['of']}",
+                     f"≥ {TARGETS['poles']} of 10"))
+        q = evaluation["profession"]["experts+prompt"]
+        rows.append(("profession bank: own field above the others", f"{q['hits']} of {q['of']}",
+                     f"{TARGETS['professions']} of 3"))
+    return "\n".join(["| measure | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def questionnaire_table(evaluation: dict) -> str:
+    if "personality" not in evaluation:
+        return ""
+    lines = ["| pole | experts + prompt | prompt alone |", "|---|---|---|"]
+    both = evaluation["personality"]
+    for pole in TRAIT_POLES:
+        cells = []
+        for mode in ("experts+prompt", "prompt"):
+            p = both[mode]["poles"][pole]
+            cells.append(f"{p['score']:.2f} vs {p['empty_set']:.2f} {'✓' if p['right_side'] else '✗'}")
+        lines.append(f"| {pole} | " + " | ".join(cells) + " |")
+    for name in PROFESSIONS:
+        cells = []
+        for mode in ("experts+prompt", "prompt"):
+            p = evaluation["profession"][mode]["professions"][name]
+            cells.append(f"own {p['own_field']:.2f} vs others {p['other_fields']:.2f} {'✓' if p['hit'] else '✗'}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def data_lines(args: dict) -> str:
+    dialogues, report = load_dialogues(args["data"], on_invalid=args["on_invalid"])
+    train, held_out = holdout_split(dialogues, args["eval_fraction"], args["seed"])
+    return (f"`{args['data']}` (read from there, not copied): {report.describe()}. Held out for evaluation: "
+            f"{len(held_out)} dialogues ({args['eval_fraction']:.0%}, shuffled with seed {args['seed']}); "
+            f"trained on {len(train)}. Dialogues longer than {args['max_length']} tokens lose whole turns "
+            "from the end.")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="the trainer's --output_dir")
     ap.add_argument("--evaluation", required=True, help="JSON written by training/evaluate_experts.py --json")
+    ap.add_argument("--compare", nargs="*", default=[], metavar="RUN=EVAL.json",
+                    help="other runs for the recipe table, each with its evaluation")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = json.loads((run / "training_summary.json").read_text())
     evaluation = json.loads(Path(args.evaluation).read_text())
-    shutil.copy(run / CONFIG_FILE, out / CONFIG_FILE)
+    config = json.loads((run / CONFIG_FILE).read_text())
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     weights = {k: v.to(torch.float16) for k, v in load_file(str(run / WEIGHTS_FILE)).items()}
     save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "hirpf-experts"})
-    loss_curve(summary["log_history"], out / "loss_curve.png")
-    (out / "training_summary.json").write_text(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
-    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+    line_chart(out / "loss_curve.png", None, [("loss", {
+        "train": [(h["step"], float(h["loss"])) for h in summary["log_history"] if "loss" in h],
+        "held out": [(h["step"], float(h["eval_loss"])) for h in summary["log_history"] if "eval_loss" in h]})],
+        x_label="optimizer step")
+    chart = dose_response_chart(evaluation.get("dose_response"), out / "dose_response.png")
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     a = summary["args"]
-    acc = evaluation["accuracy_by_mode"]
-    card = f"""# HIRPF identity experts for SmolLM2-135M-Instruct (embedded model)
+    rows = [recipe_row(summary, evaluation) + " **shipped** |"]
+    for pair in args.compare:
+        other_run, _, other_eval = pair.partition("=")
+        other = json.loads((Path(other_run) / "training_summary.json").read_text())
+        rows.append(recipe_row(other, json.loads(Path(other_eval).read_text())) + " |")
+    router = ("routers trained jointly" + (f" (learning rate {a['router_learning_rate']:g})" if a.get("router_learning_rate") else "")
+              if a["train_router"] else "routers frozen (uniform mixing)")
+    card = f"""# HIRPF identity experts for {config['base_model']}
 
-Thirteen LoRA identity experts (ten Big Five trait poles, three professions) in the `alternate` layout:
-trait experts on the even decoder layers, profession experts on the odd ones, on `{a['target_modules']}`,
-rank {a['rank']}, alpha {a['alpha']}, dropout {a['dropout']}, routers trained jointly, hard mask on. Stored
-in float16 ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MiB); they load into the float32 model.
+Thirteen LoRA identity experts (ten Big Five trait poles, three professions) in the `{config['layout']}` layout
+on `{','.join(config['target_modules'])}`, rank {config['rank']}, alpha {config['alpha']:g}, dropout
+{config['dropout']}, `{config.get('gate', 'softmax')}` gate, {router}, hard mask {'on' if config['hard_mask'] else 'off'}.
+Stored in float16 ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MiB); they load into the float32 model.
 The app and `python -m hirpf chat` use them by default on the embedded model.
 
 ## Data and split
-`../shared/his/identity_dialogues.json` (570 public HIS dialogues; read from there, not copied).
-{summary['train_samples'] + summary['eval_samples']} dialogues pass the identity rules; 9 records that give
-both poles of one trait were reported and skipped (`--on_invalid skip`). Held out for evaluation:
-{summary['eval_samples']} dialogues ({a['eval_fraction']:.0%}, shuffled with seed {a['seed']}); trained on
-{summary['train_samples']}. Dialogues longer than {a['max_length']} tokens lose whole turns from the end.
+{data_lines(a)}
 
 ## Training
-`python training/train.py --data ../shared/his/identity_dialogues.json --on_invalid skip --output_dir RUN
---rank {a['rank']} --alpha {a['alpha']:g} --dropout {a['dropout']} --insert_mode {a['insert_mode']} --batch_size {a['batch_size']}
---micro_batch_size {a['micro_batch_size']} --num_epochs {a['num_epochs']:g} --learning_rate {a['learning_rate']:g}
---warmup_steps {a['warmup_steps']} --max_length {a['max_length']} --eval_steps {a['eval_steps']} --save_steps {a['save_steps']}
---logging_steps {a['logging_steps']} --seed {a['seed']}`
+    {training_command(a)}
 
-{summary['steps']} optimizer steps, {summary['seconds'] / 60:.1f} minutes on 2 CPU cores
+{summary['steps']} optimizer steps, {summary['seconds'] / 60:.1f} minutes on this machine
 ({summary['tokens_per_s']:.0f} tokens/s), {summary['trainable_parameters']:,} trainable parameters.
-Mean train loss over the run {summary.get('mean_train_loss', summary.get('final_train_loss')):.3f}; final held-out loss
-{summary['final_eval_loss']:.3f}.
+Mean train loss over the run {summary['mean_train_loss']:.3f}; final held-out loss {summary['final_eval_loss']:.3f}.
 
 ![loss curve](loss_curve.png)
 
-## Evaluation: do the experts carry identity?
-For each of the {evaluation['dialogues']} held-out dialogues, the assistant-token log-likelihood under its
-true identity set is compared with every single-edit neighbour (a pole flipped, the profession changed or
-removed); a hit when the true set is the most likely. Same base model, two conditionings:
+## Recipes tried
+Each row is a full training run evaluated by `training/evaluate_experts.py` on the same held-out split
+(pole removal on). Recognition: is the true identity set likelier than every single-edit neighbour?
 
-| conditioning | accuracy | mean margin (nats) |
-|---|---|---|
-| experts + identity prompt | {acc['experts+prompt']:.3f} | {evaluation['mean_margin_by_mode']['experts+prompt']:.2f} |
-| identity prompt alone | {acc['prompt']:.3f} | {evaluation['mean_margin_by_mode']['prompt']:.2f} |
+| recipe | held-out loss | experts + prompt | experts alone | prompt alone | by 1 / 2 / 3 identities (experts + prompt) | minutes | |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
 
-Reproduce: `python training/evaluate_experts.py --experts models/smollm2-135m-experts` (details per
-dialogue in `evaluation.json`).
+## Measured against the targets
+{targets_table(evaluation)}
+
+Questionnaires use the local likelihood judge (the five option texts scored as the reply), each pole against
+the empty set on the same items:
+
+{questionnaire_table(evaluation)}
+"""
+    if chart is not None:
+        card += f"""
+## Strength: the dose-response
+The strength dial scales each chosen expert's mixed contribution (0 = the prompt alone, 1 = as trained).
+
+![dose-response]({chart.name})
+"""
+    card += f"""
+## Reproduce
+    {training_command(a)}
+    python training/evaluate_experts.py --experts RUN --dose_response --json RUN/evaluation.json
+    python training/model_card.py --run RUN --evaluation RUN/evaluation.json --out {args.out}
 """
     (out / "README.md").write_text(card)
     print(f"wrote {out}")
