@@ -137,3 +137,15 @@ def test_a_sample_of_sets_covers_pairs_and_triples_evenly():
     sizes = [(len(e.identities), e.identities.profession is not None) for e in sample]
     assert {s: sizes.count(s) for s in set(sizes)} == {(2, False): 5, (2, True): 5, (3, False): 5, (3, True): 5}
     assert sample == entries_for_kinds(kinds, 1, sample=20, seed=3) != entries_for_kinds(kinds, 1, sample=20, seed=4)
+
+
+def test_turn_rules_name_what_is_wrong_and_cut_turns_end_at_a_sentence():
+    from training.local_synthesis import finished_turn, turn_problem
+
+    assert turn_problem("As a doctor I would rest first.", JOB, character=True) == "identity named"
+    assert turn_problem("As a doctor I would rest first.", JOB, character=False) is None  # the other speaker may
+    assert turn_problem("", JOB, character=False) == "empty turn"
+    assert turn_problem("I would rest first.", JOB, character=True) is None
+    assert finished_turn(" Sure thing. I will be there at", ended=False) == "Sure thing."
+    assert finished_turn("no sentence end at all", ended=False) == "no sentence end at all"
+    assert finished_turn("Done. And then", ended=True) == "Done. And then"

@@ -44,7 +44,7 @@ from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import NEUTRAL_SYSTEM_MESSAGE, identity_system_message
 from training.data import validate
-from training.synthesize import Job, append_record, finished_jobs, forbidden_words
+from training.synthesize import Job, append_record, finished_jobs, named_identity
 
 log = logging.getLogger("hirpf.synthesize")
 BACKEND = "local-contrastive"
@@ -167,7 +167,7 @@ class LocalSettings:
     """The local backend's knobs: γ, decoding (`Sampling`; its seed is the run's seed), and retries."""
 
     gamma: float = 1.0
-    sampling: Sampling = field(default_factory=lambda: Sampling(max_new_tokens=96, temperature=0.8))
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_new_tokens=96, temperature=0.9))
     attempts: int = 3
     batch_size: int = 8  # dialogues per batch; character turns run two rows each
 
@@ -233,10 +233,8 @@ def finished_turn(text: str, ended: bool) -> str:
 def turn_problem(text: str, job: Job, character: bool) -> str | None:
     if not text:
         return "empty turn"
-    if character:
-        for word in forbidden_words(job.identities):
-            if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE):
-                return "identity named"
+    if character and named_identity(text, job.identities):
+        return "identity named"
     return None
 
 

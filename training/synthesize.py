@@ -261,6 +261,12 @@ def forbidden_words(identities: IdentitySet) -> list[str]:
     return [w for name in identities for w in (name, label(name))]
 
 
+def named_identity(text: str, identities: IdentitySet) -> str | None:
+    """The first name or label of `identities` that `text` says verbatim, else None."""
+    return next((w for w in forbidden_words(identities) if re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE)),
+                None)
+
+
 def parse_plot(obj: dict) -> tuple[str, str]:
     other, plot = obj.get("other_speaker"), obj.get("plot")
     if not all(isinstance(v, str) and v.strip() for v in (other, plot)):
@@ -276,7 +282,6 @@ def parse_dialogue(obj: dict, job: Job) -> list[dict]:
         raise ValueError("shape: 'turns' must be a list")
     if len(turns) != 2 * job.exchanges:
         raise ValueError(f"turn count: expected {2 * job.exchanges} turns, got {len(turns)}")
-    forbidden = [(w, re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE)) for w in forbidden_words(job.identities)]
     dialog = []
     for k, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("text"), str) or not turn["text"].strip():
@@ -285,10 +290,9 @@ def parse_dialogue(obj: dict, job: Job) -> list[dict]:
         if turn.get("speaker") != speaker:
             raise ValueError(f"alternation: turn {k} must be by {speaker!r}, got {turn.get('speaker')!r}")
         text = turn["text"].strip()
-        if speaker == "character":
-            named = [w for w, pattern in forbidden if pattern.search(text)]
-            if named:
-                raise ValueError(f"identity named: turn {k} says {named[0]!r}")
+        named = named_identity(text, job.identities) if speaker == "character" else None
+        if named:
+            raise ValueError(f"identity named: turn {k} says {named!r}")
         dialog.append({"role": "user" if speaker == "other" else "assistant", "content": text})
     return dialog
 
