@@ -56,10 +56,12 @@ def records(path) -> list[dict]:
 
 def test_kinds_cover_singles_trait_pairs_and_trait_professions():
     sizes = {kind: len(entries_for_kinds([kind], 1)) for kind in KINDS}
-    assert sizes == {"single": 13, "trait_pairs": 40, "trait_profession": 30}
-    jobs = expand(entries_for_kinds(list(KINDS), 2), turns=4, outside_share=0.25, seed=3)
+    assert sizes == {"single": 13, "trait_pairs": 40, "trait_profession": 30, "trait_triples": 80,
+                     "pair_profession": 120}
+    kinds = ["single", "trait_pairs", "trait_profession"]
+    jobs = expand(entries_for_kinds(kinds, 2), turns=4, outside_share=0.25, seed=3)
     assert len({job.id for job in jobs}) == 2 * 83
-    assert jobs == expand(entries_for_kinds(list(KINDS), 2), turns=4, outside_share=0.25, seed=3)  # stable
+    assert jobs == expand(entries_for_kinds(kinds, 2), turns=4, outside_share=0.25, seed=3)  # stable
     outside = [job for job in jobs if job.outside_topic]
     assert outside and all(job.identities.profession for job in outside)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -128,3 +129,57 @@ def test_two_processes_train_on_different_shards_and_save_one_model(tmp_path, ti
     assert final.keys() == other.keys() and all(torch.equal(final[k], other[k]) for k in final)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3
+
+
+def test_an_8bit_base_trains_its_experts(tmp_path, tiny_base_dir):
+    """bitsandbytes LLM.int8 works on the CPU; the experts around the frozen 8-bit projections learn."""
+    pytest.importorskip("bitsandbytes")
+    data = write_data(tmp_path / "data.json", n=8)
+    out = tmp_path / "int8"
+    train("--data", data, "--base_model", tiny_base_dir, "--output_dir", out, "--dev", "--rank", 2,
+          "--batch_size", 2, "--micro_batch_size", 2, "--num_epochs", 1, "--eval_steps", 100,
+          "--load_in_8bit", "--learning_rate", 1e-2, "--warmup_steps", 0)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["args"]["load_in_8bit"] is True
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    # layer 0's experts learned: the gradient went back through the 8-bit projections above them
+    assert all(v.abs().sum() > 0 for k, v in weights.items() if k.startswith("model.layers.0.") and k.endswith("lora_B"))
+    assert not any("weight_format" in k or "SCB" in k for k in weights)  # experts only, no 8-bit base state
+
+
+def test_the_8bit_permission_lasts_only_while_the_trainer_checks(tmp_path, tiny_base_dir):
+    """The PEFT flag that lets the Trainer accept the quantized base is gone once it is built (it would
+    switch save_pretrained to PEFT's handling), and a quantized base without experts is refused."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import TrainingArguments
+
+    from hirpf.base_model import load_base_model
+    from hirpf.experts import ExpertConfig
+    from hirpf.inject import add_experts
+    from training.train import ExpertTrainer
+
+    model, _ = load_base_model(str(tiny_base_dir), load_in_8bit=True)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(SystemExit, match="quantized base model trains only through its experts"):
+        ExpertTrainer(model=model, args=args)
+    add_experts(model, ExpertConfig(rank=2))
+    ExpertTrainer(model=model, args=args)
+    assert model.is_quantized and not model._hf_peft_config_loaded
+
+
+def test_several_gpus_in_one_process_are_refused(tmp_path, tiny_base_dir, monkeypatch):
+    """nn.DataParallel's replica threads do not inherit the identity rows: refuse it and name torchrun."""
+    from transformers import TrainingArguments
+
+    from hirpf.base_model import load_base_model
+    from hirpf.experts import ExpertConfig
+    from hirpf.inject import add_experts
+    from training.train import ExpertTrainer
+
+    model, _ = load_base_model(str(tiny_base_dir), load_in_8bit=False)
+    add_experts(model, ExpertConfig(rank=2))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    ExpertTrainer(model=model, args=args)  # one device: accepted
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
+    with pytest.raises(SystemExit, match=r"DataParallel.*torchrun --nproc_per_node 2"):
+        ExpertTrainer(model=model, args=args)

@@ -1,14 +1,21 @@
-"""Synthesize identity dialogues with any OpenAI-compatible chat endpoint:
-`python training/synthesize.py --model M --output F.jsonl ...` or `python -m training.synthesize ...`.
+"""Synthesize identity dialogues: `python training/synthesize.py --output F.jsonl ...` or
+`python -m training.synthesize ...`, with one of two backends:
 
-Two stages per dialogue, as in the HIRPF paper, with our own prompts:
+- `--backend openai` (default, `--model M`): any OpenAI-compatible chat endpoint writes each dialogue, as below;
+- `--backend local-contrastive`: the base model (`--base_model`, default the embedded one) role-plays both
+  speakers here, no network, with the identity amplified by `--gamma` (see `training/local_synthesis.py`).
+  Same plans, jobs, record format, resumption and summary; its records carry their provenance in
+  `synthesis` (backend, base model, γ, seeds, sampling, prompt version, creation time).
+
+The OpenAI backend works in two stages per dialogue, as in the HIRPF paper, with our own prompts:
   (a) plot: a short outline of a scene for the identity set (who the other speaker is, what happens);
   (b) dialogue: the scene as alternating turns; the other speaker opens, the character's identity shows in
       behaviour and is never named; a share of profession dialogues (`--outside_share`) is deliberately
       outside the profession, and there the character admits not knowing.
 
-What to generate comes from `--kinds` (single identities, trait pairs, trait-profession pairs) with
-`--per_identity`, or from a plan file (`--plan`, format below). Every finished record is one JSONL line in the
+What to generate comes from `--kinds` (single identities, trait pairs, trait-profession pairs, trait triples,
+trait pairs with a profession) with `--per_identity` (and `--sample_sets N`: N sets drawn evenly across the
+kinds, seeded), or from a plan file (`--plan`, format below). Every finished record is one JSONL line in the
 HIS record format plus a `synthesis` field that `training.data` ignores:
 
     {"dialog": [{"role": "user", ...}, {"role": "assistant", ...}, ...], "active_adapters": ["AGR_high"],
@@ -46,12 +53,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hirpf.base_model import EMBEDDED
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, label, trait_of
 from hirpf.llm_client import ChatClient, EndpointError, MalformedReply
 from training.data import validate
 
 log = logging.getLogger("hirpf.synthesize")
-KINDS = ("single", "trait_pairs", "trait_profession")
+BACKENDS = ("openai", "local-contrastive")
+KINDS = ("single", "trait_pairs", "trait_profession", "trait_triples", "pair_profession")
 
 # What each identity looks like in behaviour: the writer model sees this, never a label to repeat.
 BEHAVIOUR = {
@@ -125,19 +134,39 @@ class PlanEntry:
 
 
 # --- planning ---------------------------------------------------------------------------------------
-def entries_for_kinds(kinds: list[str], per_identity: int) -> list[PlanEntry]:
-    """Single identities (10 poles, 3 professions), pairs of poles of different traits (40), pole-profession
-    pairs (30)."""
-    sets = []
-    for kind in kinds:
-        if kind == "single":
-            sets += [(name,) for name in TRAIT_POLES + PROFESSIONS]
-        elif kind == "trait_pairs":
-            sets += [pair for pair in itertools.combinations(TRAIT_POLES, 2) if trait_of(pair[0]) != trait_of(pair[1])]
-        elif kind == "trait_profession":
-            sets += list(itertools.product(TRAIT_POLES, PROFESSIONS))
-        else:
-            raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+def sets_of_kind(kind: str) -> list[tuple[str, ...]]:
+    """single: 10 poles and 3 professions; trait_pairs: two poles of different traits (40); trait_profession:
+    a pole and a profession (30); trait_triples: three poles of different traits (80); pair_profession: two
+    poles of different traits and a profession (120)."""
+    def poles(k):
+        return [c for c in itertools.combinations(TRAIT_POLES, k) if len({trait_of(p) for p in c}) == k]
+
+    if kind == "single":
+        return [(name,) for name in TRAIT_POLES + PROFESSIONS]
+    if kind == "trait_pairs":
+        return poles(2)
+    if kind == "trait_profession":
+        return list(itertools.product(TRAIT_POLES, PROFESSIONS))
+    if kind == "trait_triples":
+        return poles(3)
+    if kind == "pair_profession":
+        return [pair + (p,) for pair in poles(2) for p in PROFESSIONS]
+    raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+
+
+def entries_for_kinds(kinds: list[str], per_identity: int, sample: int | None = None,
+                      seed: int = 0) -> list[PlanEntry]:
+    """Every set of the kinds, or with `sample`, that many drawn evenly across the kinds: each kind's sets
+    in a seeded random order, taken from the kinds in turn (so a small sample still covers pairs and
+    triples alike)."""
+    by_kind = [sets_of_kind(kind) for kind in kinds]
+    if sample is None:
+        sets = [names for kind_sets in by_kind for names in kind_sets]
+    else:
+        for kind, kind_sets in zip(kinds, by_kind):
+            random.Random(f"{seed}/{kind}").shuffle(kind_sets)
+        turns = itertools.zip_longest(*by_kind)
+        sets = [names for row in turns for names in row if names is not None][:sample]
     return [PlanEntry(IdentitySet.parse(names), per_identity) for names in sets]
 
 
@@ -232,6 +261,12 @@ def forbidden_words(identities: IdentitySet) -> list[str]:
     return [w for name in identities for w in (name, label(name))]
 
 
+def named_identity(text: str, identities: IdentitySet) -> str | None:
+    """The first name or label of `identities` that `text` says verbatim, else None."""
+    return next((w for w in forbidden_words(identities) if re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE)),
+                None)
+
+
 def parse_plot(obj: dict) -> tuple[str, str]:
     other, plot = obj.get("other_speaker"), obj.get("plot")
     if not all(isinstance(v, str) and v.strip() for v in (other, plot)):
@@ -247,7 +282,6 @@ def parse_dialogue(obj: dict, job: Job) -> list[dict]:
         raise ValueError("shape: 'turns' must be a list")
     if len(turns) != 2 * job.exchanges:
         raise ValueError(f"turn count: expected {2 * job.exchanges} turns, got {len(turns)}")
-    forbidden = [(w, re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE)) for w in forbidden_words(job.identities)]
     dialog = []
     for k, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("text"), str) or not turn["text"].strip():
@@ -256,10 +290,9 @@ def parse_dialogue(obj: dict, job: Job) -> list[dict]:
         if turn.get("speaker") != speaker:
             raise ValueError(f"alternation: turn {k} must be by {speaker!r}, got {turn.get('speaker')!r}")
         text = turn["text"].strip()
-        if speaker == "character":
-            named = [w for w, pattern in forbidden if pattern.search(text)]
-            if named:
-                raise ValueError(f"identity named: turn {k} says {named[0]!r}")
+        named = named_identity(text, job.identities) if speaker == "character" else None
+        if named:
+            raise ValueError(f"identity named: turn {k} says {named!r}")
         dialog.append({"role": "user" if speaker == "other" else "assistant", "content": text})
     return dialog
 
@@ -332,6 +365,13 @@ def finished_jobs(output: Path) -> set[str]:
     return jobs
 
 
+def append_record(out, record: dict) -> None:
+    """One JSONL line, flushed and fsynced: a crash loses no finished record."""
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    out.flush()
+    os.fsync(out.fileno())
+
+
 def run(jobs: list[Job], client: ChatClient, output: Path, settings: Settings, concurrency: int = 4) -> dict:
     """Synthesize every job not yet in `output`, appending each finished record at once. Returns the summary."""
     started = time.time()
@@ -368,9 +408,7 @@ def run(jobs: list[Job], client: ChatClient, output: Path, settings: Settings, c
                 continue
             if record is None:
                 continue
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+            append_record(out, record)
             written += 1
             log.info("[%d/%d] wrote %s", written + sum(failed.values()), len(todo), job.id)
     stats = dict(client.stats)
@@ -384,27 +422,44 @@ def run(jobs: list[Job], client: ChatClient, output: Path, settings: Settings, c
 
 # --- command line -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Synthesize identity dialogues with an OpenAI-compatible endpoint")
-    ap.add_argument("--base_url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                    help="the endpoint (default $OPENAI_BASE_URL or OpenAI's); the key comes from $OPENAI_API_KEY")
-    ap.add_argument("--model", required=True, help="the model name the endpoint serves")
+    ap = argparse.ArgumentParser(description="Synthesize identity dialogues with an OpenAI-compatible endpoint "
+                                             "or locally with the base model (contrastive amplification)")
+    ap.add_argument("--backend", choices=BACKENDS, default="openai",
+                    help="openai: an OpenAI-compatible endpoint writes them; local-contrastive: the base model here")
     ap.add_argument("--output", required=True, type=Path, help="JSONL file; appended to, finished jobs skipped")
     ap.add_argument("--plan", default=None, help="plan file (JSON, see the module help); replaces --kinds")
     ap.add_argument("--kinds", default="single,trait_pairs,trait_profession",
                     help=f"comma-separated, from {', '.join(KINDS)}")
     ap.add_argument("--per_identity", type=int, default=1, help="dialogues per identity set (with --kinds)")
+    ap.add_argument("--sample_sets", type=int, default=None,
+                    help="only N identity sets of the kinds, drawn evenly across them (seeded by --seed)")
     ap.add_argument("--turns", type=int, default=4, help="exchanges per dialogue (each: other speaker, character)")
     ap.add_argument("--outside_share", type=float, default=0.25,
                     help="share of profession dialogues about a question outside the profession")
     ap.add_argument("--seed", type=int, default=0, help="picks scenes and outside topics; part of every job id")
     ap.add_argument("--limit", type=int, default=None, help="only the first N planned jobs")
-    ap.add_argument("--concurrency", type=int, default=4, help="parallel requests (worker threads)")
     ap.add_argument("--temperature", type=float, default=0.9)
-    ap.add_argument("--attempts", type=int, default=3, help="samples per stage before a job counts as failed")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    ap.add_argument("--max_retries", type=int, default=6, help="retries of a request on 429, 5xx, timeouts")
-    ap.add_argument("--cache_dir", default=None, help="response cache: reruns of the same requests are free")
+    ap.add_argument("--attempts", type=int, default=3, help="samples per stage (openai) or per turn (local) "
+                                                          "before a job counts as failed")
     ap.add_argument("--summary", type=Path, default=None, help="summary JSON (default <output>.summary.json)")
+    openai = ap.add_argument_group("--backend openai")
+    openai.add_argument("--base_url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                        help="the endpoint (default $OPENAI_BASE_URL or OpenAI's); the key comes from $OPENAI_API_KEY")
+    openai.add_argument("--model", default=None, help="the model name the endpoint serves (required)")
+    openai.add_argument("--concurrency", type=int, default=4, help="parallel requests (worker threads)")
+    openai.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    openai.add_argument("--max_retries", type=int, default=6, help="retries of a request on 429, 5xx, timeouts")
+    openai.add_argument("--cache_dir", default=None, help="response cache: reruns of the same requests are free")
+    local = ap.add_argument_group("--backend local-contrastive")
+    local.add_argument("--base_model", default=EMBEDDED, help="'embedded' (default), a local directory or a hub id")
+    local.add_argument("--gamma", type=float, default=1.0,
+                       help="amplification: logits l_identity + gamma*(l_identity - l_neutral); 0 = none")
+    local.add_argument("--max_new_tokens", type=int, default=96, help="tokens per turn at most")
+    local.add_argument("--top_p", type=float, default=0.9)
+    local.add_argument("--top_k", type=int, default=50)
+    local.add_argument("--repetition_penalty", type=float, default=1.1)
+    local.add_argument("--greedy", action="store_true", help="no sampling (the same dialogue for every seed)")
+    local.add_argument("--batch_size", type=int, default=8, help="dialogues per batch (character turns: 2 rows each)")
     return ap
 
 
@@ -415,23 +470,55 @@ def main(argv=None) -> dict:
             or not 0 <= args.outside_share <= 1:
         raise SystemExit("--turns, --per_identity, --concurrency and --attempts must be positive; "
                          "--outside_share between 0 and 1")
+    if args.sample_sets is not None and args.sample_sets < 1:
+        raise SystemExit("--sample_sets must be positive")
+    if args.backend == "openai" and not args.model:
+        raise SystemExit("synthesize: --backend openai needs --model (the model name the endpoint serves)")
     try:
         entries = read_plan(args.plan) if args.plan else entries_for_kinds(
-            [k.strip() for k in args.kinds.split(",") if k.strip()], args.per_identity)
+            [k.strip() for k in args.kinds.split(",") if k.strip()], args.per_identity, args.sample_sets, args.seed)
         jobs = expand(entries, turns=args.turns, outside_share=args.outside_share, seed=args.seed)
     except (ValueError, OSError) as err:
         raise SystemExit(f"synthesize: {err}") from None
     jobs = jobs[:args.limit] if args.limit is not None else jobs
-    settings = Settings(temperature=args.temperature, attempts=args.attempts)
-    with ChatClient(args.base_url, args.model, timeout=args.timeout, max_retries=args.max_retries,
-                    cache_dir=args.cache_dir) as client:
-        summary = run(jobs, client, args.output, settings, args.concurrency)
+    if args.backend == "local-contrastive":
+        summary = run_local_backend(args, jobs)
+    else:
+        settings = Settings(temperature=args.temperature, attempts=args.attempts)
+        with ChatClient(args.base_url, args.model, timeout=args.timeout, max_retries=args.max_retries,
+                        cache_dir=args.cache_dir) as client:
+            summary = run(jobs, client, args.output, settings, args.concurrency)
     summary_path = args.summary or args.output.with_name(args.output.name + ".summary.json")
     summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     brief = {k: v for k, v in summary.items() if k != "failures"}
     print(json.dumps(brief, indent=2, ensure_ascii=False))
     log.info("summary in %s", summary_path)
     return summary
+
+
+def run_local_backend(args, jobs: list[Job]) -> dict:
+    """Check the local settings, load the base model, write the dialogues (the backend is imported here:
+    it imports this module)."""
+    from hirpf.base_model import load_base_model
+    from hirpf.engine import Sampling
+    from training.local_synthesis import LocalSettings, run_local
+
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
+                        top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+    settings = LocalSettings(gamma=args.gamma, sampling=sampling, attempts=args.attempts, batch_size=args.batch_size)
+    try:
+        settings.check()
+    except ValueError as err:
+        raise SystemExit(f"synthesize: {err}") from None
+    name = args.base_model
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # a hub id is "name" or "org/name"
+    if name != EMBEDDED and looks_like_path and not Path(name).expanduser().is_dir():
+        raise SystemExit(f"synthesize: --base_model {name}: no such directory")
+    try:
+        model, tokenizer = load_base_model(name)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"synthesize: cannot load --base_model {name!r}: {err}") from None
+    return run_local(jobs, model, tokenizer, args.output, settings, args.seed)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -87,7 +88,16 @@ class ExpertTrainer(Trainer):
     """Runs every forward inside the batch's identity routing and saves expert checkpoints only."""
 
     def __init__(self, *args, sample_log: list | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        with experts_declared_as_adapters(kwargs["model"]):
+            super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:
+            # The Trainer would wrap the model in nn.DataParallel, whose replicas run in threads that do not
+            # see the identity rows set by use_identities (a ContextVar): every row would run the bare base
+            # model and the experts would get no gradient, silently.
+            raise SystemExit(
+                f"{self.args.n_gpu} GPUs in one process: the Trainer would use torch.nn.DataParallel, which runs "
+                "the experts switched off. Start one process per GPU with torchrun: `torchrun --nproc_per_node "
+                f"{self.args.n_gpu} training/train.py ...`, or pick one GPU with CUDA_VISIBLE_DEVICES=0")
         self.sample_log = sample_log
         self.tokens_seen = 0
 
@@ -107,6 +117,29 @@ class ExpertTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         load_experts(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+
+@contextmanager
+def experts_declared_as_adapters(model):
+    """Lets the Trainer accept a quantized (8-bit) base that carries our experts.
+
+    transformers refuses to fine-tune a quantized model unless it sees trainable adapters on it, and it
+    recognises only PEFT's: a `PeftModel`, or the flag `_hf_peft_config_loaded` that its own PEFT
+    integration sets (other adapter libraries, such as ms-swift, set it for theirs). The experts are such
+    adapters: the quantized weights stay frozen and only experts and routers train. The flag also switches
+    `save_pretrained` and activation checkpointing to PEFT's handling, which our experts do not have, so it
+    is set only while the Trainer validates the model in `__init__` and removed straight after.
+    """
+    if not getattr(model, "is_quantized", False) or getattr(model, "_hf_peft_config_loaded", False):
+        yield
+        return
+    if not expert_layers(model) or not trainable_parameter_count(model):
+        raise SystemExit("a quantized base model trains only through its experts, and this one has none")
+    model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        del model._hf_peft_config_loaded  # back to the class default (False)
 
 
 class Throughput(TrainerCallback):

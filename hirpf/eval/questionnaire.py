@@ -3,9 +3,11 @@
     python -m hirpf.eval scale --poles --judge logits --json
     python -m hirpf.eval profession --judge logits --json
 
-Answers come from one of two judges:
+Answers come from one of three judges:
 - `logits`: the item is put to the agent as a question about itself; the answer is the expected value of
   its next-token distribution over the digits 1-5 (local, deterministic, batched).
+- `likelihood`: the five option texts scored as the agent's reply by their length-normalised likelihood,
+  no digits needed (local, deterministic, batched), see `hirpf/eval/option_likelihood.py`.
 - `interview`: the paper's protocol, see `hirpf/eval/interview.py`.
 
 Scoring: a reverse-keyed item scores 6 - answer; a factor's score is the mean over its items. `scale`: a
@@ -151,9 +153,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a scale in our format or a HIS format (default: our bank for the command)")
     parser.add_argument("--items_per_factor", type=int, default=None,
                         help="only the first N items of each factor (quick runs)")
-    parser.add_argument("--judge", choices=["logits", "interview"], default="logits",
-                        help="logits: next-token probabilities over 1-5 (local); interview: the paper's "
-                             "interviewer + referee protocol (an OpenAI-compatible endpoint)")
+    parser.add_argument("--judge", choices=["logits", "likelihood", "interview"], default="logits",
+                        help="logits: next-token probabilities over 1-5 (local); likelihood: the option texts "
+                             "scored as the reply (local); interview: the paper's interviewer + referee "
+                             "protocol (an OpenAI-compatible endpoint)")
     add_identity_arguments(parser)
     from .interview import add_interview_arguments
 
@@ -189,6 +192,10 @@ def run(args) -> dict:
     with progress(total, f"{args.command} ({args.judge})") as bar:
         if args.judge == "logits":
             answers = answer_by_logits(engine, scale, identity_sets, conditioning, args.batch_size, bar)
+        elif args.judge == "likelihood":
+            from .option_likelihood import answer_by_likelihood
+
+            answers = answer_by_likelihood(engine, scale, identity_sets, conditioning, args.batch_size, bar)
         else:
             answers = judge.answer(engine, scale, identity_sets, conditioning, args.batch_size, bar)
     return report(args, engine, scale, answers, identity_sets)
@@ -206,6 +213,7 @@ def report(args, engine, scale: Scale, answers: list[Answer], identity_sets: Seq
                 "scale": {"name": scale.name, "kind": scale.kind, "items": len(scale.items),
                           "file": str(args.scale_file) if args.scale_file else "built-in bank"},
                 "identity_sets": per_set, "failed_answers": failures, "config": run_config(args, engine)}
+    document |= judge_figures(answers, scores)
     if scale.kind == "profession":
         judged = [p for p in per_set if "own_field" in p]
         document["own_field_mean"] = _rounded(mean(p["own_field"] for p in judged)) if judged else None
@@ -223,6 +231,27 @@ def report(args, engine, scale: Scale, answers: list[Answer], identity_sets: Seq
     write_json(directory / "result.json", document)
     log.info("%s accuracy: %s; files in %s", args.command, accuracy, directory)
     return document
+
+
+def judge_figures(answers: Sequence[Answer], scores) -> dict:
+    """What says whether the judge measured anything: the spread of each factor's score across the identity
+    sets (standard deviation, and the largest distance from the empty set), and for the logits judge the
+    probability mass the model put on the digits at all (low mass: it wanted to say something else)."""
+    factors = sorted({f for per in scores.values() for f in per})
+    reference = scores.get(REFERENCE, {})
+    spread = {}
+    for f in factors:
+        values = [per[f] for per in scores.values() if per.get(f) is not None]
+        centre = mean(values) if values else None
+        shifts = [abs(v - reference[f]) for v in values if reference.get(f) is not None]
+        spread[f] = {"std": _rounded(mean((v - centre) ** 2 for v in values) ** 0.5) if values else None,
+                     "max_shift_from_empty_set": _rounded(max(shifts)) if shifts else None}
+    figures = {"score_spread": spread}
+    masses = [a.detail["option_mass"] for a in answers if "option_mass" in a.detail]
+    if masses:
+        figures["digit_mass"] = {"mean": _rounded(mean(masses)), "min": _rounded(min(masses)),
+                                 "max": _rounded(max(masses))}
+    return figures
 
 
 def summarize(document: dict) -> str:
