@@ -19,6 +19,7 @@ cannot be read at all raises `UnreadableFile` naming it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -62,10 +63,11 @@ def read_import_file(path: str | Path, kind: str | None = None, encoding: str | 
 
 def _his_record(path: Path, record: his_import.HisRecord) -> DialogueRecord:
     target = identities_from_slots(record.target_slots) if record.target_slots else IdentitySet()
-    label_set = ImportedAnswer(annotator=f"his:{path.name}", display_name=f"HIS human evaluation ({path.name})",
+    name = _file_name(path)
+    label_set = ImportedAnswer(annotator=f"his:{name}", display_name=f"HIS human evaluation ({name})",
                                slots=record.human_slots, option=record.human_option)
     judge = HIS_JUDGE.get(record.kind)
-    common = dict(source="file", system=record.system, source_ref=f"{path.name}:{record.line}")
+    common = dict(source="file", system=record.system, source_ref=f"{name}:{record.line}")
     if record.kind == his_import.SCALE:
         return DialogueRecord(
             record.turns, target, kind="scale_interview", statement=record.statement,
@@ -148,10 +150,16 @@ def _record(path: Path, number: int, record: object) -> DialogueRecord:
         raise ValueError("'judge' must be an object or a list of objects")
     return DialogueRecord(
         record["dialog"], adapters, kind=record.get("kind", "identity"), source=record.get("source", "simulator"),
-        system=record.get("system"), source_ref=f"{path.name}:{number}", statement=record.get("statement"),
+        system=record.get("system"), source_ref=f"{_file_name(path)}:{number}", statement=record.get("statement"),
         factor=record.get("factor"), target_option=record.get("target_option"),
         judges=[JudgeLabel(judge=j.get("name"), slots=j.get("slots"), option=j.get("option"),
                            raw_reply=j.get("raw_reply")) for j in judges])
+
+
+def _file_name(path: Path) -> str:
+    """The file's name as storable text: a name that is not UTF-8 on disk comes back from the file system
+    with lone surrogates, which no database stores."""
+    return os.fsencode(path.name).decode("utf-8", errors="replace")
 
 
 def _json_type(value: object) -> str:
