@@ -7,7 +7,7 @@
 
 Every command takes `--database URL` (default: `DATABASE_URL`, else `data/hirpf.sqlite3`; `HIRPF_DATA_DIR`
 moves the folder). `import` exits 1 when it rejected rows (each reported with its line number on standard
-error, the rest imported) and 2 when the file cannot be read at all.
+error, the rest imported: a bad row never stops an import) and 2 when the file cannot be read at all.
 """
 from __future__ import annotations
 
@@ -53,13 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _import(store, args) -> int:
-    from annotation.his_import import HisImportError
-    from annotation.store import StoreError
     from annotation.store_io import import_file
 
     try:
         report = import_file(store, args.file, args.kind, args.encoding)
-    except (HisImportError, StoreError, OSError) as error:
+    except (ValueError, OSError) as error:  # the file cannot be read at all (bad rows are in the report)
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary, *details = report.describe().split("\n")

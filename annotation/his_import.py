@@ -52,6 +52,7 @@ from annotation.labels import (
     scale_option,
     slots_from_identities,
 )
+from annotation.records import RowError, UnreadableFile
 from hirpf.identities import PROFESSIONS, IdentityError, IdentitySet
 
 OPEN, SCALE, DATASET = "open", "scale", "dataset"
@@ -85,17 +86,8 @@ _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codec
 FALLBACK_ENCODING = "cp1252"
 
 
-class HisImportError(ValueError):
+class HisImportError(UnreadableFile):
     """A whole file cannot be read: undecodable, or a header that fits no kind."""
-
-
-@dataclass(frozen=True)
-class RowError:
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}"
 
 
 @dataclass
@@ -234,8 +226,8 @@ def read_his_csv(path: str | Path, kind: str | None = None, encoding: str | None
             continue
         try:
             records.append(parse_row(start, dict(zip(header, row))))
-        except (ValueError, LabelError, IdentityError) as e:
-            errors.append(RowError(start, str(e)))
+        except (ValueError, TypeError, RecursionError, LabelError, IdentityError) as e:  # a cell of the wrong shape
+            errors.append(RowError(start, str(e) if not isinstance(e, RecursionError) else "nested too deeply"))
     notes = []
     if decoded.damaged:
         data, newline = path.read_bytes(), b"\n"

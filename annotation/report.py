@@ -1,4 +1,7 @@
-"""Agreement report over everything stored: humans against the targets, against the LLM judges, and each
+"""What an admin reads about the store: the progress overview (`overview`) and the agreement report
+(`build_report`).
+
+The agreement report covers everything stored: humans against the targets, against the LLM judges, and each
 other. The figures come from `annotation.agreement`; this module only gathers the label pairs.
 
     {"human_vs_target": {"per_slot", "overall", "per_annotator", "per_system", "scale"},
@@ -20,11 +23,49 @@ from sqlalchemy import func, select
 
 from annotation.agreement import inter_annotator_agreement, option_agreement, slot_agreement
 from annotation.labels import slots_from_identities
+from annotation.store import IMPORTED_PREFIX
 from db import Database
-from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
+from db.models import KINDS, Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction, TaskStatus
 from hirpf.identities import IdentitySet
 
 OPTION = ("option",)  # scale answers as a one-slot labelling, for the inter-annotator helper
+
+
+@dataclass(frozen=True)
+class AnnotatorProgress:
+    id: str                 # public id
+    display_name: str
+    external_id: str | None
+    imported: bool          # a label set imported from a file, not a person annotating here
+    done: int               # answered or skipped
+    assigned: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    dialogues: dict[str, int]             # per kind, every kind present
+    annotators: list[AnnotatorProgress]   # most recent first
+
+
+def overview(database: Database) -> Overview:
+    """What an admin watches: dialogues per kind, and every annotator's progress."""
+    with database.read() as session:
+        kinds = dict(session.execute(select(Dialogue.kind, func.count()).group_by(Dialogue.kind)).all())
+        counts: dict[int, dict[str, int]] = defaultdict(dict)
+        for annotator_id, status, n in session.execute(select(
+                AnnotationTask.annotator_id, AnnotationTask.status, func.count())
+                .group_by(AnnotationTask.annotator_id, AnnotationTask.status)):
+            counts[annotator_id][status] = n
+        annotators = []
+        for a in session.scalars(select(Annotator).order_by(Annotator.id.desc())):
+            mine = counts.get(a.id, {})
+            done, skipped = mine.get(TaskStatus.DONE, 0), mine.get(TaskStatus.SKIPPED, 0)
+            annotators.append(AnnotatorProgress(
+                id=a.public_id, display_name=a.display_name, external_id=a.external_id,
+                imported=(a.external_id or "").startswith(IMPORTED_PREFIX), done=done + skipped,
+                assigned=sum(mine.values()), skipped=skipped))
+    return Overview({kind: kinds.get(kind, 0) for kind in KINDS}, annotators)
 
 
 @dataclass(frozen=True)
@@ -67,7 +108,7 @@ def _load(database: Database) -> tuple[list[_Answer], dict[int, dict[str, JudgeP
                   (("dialogues", Dialogue), ("annotators", Annotator), ("tasks", AnnotationTask),
                    ("annotations", Annotation), ("judge_predictions", JudgePrediction))}
         counts["skipped"] = session.scalar(select(func.count()).select_from(AnnotationTask)
-                                           .where(AnnotationTask.status == "skipped"))
+                                           .where(AnnotationTask.status == TaskStatus.SKIPPED))
     return answers, judges, counts
 
 

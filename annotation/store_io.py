@@ -1,54 +1,47 @@
-"""Files in and out of the store: HIS human-evaluation CSVs and our simulators' JSONL in, unblinded
+"""Files in and out of the store: import files (read by `annotation.import_files`) in, unblinded
 annotations out (CSV or JSONL).
 
-Import reports every rejected row with its line number and imports the rest, one transaction per row, so
-a bad row changes nothing and a stopped import keeps what it had done. Re-importing a file adds nothing:
-dialogues are deduplicated by content hash, judge predictions by (dialogue, judge), imported human
-answers by (label set, dialogue).
-
-Simulator JSONL, one record a line (the HIS training format plus what the store needs)::
-
-    {"dialog": [{"role", "content"}, ...], "active_adapters": ["Doctor", "AGR_high"],
-     "system": "hirpf:smollm2-135m-experts", "source": "simulator" | "app" | "file",
-     "kind": "identity" | "scale_interview", "statement": ..., "factor": ..., "target_option": 1-5,
-     "judge": {"name": ..., "slots": {...} | "option": ..., "raw_reply": ...}  (or a list of them)}
-
-Only `dialog` is required (`active_adapters` defaults to none, `source` to simulator, `kind` to identity).
-A file whose text starts with `[` is read as one JSON list of such records (the HIS training files' shape);
-its rejected records are reported by position ("record N").
+Import never stops at a bad row: it stores the file's records one transaction each, and every row that
+could not be read or stored (bad values, text no database keeps, a database or disk that refused the write)
+goes into the `ImportReport` with its line number and reason, while the rows before and after it are stored.
+So a bad row changes nothing and a stopped import keeps what it had done. Re-importing a file adds nothing:
+dialogues are deduplicated by content hash, judge predictions by (dialogue, judge), imported human answers
+by (label set, dialogue). Only a file that cannot be read at all raises (`annotation.records.UnreadableFile`).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import selectinload
 
-from annotation import his_import
-from annotation.labels import SLOTS, LabelError, identities_from_slots, slots_from_identities
-from annotation.store import ImportedAnswer, JudgeLabel, Store, StoreError
-from db.models import AnnotationTask, Dialogue
-from hirpf.identities import IdentityError, IdentitySet
+from annotation.import_files import read_import_file
+from annotation.labels import SLOTS, LabelError, slots_from_identities
+from annotation.records import DialogueRecord
+from annotation.store import Store, StoreError
+from db.models import AnnotationTask, Dialogue, TaskStatus
+from hirpf.identities import IdentitySet
 
-IMPORT_KINDS = {"his-open": his_import.OPEN, "his-scale": his_import.SCALE, "his-data": his_import.DATASET,
-                "jsonl": None}
-HIS_KIND_NAMES = {parsed: name for name, parsed in IMPORT_KINDS.items() if parsed}
-HIS_JUDGE = {his_import.OPEN: "his-gpt", his_import.SCALE: "his-judge"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ImportReport:
+    """What an import did: the CLI prints `describe()`, the admin tab shows the same text."""
+
     path: str
     kind: str
     encoding: str
     added: int = 0
     duplicates: int = 0
-    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), in file order
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -60,101 +53,43 @@ class ImportReport:
 
 
 def import_file(store: Store, path: str | Path, kind: str | None = None, encoding: str | None = None) -> ImportReport:
-    """Import a HIS CSV (`his-open`, `his-scale`, `his-data`; found from the header when `kind` is None) or
-    a JSONL file (`jsonl`; the default for a `.jsonl` or `.json` name, which may also hold one JSON list).
-    An undecodable file or an unknown header raises `his_import.HisImportError`, a broken JSON list
-    `StoreError`; bad rows end up in the report."""
-    path = Path(path)
-    if kind is not None and kind not in IMPORT_KINDS:
-        raise StoreError(f"unknown import kind {kind!r}; expected one of {', '.join(IMPORT_KINDS)}")
-    if kind == "jsonl" or (kind is None and path.suffix.lower() in (".jsonl", ".json")):
-        return _import_jsonl(store, path, encoding)
-    parsed = his_import.read_his_csv(path, IMPORT_KINDS[kind] if kind else None, encoding)
-    report = ImportReport(str(path), HIS_KIND_NAMES[parsed.kind], parsed.encoding,
-                          errors=[(e.line, e.reason) for e in parsed.errors], notes=list(parsed.notes))
-    for record in parsed.records:
-        _count(report, record.line, lambda record=record: _add_his_record(store, path, record))
+    """Read the file (see `annotation.import_files.read_import_file`) and store its records, reporting every
+    row that was not stored. Raises `UnreadableFile` when the file cannot be read at all, `ValueError` for
+    an unknown `kind`, `OSError` when it cannot be opened."""
+    read = read_import_file(path, kind, encoding)
+    report = ImportReport(str(read.path), read.kind, read.encoding, notes=list(read.notes),
+                          errors=[(e.line, e.reason) for e in read.errors])
+    for line, record in read.records:
+        reason = _store(store, record, report)
+        if reason is not None:
+            report.errors.append((line, _printable(reason)))
     report.errors.sort()
     return report
 
 
-def _add_his_record(store: Store, path: Path, record: his_import.HisRecord):
-    target = identities_from_slots(record.target_slots) if record.target_slots else IdentitySet()
-    label_set = ImportedAnswer(annotator=f"his:{path.name}", display_name=f"HIS human evaluation ({path.name})",
-                               slots=record.human_slots, option=record.human_option)
-    judge = HIS_JUDGE.get(record.kind)
-    common = dict(source="file", system=record.system, source_ref=f"{path.name}:{record.line}")
-    if record.kind == his_import.SCALE:
-        return store.add_dialogue(
-            record.turns, target, kind="scale_interview", statement=record.statement,
-            factor=f"{record.item_slot}_{record.item_pole}",
-            judges=[JudgeLabel(judge, option=record.judge_option)] if record.judge_option is not None else [],
-            answers=[label_set] if record.human_option is not None else [], **common)
-    return store.add_dialogue(
-        record.turns, target, judges=[JudgeLabel(judge, slots=record.judge_slots)] if record.judge_slots else [],
-        answers=[label_set] if record.human_slots else [], **common)
-
-
-def _import_jsonl(store: Store, path: Path, encoding: str | None) -> ImportReport:
-    decoded = his_import.read_text(path, encoding)
-    if decoded.text.lstrip().startswith("["):
-        return _import_json_list(store, path, decoded)
-    report = ImportReport(str(path), "jsonl", decoded.encoding)
-    for number, line in enumerate(decoded.text.splitlines(), start=1):
-        if line.strip():
-            _count(report, number, lambda line=line: _add_record(store, path, number, _json_line(line)))
-    return report
-
-
-def _import_json_list(store: Store, path: Path, decoded) -> ImportReport:
+def _store(store: Store, record: DialogueRecord, report: ImportReport) -> str | None:
+    """Store one record and count it; the reason it was not stored, if it was not."""
     try:
-        records = json.loads(decoded.text)
-    except json.JSONDecodeError as error:  # one list: nothing in it can be trusted
-        raise StoreError(f"{path}: not a valid JSON list ({error.msg}, line {error.lineno} "
-                         f"column {error.colno})") from None
-    if not isinstance(records, list):
-        raise StoreError(f"{path}: expected a JSON list of records")
-    report = ImportReport(str(path), "json", decoded.encoding)
-    for number, record in enumerate(records, start=1):
-        _count(report, number, lambda record=record: _add_record(store, path, number, record))
-    return report
-
-
-def _json_line(line: str):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise StoreError(f"not JSON ({error.msg} at column {error.colno})") from None
-
-
-def _add_record(store: Store, path: Path, number: int, record):
-    if not isinstance(record, dict):
-        raise StoreError(f"expected a JSON object, got {type(record).__name__}")
-    if "dialog" not in record:
-        raise StoreError("no 'dialog'")
-    judges = record.get("judge") or []
-    judges = [judges] if isinstance(judges, Mapping) else judges
-    if not isinstance(judges, list) or not all(isinstance(j, Mapping) for j in judges):
-        raise StoreError("'judge' must be an object or a list of objects")
-    labels = [JudgeLabel(judge=j.get("name"), slots=j.get("slots"), option=j.get("option"),
-                         raw_reply=j.get("raw_reply")) for j in judges]
-    return store.add_dialogue(
-        record["dialog"], record.get("active_adapters") or [], kind=record.get("kind", "identity"),
-        source=record.get("source", "simulator"), system=record.get("system"),
-        source_ref=f"{path.name}:{number}", statement=record.get("statement"), factor=record.get("factor"),
-        target_option=record.get("target_option"), judges=labels)
-
-
-def _count(report: ImportReport, line: int, add) -> None:
-    try:
-        added = add()
-    except (StoreError, LabelError, IdentityError) as error:
-        report.errors.append((line, str(error)))
-        return
+        added = store.add_dialogue(**{f.name: getattr(record, f.name) for f in fields(record)})
+    except (StoreError, LabelError) as error:
+        return str(error)
+    except DBAPIError as error:  # the database refused the write: a full disk, a lost connection, ...
+        return f"not stored, the database refused it: {str(error.orig).strip() or type(error.orig).__name__}"
+    except OSError as error:
+        return f"not stored: {error}"
+    except Exception as error:  # noqa: BLE001 - one row must never stop the import; the log keeps the trace
+        log.exception("importing a row failed unexpectedly")
+        return f"not stored, unexpected {type(error).__name__}: {error}"
     if added.created:
         report.added += 1
     else:
         report.duplicates += 1
+    return None
+
+
+def _printable(reason: str) -> str:
+    """A reason fit to print and to send to a browser: errors may quote a row's NUL or lone surrogate."""
+    return reason.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --- export ---------------------------------------------------------------------------------------------
@@ -163,7 +98,7 @@ def export_rows(store: Store) -> Iterator[dict]:
     source, original transcript), the answer, and every judge's prediction for the dialogue."""
     with store.db.read() as session:
         tasks = session.scalars(
-            select(AnnotationTask).where(AnnotationTask.status != "pending")
+            select(AnnotationTask).where(AnnotationTask.status != TaskStatus.PENDING)
             .options(selectinload(AnnotationTask.annotator), selectinload(AnnotationTask.annotation),
                      selectinload(AnnotationTask.dialogue).selectinload(Dialogue.judge_predictions))
             .order_by(AnnotationTask.dialogue_id, AnnotationTask.annotator_id))

@@ -20,8 +20,8 @@ import gradio as gr
 
 from annotation.assignment import AssignmentPolicy
 from annotation.labels import SLOTS
-from annotation.report import build_report
-from annotation.store import StoreError, overview
+from annotation.report import build_report, overview
+from annotation.store import StoreError
 from annotation.store_io import import_file, write_csv, write_jsonl
 
 from .annotation_tab import POLICY_ENV, SLOT_TITLES, oauth_configured, open_store, policy_as_text, policy_from_text
@@ -194,14 +194,14 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
                            title=TITLE, print_exception=False)
 
     def progress_screen() -> dict:
-        seen = overview(store())
-        people = [a for a in seen["annotators"] if not a["imported"]]
-        imported = len(seen["annotators"]) - len(people)
-        dialogues = seen["dialogues"]
+        seen = overview(store().db)
+        people = [a for a in seen.annotators if not a.imported]
+        imported = len(seen.annotators) - len(people)
+        dialogues = seen.dialogues
         summary = (f"**{dialogues['identity']}** identity dialogues and **{dialogues['scale_interview']}** scale "
                    f"interviews stored; **{len(people)}** annotators"
                    + (f" (plus {imported} imported label sets)" if imported else "") + ".")
-        rows = [[a["display_name"], a["external_id"] or "", a["done"], a["assigned"], a["skipped"]] for a in people]
+        rows = [[a.display_name, a.external_id or "", a.done, a.assigned, a.skipped] for a in people]
         return {counts: summary, progress_table: rows or None}
 
     def policy_fields(policy: AssignmentPolicy) -> dict:

@@ -28,7 +28,8 @@ from gradio.utils import get_space
 
 from annotation.assignment import AssignmentPolicy
 from annotation.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
-from annotation.store import MAX_COMMENT_CHARS, NotFound, Store, StoreError, last_answered, prepare_dialogue
+from annotation.store import (MAX_COMMENT_CHARS, NotFound, Store, StoreError, TaskView, last_answered,
+                              prepare_dialogue)
 from db.engine import DEFAULT_FILE, Database, database_url
 from hirpf.identities import PROFESSIONS, TRAIT_WORDS, IdentityError, IdentitySet
 
@@ -316,24 +317,23 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
         return {identity: None, sign_in_box: gr.Column(visible=True), work_box: gr.Column(visible=False),
                 task: "", message: note, session: {}}
 
-    def show(who: Mapping, view: dict | None, note: str = "", editing: bool = False) -> dict:
+    def show(who: Mapping, view: TaskView | None, note: str = "", editing: bool = False) -> dict:
         """The screen for `view` (None: nothing left to do)."""
         annotator = signed_in_as(who)
-        done, assigned = ((view["progress"]["done"], view["progress"]["assigned"]) if view
-                          else store().progress(annotator)[:2])
+        done, assigned = (view.progress if view else store().progress(annotator))[:2]
         out = {sign_in_box: gr.Column(visible=False), work_box: gr.Column(visible=True),
                header: f"Signed in as **{markdown_text(who.get('name') or '')}** · Progress: **{done} of "
                        f"{assigned}** done", message: note, skip_reason: "",
-               session: {"annotator": annotator, "task": view and view["task"], "since": time.time()}}
+               session: {"annotator": annotator, "task": view and view.task, "since": time.time()}}
         if view is None:
             out.update({prompt: "**All done: there is nothing left for you to label.** Thank you! Come back later "
                                 "in case new dialogues arrive.", task_box: gr.Column(visible=False), task: "",
                         transcript: ""})
             return out
-        agent = view["agent"]
-        answer = view["answer"] or {}
-        if view["kind"] == "scale_interview":
-            ask = (f"Statement: “{markdown_text(view['statement'] or '')}”\n\nHow accurately does this statement "
+        agent = view.agent
+        answer = view.answer
+        if view.kind == "scale_interview":
+            ask = (f"Statement: “{markdown_text(view.statement or '')}”\n\nHow accurately does this statement "
                    f"describe **speaker {agent}** in the conversation below?")
         else:
             ask = (f"Judge **speaker {agent}** in the conversation below: for each trait, does {agent} come "
@@ -341,13 +341,13 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
         if editing:
             ask = ("**Editing your last answer.** Submit saves the change, then you continue where you left off."
                    "\n\n" + ask)
-        slots = answer.get("slots") or {}
+        slots = (answer and answer.slots) or {}
         out.update({prompt: ask, task_box: gr.Column(visible=True), transcript: transcript_html(
-            view["transcript"], agent), scale_input: gr.Radio(value=answer.get("option"),
-                                                              visible=view["kind"] == "scale_interview"),
-            comment: answer.get("comment") or "", task: view["task"]})
+            view.transcript, agent), scale_input: gr.Radio(value=answer and answer.option,
+                                                           visible=view.kind == "scale_interview"),
+            comment: (answer and answer.comment) or "", task: view.task})
         for slot, component in zip(SLOTS, slot_inputs):
-            out[component] = gr.Radio(value=slots.get(slot), visible=view["kind"] == "identity")
+            out[component] = gr.Radio(value=slots.get(slot), visible=view.kind == "identity")
         return out
 
     def next_screen(who: Mapping, note: str = "") -> dict:
@@ -399,7 +399,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
         seconds = time.time() - state["since"] if state.get("task") == task_id else None
         try:
             who = signed_in_as(annotator)
-            kind = store().task_view(task_id, annotator=who)["kind"]
+            kind = store().task_view(task_id, annotator=who).kind
             if kind == "scale_interview":
                 if option is None:
                     raise StoreError("Pick one of the five options first.")

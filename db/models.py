@@ -9,18 +9,32 @@ says nothing about the dialogue's target, system or source; the integer keys sta
 """
 from __future__ import annotations
 
+import enum
 import secrets
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import (JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, CheckConstraint, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 KINDS = ("identity", "scale_interview")
 SOURCES = ("app", "file", "simulator")
-STATUSES = ("pending", "done", "skipped")
 SIDES = ("X", "Y")
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task stands in its annotator's queue (a `str`, so it compares equal to its stored value)."""
+
+    PENDING = "pending"
+    DONE = "done"      # answered
+    SKIPPED = "skipped"  # set aside with a reason; no longer counts towards the item's cap
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(status.value for status in TaskStatus)
 
 
 def utcnow() -> datetime:
@@ -101,7 +115,11 @@ class AnnotationTask(Base):
     dialogue_id: Mapped[int] = mapped_column(ForeignKey("dialogues.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
     side: Mapped[str] = mapped_column(String(1))
-    status: Mapped[str] = mapped_column(String(10), default="pending")
+    # Stored as the value ("pending", ...) in a VARCHAR(10), read back as the enum; the CHECK below (from
+    # migration 1) is the constraint, so the type adds none of its own.
+    status: Mapped[TaskStatus] = mapped_column(
+        Enum(TaskStatus, native_enum=False, create_constraint=False, length=10,
+             values_callable=lambda statuses: [s.value for s in statuses]), default=TaskStatus.PENDING)
     skip_reason: Mapped[Optional[str]] = mapped_column(Text)
     assigned_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

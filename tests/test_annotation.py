@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict, fields, replace
 
 import pytest
 from sqlalchemy import func, select
@@ -18,8 +19,8 @@ from sqlalchemy import func, select
 from annotation import agreement
 from annotation.assignment import AssignmentPolicy
 from annotation.labels import SLOTS, LabelError, slots_from_identities
-from annotation.store import (MAX_COMMENT_CHARS, JudgeLabel, NotFound, Store, StoreError,
-                              prepare_dialogue)
+from annotation.records import JudgeLabel, UnreadableFile
+from annotation.store import MAX_COMMENT_CHARS, AnswerView, NotFound, Store, StoreError, prepare_dialogue
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
 from db_fixtures import database_url, postgres_server  # noqa: F401
@@ -124,8 +125,8 @@ def test_html_and_script_are_stored_as_text(database):
     store.add_dialogue([{"role": "user", "content": html}, {"role": "assistant", "content": html}], "Doctor")
     annotator = store.register_annotator("<i>Ada</i>")
     view = store.next_task(annotator)
-    assert {t["text"] for t in view["transcript"]} == {html}
-    store.submit(view["task"], slots=DOCTOR, comment=html)
+    assert {t["text"] for t in view.transcript} == {html}
+    store.submit(view.task, slots=DOCTOR, comment=html)
     with database.read() as session:
         assert session.scalar(select(Annotation.comment)) == html
         assert session.scalar(select(Dialogue.transcript))[0]["content"] == html
@@ -167,7 +168,7 @@ def test_a_cap_limits_annotators_per_item_and_a_skip_frees_a_place(database):
     given = [store.assign(a) for a in annotators]
     assert given == [5, 5, 5, 0]
     view = store.next_task(annotators[0])
-    store.skip(view["task"], "unreadable")
+    store.skip(view.task, "unreadable")
     assert assigned(store, annotators[3]) == []
     assert store.assign(annotators[3]) == 1
     assert set(assigned(store, annotators[3])) <= set(all_items)
@@ -191,9 +192,9 @@ def test_item_order_is_a_seeded_shuffle_stable_across_calls_and_databases(tmp_pa
         annotator = store.register_annotator("Ada", external_id=external)
         seen = []
         while (view := store.next_task(annotator)) is not None:
-            assert store.next_task(annotator)["task"] == view["task"]  # the same until answered
-            seen.append(view["transcript"][0]["text"])
-            store.submit(view["task"], slots=DOCTOR)
+            assert store.next_task(annotator).task == view.task  # the same until answered
+            seen.append(view.transcript[0]["text"])
+            store.submit(view.task, slots=DOCTOR)
         database.close()
         return seen
 
@@ -211,10 +212,10 @@ def test_presentation_side_varies_and_the_transcript_follows_it(database):
     store.assign(annotator)
     sides = Counter()
     while (view := store.next_task(annotator)) is not None:
-        sides[view["agent"]] += 1
-        agent_lines = [t["text"] for t in view["transcript"] if t["speaker"] == view["agent"]]
+        sides[view.agent] += 1
+        agent_lines = [t["text"] for t in view.transcript if t["speaker"] == view.agent]
         assert agent_lines[-1] == "Not much."  # the agent's (assistant's) turns carry the agent's letter
-        store.submit(view["task"], slots=DOCTOR)
+        store.submit(view.task, slots=DOCTOR)
     assert set(sides) == {"X", "Y"}
 
 
@@ -232,11 +233,11 @@ def test_submit_is_idempotent_and_progress_counts(database):
     annotator = store.register_annotator("Ada")
     view = store.next_task(annotator)
     assert store.progress(annotator) == (0, 3, 0)
-    assert store.submit(view["task"], slots=DOCTOR, comment="sure", seconds=20).status == "stored"
-    assert store.submit(view["task"], slots=DOCTOR, comment="sure", seconds=21).status == "unchanged"
+    assert store.submit(view.task, slots=DOCTOR, comment="sure", seconds=20).status == "stored"
+    assert store.submit(view.task, slots=DOCTOR, comment="sure", seconds=21).status == "unchanged"
     assert snapshot(database)["counts"][3] == 1
     assert store.progress(annotator) == (1, 3, 0)
-    assert store.task_view(view["task"])["answer"] == {"slots": DOCTOR, "option": None, "comment": "sure"}
+    assert store.task_view(view.task).answer == AnswerView(slots=DOCTOR, option=None, comment="sure")
 
 
 def test_resume_where_the_annotator_left_off(database):
@@ -244,15 +245,15 @@ def test_resume_where_the_annotator_left_off(database):
     items(store, 6)
     annotator = store.register_annotator("Ada")
     first = store.next_task(annotator)
-    store.submit(first["task"], slots=DOCTOR)
+    store.submit(first.task, slots=DOCTOR)
     second = store.next_task(annotator)
     restarted = Store(Database(database.url.render_as_string(hide_password=False)), AssignmentPolicy(batch=4))
-    assert restarted.next_task(annotator)["task"] == second["task"]
-    assert second["position"] == first["position"] + 1
+    assert restarted.next_task(annotator).task == second.task
+    assert second.position == first.position + 1
     for _ in range(3):
         view = restarted.next_task(annotator)
-        restarted.submit(view["task"], slots=DOCTOR)
-    assert restarted.next_task(annotator)["position"] == 5  # a new batch after the first four
+        restarted.submit(view.task, slots=DOCTOR)
+    assert restarted.next_task(annotator).position == 5  # a new batch after the first four
     restarted.db.close()
 
 
@@ -262,22 +263,22 @@ def test_skip_with_a_reason(database):
     annotator = store.register_annotator("Ada")
     view = store.next_task(annotator)
     with pytest.raises(StoreError, match="skip reason: required"):
-        store.skip(view["task"], " ")
+        store.skip(view.task, " ")
     with pytest.raises(StoreError, match="limit is"):
-        store.skip(view["task"], "x" * 501)
-    store.skip(view["task"], "not in English")
-    assert store.task_view(view["task"])["status"] == "skipped"
-    assert store.next_task(annotator)["task"] != view["task"]
+        store.skip(view.task, "x" * 501)
+    store.skip(view.task, "not in English")
+    assert store.task_view(view.task).status == "skipped"
+    assert store.next_task(annotator).task != view.task
     assert store.progress(annotator) == (1, 3, 1)
     before = snapshot(database)
     with pytest.raises(StoreError, match="skipped"):
-        store.submit(view["task"], slots=DOCTOR)
+        store.submit(view.task, slots=DOCTOR)
     assert snapshot(database) == before
     answered = store.next_task(annotator)
-    store.submit(answered["task"], slots=DOCTOR)
+    store.submit(answered.task, slots=DOCTOR)
     before = snapshot(database)
     with pytest.raises(StoreError, match="answered"):
-        store.skip(answered["task"], "changed my mind")
+        store.skip(answered.task, "changed my mind")
     assert snapshot(database) == before
 
 
@@ -286,18 +287,18 @@ def test_only_the_last_answer_can_be_edited(database):
     items(store, 3)
     annotator = store.register_annotator("Ada")
     first = store.next_task(annotator)
-    store.submit(first["task"], slots=DOCTOR, seconds=10)
+    store.submit(first.task, slots=DOCTOR, seconds=10)
     second = store.next_task(annotator)
-    store.submit(second["task"], slots=DOCTOR, seconds=10)
-    assert store.task_view(second["task"])["editable"] and not store.task_view(first["task"])["editable"]
-    assert store.submit(second["task"], slots=ARTIST, comment="on reflection", seconds=5).status == "edited"
+    store.submit(second.task, slots=DOCTOR, seconds=10)
+    assert store.task_view(second.task).editable and not store.task_view(first.task).editable
+    assert store.submit(second.task, slots=ARTIST, comment="on reflection", seconds=5).status == "edited"
     with database.read() as session:
         edited = session.scalar(select(Annotation).join(AnnotationTask)
-                                .where(AnnotationTask.public_id == second["task"]))
+                                .where(AnnotationTask.public_id == second.task))
         assert (edited.slots, edited.comment, edited.edits, edited.seconds) == (ARTIST, "on reflection", 1, 15)
     before = snapshot(database)
     with pytest.raises(StoreError, match="only your last answer"):
-        store.submit(first["task"], slots=ARTIST)
+        store.submit(first.task, slots=ARTIST)
     assert snapshot(database) == before
 
 
@@ -318,10 +319,10 @@ def test_a_bad_answer_is_refused_and_nothing_changes(database, answer, message):
     items(store, 2)
     annotator = store.register_annotator("Ada")
     answered = store.next_task(annotator)
-    store.submit(answered["task"], slots=DOCTOR, comment="kept")
+    store.submit(answered.task, slots=DOCTOR, comment="kept")
     pending = store.next_task(annotator)
     before = snapshot(database)
-    for task in (answered["task"], pending["task"]):  # neither a new answer nor an edit
+    for task in (answered.task, pending.task):  # neither a new answer nor an edit
         with pytest.raises((StoreError, LabelError), match=message):
             store.submit(task, **answer)
     assert snapshot(database) == before
@@ -333,13 +334,13 @@ def test_scale_interviews_take_one_option(database):
                        statement="I sympathize with others.", factor="AGR_high", target_option=2)
     annotator = store.register_annotator("Ada")
     view = store.next_task(annotator)
-    assert (view["kind"], view["statement"]) == ("scale_interview", "I sympathize with others.")
+    assert (view.kind, view.statement) == ("scale_interview", "I sympathize with others.")
     with pytest.raises(StoreError, match="one option"):
-        store.submit(view["task"], slots=DOCTOR)
+        store.submit(view.task, slots=DOCTOR)
     with pytest.raises(LabelError, match="scale option"):
-        store.submit(view["task"], option="somewhat")
-    assert store.submit(view["task"], option="moderately inaccurate").status == "stored"
-    assert store.task_view(view["task"])["answer"]["option"] == 2
+        store.submit(view.task, option="somewhat")
+    assert store.submit(view.task, option="moderately inaccurate").status == "stored"
+    assert store.task_view(view.task).answer.option == 2
 
 
 def test_unknown_ids_are_not_found(database):
@@ -354,7 +355,7 @@ def test_a_task_answers_only_to_its_own_annotator(database):
     store = Store(database)
     items(store, 1)
     ada, bob = store.register_annotator("Ada"), store.register_annotator("Bob")
-    task = store.next_task(ada)["task"]
+    task = store.next_task(ada).task
     before = snapshot(database)
     for call in (lambda: store.submit(task, slots=DOCTOR, annotator=bob), lambda: store.task_view(task, annotator=bob),
                  lambda: store.skip(task, "not mine", annotator=bob)):
@@ -380,10 +381,11 @@ def test_the_annotator_view_reveals_no_target_system_file_or_internal_id(databas
                                judges=[JudgeLabel("gpt-4o-judge", slots=DOCTOR, raw_reply="Doctor AGR_high")])
     annotator = store.register_annotator("Ada")
     view = store.next_task(annotator)
-    store.submit(view["task"], slots=DOCTOR, comment="seems kind")
-    answered = store.task_view(view["task"])
-    assert answered["answer"]["comment"] == "seems kind"
-    shown = json.dumps([view, {**answered, "answer": None}])  # (their own answer may name a profession)
+    store.submit(view.task, slots=DOCTOR, comment="seems kind")
+    answered = store.task_view(view.task)
+    assert answered.answer.comment == "seems kind"
+    # (Their own answer may name a profession.)
+    shown = json.dumps([asdict(view), asdict(replace(answered, answer=None))])
     with database.read() as session:
         d = session.scalar(select(Dialogue))
         internal = [d.public_id, d.content_hash, annotator]
@@ -392,9 +394,9 @@ def test_the_annotator_view_reveals_no_target_system_file_or_internal_id(databas
                  "You are"] + internal + [added.dialogue])
     leaks = [word for word in forbidden if re.search(re.escape(word), shown, re.IGNORECASE)]
     assert leaks == []
-    assert set(view) == {"task", "kind", "status", "position", "progress", "agent", "transcript", "statement",
-                         "answer", "editable", "skip_reason"}
-    assert re.fullmatch(r"[0-9a-f]{32}", view["task"])
+    assert {f.name for f in fields(view)} == {"task", "kind", "status", "position", "progress", "agent",
+                                              "transcript", "statement", "answer", "editable", "skip_reason"}
+    assert re.fullmatch(r"[0-9a-f]{32}", view.task)
 
 
 def test_names_that_look_like_words_are_not_redacted(database):
@@ -402,7 +404,7 @@ def test_names_that_look_like_words_are_not_redacted(database):
     store.add_dialogue([{"role": "user", "content": "Is it ours?"},
                         {"role": "assistant", "content": "It is ours."}], "Doctor", system="ours")
     view = store.next_task(store.register_annotator("Ada"))
-    assert [t["text"] for t in view["transcript"]] == ["Is it ours?", "It is ours."]
+    assert [t["text"] for t in view.transcript] == ["Is it ours?", "It is ours."]
 
 
 # --- reports ----------------------------------------------------------------------------------------------
@@ -421,7 +423,7 @@ def test_the_report_compares_humans_with_targets_judges_and_each_other(database)
         store.assign(annotator)
         for task_labels, dialogue in zip(labels, sorted(assigned(store, annotator), key=_index_of(store))):
             view = _view_of(store, annotator, dialogue)
-            store.submit(view["task"], slots=task_labels)
+            store.submit(view.task, slots=task_labels)
             given[annotator, dialogue] = task_labels
     report = build_report(database)
     assert set(report) >= {"human_vs_target", "human_vs_judge", "inter_annotator"}
@@ -559,10 +561,10 @@ def test_cli_import_export_report_round_trip(database, tmp_path, capsys):
     store = Store(database)
     annotator = store.register_annotator("Ada", external_id="hf:ada")
     while (view := store.next_task(annotator)) is not None:
-        if view["position"] == 2:
-            store.skip(view["task"], "too short")
+        if view.position == 2:
+            store.skip(view.task, "too short")
         else:
-            store.submit(view["task"], slots=ARTIST, comment='says "=1+1", <b>hi</b>', seconds=9)
+            store.submit(view.task, slots=ARTIST, comment='says "=1+1", <b>hi</b>', seconds=9)
 
     exported = _cli(capsys, "export", "--format", "csv", database=url)
     assert exported.returncode == 0, exported.stderr
@@ -612,7 +614,7 @@ def test_a_json_list_file_imports_record_by_record(database, tmp_path):
     assert "record 2:" in report.describe()
     before = snapshot(database)
     path.write_text('[{"dialog": []}, oops]', encoding="utf-8")
-    with pytest.raises(StoreError, match="not a valid JSON list"):
+    with pytest.raises(UnreadableFile, match="not a valid JSON list"):
         import_file(store, path)
     assert snapshot(database) == before
 

@@ -7,6 +7,7 @@ does; admin calls rely on the session's server-side unlock, as the page does.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -364,3 +365,45 @@ def test_the_assignment_policy_setting_is_parsed_strictly():
         policy_from_text("overlap=two")
     with pytest.raises(ValueError, match="cap \\(1\\) must be >= overlap \\(2\\)"):
         policy_from_text("overlap=2,cap=1")
+
+
+def raw_call(url: str, api_name: str, data: list) -> dict:
+    """A plain HTTP call of an endpoint, the JSON written with `ensure_ascii` so that it may carry a lone
+    surrogate (which `gradio_client`'s httpx cannot encode); the decoded answer."""
+    response = httpx.post(f"{url}gradio_api/run/{api_name}", content=json.dumps({"data": data}),
+                          headers={"content-type": "application/json"}, timeout=60)
+    return response.json()
+
+
+def test_text_no_database_stores_gets_a_clear_error_and_an_import_shows_its_report(tiny_engine, tmp_path, app_env):
+    """NUL and lone surrogates (through the API) are refused with a message naming the field, not an HTTP 500;
+    an upload with rows that used to stop the import shows the report with every rejected line."""
+    app_env.setenv("HIRPF_ADMIN_PASSWORD", PASSWORD)
+    seed_dialogues(tmp_path, 1)
+    good = {"dialog": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}],
+            "active_adapters": ["Doctor"]}
+    upload = tmp_path / "rows.jsonl"
+    upload.write_text("\n".join([json.dumps({**good, "active_adapters": 5}), "[" * 100_000,
+                                 json.dumps({**good, "system": "sim\ud800"}), json.dumps(good)]) + "\n")
+    with served(tiny_engine, tmp_path) as url:
+        c = client(url)
+        screen = sign_in(c)
+        calls = {"comment": ("annotation_submit", [screen.who, screen.task, *ANSWER.values(), None, "ok {}", {}]),
+                 "skip reason": ("annotation_skip", [screen.who, screen.task, "why {}"]),
+                 "display name": ("annotation_sign_in", ["Ada {}"])}
+        for bad, word in (("\x00", "NUL"), ("\ud800", "lone surrogate")):
+            for field, (api_name, data) in calls.items():
+                answer = raw_call(url, api_name, [d.format(bad) if isinstance(d, str) else d for d in data])
+                assert re.match(f"{field}: contains .*{word}", answer.get("error") or ""), (field, word, answer)
+            answer = raw_call(url, "annotation_submit", [screen.who, f"t{bad}", *ANSWER.values(), None, "", {}])
+            assert "no task" in (answer.get("error") or ""), answer
+        assert stored_answers(tmp_path) == []
+
+        admin = client(url)
+        admin.predict(password_attempt=PASSWORD, api_name="/admin_open")
+        report, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl", api_name="/admin_import")
+    assert "1 dialogue(s) added" in report and "3 row(s) rejected" in report
+    assert "line 1: active_adapters: expected a list of identity names" in report
+    assert "line 2: not JSON (nested too deeply)" in report
+    assert "line 3: system: contains a lone surrogate (U+D800)" in report
+    assert "**2** identity dialogues" in summary

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
 
 from annotation.assignment import AssignmentPolicy
-from annotation.store import JudgeLabel, Store
+from annotation.records import JudgeLabel
+from annotation.store import Store
 from db import Database, database_url as resolve_url
 from db import migrations
 from db.models import Annotation, AnnotationTask, Annotator, Base, Dialogue, JudgePrediction
@@ -167,7 +168,7 @@ def test_a_version_1_database_upgrades_in_place_without_losing_rows(database_url
     store.add_judge_prediction("d1", JudgeLabel("judge-a", slots=SLOTS))
     assert store.register_annotator("Ada again", external_id="hf:ada") == store.register_annotator(
         "Ada", external_id="hf:ada")
-    assert store.next_task("a1")["task"] == "t2"  # resumes the old queue
+    assert store.next_task("a1").task == "t2"  # resumes the old queue
     assert count(upgraded, JudgePrediction) == 1
     assert migrations.migrate(upgraded) == []  # nothing left to apply
     upgraded.close()
@@ -213,9 +214,9 @@ def test_16_annotators_x_50_concurrent_submissions_store_each_once(database):
         try:
             start.wait()
             while (view := store.next_task(annotator)) is not None:
-                statuses.append(store.submit(view["task"], slots=SLOTS, comment=f"{annotator}", seconds=1).status)
-                if view["position"] % 10 == 0:  # a double click: the same answer again
-                    statuses.append(store.submit(view["task"], slots=SLOTS, comment=f"{annotator}").status)
+                statuses.append(store.submit(view.task, slots=SLOTS, comment=f"{annotator}", seconds=1).status)
+                if view.position % 10 == 0:  # a double click: the same answer again
+                    statuses.append(store.submit(view.task, slots=SLOTS, comment=f"{annotator}").status)
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -234,6 +235,34 @@ def test_16_annotators_x_50_concurrent_submissions_store_each_once(database):
         assert session.scalar(select(func.count()).select_from(AnnotationTask)
                               .where(AnnotationTask.status != "done")) == 0
     assert all(store.progress(a)[:2] == (items_n, items_n) for a in annotators)
+
+
+def test_parallel_next_task_calls_of_one_annotator_hand_out_one_batch(database):
+    """Several open tabs of one annotator ask at once: one batch is assigned, and all get its first task."""
+    tabs, batch = 8, 10
+    store = Store(database, AssignmentPolicy(overlap=1, batch=batch, seed=1))
+    for i in range(60):
+        store.add_dialogue(dialogue(i), "Doctor", source="simulator")
+    annotator = store.register_annotator("Ada")
+    start = threading.Barrier(tabs)
+    shown: list[str] = []
+    errors: list[BaseException] = []
+
+    def tab():
+        try:
+            start.wait()
+            shown.append(store.next_task(annotator).task)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=tab) for _ in range(tabs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(database, AnnotationTask) == batch
+    assert len(set(shown)) == 1
 
 
 _KILLED_WRITER = r"""
