@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 
 
 def main(argv: list[str] | None = None) -> int:

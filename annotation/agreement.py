@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
 
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 
 LEVELS = ("nominal", "ordinal", "interval", "ratio")
 NAN = float("nan")

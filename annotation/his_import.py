@@ -14,7 +14,7 @@ Three files, told apart by their header (or by `kind=`):
   the adapters that produced them (target) and a human's labels in per-slot columns (empty = none), which
   must agree with its `annotate_results` set.
 
-Slots come out in our vocabulary (`annotation.labels`): HIS's `EMS` (emotional stability) is `NEU` with the
+Slots come out in our vocabulary (`hirpf.labels`): HIS's `EMS` (emotional stability) is `NEU` with the
 poles flipped, and so is the scale file's "Neuroticism" factor, whose items are keyed toward emotional
 stability (its `_pos` items describe calm, even-tempered behaviour).
 
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from annotation.agreement import slot_agreement
-from annotation.labels import (
+from hirpf.labels import (
     NONE,
     PROFESSION_SLOT,
     SLOTS,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from annotation.agreement import inter_annotator_agreement, option_agreement, slot_agreement
-from annotation.labels import slots_from_identities
+from hirpf.labels import slots_from_identities
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
 from hirpf.identities import IdentitySet

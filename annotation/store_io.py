@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from annotation import his_import
-from annotation.labels import SLOTS, LabelError, identities_from_slots, slots_from_identities
+from hirpf.labels import SLOTS, LabelError, identities_from_slots, slots_from_identities
 from annotation.store import ImportedAnswer, JudgeLabel, Store, StoreError
 from db.models import AnnotationTask, Dialogue
 from hirpf.identities import IdentityError, IdentitySet

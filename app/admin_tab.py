@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from annotation.assignment import AssignmentPolicy
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 from annotation.report import build_report
 from annotation.store import StoreError, overview
 from annotation.store_io import import_file, write_csv, write_jsonl

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from annotation import agreement
 from annotation.assignment import AssignmentPolicy
-from annotation.labels import SLOTS, LabelError, slots_from_identities
+from hirpf.labels import SLOTS, LabelError, slots_from_identities
 from annotation.store import (MAX_COMMENT_CHARS, JudgeLabel, NotFound, Store, StoreError,
                               prepare_dialogue)
 from db import Database

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import func, select
 
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 from app.annotation_tab import open_store, policy_from_text, send_to_evaluation
 from app.build import build_app
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import randomize_experts
 from openai_server import OpenAIServer, Reply
 
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 from hirpf.checkpoint import save_experts
 from hirpf.dialogues import IGNORE, Dialogue, tokenize
 from hirpf.engine import Engine, Sampling

@@ -19,7 +19,7 @@ from annotation.his_import import (
     read_his_csv,
     read_text,
 )
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 from hirpf.paths import his_file
 
 HIS_SLOT_ORDER = ("AGR", "CON", "EXT", "EMS", "OPE", "Profession")  # the HIS files' own slot names

@@ -108,7 +108,7 @@ def test_a_scale_of_the_wrong_kind_is_refused(tmp_path):
 # --- scoring ---------------------------------------------------------------------------------------------
 def constructed(scale: Scale, answers_by_set: dict[str, dict[str, float]]):
     """Answers where each set gives one fixed raw answer per (factor, keying) - no model involved."""
-    from hirpf.eval.questionnaire import Answer
+    from hirpf.eval.answers import Answer
 
     out = []
     for name, table in answers_by_set.items():
@@ -147,7 +147,8 @@ def test_direction_accuracy_needs_the_reference():
 
 
 def test_failed_answers_are_left_out_of_the_scores():
-    from hirpf.eval.questionnaire import Answer, factor_scores
+    from hirpf.eval.answers import Answer
+    from hirpf.eval.questionnaire import factor_scores
 
     item = ScaleItem("a", "EXT", 1)
     scores = factor_scores([Answer(S("EXT_high"), 0, item, 4.0), Answer(S("EXT_high"), 1, item, None)])

@@ -26,7 +26,7 @@ from hirpf.engine import Engine
 from hirpf.eval.recognize import DEFAULT_BATCH_TOKENS, recognize
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
-from training.data import holdout_split, load_dialogues
+from hirpf.dialogues import holdout_split, load_dialogues
 
 DEFAULT_DATA = his_file("identity_dialogues.json")
 MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)

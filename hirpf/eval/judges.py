@@ -1,6 +1,6 @@
 """The slot judge: a model reads an anonymized dialogue and labels one speaker on the six annotation slots
 (AGR, CON, EXT, NEU, OPE: high/low/none; Profession: Doctor/Artist/Programmer/none), exactly what human
-annotators are asked (`annotation.labels`).
+annotators are asked (`hirpf.labels`).
 
 The judge sees speakers X and Y only (system turns removed, system names redacted) and must answer with one
 JSON object holding the six slots. A reply that is not that object, or names an unknown slot or label, is
@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from annotation.labels import SLOTS, normalize_slots
-from annotation.transcripts import anonymize, as_text, speaker_of
-
+from ..labels import SLOTS, normalize_slots
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
+from ..transcripts import anonymize, as_text, speaker_of
 from .interview import DEFAULT_CACHE, DEFAULT_MODEL  # one response cache and default model for every judge
 JUDGE_SYSTEM = """You are a careful observer of personality and occupation in conversation. You will read a \
 conversation between two people, X and Y, and describe one of them.

@@ -23,15 +23,14 @@ from typing import Callable, Sequence
 import torch
 from transformers import set_seed
 
-from annotation.labels import slots_from_identities
-from annotation.transcripts import reverse
-
 from ..engine import Engine, Sampling
 from ..identities import IdentitySet
+from ..labels import slots_from_identities
 from ..llm_client import LLMError
 from ..prompts import Conditioning
 from ..routing import use_identities
 from ..scenarios import Scenario, ScenarioError, load_scenarios, select
+from ..transcripts import reverse
 from .common import (EvalError, add_identity_arguments, check_positive, conditioning_for, identity_sets_from_args,
                      load_engine, log, output_dir, progress, run_config, write_json)
 from .judges import JudgeUnavailable, add_judge_arguments, chat_client, judge_dialogues, slot_accuracy

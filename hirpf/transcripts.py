@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from hirpf.identities import ALIASES, ALL_IDENTITIES
+from .identities import ALIASES, ALL_IDENTITIES
 
 SPEAKERS = ("X", "Y")
 REDACTED = "[redacted]"
