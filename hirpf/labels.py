@@ -40,14 +40,11 @@ def normalize_slots(values: Mapping[str, object]) -> dict[str, str]:
     any case) and returns `{slot: label}` in `SLOTS` order. Raises `LabelError` naming what is wrong."""
     out: dict[str, str] = {}
     for key, value in values.items():
-        name = str(key).upper()
-        slot = (name if name in TRAITS else _ALIASED_TRAITS.get(name)
-                or (PROFESSION_SLOT if name == PROFESSION_SLOT.upper() else str(key)))
-        if slot not in SLOTS:
-            raise LabelError(f"unknown slot {key!r}; slots are {', '.join(SLOTS)}")
+        slot = slot_name(key)
         if slot in out:
             raise LabelError(f"slot {slot} given twice")
         label = _label(slot, value)
+        name = str(key).upper()
         if name in _ALIASED_TRAITS and label != NONE:
             label = ALIASES[f"{name}_{label}"].split("_")[1]
         out[slot] = label
@@ -55,6 +52,16 @@ def normalize_slots(values: Mapping[str, object]) -> dict[str, str]:
     if missing:
         raise LabelError(f"missing slot(s): {', '.join(missing)}")
     return {s: out[s] for s in SLOTS}
+
+
+def slot_name(key: object) -> str:
+    """The slot a key names, in any case (`agr` -> AGR, the HIS `EMS` -> NEU); `LabelError` if none."""
+    name = str(key).upper()
+    slot = name if name in TRAITS else _ALIASED_TRAITS.get(name) or (
+        PROFESSION_SLOT if name == PROFESSION_SLOT.upper() else None)
+    if slot is None:
+        raise LabelError(f"unknown slot {key!r}; slots are {', '.join(SLOTS)}")
+    return slot
 
 
 def _label(slot: str, value: object) -> str:
