@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..labels import SLOTS, normalize_slots
+from ..labels import NONE, SLOTS, normalize_slots
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
 from ..transcripts import anonymize, as_text, speaker_of
 from .interview import DEFAULT_CACHE, DEFAULT_MODEL  # one response cache and default model for every judge
@@ -97,16 +97,22 @@ def judge_dialogues(client, dialogs: Sequence[Sequence[dict]], *, redact: Sequen
 
 
 def slot_accuracy(pairs: Sequence[tuple[dict, dict]]) -> dict:
-    """(target, prediction) slot pairs -> accuracy per slot, the mean over slots, exact match, and recall of
-    the target's identities (the slots that are not none)."""
+    """(target, prediction) slot pairs -> recall of the target's identities (the slots that are not none),
+    accuracy per slot, the mean over slots, the chance line of that mean, and exact match.
+
+    Most target slots are none (an identity set names at most six of them, usually one to three), so a
+    judge that answers none everywhere already scores 0.75-0.83 on the six-slot mean. `accuracy_always_none`
+    is that judge's score on the same targets: the accuracy means something only above it. Identity recall
+    has no such floor, so it comes first."""
     if not pairs:
-        return {"accuracy": None, "accuracy_by_slot": {s: None for s in SLOTS}, "exact_match": None,
-                "identity_recall": None, "dialogues": 0}
+        return {"identity_recall": None, "accuracy": None, "accuracy_always_none": None,
+                "accuracy_by_slot": {s: None for s in SLOTS}, "exact_match": None, "dialogues": 0}
     by_slot = {s: sum(t[s] == p[s] for t, p in pairs) / len(pairs) for s in SLOTS}
-    named = [(t[s], p[s]) for t, p in pairs for s in SLOTS if t[s] != "none"]
-    return {"accuracy": sum(by_slot.values()) / len(SLOTS), "accuracy_by_slot": by_slot,
-            "exact_match": sum(t == p for t, p in pairs) / len(pairs),
-            "identity_recall": sum(a == b for a, b in named) / len(named) if named else None,
+    named = [(t[s], p[s]) for t, p in pairs for s in SLOTS if t[s] != NONE]
+    return {"identity_recall": sum(a == b for a, b in named) / len(named) if named else None,
+            "accuracy": sum(by_slot.values()) / len(SLOTS),
+            "accuracy_always_none": sum(t[s] == NONE for t, _ in pairs for s in SLOTS) / (len(pairs) * len(SLOTS)),
+            "accuracy_by_slot": by_slot, "exact_match": sum(t == p for t, p in pairs) / len(pairs),
             "dialogues": len(pairs)}
 
 
