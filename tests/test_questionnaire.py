@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from hirpf.eval.common import EvalError, add_identity_arguments, identity_sets_from_args
+from hirpf.eval.common import EvalError, add_identity_arguments, choose_identity_sets, identity_sets_from_args
 from hirpf.identities import IdentitySet
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning, expert_identities
@@ -206,6 +206,20 @@ def test_identity_options(tmp_path):
     with pytest.raises(EvalError, match="unknown identity 'Chef'"):
         identity_sets_from_args(parse_identity_options(["--identities", "Chef"]))
 
+
+
+def test_choose_identity_sets_is_the_plain_function_behind_the_options():
+    """The app and the CLI choose identity sets through one function with explicit parameters."""
+    assert choose_identity_sets(poles=True) == identity_sets_from_args(parse_identity_options(["--poles"]))
+    assert choose_identity_sets(identities=["AGR_high,Doctor", ["EXT_low"], "none"], reference=True) == [
+        S("AGR_high,Doctor"), S("EXT_low"), IdentitySet()]
+    assert choose_identity_sets(sample=5, seed=3) == choose_identity_sets(combinations="all", sample=5, seed=3)
+    assert choose_identity_sets(sample=5, seed=3) != choose_identity_sets(sample=5, seed=4)
+    assert identity_sets_from_args(argparse.Namespace(poles=True)) == choose_identity_sets(poles=True)  # the app's call
+    with pytest.raises(EvalError, match="one way, not with identities and poles"):
+        choose_identity_sets(identities=["AGR_high"], poles=True)
+    with pytest.raises(EvalError, match="--sample must be at least 1"):
+        choose_identity_sets(poles=True, sample=0)
 
 # --- next-token answers -----------------------------------------------------------------------------------
 def plain_forward_probabilities(engine, conversation, identities, conditioning, labels):
