@@ -220,8 +220,7 @@ DIALOG = [{"role": "system", "content": "You are a doctor with high agreeablenes
 
 
 def client_for(server, **kw):
-    return ChatClient(server.base_url, "judge-model", api_key="", timeout=kw.pop("timeout", 2.0), max_retries=2,
-                      backoff=0.01, **kw)
+    return ChatClient(server.base_url, "judge-model", api_key="", timeout=kw.pop("timeout", 2.0), max_retries=2, **kw)
 
 
 def test_the_judge_reads_the_anonymized_dialogue_and_returns_six_slots(openai_server):

@@ -343,8 +343,8 @@ def test_interview_judge_against_a_local_server(tiny_engine, tmp_path):
         return "What did you do last weekend?"
 
     with OpenAIServer(responder) as server:
-        interviewer = ChatClient(server.base_url, "interviewer-model", cache_dir=tmp_path / "cache", backoff=0)
-        referee = ChatClient(server.base_url, "referee-model", cache_dir=tmp_path / "cache", backoff=0)
+        interviewer = ChatClient(server.base_url, "interviewer-model", cache_dir=tmp_path / "cache")
+        referee = ChatClient(server.base_url, "referee-model", cache_dir=tmp_path / "cache")
         judge = InterviewJudge(interviewer, referee, follow_ups=2, samples=5, max_new_tokens=6, workers=2)
         scale = Scale("t", "personality", (ScaleItem("I like parties.", "EXT", 1),
                                             ScaleItem("I keep things tidy.", "CON", -1)))
@@ -379,7 +379,7 @@ def test_interview_reruns_are_answered_from_the_cache(tiny_engine, tmp_path):
     results = []
     with OpenAIServer(responder) as server:
         for _ in range(2):
-            client = ChatClient(server.base_url, "m", cache_dir=tmp_path / "cache", backoff=0)
+            client = ChatClient(server.base_url, "m", cache_dir=tmp_path / "cache")
             judge = InterviewJudge(client, client, follow_ups=1, samples=3, max_new_tokens=4, seed=3)
             results.append(judge.answer(tiny_engine, scale, [S("EXT_high")], Conditioning.EXPERTS_AND_PROMPT))
         requests_after_two_runs = len(server.chat_requests)
