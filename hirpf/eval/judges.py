@@ -100,8 +100,8 @@ def slot_accuracy(pairs: Sequence[tuple[dict, dict]]) -> dict:
     """(target, prediction) slot pairs -> recall of the target's identities (the slots that are not none),
     accuracy per slot, the mean over slots, the chance line of that mean, and exact match.
 
-    Most target slots are none (an identity set names at most six of them, usually one to three), so a
-    judge that answers none everywhere already scores 0.75-0.83 on the six-slot mean. `accuracy_always_none`
+    Most target slots are none (a set of one identity leaves five of the six at none), so a judge that
+    answers none everywhere already scores 5/6 on single identities and 4/6 on pairs. `accuracy_always_none`
     is that judge's score on the same targets: the accuracy means something only above it. Identity recall
     has no such floor, so it comes first."""
     if not pairs:
