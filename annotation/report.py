@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from annotation.agreement import inter_annotator_agreement, option_agreement, slot_agreement
-from hirpf.labels import slots_from_identities
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
 from hirpf.identities import IdentitySet
+from hirpf.labels import slots_from_identities
 
 OPTION = ("option",)  # scale answers as a one-slot labelling, for the inter-annotator helper
 

@@ -17,13 +17,13 @@ from sqlalchemy import func, select
 
 from annotation import agreement
 from annotation.assignment import AssignmentPolicy
-from hirpf.labels import SLOTS, LabelError, slots_from_identities
 from annotation.store import (MAX_COMMENT_CHARS, JudgeLabel, NotFound, Store, StoreError,
                               prepare_dialogue)
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
 from db_fixtures import database_url, postgres_server  # noqa: F401
 from hirpf.identities import ALL_IDENTITIES, IdentitySet
+from hirpf.labels import SLOTS, LabelError, slots_from_identities
 from hirpf.paths import PROJECT_ROOT, his_file
 
 DOCTOR = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
