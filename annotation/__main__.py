@@ -2,7 +2,7 @@
 
     python -m annotation import FILE [--kind his-open|his-scale|his-data|jsonl] [--encoding E]
     python -m annotation export --format csv|jsonl [--output FILE]
-    python -m annotation report [--json]
+    python -m annotation report [--json] [--his_open FILE]
     python -m annotation backup DEST [--every SECONDS --keep N]
 
 Every command takes `--database URL` (default: `DATABASE_URL`, else `data/hirpf.sqlite3`; `HIRPF_DATA_DIR`
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     exports.add_argument("--output", type=Path, help="default: standard output")
     reports = commands.add_parser("report", parents=[common], help="agreement report")
     reports.add_argument("--json", action="store_true", help="the full report as JSON")
+    reports.add_argument("--his_open", type=Path, metavar="FILE",
+                         help="also the GPT-vs-human agreement of this HIS open_sample10_320.csv, straight from "
+                              "the file, under our rule and the paper's (how GPT's missing predictions count)")
     backups = commands.add_parser("backup", parents=[common], help="online backup of a SQLite store")
     backups.add_argument("destination", type=Path, help="a file, or a folder for timestamped files")
     backups.add_argument("--every", type=float, metavar="SECONDS", help="repeat forever at this interval")
@@ -81,9 +84,18 @@ def _export(store, args) -> int:
 
 
 def _report(store, args) -> int:
+    from annotation.agreement import format_his_open_agreement, his_open_agreement
+    from annotation.his_import import OPEN, HisImportError, read_his_csv
     from annotation.report import build_report
 
     report = build_report(store.db)
+    if args.his_open is not None:
+        try:
+            his = read_his_csv(args.his_open, kind=OPEN)
+        except (HisImportError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        report["his_open_file"] = {"file": str(args.his_open), **his_open_agreement(his.records)}
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
@@ -95,6 +107,9 @@ def _report(store, args) -> int:
     for name, section, figure in rows:
         cells = "".join(f"{_number(section['per_slot'][s][figure]):>12}" for s in SLOTS)
         print(f"{name:<18}{figure:<20}{cells}{_number(section['overall'][figure]):>10}")
+    if "his_open_file" in report:
+        print(f"\nHIS open file {report['his_open_file']['file']}, read directly:\n")
+        print(format_his_open_agreement(report["his_open_file"]), end="")
     return 0
 
 

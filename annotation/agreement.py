@@ -29,9 +29,10 @@ values is not pairable (Krippendorff); Fleiss needs complete items and refuses m
 
 Degenerate data: when every label falls in one and the same category, chance agreement is total and the
 chance-corrected coefficients are 0/0. All three return `nan` then (so does any coefficient with no data),
-never a made-up 1.0; `accuracy` still shows the raw agreement. The report helpers at the bottom
+never a made-up 1.0; `accuracy` still shows the raw agreement. The report helpers
 (`slot_agreement`, `inter_annotator_agreement`, `option_agreement`) return JSON-ready dicts in which a
-figure that is undefined or does not apply is `None`.
+figure that is undefined or does not apply is `None`. At the bottom: the comparisons of the HIS
+320-dialogue file (`his_open_agreement`), under our rule and the paper's.
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
+from typing import NamedTuple
 
-from annotation.labels import SLOTS
+from hirpf.labels import NONE, SLOTS
 
 LEVELS = ("nominal", "ordinal", "interval", "ratio")
 NAN = float("nan")
@@ -262,3 +264,77 @@ def option_agreement(predicted: Sequence[int | None], reference: Sequence[int | 
             "ordinal_alpha": _figure(krippendorff_alpha([list(predicted), list(reference)], "ordinal")),
             "mean_abs_diff": sum(abs(x - y) for x, y in pairs) / len(pairs) if pairs else None,
             "n": len(pairs)}
+
+
+# --- the GPT-versus-human agreement of the HIS 320-dialogue file ---------------------------------------
+# Where GPT gave no prediction for a slot (`HisRecord.judge_missing`), our rule reads it as none, as the
+# store does; the published rule (the file's TRUE column, so the paper's figures) counts it as a
+# disagreement, even with a human's none. A label no source uses carries that rule through every figure.
+NO_PREDICTION = "(no prediction)"
+
+
+class Comparison(NamedTuple):
+    labels: str       # the HisRecord field compared (judge_slots_as_published: judge_slots, missing marked)
+    reference: str    # the HisRecord field it is compared with
+    given_only: bool  # score only the slots the target gives a pole or profession
+    title: str        # the heading in the table, saying how a missing prediction counts
+
+
+# The HIS annotators (and GPT) nearly always name a pole, so "vs target" on all six slots mostly counts the
+# slots the agent was not given; the `_given` views score the given identities alone.
+COMPARISONS = {
+    "gpt_vs_human": Comparison("judge_slots", "human_slots", False,
+                               "gpt vs human, ours (GPT's missing prediction reads as none)"),
+    "gpt_vs_human_published_rule": Comparison(
+        "judge_slots_as_published", "human_slots", False,
+        "gpt vs human, published rule (the file's TRUE column: a missing prediction is a disagreement)"),
+    "gpt_vs_target": Comparison("judge_slots", "target_slots", False,
+                                "gpt vs target (a missing prediction reads as none)"),
+    "human_vs_target": Comparison("human_slots", "target_slots", False, "human vs target"),
+    "gpt_vs_target_given": Comparison("judge_slots", "target_slots", True,
+                                      "gpt vs target given (a missing prediction reads as none)"),
+    "human_vs_target_given": Comparison("human_slots", "target_slots", True, "human vs target given"),
+}
+
+
+def his_open_agreement(records: Iterable) -> dict:
+    """The HIS open file's records (`annotation.his_import.read_his_csv(path).records`; rows without a GPT
+    and a human labelling are left out): `{"per_system": {system: {comparison: slot_agreement}}, "overall":
+    {comparison: slot_agreement}, "n": dialogues}` for the comparisons in `COMPARISONS` (accuracy, Cohen's
+    kappa and Krippendorff's alpha per slot, exact match; see `slot_agreement`). In the `_given` views the
+    slots the target leaves at none are not scored (their `n` counts the scored slots)."""
+    rows = [r for r in records if r.judge_slots is not None and r.human_slots is not None]
+
+    def labels(record, field: str, given_only: bool) -> dict:
+        if field == "judge_slots_as_published":
+            return {s: NO_PREDICTION if s in record.judge_missing else v for s, v in record.judge_slots.items()}
+        return {s: None if given_only and v == NONE else v for s, v in getattr(record, field).items()}
+
+    def compare(group: Sequence) -> dict:
+        return {name: slot_agreement([labels(r, c.labels, False) for r in group],
+                                     [labels(r, c.reference, c.given_only) for r in group])
+                for name, c in COMPARISONS.items()}
+    systems = sorted({r.system for r in rows})
+    return {"per_system": {s: compare([r for r in rows if r.system == s]) for s in systems},
+            "overall": compare(rows), "n": len(rows)}
+
+
+def format_his_open_agreement(result: Mapping) -> str:
+    """A plain-text table of `his_open_agreement`: accuracy/Cohen's kappa per slot, then accuracy over the
+    scored slots and exact match, per system and overall."""
+    def number(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = []
+    for name, comparison in COMPARISONS.items():
+        scope = "the given slots" if comparison.given_only else "all six"
+        lines.append(f"{comparison.title}: accuracy/Cohen's kappa per slot, accuracy and exact match on {scope}")
+        lines.append(f"{'system':<10}{'n':>5}  " + "".join(f"{s:<13}" for s in SLOTS) + f"{'accuracy':<10}exact")
+        for system, comparisons in list(result["per_system"].items()) + [("overall", result["overall"])]:
+            figures = comparisons[name]
+            cells = "".join(f"{number(figures['per_slot'][s]['accuracy'])}/"
+                            f"{number(figures['per_slot'][s]['kappa'])}".ljust(13) for s in SLOTS)
+            lines.append(f"{system:<10}{figures['overall']['n']:>5}  {cells}"
+                         f"{number(figures['overall']['accuracy']):<10}{number(figures['overall']['exact_match'])}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -4,8 +4,10 @@ Three files, told apart by their header (or by `kind=`):
 
 - `open`: `open_sample10_320.csv`, 320 open-situation dialogues, 80 per system (`model`), with the target
   identity, GPT's slot predictions (the HIS judge) and a human's. Cells are Python literals (`None`, single
-  quotes): read with `ast.literal_eval`, never `eval`. Its `TRUE` column is derived (GPT == human per slot,
-  comparing raw values, so GPT's `None` and the human's `'None'` count as a disagreement); it is not read.
+  quotes): read with `ast.literal_eval`, never `eval`. GPT's prediction leaves some slots empty (`None`, no
+  prediction, unlike the label `'None'`): they read as none, and `judge_missing` lists them. Its `TRUE`
+  column is derived (GPT == human per slot, comparing raw values, so GPT's `None` and the human's `'None'`
+  count as a disagreement: the published rule, see `annotation.agreement.his_open_agreement`); not read.
 - `scale`: `scale_sample50.csv`, 50 scale interviews: the item (`factor_polarity`, `statement`), the
   transcript, and the judge's and the human's answers as letters A-E (= options 1-5, very inaccurate ...
   very accurate; the `*_score` columns, when present, must agree). The interviewed persona is read from its
@@ -14,11 +16,12 @@ Three files, told apart by their header (or by `kind=`):
   the adapters that produced them (target) and a human's labels in per-slot columns (empty = none), which
   must agree with its `annotate_results` set.
 
-Slots come out in our vocabulary (`annotation.labels`): HIS's `EMS` (emotional stability) is `NEU` with the
+Slots come out in our vocabulary (`hirpf.labels`): HIS's `EMS` (emotional stability) is `NEU` with the
 poles flipped, and so is the scale file's "Neuroticism" factor, whose items are keyed toward emotional
 stability (its `_pos` items describe calm, even-tempered behaviour).
 
-Malformed rows become `RowError(line, reason)` (line = where the row starts in the file, the header being
+A header that names a column twice is refused (which cell would count is a guess). Malformed rows become
+`RowError(line, reason)` (line = where the row starts in the file, the header being
 line 1) and the other rows are still read. A file whose header fits no kind, or that cannot be decoded,
 raises `HisImportError` naming the file.
 
@@ -38,22 +41,14 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from annotation.agreement import slot_agreement
-from annotation.labels import (
-    NONE,
-    PROFESSION_SLOT,
-    SLOTS,
-    LabelError,
-    normalize_slots,
-    scale_option,
-    slots_from_identities,
-)
 from annotation.records import RowError, UnreadableFile
 from hirpf.identities import PROFESSIONS, IdentityError, IdentitySet
+from hirpf.labels import PROFESSION_SLOT, SLOTS, LabelError, normalize_slots, scale_option, slot_name, slots_from_identities
 
 OPEN, SCALE, DATASET = "open", "scale", "dataset"
 KINDS = (OPEN, SCALE, DATASET)
@@ -106,6 +101,7 @@ class HisRecord:
     item_pole: str | None = None         # SCALE: the pole the item is keyed toward ("high"/"low", a profession)
     judge_option: int | None = None      # SCALE: 1..5
     human_option: int | None = None      # SCALE: 1..5
+    judge_missing: tuple[str, ...] = ()  # OPEN: slots GPT gave no prediction for (read as none in judge_slots)
 
 
 @dataclass(frozen=True)
@@ -205,6 +201,7 @@ def read_his_csv(path: str | Path, kind: str | None = None, encoding: str | None
     except csv.Error as e:
         raise HisImportError(f"{path}: line 1: unreadable header ({e})") from None
     header = [h.strip() for h in header]
+    _refuse_duplicates(path, header)
     kind = _kind(path, header, kind)
     parse_row = _PARSERS[kind]
     records, errors = [], []
@@ -235,6 +232,14 @@ def read_his_csv(path: str | Path, kind: str | None = None, encoding: str | None
         notes.append(f"{len(decoded.damaged)} damaged UTF-8 sequence(s) replaced by U+FFFD at byte offset(s) "
                      f"{where}{' ...' if len(decoded.damaged) > 20 else ''}")
     return HisFile(path, kind, decoded.encoding, records, errors, notes)
+
+
+def _refuse_duplicates(path: Path, header: Sequence[str]) -> None:
+    twice = [name for name, n in Counter(header).items() if n > 1]
+    if twice:
+        where = [i + 1 for i, name in enumerate(header) if name == twice[0]]
+        raise HisImportError(f"{path}: column {twice[0]!r} appears twice (columns {' and '.join(map(str, where))}); "
+                             "remove one, so that no cell is silently ignored")
 
 
 def _kind(path: Path, header: Sequence[str], kind: str | None) -> str:
@@ -292,9 +297,12 @@ def _parse_open(line: int, row: Mapping[str, str]) -> HisRecord:
         if "identity" in dialog and _slots(dialog["identity"], "dialog identity") != target:
             raise ValueError("dialog: its identity disagrees with the identity column")
         dialog = dialog.get("dialog")
-    return HisRecord(line, OPEN, system, _turns(dialog, "dialog"), target,
-                     judge_slots=_slots(_literal(row, "gpt_pred"), "gpt_pred"),
-                     human_slots=_slots(_literal(row, "human_pred"), "human_pred"))
+    prediction = _literal(row, "gpt_pred")
+    judge_slots = _slots(prediction, "gpt_pred")
+    missing = {slot_name(key) for key, value in prediction.items() if value is None}
+    return HisRecord(line, OPEN, system, _turns(dialog, "dialog"), target, judge_slots=judge_slots,
+                     human_slots=_slots(_literal(row, "human_pred"), "human_pred"),
+                     judge_missing=tuple(s for s in SLOTS if s in missing))
 
 
 def _parse_scale(line: int, row: Mapping[str, str]) -> HisRecord:
@@ -389,54 +397,3 @@ def _transcript(text: str) -> list[dict]:
 
 
 _PARSERS = {OPEN: _parse_open, SCALE: _parse_scale, DATASET: _parse_dataset}
-
-
-# --- the GPT-versus-human agreement of the 320-dialogue file ------------------------------------------
-# name -> (labels, reference, only the slots the target gives a pole or profession?). The HIS annotators
-# (and GPT) nearly always name a pole, so "vs target" on all six slots mostly counts the slots the agent
-# was not given; the `_given` views score the given identities alone.
-COMPARISONS = {"gpt_vs_human": ("judge_slots", "human_slots", False),
-               "gpt_vs_target": ("judge_slots", "target_slots", False),
-               "human_vs_target": ("human_slots", "target_slots", False),
-               "gpt_vs_target_given": ("judge_slots", "target_slots", True),
-               "human_vs_target_given": ("human_slots", "target_slots", True)}
-
-
-def his_open_agreement(records: Iterable[HisRecord]) -> dict:
-    """Per system and over all: `{"per_system": {system: {comparison: slot_agreement}}, "overall":
-    {comparison: slot_agreement}, "n": dialogues}` for the comparisons in `COMPARISONS` (accuracy and
-    Cohen's kappa per slot, exact match; see `annotation.agreement.slot_agreement`). In the `_given`
-    views the slots the target leaves at none are not scored (their `n` counts the scored slots)."""
-    rows = [r for r in records if r.kind == OPEN]
-
-    def reference(slots: Mapping[str, str], given_only: bool) -> dict:
-        return {s: None if given_only and v == NONE else v for s, v in slots.items()}
-
-    def compare(group: Sequence[HisRecord]) -> dict:
-        return {name: slot_agreement([getattr(r, a) for r in group],
-                                     [reference(getattr(r, b), given) for r in group])
-                for name, (a, b, given) in COMPARISONS.items()}
-    systems = sorted({r.system for r in rows})
-    return {"per_system": {s: compare([r for r in rows if r.system == s]) for s in systems},
-            "overall": compare(rows), "n": len(rows)}
-
-
-def format_his_open_agreement(result: Mapping) -> str:
-    """A plain-text table of `his_open_agreement`: accuracy / Cohen's kappa per slot, exact match."""
-    def cell(figures: Mapping) -> str:
-        acc, kappa = figures["accuracy"], figures["kappa"]
-        return f"{'-' if acc is None else f'{acc:.3f}'}/{'-' if kappa is None else f'{kappa:.3f}'}"
-    lines = []
-    for name in COMPARISONS:
-        scope = "the given slots" if COMPARISONS[name][2] else "all six"
-        lines.append(f"{name.replace('_', ' ')}: accuracy/Cohen's kappa per slot, exact match on {scope}")
-        lines.append(f"{'system':<10}{'n':>5}  " + "".join(f"{s:<13}" for s in SLOTS) + "exact")
-        groups = list(result["per_system"].items()) + [("overall", result["overall"])]
-        for system, comparisons in groups:
-            figures = comparisons[name]
-            exact = figures["overall"]["exact_match"]
-            lines.append(f"{system:<10}{figures['overall']['n']:>5}  "
-                         + "".join(f"{cell(figures['per_slot'][s]):<13}" for s in SLOTS)
-                         + ("-" if exact is None else f"{exact:.3f}"))
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from annotation.agreement import inter_annotator_agreement, option_agreement, slot_agreement
-from annotation.labels import slots_from_identities
 from annotation.store import IMPORTED_PREFIX
+from hirpf.labels import slots_from_identities
 from db import Database
 from db.models import KINDS, Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction, TaskStatus
 from hirpf.identities import IdentitySet

@@ -30,10 +30,10 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from annotation import transcripts
+from hirpf import transcripts
 from annotation.assignment import AssignmentPolicy, plan_assignment
-from annotation.labels import LabelError, normalize_slots, scale_option
 from annotation.records import ImportedAnswer, JudgeLabel
+from hirpf.labels import LabelError, normalize_slots, scale_option
 from db import Database
 from db.models import (KINDS, SOURCES, Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction,
                        TaskStatus, utcnow)

@@ -23,11 +23,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import selectinload
 
 from annotation.import_files import read_import_file
-from annotation.labels import SLOTS, LabelError, slots_from_identities
 from annotation.records import DialogueRecord
 from annotation.store import Store, StoreError
 from db.models import AnnotationTask, Dialogue, TaskStatus
 from hirpf.identities import IdentitySet
+from hirpf.labels import SLOTS, LabelError, slots_from_identities
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import gradio as gr
 
 from annotation.assignment import AssignmentPolicy
-from annotation.labels import SLOTS
 from annotation.report import build_report, overview
 from annotation.store import StoreError
+from hirpf.labels import SLOTS
 from annotation.store_io import import_file, write_csv, write_jsonl
 
 from .annotation_tab import POLICY_ENV, SLOT_TITLES, oauth_configured, open_store, policy_as_text, policy_from_text

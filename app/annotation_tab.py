@@ -27,9 +27,9 @@ import gradio as gr
 from gradio.utils import get_space
 
 from annotation.assignment import AssignmentPolicy
-from annotation.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
 from annotation.store import (MAX_COMMENT_CHARS, NotFound, Store, StoreError, TaskView, last_answered,
                               prepare_dialogue)
+from hirpf.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
 from db.engine import DEFAULT_FILE, Database, database_url
 from hirpf.identities import PROFESSIONS, TRAIT_WORDS, IdentityError, IdentitySet
 

@@ -1,7 +1,7 @@
 """Identity dialogues: read, validate against the identity rules, tokenize with assistant-only labels.
 
-Shared by the trainer (`training/`, which re-exports these names from `training.data`) and the evaluations
-that score dialogues (`hirpf.eval.recognize`); the app never imports `training`, so the pieces live here.
+Shared by the trainer (`training/` imports it from here) and the evaluations that score dialogues
+(`hirpf.eval.recognize`); `hirpf` never imports `training`, so the pieces live here.
 
 Record format (the HIS format):
 

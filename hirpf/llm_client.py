@@ -5,38 +5,41 @@ data synthesis).
     texts = client.complete(messages, temperature=0.7, max_tokens=200, n=5)
     verdict = client.complete_json(messages, parse_verdict, temperature=0.0, max_tokens=50)
 
-- Transport: plain `httpx` (not the `openai` SDK) so that retries, backoff and timeouts are ours alone and
-  exactly as documented here; the SDK would add its own retry layer and typed objects we do not need.
-- Retries: 429, 5xx, connection errors, timeouts and a 200 whose body is not JSON are retried with
-  exponential backoff (a `Retry-After` header is honoured, capped at `max_backoff`), at most `max_retries`
-  times. Other 4xx (401, 404, 400) fail at once with the server's message. Every request has a bounded
-  `timeout`, so a call takes at most about (max_retries + 1) x (timeout + max_backoff).
-- Strict JSON: `complete_json` takes the reply as one JSON object, optionally inside a single ```json fence,
-  nothing else is guessed; `parse` (raising ValueError on a bad shape) turns it into the caller's type. A
+- Transport: the official `openai` SDK. It retries 408, 409, 429, 5xx, connection errors and timeouts with
+  exponential backoff and jitter (0.5 s doubling up to 8 s), honours `Retry-After` up to two minutes (a
+  longer one is not waited for), bounds every request by `timeout`, and raises typed errors. At most
+  `max_retries` retries. Other 4xx (401, 404, 400) fail at once; every failure becomes an `EndpointError`
+  naming the model, the endpoint and the server's message, with `status` set only for a refusal (a 4xx
+  not worth retrying), so callers can stop a run on a wrong key or model.
+- Strict JSON: `complete_json` asks for a JSON object (`response_format`, dropped for good on an endpoint that
+  refuses it) and takes the reply as one JSON object, optionally inside a single ```json fence; nothing
+  else is guessed; `parse` (raising ValueError on a bad shape) turns it into the caller's type. A
   malformed reply is resampled up to `attempts` times, then `MalformedReply` carries every raw reply so the
   caller counts and reports the failure.
 - Cache: with `cache_dir`, each sample is stored under a hash of (base_url, model, messages, sampling
   parameters, sample index, attempt), written atomically (temp file + rename). A rerun with the same
   requests is answered from disk without a request, so it is reproducible and free.
+- `stats`: requests sent, `retries`, `retry: <reason>` (`HTTP 429`, ..., or `no response` for a timeout
+  or a connection error), `cache_hits`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import random
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
+import openai
 
 T = TypeVar("T")
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# The SDK insists on a key; local servers ignore the one it sends when none is set.
+PLACEHOLDER_KEY = "none"
+RETRIED_STATUS = {408, 409, 429}  # and 5xx: what the SDK retries; any other status is a refusal
 
 
 class LLMError(RuntimeError):
@@ -84,16 +87,19 @@ class ChatClient:
     """Chat completions against one model of one OpenAI-compatible endpoint; safe to share between threads."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 max_retries: int = 5, cache_dir: str | Path | None = None, backoff: float = 1.0,
-                 max_backoff: float = 30.0):
+                 max_retries: int = 5, cache_dir: str | Path | None = None):
         self.base_url, self.model = base_url.rstrip("/"), model
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")  # local servers: none
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.timeout, self.max_retries = timeout, max_retries
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.stats: Counter = Counter()  # requests, retries (by reason), cache_hits
+        self.stats: Counter = Counter()
         self._stats_lock = threading.Lock()
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers)
+        self._attempt = threading.local()  # what the previous attempt of this thread's call got, for `stats`
+        self._json_mode = True  # until the endpoint refuses `response_format`
+        http = openai.DefaultHttpx2Client(event_hooks={"request": [self._on_request],
+                                                       "response": [self._on_response]})
+        self._sdk = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or PLACEHOLDER_KEY,
+                                  timeout=timeout, max_retries=max_retries, http_client=http)
 
     # --- public ---------------------------------------------------------------------------------
     def complete(self, messages: Sequence[dict], *, temperature: float, max_tokens: int, n: int = 1,
@@ -109,7 +115,7 @@ class ChatClient:
         raws, errors = [], []
         for attempt in range(attempts):
             try:
-                raw = self._samples(messages, temperature, max_tokens, seed, [sample], attempt)[0]
+                raw = self._samples(messages, temperature, max_tokens, seed, [sample], attempt, json_object=True)[0]
             except EmptyReply as err:
                 raws.append("")
                 errors.append(f"empty reply: {err}")
@@ -123,7 +129,7 @@ class ChatClient:
                              f"{errors[-1]}", raws, errors)
 
     def close(self) -> None:
-        self._http.close()
+        self._sdk.close()
 
     def __enter__(self) -> ChatClient:
         return self
@@ -132,7 +138,10 @@ class ChatClient:
         self.close()
 
     # --- requests and cache ---------------------------------------------------------------------
-    def _samples(self, messages, temperature, max_tokens, seed, indices: list[int], attempt: int) -> list[str]:
+    def _samples(self, messages, temperature, max_tokens, seed, indices: list[int], attempt: int,
+                 json_object: bool = False) -> list[str]:
+        # The cache key leaves `response_format` out: it constrains the form of the same request, and
+        # entries written before it was sent stay valid.
         params = {"model": self.model, "messages": list(messages), "temperature": temperature,
                   "max_tokens": max_tokens, "seed": seed}
         keys = {i: self._cache_key(params, i, attempt) for i in indices}
@@ -144,63 +153,63 @@ class ChatClient:
             body["n"] = len(missing)
             if seed is not None:  # another sample or a retry must not replay the same seeded answer
                 body["seed"] = seed + missing[0] + 10_000 * attempt
-            for i, text in zip(missing, self._request(body)):
+            for i, text in zip(missing, self._request(body, json_object)):
                 self._cache_put(keys[i], params, i, attempt, text)
                 found[i] = text
         return [found[i] for i in indices]
 
-    def _request(self, body: dict) -> list[str]:
-        url = f"{self.base_url}/chat/completions"
-        problem = ""
-        for retry in range(self.max_retries + 1):
-            self._count("requests")
+    def _request(self, body: dict, json_object: bool) -> list[str]:
+        self._attempt.number, self._attempt.outcome = 0, None
+        if json_object and self._json_mode:
             try:
-                response = self._http.post(url, json=body)
-            except httpx.TimeoutException:
-                reason, problem, delay = "timeout", f"no answer within {self._http.timeout.read}s", None
-            except httpx.TransportError as err:
-                reason, problem, delay = "connection", f"cannot reach {url}: {err!r}", None
-            else:
-                if response.status_code == 200:
-                    try:
-                        return self._contents(response.json(), body["n"])
-                    except json.JSONDecodeError:
-                        reason, delay = "body not JSON", None
-                        problem = f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}"
-                elif response.status_code in RETRYABLE_STATUS:
-                    reason, delay = f"HTTP {response.status_code}", _retry_after(response)
-                    problem = f"HTTP {response.status_code}: {_server_message(response)}"
-                else:
-                    raise EndpointError(self._refusal(response), response.status_code)
-            if retry < self.max_retries:
-                self._count("retries")
-                self._count(f"retry: {reason}")
-                time.sleep(self._delay(retry, delay))
-        raise EndpointError(f"{self.model} at {self.base_url}: gave up after {self.max_retries + 1} attempts; "
-                            f"last: {problem}")
+                return self._create(body | {"response_format": {"type": "json_object"}})
+            except EndpointError as err:
+                if err.status != 400 or "response_format" not in str(err):
+                    raise
+                self._json_mode = False  # this endpoint cannot constrain the form; the prompt asks for JSON
+        return self._create(body)
 
-    def _contents(self, data: dict, n: int) -> list[str]:
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not choices:
-            raise EmptyReply(f"{self.model} at {self.base_url} returned no choices")
-        texts = [(c.get("message") or {}).get("content") for c in sorted(choices, key=lambda c: c.get("index", 0))]
-        if len(texts) < n or any(not t for t in texts):
-            raise EmptyReply(f"{self.model} at {self.base_url} returned an empty message "
-                             f"({len(texts)} choices for n={n})")
-        return texts[:n]
-
-    def _refusal(self, response: httpx.Response) -> str:
+    def _create(self, body: dict) -> list[str]:
         where = f"{self.model} at {self.base_url}"
-        if response.status_code == 401:
-            hint = "set OPENAI_API_KEY" if not self.api_key else "the API key in use was refused"
-            return f"{where}: HTTP 401 unauthorized ({hint}): {_server_message(response)}"
-        return f"{where}: HTTP {response.status_code}: {_server_message(response)}"
+        try:
+            completion = self._sdk.chat.completions.create(**body)
+        except openai.APIStatusError as err:
+            message = f"HTTP {err.status_code}: {_server_message(err)}"
+            if err.status_code in RETRIED_STATUS or err.status_code >= 500:  # the SDK's retries ran out
+                raise EndpointError(f"{where}: {self._gave_up()}; last: {message}") from None
+            if err.status_code == 401:
+                hint = "set OPENAI_API_KEY" if not self.api_key else "the API key in use was refused"
+                message = f"HTTP 401 unauthorized ({hint}): {_server_message(err)}"
+            raise EndpointError(f"{where}: {message}", err.status_code) from None
+        except openai.APITimeoutError:
+            raise EndpointError(f"{where}: {self._gave_up()}; last: no answer within {self.timeout}s") from None
+        except openai.APIConnectionError as err:
+            raise EndpointError(f"{where}: {self._gave_up()}; last: cannot reach {self.base_url}: "
+                                f"{err.__cause__!r}") from None
+        except json.JSONDecodeError:
+            raise EndpointError(f"{where}: HTTP 200 with a body that is not JSON") from None
+        texts = [c.message.content for c in sorted(completion.choices or [], key=lambda c: c.index)]
+        if not texts:
+            raise EmptyReply(f"{where} returned no choices")
+        if len(texts) < body["n"] or any(not t for t in texts):
+            raise EmptyReply(f"{where} returned an empty message ({len(texts)} choices for n={body['n']})")
+        return texts[:body["n"]]
 
-    def _delay(self, retry: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff)
-        # Jitter keeps many worker threads from retrying in lock step after a shared 429.
-        return random.uniform(0.5, 1.0) * min(self.backoff * 2 ** retry, self.max_backoff)
+    def _gave_up(self) -> str:
+        return f"gave up after {self._attempt.number} attempts"
+
+    def _on_request(self, request) -> None:
+        # The SDK numbers its attempts in a header; a retry is counted with what the attempt before it got.
+        number = int(request.headers.get("x-stainless-retry-count", "0"))
+        self._attempt.number = number + 1
+        self._count("requests")
+        if number:
+            self._count("retries")
+            self._count(f"retry: {getattr(self._attempt, 'outcome', None) or 'no response'}")
+        self._attempt.outcome = None
+
+    def _on_response(self, response) -> None:
+        self._attempt.outcome = None if response.status_code < 400 else f"HTTP {response.status_code}"
 
     def _cache_key(self, params: dict, index: int, attempt: int) -> str:
         key = json.dumps({"base_url": self.base_url, **params, "sample": index, "attempt": attempt},
@@ -236,17 +245,9 @@ class ChatClient:
                 self.stats[what] += k
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-
-
-def _server_message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-        return str(error.get("message") if isinstance(error, dict) else error)
-    except (ValueError, AttributeError):
-        return response.text[:200]
+def _server_message(err: openai.APIStatusError) -> str:
+    """The server's own words: the `error.message` of an OpenAI-style body, else the start of the body."""
+    body = err.body
+    if isinstance(body, dict):
+        return str(body.get("message", body))
+    return str(body) if body is not None else err.response.text[:200]

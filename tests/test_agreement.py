@@ -16,7 +16,7 @@ from annotation.agreement import (
     option_agreement,
     slot_agreement,
 )
-from annotation.labels import SLOTS
+from hirpf.labels import SLOTS
 
 
 def two_raters(table):

@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 
 from annotation import agreement
 from annotation.assignment import AssignmentPolicy
-from annotation.labels import SLOTS, LabelError, slots_from_identities
 from annotation.records import JudgeLabel, UnreadableFile
 from annotation.store import MAX_COMMENT_CHARS, AnswerView, NotFound, Store, StoreError, prepare_dialogue
+from hirpf.labels import SLOTS, LabelError, slots_from_identities
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
 from db_fixtures import database_url, postgres_server  # noqa: F401
@@ -467,7 +467,8 @@ def _view_of(store: Store, annotator: str, dialogue: str) -> dict:
 def test_imported_his_open_file_reproduces_the_gpt_versus_human_agreement(database):
     """The 320-dialogue HIS file through the store and the report gives the same GPT-vs-human figures as
     reading the file directly."""
-    from annotation.his_import import his_open_agreement, read_his_csv
+    from annotation.agreement import his_open_agreement
+    from annotation.his_import import read_his_csv
     from annotation.report import build_report
     from annotation.store_io import import_file
 
@@ -598,6 +599,31 @@ def test_cli_import_export_report_round_trip(database, tmp_path, capsys):
     else:
         assert backup.returncode == 2 and "pg_dump" in backup.stderr
 
+
+
+def test_report_shows_the_his_files_published_rule_beside_ours(database, capsys):
+    """Issue 12 item 10: `report` gave 0.953 for GPT vs human on the 320-dialogue file, reading GPT's missing
+    predictions as none; the paper's rule (the file's TRUE column) counts them as disagreements: 0.924."""
+    path = his_file("human_evaluation/open_sample10_320.csv")
+    if not path.exists():
+        pytest.skip(f"HIS data not found at {path}")
+    url = database.url.render_as_string(hide_password=False)
+    assert _cli(capsys, "import", str(path), database=url).returncode == 0
+    text = _cli(capsys, "report", "--his_open", str(path), database=url)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+
+    def overall_accuracy(section: str) -> str:
+        start = next(i for i, line in enumerate(lines) if line.startswith(section))
+        assert "missing" in lines[start]  # the heading says how a missing prediction counts
+        return next(line for line in lines[start:] if line.startswith("overall")).split()[-2]
+    assert overall_accuracy("gpt vs human, ours") == "0.953"
+    assert overall_accuracy("gpt vs human, published rule") == "0.924"
+    as_json = json.loads(_cli(capsys, "report", "--json", "--his_open", str(path), database=url).stdout)
+    his = as_json["his_open_file"]["overall"]
+    assert his["gpt_vs_human"]["overall"]["accuracy"] == pytest.approx(0.953, abs=5e-4)
+    assert his["gpt_vs_human_published_rule"]["overall"]["accuracy"] == pytest.approx(0.924, abs=5e-4)
+    assert his["gpt_vs_human_published_rule"]["per_slot"]["Profession"]["accuracy"] == pytest.approx(0.8625)
 
 def test_a_json_list_file_imports_record_by_record(database, tmp_path):
     """A `.json` file holding one list (the HIS training files' shape): bad records are reported by position,

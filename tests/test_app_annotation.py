@@ -19,11 +19,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import func, select
 
-from annotation.labels import SLOTS
 from app.annotation_tab import open_store, policy_from_text, send_to_evaluation
 from app.build import build_app
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
+from hirpf.labels import SLOTS
 
 SYSTEM = "secret-system-x"  # a system name no annotator may ever see
 SOURCE = "secret-run-42.jsonl"

@@ -18,17 +18,17 @@ import torch.nn.functional as F
 from conftest import randomize_experts
 from openai_server import OpenAIServer, Reply
 
-from annotation.labels import SLOTS
 from hirpf.checkpoint import save_experts
 from hirpf.dialogues import IGNORE, Dialogue, tokenize
 from hirpf.engine import Engine, Sampling
 from hirpf.eval.debate import DebateSpec, run_debates, schedule, stream_debate
 from hirpf.eval.judges import JudgeUnavailable, judge_dialogues, slot_accuracy, slot_judge_messages
 from hirpf.eval.recognize import Trial, candidates_for, recognize, score_trials
-from hirpf.eval.situations import Episode, LocalOther, RemoteOther, record, score, simulate
+from hirpf.eval.situations import Episode, LocalOther, RemoteOther, record, score, simulate, summarize
 from hirpf.experts import ExpertConfig
 from hirpf.identities import ALL_IDENTITIES, IdentitySet
 from hirpf.inject import add_experts, expert_layers
+from hirpf.labels import SLOTS, slots_from_identities
 from hirpf.llm_client import ChatClient
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning, expert_identities
@@ -220,8 +220,7 @@ DIALOG = [{"role": "system", "content": "You are a doctor with high agreeablenes
 
 
 def client_for(server, **kw):
-    return ChatClient(server.base_url, "judge-model", api_key="", timeout=kw.pop("timeout", 2.0), max_retries=2,
-                      backoff=0.01, **kw)
+    return ChatClient(server.base_url, "judge-model", api_key="", timeout=kw.pop("timeout", 2.0), max_retries=2, **kw)
 
 
 def test_the_judge_reads_the_anonymized_dialogue_and_returns_six_slots(openai_server):
@@ -278,6 +277,25 @@ def test_slot_accuracy_counts_per_slot_exact_match_and_recall():
     assert result["accuracy"] == pytest.approx(11 / 12)
     assert result["identity_recall"] == pytest.approx(3 / 4)
 
+
+
+def test_slot_accuracy_reports_the_always_none_baseline_and_leads_with_recall():
+    """Issue 12 item 16: most target slots are none, so a judge that answers none everywhere scores high on
+    the six-slot accuracy; that baseline is reported beside it, and identity recall comes first."""
+    targets = [slots_from_identities(S(names)) for names in ("AGR_high", "EXT_low,Doctor", "CON_high,NEU_low,Artist")]
+    always_none = {slot: "none" for slot in SLOTS}
+    result = slot_accuracy([(target, always_none) for target in targets])
+    assert result["accuracy_always_none"] == pytest.approx((5 + 4 + 3) / 18)
+    assert result["accuracy"] == pytest.approx(result["accuracy_always_none"])  # that judge scores exactly it
+    assert result["identity_recall"] == 0.0
+    assert list(result)[0] == "identity_recall"
+    perfect = slot_accuracy([(target, target) for target in targets])
+    assert perfect["accuracy"] == 1.0 and perfect["accuracy_always_none"] == pytest.approx(12 / 18)
+    document = {"episodes": 3, "identity_sets": 3, "scenarios": ["a"], "judged": 3, "judge_failed": 0,
+                "files": {"dialogues": "d.jsonl"}, **result}
+    lines = summarize(document).splitlines()
+    assert lines[1].startswith("identity recall 0.000") and "always none" in lines[1]
+    assert "0.667" in lines[1]
 
 # --- situations ---------------------------------------------------------------------------------------
 def test_situations_route_each_identity_set_to_its_own_experts(tiny_engine):

@@ -7,19 +7,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from annotation.agreement import slot_agreement
-from annotation.his_import import (
-    DATASET,
-    FILES,
-    OPEN,
-    SCALE,
-    HisImportError,
-    format_his_open_agreement,
-    his_open_agreement,
-    read_his_csv,
-    read_text,
-)
-from annotation.labels import SLOTS
+from annotation.agreement import format_his_open_agreement, his_open_agreement, slot_agreement
+from annotation.his_import import DATASET, FILES, OPEN, SCALE, HisImportError, read_his_csv, read_text
+from hirpf.labels import SLOTS
 from hirpf.paths import his_file
 
 HIS_SLOT_ORDER = ("AGR", "CON", "EXT", "EMS", "OPE", "Profession")  # the HIS files' own slot names
@@ -157,6 +147,35 @@ def test_the_files_true_column_compares_raw_values(open_file):
         assert all(o or not p for o, p in zip(ours, published))
 
 
+
+def test_the_published_rule_is_reported_beside_ours(open_file):
+    """Issue 12 item 10: the paper counts GPT's missing prediction (None) against the human's 'None' as a
+    disagreement (the file's TRUE column); we read it as none. Both figures, each under its own name."""
+    result = his_open_agreement(open_file.records)
+    ours, published = result["overall"]["gpt_vs_human"], result["overall"]["gpt_vs_human_published_rule"]
+    assert ours["overall"]["accuracy"] == pytest.approx(0.953, abs=5e-4)
+    assert published["overall"]["accuracy"] == pytest.approx(0.924, abs=5e-4)
+    assert published["per_slot"]["Profession"]["accuracy"] == pytest.approx(0.8625)
+    # Slot by slot and system by system, the published figure is the TRUE column's mean.
+    true_column = defaultdict(lambda: defaultdict(list))
+    for row in raw_rows(his_path(OPEN)):
+        for key, agrees in zip(HIS_SLOT_ORDER, ast.literal_eval(row["TRUE"])):
+            for group in (row["model"], "overall"):
+                true_column[group]["NEU" if key == "EMS" else key].append(agrees)
+    for group, slots in true_column.items():
+        figures = (result["overall"] if group == "overall" else result["per_system"][group])
+        for slot, agrees in slots.items():
+            assert figures["gpt_vs_human_published_rule"]["per_slot"][slot]["accuracy"] == pytest.approx(
+                sum(agrees) / len(agrees))
+    table = format_his_open_agreement(result)
+    assert "gpt vs human, published rule" in table and "missing prediction" in table
+
+
+def test_missing_predictions_are_recorded(open_file):
+    missing = Counter(slot for r in open_file.records for slot in r.judge_missing)
+    assert missing == {"Profession": 42, "OPE": 25, "EXT": 8, "NEU": 4}
+    assert all(r.judge_slots[s] == "none" for r in open_file.records for s in r.judge_missing)
+
 def test_target_views_and_table(open_file):
     result = his_open_agreement(open_file.records)
     overall = result["overall"]
@@ -212,6 +231,18 @@ def test_malformed_rows_are_reported_with_their_lines_and_the_rest_parse(tmp_pat
     assert parsed.records[2].turns[0]["content"] == "<script>alert(1)</script>"
     assert parsed.records[0].target_slots["NEU"] == "low"  # EMS high
 
+
+
+def test_a_duplicated_column_is_refused(tmp_path):
+    """Issue 12 item 10: a second `human_pred` column silently won over the first."""
+    rows = [OPEN_HEADER + ["human_pred"], open_row() + [LABELS.replace("'high'", "'low'")]]
+    with pytest.raises(HisImportError, match=r"dup\.csv: column 'human_pred' appears twice \(columns 5 and 7\)"):
+        read_his_csv(write_csv(tmp_path / "dup.csv", rows))
+    with pytest.raises(HisImportError, match="appears twice"):  # also when the kind is given
+        read_his_csv(write_csv(tmp_path / "dup.csv", rows), kind=OPEN)
+    padded = [["model", " model "] + OPEN_HEADER[1:], open_row()[:1] + open_row()]
+    with pytest.raises(HisImportError, match="column 'model' appears twice"):  # names are compared stripped
+        read_his_csv(write_csv(tmp_path / "padded.csv", padded))
 
 def test_csv_syntax_errors_are_row_errors(tmp_path):
     path = write_csv(tmp_path / "quotes.csv", [OPEN_HEADER, open_row(), open_row()])

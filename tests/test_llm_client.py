@@ -1,20 +1,21 @@
-"""ChatClient against the local chat-completions server: retries, timeouts, strict JSON, cache."""
+"""ChatClient against the local chat-completions server: the SDK's retries and timeouts as we rely on them,
+our errors, strict JSON, the cache."""
 from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 from openai_server import OpenAIServer, Reply
 
-from hirpf import llm_client
 from hirpf.llm_client import ChatClient, EmptyReply, EndpointError, MalformedReply, extract_json_object
 
 MESSAGES = [{"role": "system", "content": "You judge."}, {"role": "user", "content": "Rate this."}]
 
 
 def client_for(server, **kw) -> ChatClient:
-    kw = {"api_key": "", "timeout": 5.0, "max_retries": 3, "backoff": 0.01, "max_backoff": 0.05} | kw
+    kw = {"api_key": "", "timeout": 5.0, "max_retries": 3} | kw
     return ChatClient(server.base_url, "test-model", **kw)
 
 
@@ -40,45 +41,63 @@ def test_n_samples_and_request_shape(openai_server):
                             "seed": 4, "n": 3}
 
 
-def test_429_then_success_honours_retry_after_capped(openai_server, monkeypatch):
+def test_429_then_success_honours_retry_after(openai_server, monkeypatch):
     slept = []
-    monkeypatch.setattr(llm_client.time, "sleep", slept.append)
+    monkeypatch.setattr(time, "sleep", slept.append)  # the scripted replies below never sleep in the server
     openai_server.script(Reply.rate_limited(retry_after=0.02), Reply.rate_limited(retry_after=100))
-    client = client_for(openai_server, max_backoff=0.05)
+    client = client_for(openai_server)
     assert client.complete(MESSAGES, temperature=0, max_tokens=5) == ["echo 0: Rate this."]
     assert len(openai_server.requests) == 3
-    assert slept == [0.02, 0.05]  # Retry-After as given, then capped at max_backoff
-    assert client.stats["retry: HTTP 429"] == 2
+    assert slept == [0.02, 100]  # Retry-After as given (up to two minutes)
+    assert client.stats["retry: HTTP 429"] == 2 and client.stats["retries"] == 2
+
+    openai_server.script(Reply.rate_limited(retry_after=3600))  # longer than anyone should wait: not retried
+    with pytest.raises(EndpointError, match="gave up after 1 attempts.*429.*Rate limit") as err:
+        client.complete(MESSAGES, temperature=0, max_tokens=6)
+    assert err.value.status is None and len(openai_server.requests) == 4 and slept == [0.02, 100]
 
 
-def test_5xx_retried_then_gives_up_with_the_status(openai_server):
+def test_5xx_retried_with_backoff_then_gives_up_with_the_status(openai_server, monkeypatch):
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
     openai_server.script(Reply.error(500), Reply.error(503))
     client = client_for(openai_server)
     assert client.complete(MESSAGES, temperature=0, max_tokens=5) == ["echo 0: Rate this."]
     assert len(openai_server.requests) == 3
 
     openai_server.responder = lambda request: Reply.error(503, "overloaded")
-    with pytest.raises(EndpointError, match="gave up after 3 attempts.*503.*overloaded"):
+    with pytest.raises(EndpointError, match="gave up after 3 attempts.*503.*overloaded") as err:
         client_for(openai_server, max_retries=2).complete(MESSAGES, temperature=0, max_tokens=5)
     assert len(openai_server.requests) == 3 + 3
+    assert err.value.status is None  # not a refusal: the judges go on with the next dialogue
+    assert len(slept) == 4 and slept[1] > slept[0] and all(0 < s <= 8 for s in slept)  # exponential backoff
 
 
 def test_timeout_is_retried_and_bounded(openai_server):
-    openai_server.script(Reply.slow(3))
-    client = client_for(openai_server, timeout=0.3)
+    # A warmed-up client, so that the first request's one-time costs (TLS set-up, lazy imports) do not eat
+    # into the timeout on a busy machine.
+    client = client_for(openai_server, timeout=1.0)
+    client.complete(MESSAGES, temperature=0, max_tokens=4)
+    openai_server.script(Reply.slow(4))
     assert client.complete(MESSAGES, temperature=0, max_tokens=5) == ["echo 0: Rate this."]
-    assert len(openai_server.requests) == 2 and client.stats["retry: timeout"] == 1
+    assert len(openai_server.requests) == 1 + 2 and client.stats["retry: no response"] == 1
 
-    openai_server.script(Reply.slow(3), Reply.slow(3))
-    with pytest.raises(EndpointError, match="no answer within 0.3s"):
-        client_for(openai_server, timeout=0.3, max_retries=1).complete(MESSAGES, temperature=0, max_tokens=5)
+    client = client_for(openai_server, timeout=1.0, max_retries=1)
+    client.complete(MESSAGES, temperature=0, max_tokens=4)
+    openai_server.script(Reply.slow(4), Reply.slow(4))
+    started = time.monotonic()
+    with pytest.raises(EndpointError, match="gave up after 2 attempts.*no answer within 1.0s"):
+        client.complete(MESSAGES, temperature=0, max_tokens=5)
+    assert time.monotonic() - started < 3.9  # two timeouts and one backoff, not the server's delays
 
 
-def test_body_that_is_not_json_is_retried(openai_server):
+def test_a_body_that_is_not_json_is_an_endpoint_error(openai_server):
     openai_server.script(Reply.malformed_body())
     client = client_for(openai_server)
+    with pytest.raises(EndpointError, match="HTTP 200 with a body that is not JSON") as err:
+        client.complete(MESSAGES, temperature=0, max_tokens=5)
+    assert err.value.status is None and len(openai_server.requests) == 1
     assert client.complete(MESSAGES, temperature=0, max_tokens=5) == ["echo 0: Rate this."]
-    assert client.stats["retry: body not JSON"] == 1
 
 
 def test_401_and_unreachable_are_clear_errors():
@@ -91,7 +110,7 @@ def test_401_and_unreachable_are_clear_errors():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    client = ChatClient(f"http://127.0.0.1:{closed_port}/v1", "m", api_key="", max_retries=1, backoff=0.01)
+    client = ChatClient(f"http://127.0.0.1:{closed_port}/v1", "m", api_key="", max_retries=1)
     with pytest.raises(EndpointError, match="gave up after 2 attempts.*cannot reach"):
         client.complete(MESSAGES, temperature=0, max_tokens=5)
 
@@ -132,6 +151,22 @@ def test_malformed_json_reported_with_raw_replies(openai_server):
     assert "empty message" in err.value.errors[2]
     # each retry is a fresh sample: the seed moves on, so a seeded endpoint cannot replay the bad answer
     assert len({r["seed"] for r in openai_server.chat_requests}) == 3
+
+
+def test_json_answers_are_asked_for_as_json_where_the_endpoint_allows(openai_server):
+    openai_server.responder = answers('{"score": 3}')
+    client = client_for(openai_server)
+    assert client.complete_json(MESSAGES, parse_score, temperature=0, max_tokens=20) == 3
+    assert openai_server.chat_requests[-1]["response_format"] == {"type": "json_object"}
+    client.complete(MESSAGES, temperature=0, max_tokens=20)
+    assert "response_format" not in openai_server.chat_requests[-1]  # free text stays free
+
+    refuses = client_for(openai_server)
+    openai_server.script(Reply.error(400, "response_format is not supported by this model"))
+    assert refuses.complete_json(MESSAGES, parse_score, temperature=0, max_tokens=21) == 3
+    assert refuses.complete_json(MESSAGES, parse_score, temperature=0, max_tokens=22) == 3
+    asked = openai_server.chat_requests[-3:]
+    assert ["response_format" in r for r in asked] == [True, False, False]  # dropped once, for good
 
 
 def test_cache_hit_makes_no_request(openai_server, tmp_path):

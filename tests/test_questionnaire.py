@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from hirpf.eval.common import EvalError, add_identity_arguments, identity_sets_from_args
+from hirpf.eval.common import EvalError, add_identity_arguments, choose_identity_sets, identity_sets_from_args
 from hirpf.identities import IdentitySet
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning, expert_identities
@@ -108,7 +108,7 @@ def test_a_scale_of_the_wrong_kind_is_refused(tmp_path):
 # --- scoring ---------------------------------------------------------------------------------------------
 def constructed(scale: Scale, answers_by_set: dict[str, dict[str, float]]):
     """Answers where each set gives one fixed raw answer per (factor, keying) - no model involved."""
-    from hirpf.eval.questionnaire import Answer
+    from hirpf.eval.answers import Answer
 
     out = []
     for name, table in answers_by_set.items():
@@ -147,7 +147,8 @@ def test_direction_accuracy_needs_the_reference():
 
 
 def test_failed_answers_are_left_out_of_the_scores():
-    from hirpf.eval.questionnaire import Answer, factor_scores
+    from hirpf.eval.answers import Answer
+    from hirpf.eval.questionnaire import factor_scores
 
     item = ScaleItem("a", "EXT", 1)
     scores = factor_scores([Answer(S("EXT_high"), 0, item, 4.0), Answer(S("EXT_high"), 1, item, None)])
@@ -205,6 +206,20 @@ def test_identity_options(tmp_path):
     with pytest.raises(EvalError, match="unknown identity 'Chef'"):
         identity_sets_from_args(parse_identity_options(["--identities", "Chef"]))
 
+
+
+def test_choose_identity_sets_is_the_plain_function_behind_the_options():
+    """The app and the CLI choose identity sets through one function with explicit parameters."""
+    assert choose_identity_sets(poles=True) == identity_sets_from_args(parse_identity_options(["--poles"]))
+    assert choose_identity_sets(identities=["AGR_high,Doctor", ["EXT_low"], "none"], reference=True) == [
+        S("AGR_high,Doctor"), S("EXT_low"), IdentitySet()]
+    assert choose_identity_sets(sample=5, seed=3) == choose_identity_sets(combinations="all", sample=5, seed=3)
+    assert choose_identity_sets(sample=5, seed=3) != choose_identity_sets(sample=5, seed=4)
+    assert identity_sets_from_args(argparse.Namespace(poles=True)) == choose_identity_sets(poles=True)  # the app's call
+    with pytest.raises(EvalError, match="one way, not with identities and poles"):
+        choose_identity_sets(identities=["AGR_high"], poles=True)
+    with pytest.raises(EvalError, match="--sample must be at least 1"):
+        choose_identity_sets(poles=True, sample=0)
 
 # --- next-token answers -----------------------------------------------------------------------------------
 def plain_forward_probabilities(engine, conversation, identities, conditioning, labels):
@@ -328,8 +343,8 @@ def test_interview_judge_against_a_local_server(tiny_engine, tmp_path):
         return "What did you do last weekend?"
 
     with OpenAIServer(responder) as server:
-        interviewer = ChatClient(server.base_url, "interviewer-model", cache_dir=tmp_path / "cache", backoff=0)
-        referee = ChatClient(server.base_url, "referee-model", cache_dir=tmp_path / "cache", backoff=0)
+        interviewer = ChatClient(server.base_url, "interviewer-model", cache_dir=tmp_path / "cache")
+        referee = ChatClient(server.base_url, "referee-model", cache_dir=tmp_path / "cache")
         judge = InterviewJudge(interviewer, referee, follow_ups=2, samples=5, max_new_tokens=6, workers=2)
         scale = Scale("t", "personality", (ScaleItem("I like parties.", "EXT", 1),
                                             ScaleItem("I keep things tidy.", "CON", -1)))
@@ -364,7 +379,7 @@ def test_interview_reruns_are_answered_from_the_cache(tiny_engine, tmp_path):
     results = []
     with OpenAIServer(responder) as server:
         for _ in range(2):
-            client = ChatClient(server.base_url, "m", cache_dir=tmp_path / "cache", backoff=0)
+            client = ChatClient(server.base_url, "m", cache_dir=tmp_path / "cache")
             judge = InterviewJudge(client, client, follow_ups=1, samples=3, max_new_tokens=4, seed=3)
             results.append(judge.answer(tiny_engine, scale, [S("EXT_high")], Conditioning.EXPERTS_AND_PROMPT))
         requests_after_two_runs = len(server.chat_requests)

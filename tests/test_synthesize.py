@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from openai_server import Reply
 
-from training.data import load_dialogues
+from hirpf.dialogues import load_dialogues
 from training.synthesize import KINDS, entries_for_kinds, expand, main
 
 ROOT = Path(__file__).resolve().parent.parent

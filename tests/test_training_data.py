@@ -9,7 +9,7 @@ import torch
 from hirpf.identities import IdentitySet
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
-from training.data import IGNORE, Collator, InvalidRecord, load_dialogues, tokenize, validate
+from hirpf.dialogues import IGNORE, Collator, InvalidRecord, load_dialogues, tokenize, validate
 
 HIS_DIALOGUES = his_file("identity_dialogues.json")
 

@@ -56,7 +56,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from hirpf.base_model import EMBEDDED
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, label, trait_of
 from hirpf.llm_client import ChatClient, EndpointError, MalformedReply
-from training.data import validate
+from hirpf.dialogues import validate
 
 log = logging.getLogger("hirpf.synthesize")
 BACKENDS = ("openai", "local-contrastive")

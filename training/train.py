@@ -28,7 +28,7 @@ from hirpf.experts import GATES, LAYOUTS, ExpertConfig
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
 from hirpf.prompts import Conditioning
 from hirpf.routing import use_identities
-from training.data import Collator, holdout_split, load_dialogues, tokenize
+from hirpf.dialogues import Collator, holdout_split, load_dialogues, tokenize
 
 log = logging.getLogger("hirpf.train")
 DEV_TRAIN, DEV_EVAL = 10, 2

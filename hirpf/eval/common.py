@@ -148,28 +148,46 @@ def read_combinations_file(path: str | Path) -> list[IdentitySet]:
     return sets
 
 
-def identity_sets_from_args(args, reference: bool = False) -> list[IdentitySet]:
-    """The identity sets the options choose, without duplicates, in order. `--poles` always includes the
-    empty set; `reference=True` appends it to any choice (commands that compare against the base)."""
-    if getattr(args, "poles", False):
+def choose_identity_sets(*, identities: Sequence[str | Sequence[str]] | None = None, poles: bool = False,
+                         combinations: str | Path | None = None, sample: int | None = None, seed: int = 0,
+                         reference: bool = False) -> list[IdentitySet]:
+    """The identity sets a choice names, without duplicates, in order: `identities` (each a comma list such
+    as "AGR_high,Doctor", a list of names, or "none" for the empty set), `poles` (the ten single poles and
+    the empty set), or `combinations` ("all" = the 971 non-empty sets, or a file, see
+    `read_combinations_file`); at most one of the three. `sample` keeps a random N of them (seeded by
+    `seed`), or of all 971 when nothing else is chosen. `reference=True` appends the empty set to any
+    choice (commands that compare against the base). The CLI's options and the app both call this."""
+    chosen = [name for name, value in (("identities", identities), ("poles", poles),
+                                       ("combinations", combinations)) if value]
+    if len(chosen) > 1:
+        raise EvalError(f"choose identity sets one way, not with {' and '.join(chosen)}")
+    if poles:
         sets = single_poles() + [IdentitySet()]
-    elif getattr(args, "combinations", None):
-        sets = (list(all_combinations()) if args.combinations == "all"
-                else read_combinations_file(args.combinations))
-    elif getattr(args, "identities", None):
-        sets = [parse_identity_set(s, f"--identities {s!r}: ") for s in args.identities]
-    elif getattr(args, "sample", None) is not None:
+    elif combinations:
+        sets = list(all_combinations()) if combinations == "all" else read_combinations_file(combinations)
+    elif identities:
+        sets = [parse_identity_set(s, f"--identities {s!r}: ") for s in identities]
+    elif sample is not None:
         sets = list(all_combinations())
     else:
         raise EvalError("choose identity sets with --identities, --poles, --combinations or --sample")
     sets = list(dict.fromkeys(sets))
-    if getattr(args, "sample", None) is not None:
-        check_positive("--sample", args.sample)
-        if args.sample < len(sets):
-            sets = random.Random(args.seed).sample(sets, args.sample)
+    if sample is not None:
+        check_positive("--sample", sample)
+        if sample < len(sets):
+            sets = random.Random(seed).sample(sets, sample)
     if reference and IdentitySet() not in sets:
         sets.append(IdentitySet())
     return sets
+
+
+def identity_sets_from_args(args, reference: bool = False) -> list[IdentitySet]:
+    """`choose_identity_sets` with the options of `add_identity_arguments` (absent options count as not
+    given)."""
+    return choose_identity_sets(identities=getattr(args, "identities", None), poles=getattr(args, "poles", False),
+                                combinations=getattr(args, "combinations", None),
+                                sample=getattr(args, "sample", None), seed=getattr(args, "seed", 0),
+                                reference=reference)
 
 
 # --- progress, files ---------------------------------------------------------------------------------

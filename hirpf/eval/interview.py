@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Sequence
 
-from annotation.transcripts import anonymize, as_text, reverse, speaker_of
-
 from ..engine import Sampling
 from ..identities import IdentitySet
+from ..labels import SCALE_OPTIONS
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
 from ..paths import PROJECT_ROOT
 from ..prompts import Conditioning
 from ..scales import Scale
+from ..transcripts import anonymize, as_text, reverse, speaker_of
+from .answers import Answer
 from .common import EvalError, batches, check_positive
-from .questionnaire import ACCURACY_OPTIONS, Answer
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -59,8 +59,8 @@ def opening_question(statement: str) -> str:
 def parse_option(reply: dict) -> int:
     """The referee's option, 1-5; anything else is malformed (ValueError)."""
     value = reply.get("answer")
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(ACCURACY_OPTIONS):
-        raise ValueError(f"'answer' must be an integer from 1 to {len(ACCURACY_OPTIONS)}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(SCALE_OPTIONS):
+        raise ValueError(f"'answer' must be an integer from 1 to {len(SCALE_OPTIONS)}, got {value!r}")
     return value
 
 
@@ -130,7 +130,7 @@ class InterviewJudge:
     def _verdict(self, transcript: list[dict], statement: str) -> tuple[int | None, list[int], int]:
         """(majority option or None, valid votes, failed samples)."""
         agent = speaker_of(transcript, "assistant")
-        options = "\n".join(f"{k} = {text}" for k, text in enumerate(ACCURACY_OPTIONS, 1))
+        options = "\n".join(f"{k} = {text}" for k, text in enumerate(SCALE_OPTIONS, 1))
         prompt = REFEREE_PROMPT.format(statement=statement, agent=agent, options=options,
                                        transcript=as_text(anonymize(transcript)))
         messages = [{"role": "system", "content": REFEREE_SYSTEM}, {"role": "user", "content": prompt}]

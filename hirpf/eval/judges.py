@@ -1,6 +1,6 @@
 """The slot judge: a model reads an anonymized dialogue and labels one speaker on the six annotation slots
 (AGR, CON, EXT, NEU, OPE: high/low/none; Profession: Doctor/Artist/Programmer/none), exactly what human
-annotators are asked (`annotation.labels`).
+annotators are asked (`hirpf.labels`).
 
 The judge sees speakers X and Y only (system turns removed, system names redacted) and must answer with one
 JSON object holding the six slots. A reply that is not that object, or names an unknown slot or label, is
@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from annotation.labels import SLOTS, normalize_slots
-from annotation.transcripts import anonymize, as_text, speaker_of
-
+from ..labels import NONE, SLOTS, normalize_slots
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
+from ..transcripts import anonymize, as_text, speaker_of
 from .interview import DEFAULT_CACHE, DEFAULT_MODEL  # one response cache and default model for every judge
 JUDGE_SYSTEM = """You are a careful observer of personality and occupation in conversation. You will read a \
 conversation between two people, X and Y, and describe one of them.
@@ -98,16 +97,22 @@ def judge_dialogues(client, dialogs: Sequence[Sequence[dict]], *, redact: Sequen
 
 
 def slot_accuracy(pairs: Sequence[tuple[dict, dict]]) -> dict:
-    """(target, prediction) slot pairs -> accuracy per slot, the mean over slots, exact match, and recall of
-    the target's identities (the slots that are not none)."""
+    """(target, prediction) slot pairs -> recall of the target's identities (the slots that are not none),
+    accuracy per slot, the mean over slots, the chance line of that mean, and exact match.
+
+    Most target slots are none (a set of one identity leaves five of the six at none), so a judge that
+    answers none everywhere already scores 5/6 on single identities and 4/6 on pairs. `accuracy_always_none`
+    is that judge's score on the same targets: the accuracy means something only above it. Identity recall
+    has no such floor, so it comes first."""
     if not pairs:
-        return {"accuracy": None, "accuracy_by_slot": {s: None for s in SLOTS}, "exact_match": None,
-                "identity_recall": None, "dialogues": 0}
+        return {"identity_recall": None, "accuracy": None, "accuracy_always_none": None,
+                "accuracy_by_slot": {s: None for s in SLOTS}, "exact_match": None, "dialogues": 0}
     by_slot = {s: sum(t[s] == p[s] for t, p in pairs) / len(pairs) for s in SLOTS}
-    named = [(t[s], p[s]) for t, p in pairs for s in SLOTS if t[s] != "none"]
-    return {"accuracy": sum(by_slot.values()) / len(SLOTS), "accuracy_by_slot": by_slot,
-            "exact_match": sum(t == p for t, p in pairs) / len(pairs),
-            "identity_recall": sum(a == b for a, b in named) / len(named) if named else None,
+    named = [(t[s], p[s]) for t, p in pairs for s in SLOTS if t[s] != NONE]
+    return {"identity_recall": sum(a == b for a, b in named) / len(named) if named else None,
+            "accuracy": sum(by_slot.values()) / len(SLOTS),
+            "accuracy_always_none": sum(t[s] == NONE for t, _ in pairs for s in SLOTS) / (len(pairs) * len(SLOTS)),
+            "accuracy_by_slot": by_slot, "exact_match": sum(t == p for t, p in pairs) / len(pairs),
             "dialogues": len(pairs)}
 
 

@@ -18,21 +18,20 @@ profession agent answers every profession's items; a hit when its own field's me
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
 from ..charts import RadarPanel, radar_chart
 from ..identities import PROFESSIONS, IdentitySet, single_poles
+from ..labels import SCALE_OPTIONS
 from ..prompts import Conditioning
-from ..scales import Scale, ScaleError, ScaleItem, default_scale, load_scale
+from ..scales import Scale, ScaleError, default_scale, load_scale
+from .answers import Answer, rounded as _rounded
 from .choices import LIKERT_LABELS, choice_probabilities
 from .common import (EvalError, add_identity_arguments, check_positive, conditioning_for, identity_sets_from_args,
                      load_engine, log, output_dir, progress, run_config, write_csv, write_json)
 
-ACCURACY_OPTIONS = ("very inaccurate", "moderately inaccurate", "neither accurate nor inaccurate",
-                    "moderately accurate", "very accurate")
 MIDPOINT = 3.0
 KIND_OF_COMMAND = {"scale": "personality", "profession": "profession"}
 REFERENCE = IdentitySet()
@@ -42,31 +41,9 @@ def likert_question(statement: str) -> str:
     """The logits judge's question. The options come before the statement so that every item of one identity
     set shares its prompt up to the statement (encoded once, see choices.py); the reply must start with the
     digit, a single token for the tokenizer."""
-    options = "\n".join(f"{i} = {text}" for i, text in enumerate(ACCURACY_OPTIONS, 1))
+    options = "\n".join(f"{i} = {text}" for i, text in enumerate(SCALE_OPTIONS, 1))
     return ("Here is a statement a person might make about themselves. How accurately does it describe you? "
             f"Reply with a single digit:\n{options}\n\nStatement: \"{statement}\"")
-
-
-@dataclass
-class Answer:
-    """One identity set's answer to one item."""
-
-    identities: IdentitySet
-    item_index: int
-    item: ScaleItem
-    answer: float | None  # 1-5; None when the judge failed (interview: every referee sample malformed)
-    detail: dict = field(default_factory=dict)  # judge-specific: probabilities, votes, transcript
-
-    @property
-    def score(self) -> float | None:
-        """The answer toward the factor's high pole (reverse keying applied)."""
-        return None if self.answer is None else self.item.score(self.answer)
-
-    def row(self) -> dict:
-        return {"identities": str(self.identities), "item": self.item_index, "factor": self.item.factor,
-                "keyed": "+" if self.item.keyed > 0 else "-", "text": self.item.text,
-                "answer": _rounded(self.answer), "score": _rounded(self.score),
-                **{k: v for k, v in self.detail.items() if not isinstance(v, (list, dict))}}
 
 
 # --- answering -----------------------------------------------------------------------------------------
@@ -284,10 +261,6 @@ def _radar(path: Path, scale: Scale, scores, identity_sets) -> Path:
             target = [5.0 if f == s.profession else None for f in factors]
         panels.append(RadarPanel(str(s), [scores[s].get(f) for f in factors], reference, target))
     return radar_chart(path, factors, panels, title=f"{scale.name}: scores (blue), empty set (grey), targets (red)")
-
-
-def _rounded(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(float(value), digits)
 
 
 def _rounded_dict(values: dict) -> dict:

@@ -23,15 +23,14 @@ from typing import Callable, Sequence
 import torch
 from transformers import set_seed
 
-from annotation.labels import slots_from_identities
-from annotation.transcripts import reverse
-
 from ..engine import Engine, Sampling
 from ..identities import IdentitySet
+from ..labels import slots_from_identities
 from ..llm_client import LLMError
 from ..prompts import Conditioning
 from ..routing import use_identities
 from ..scenarios import Scenario, ScenarioError, load_scenarios, select
+from ..transcripts import reverse
 from .common import (EvalError, add_identity_arguments, check_positive, conditioning_for, identity_sets_from_args,
                      load_engine, log, output_dir, progress, run_config, write_json)
 from .judges import JudgeUnavailable, add_judge_arguments, chat_client, judge_dialogues, slot_accuracy
@@ -172,8 +171,8 @@ def record(episode: Episode, system: str, judgment=None, judge_name: str | None 
 
 
 def score(records: Sequence[dict]) -> dict:
-    """Accuracy per slot, exact match and identity recall over the judged records; the same by number of
-    identities and by scenario."""
+    """Identity recall, accuracy per slot (with its always-none chance line) and exact match over the judged
+    records (`judges.slot_accuracy`); the same by number of identities and by scenario."""
     judged = [r for r in records if "judge" in r]
     by_count, by_scenario = defaultdict(list), defaultdict(list)
     for r in judged:
@@ -270,7 +269,9 @@ def run(args) -> dict:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     scores = score(records)
-    document = {"command": "situations", "accuracy": scores.pop("accuracy"), "config": run_config(args, engine),
+    document = {"command": "situations", **{k: scores.pop(k) for k in ("identity_recall", "accuracy",
+                                                                        "accuracy_always_none")},
+                "config": run_config(args, engine),
                 "system": system, "identity_sets": len(sets), "scenarios": [s.id for s in scenarios],
                 "turns": args.turns, "other_character": other.name,
                 "judge": f"{args.judge_model} at {args.judge_base_url}" if args.judge_base_url else None,
@@ -285,8 +286,10 @@ def summarize(document: dict) -> str:
              f"{len(document['scenarios'])} scenarios), {document['judged']} judged, "
              f"{document['judge_failed']} judge failures"]
     if document["accuracy"] is not None:
+        recall = document["identity_recall"]
         slots = ", ".join(f"{s} {v:.2f}" for s, v in document["accuracy_by_slot"].items())
-        lines.append(f"accuracy {document['accuracy']:.3f} (per slot: {slots}); exact match "
-                     f"{document['exact_match']:.3f}")
+        lines.append(f"identity recall {'-' if recall is None else f'{recall:.3f}'}; six-slot accuracy "
+                     f"{document['accuracy']:.3f} against {document['accuracy_always_none']:.3f} for a judge "
+                     f"that answers always none (per slot: {slots}); exact match {document['exact_match']:.3f}")
     lines.append(f"dialogues: {document['files']['dialogues']}")
     return "\n".join(lines)

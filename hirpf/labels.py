@@ -1,26 +1,28 @@
-"""What annotators (and LLM judges) label: the HIS human-evaluation schema.
+"""What annotators and LLM judges label: the HIS human-evaluation schema, shared by the simulators
+(`hirpf.eval`) and the human evaluation (`annotation`).
 
 A dialogue gets six slots: one per Big Five trait (`high`, `low` or `none`: the agent shows that pole, the
 other one, or neither) and one for the profession (`Doctor`, `Artist`, `Programmer` or `none`). Scale
-interviews get one of five options instead. Slot values convert to and from identity sets, so targets,
-human labels and judge predictions are compared in one vocabulary.
+interviews (and the questionnaire judges) answer with one of five options instead. Slot values convert to
+and from identity sets, so targets, human labels and judge predictions are compared in one vocabulary.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
-from hirpf.identities import PROFESSIONS, TRAITS, IdentitySet
+from .identities import ALIASES, PROFESSIONS, TRAITS, IdentitySet
 
 PROFESSION_SLOT = "Profession"
 SLOTS = TRAITS + (PROFESSION_SLOT,)
 NONE = "none"
 TRAIT_LABELS = ("high", "low", NONE)
 PROFESSION_LABELS = PROFESSIONS + (NONE,)
+# How accurately a statement describes the agent, options 1-5 (scale interviews, questionnaire judges).
 SCALE_OPTIONS = ("very inaccurate", "moderately inaccurate", "neither accurate nor inaccurate",
                  "moderately accurate", "very accurate")
-# The HIS files name the fifth factor after emotional stability: EMS high is NEU low.
-_SLOT_ALIASES = {"EMS": "NEU", "PROFESSION": PROFESSION_SLOT}
-_FLIP = {"high": "low", "low": "high"}
+# Slot names the HIS files spell otherwise. Their `EMS` slot is read through the identity alias table
+# (`hirpf.identities.ALIASES`: EMS_high is NEU_low), so the poles flip exactly as identity names do.
+_ALIASED_TRAITS = {name.split("_")[0]: ALIASES[name].split("_")[0] for name in ALIASES}
 
 
 class LabelError(ValueError):
@@ -38,19 +40,28 @@ def normalize_slots(values: Mapping[str, object]) -> dict[str, str]:
     any case) and returns `{slot: label}` in `SLOTS` order. Raises `LabelError` naming what is wrong."""
     out: dict[str, str] = {}
     for key, value in values.items():
-        slot = _SLOT_ALIASES.get(str(key).upper(), str(key).upper() if str(key).upper() in TRAITS else str(key))
-        if slot not in SLOTS:
-            raise LabelError(f"unknown slot {key!r}; slots are {', '.join(SLOTS)}")
+        slot = slot_name(key)
         if slot in out:
             raise LabelError(f"slot {slot} given twice")
         label = _label(slot, value)
-        if str(key).upper() == "EMS":
-            label = _FLIP.get(label, label)
+        name = str(key).upper()
+        if name in _ALIASED_TRAITS and label != NONE:
+            label = ALIASES[f"{name}_{label}"].split("_")[1]
         out[slot] = label
     missing = [s for s in SLOTS if s not in out]
     if missing:
         raise LabelError(f"missing slot(s): {', '.join(missing)}")
     return {s: out[s] for s in SLOTS}
+
+
+def slot_name(key: object) -> str:
+    """The slot a key names, in any case (`agr` -> AGR, the HIS `EMS` -> NEU); `LabelError` if none."""
+    name = str(key).upper()
+    slot = name if name in TRAITS else _ALIASED_TRAITS.get(name) or (
+        PROFESSION_SLOT if name == PROFESSION_SLOT.upper() else None)
+    if slot is None:
+        raise LabelError(f"unknown slot {key!r}; slots are {', '.join(SLOTS)}")
+    return slot
 
 
 def _label(slot: str, value: object) -> str:

@@ -3,6 +3,9 @@
 - `anonymize`: what an annotator or a referee model sees. System turns (the identity prompt) are removed,
   the speakers become X and Y, and names that would give the system away (model names, our identity
   codes) are redacted from the text. Who is X depends only on who spoke first, never on roles.
+  A name is found wherever no letter or digit touches it, so `_` and `-` do not hide it (`lora_AGR_high`,
+  `experts-OPE_low`), and the whole identifier it sits in goes: a model id or path such as
+  `HuggingFaceTB/SmolLM2-135M-Instruct` would still give away the organisation and the size.
 - `reverse`: user and assistant swapped, as the paper's interviewer model sees a transcript (its own
   questions become the assistant's turns, so it can continue as itself).
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from hirpf.identities import ALIASES, ALL_IDENTITIES
+from .identities import ALIASES, ALL_IDENTITIES
 
 SPEAKERS = ("X", "Y")
 REDACTED = "[redacted]"
@@ -24,9 +27,35 @@ SYSTEM_NAMES = ("HIRPF", "SmolLM2", "SmolLM", "Llama-2", "Llama", "ChatGPT", "GP
 _CODES = tuple(n for n in ALL_IDENTITIES + tuple(ALIASES) if "_" in n)
 
 
+# An identifier around a name: letters, digits and the joints of ids, paths and URLs (`_ - . / \ :`).
+_IDENTIFIER_CHARS = re.compile(r"[\w./\\:-]")
+_TRAILING_PUNCTUATION = ".:-/\\"  # a sentence's full stop or colon is not part of the id before it
+
+
 def _redaction_pattern(extra: Iterable[str]) -> re.Pattern:
     terms = sorted(set(SYSTEM_NAMES) | set(_CODES) | {t for t in extra if t}, key=len, reverse=True)
-    return re.compile(r"(?<![\w-])(" + "|".join(re.escape(t) for t in terms) + r")(?![\w])", re.IGNORECASE)
+    # [^\W_] is a letter or a digit: `_` and `-` count as separators around a name, letters do not.
+    return re.compile(r"(?<![^\W_])(?:" + "|".join(re.escape(t) for t in terms) + r")(?![^\W_])", re.IGNORECASE)
+
+
+def _redact(text: str, pattern: re.Pattern) -> str:
+    """Every identifier that contains a name, replaced whole."""
+    spans: list[list[int]] = []
+    for match in pattern.finditer(text):
+        start, end = match.start(), match.end()
+        while start > 0 and _IDENTIFIER_CHARS.match(text[start - 1]):
+            start -= 1
+        while end < len(text) and _IDENTIFIER_CHARS.match(text[end]):
+            end += 1
+        while end > match.end() and text[end - 1] in _TRAILING_PUNCTUATION:
+            end -= 1
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    for start, end in reversed(spans):
+        text = text[:start] + REDACTED + text[end:]
+    return text
 
 
 def _conversation(turns: Sequence[dict]) -> list[dict]:
@@ -56,7 +85,7 @@ def anonymize(turns: Sequence[dict], redact: Iterable[str] = ()) -> list[dict]:
     pattern = _redaction_pattern(redact)
     first = conversation[0]["role"]
     return [{"speaker": SPEAKERS[0] if t["role"] == first else SPEAKERS[1],
-             "text": pattern.sub(REDACTED, t["content"])} for t in conversation]
+             "text": _redact(t["content"], pattern)} for t in conversation]
 
 
 def reverse(turns: Sequence[dict]) -> list[dict]:
