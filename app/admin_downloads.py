@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from fastapi import Request  # at module level: FastAPI resolves the route's annotations here
+from fastapi.responses import PlainTextResponse, Response
+
 ROUTE = "hirpf/download"  # relative to the app's root, as the page links it
 LEFTOVER_FOLDERS = "hirpf-admin-*"  # where earlier versions wrote exports
 
@@ -99,9 +102,6 @@ class AdminDownloads:
 
     def install(self, app) -> None:
         """Add the download route to Gradio's FastAPI app (after launch: Gradio creates it there)."""
-        from fastapi import Request
-        from fastapi.responses import PlainTextResponse, Response
-
         def download(ticket: str, request: Request):
             found = self.fetch(ticket, request.cookies.get(self.cookie))
             if found is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from annotation.assignment import AssignmentPolicy
 from annotation.labels import SLOTS
@@ -206,7 +207,7 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
                                    elem_id="admin-shared")
                 batch = gr.Number(policy_now.batch, precision=0, minimum=1, label="Batch", elem_id="admin-batch")
                 seed = gr.Number(policy_now.seed, precision=0, minimum=0, label="Seed", elem_id="admin-seed")
-            apply_policy = gr.Button("Apply", elem_id="admin-apply-policy")
+            policy_button = gr.Button("Apply", elem_id="admin-apply-policy")
             policy_note = gr.Markdown(elem_id="admin-policy-note")
         with gr.Accordion("Annotator sign-in", open=False, elem_id="admin-sign-in"):
             sign_in_note = gr.Markdown(elem_id="admin-sign-in-mode")
@@ -230,6 +231,13 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
 
     def store():
         return open_store(data_dir)
+
+    def forget_upload(path: str) -> None:
+        # Gradio keeps an upload in its cache, readable by anybody holding its link: an imported file is
+        # unblinded data, so its copy goes as soon as it is read. (Only files in that cache, never others.)
+        cache = Path(get_upload_folder()).resolve()
+        if Path(path).resolve().is_relative_to(cache):
+            Path(path).unlink(missing_ok=True)
 
     def require(token: str | None) -> None:
         if not downloads.is_open(token):
@@ -300,7 +308,8 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
         except (StoreError, ValueError, OSError) as err:
             raise gr.Error(str(err).replace(str(path), Path(path).name), title=TITLE, print_exception=False) from None
         text = result.describe().replace(str(path), Path(path).name)
-        return {import_result: "```\n" + text + "\n```", **progress_screen()}
+        forget_upload(path)
+        return {import_result: "```\n" + text + "\n```", upload: None, **progress_screen()}
 
     def set_policy(token: str | None, new_overlap: float, new_cap: float, new_shared: float, new_batch: float,
                    new_seed: float) -> dict:
@@ -348,9 +357,9 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
     set_code.click(change_access_code, [unlocked, access_code], [sign_in_note, access_code],
                    api_name="admin_access_code")
     refresh.click(refresh_progress, [unlocked], screen, api_name="admin_progress")
-    load.click(import_dialogues, [unlocked, upload, kind, encoding], [import_result, *screen],
+    load.click(import_dialogues, [unlocked, upload, kind, encoding], [import_result, upload, *screen],
                api_name="admin_import")
-    apply_policy.click(set_policy, [unlocked, *policy_inputs], [policy_note, *policy_inputs], api_name="admin_policy")
+    policy_button.click(set_policy, [unlocked, *policy_inputs], [policy_note, *policy_inputs], api_name="admin_policy")
     compute.click(compute_agreement, [unlocked], [agreement, report_file], api_name="admin_agreement")
     export.click(export_annotations, [unlocked, export_format], [export_file], api_name="admin_export")
     return {"panel": panel, "unlock": unlock}

@@ -287,7 +287,7 @@ def test_the_admin_loads_a_file_and_watches_progress(tiny_engine, tmp_path, app_
         opened = admin.predict(password_attempt=PASSWORD, api_name="/admin_open")
         cookie = opened[-1]
         assert "**0** identity dialogues" in opened[1]
-        report, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl",
+        report, _, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl",
                                            api_name="/admin_import")
         assert "5 dialogue(s) added" in report and "line 6: not JSON" in report and "line 7:" in report
         assert "**5** identity dialogues" in summary
