@@ -14,7 +14,7 @@ from test_app_annotation import ANSWER, Screen, app_env, seed_dialogues  # noqa:
 from hirpf.identities import ALIASES, ALL_IDENTITIES
 
 # Words of the model side: the experts, the identity codes, the model status line and its endpoint.
-MODEL_WORDS = ["expert", "model_status", "model ready", "embedded", "lora", "hirpf", "identity-driven",
+MODEL_WORDS = ["expert", "model_status", "model ready", "embedded", "lora", "identity-driven", "role-playing",
                "Chat", "Debate", "Questionnaire"]
 CODES = [name for name in list(ALL_IDENTITIES) + list(ALIASES) if "_" in name]  # AGR_high, EMS_low, ...
 
