@@ -33,7 +33,8 @@ from annotation.store_io import import_file, write_csv, write_jsonl
 
 from .admin_downloads import AdminDownloads, Download
 from .assets import asset
-from .services import SLOT_TITLES, apply_policy, oauth_configured, open_store, policy_as_text, sign_in_mode, start_policy
+from .services import (SLOT_TITLES, apply_policy, oauth_configured, open_store, policy_as_text, sign_in_mode,
+                       start_policy)
 from .standalone import main, tab_app
 from .throttle import Throttle, Throttled, client_of
 

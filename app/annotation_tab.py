@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import gradio as gr
 
 from annotation.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
-from annotation.sign_in import NAME_PREFIX, SignInRefused, claim_resume_code, sign_in_by_name
+from annotation.sign_in import SignInRefused, claim_resume_code, sign_in_by_name
 from annotation.store import MAX_COMMENT_CHARS, NotFound, Store, StoreError, last_answered
 from hirpf.identities import PROFESSIONS
 
@@ -48,9 +48,9 @@ HF_PREFIX = "hf:"  # external id of a Hugging Face sign-in ("name:" ones come fr
 SIGN_IN_TEXT = """### Label dialogues for the human evaluation
 You will read conversations between two speakers, **X** and **Y**, and judge the personality and profession of
 the one you are asked about. Your place is kept."""
-NAME_SIGN_IN_TEXT = """**First time?** Choose a name (or your participant number); if your study gave you an access code,
-type it in *Code*. You then get a **resume code**: write it down. **Returning?** Your name and your resume code
-continue where you left off, on any browser."""
+NAME_SIGN_IN_TEXT = """**First time?** Choose a name (or your participant number); if your study gave you an access
+code, type it in *Code*. You then get a **resume code**: write it down. **Returning?** Your name and your resume
+code continue where you left off, on any browser."""
 HF_SIGN_IN_TEXT = "Sign in with your Hugging Face account to start:"
 
 SHORTCUTS_HELP = """| Key | Does |
@@ -137,8 +137,8 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
             sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
         prompt = gr.Markdown(elem_id="annotate-prompt")
         with gr.Column(elem_id="annotate-task-box") as task_box:
-            transcript = gr.HTML(elem_id="annotate-transcript", css_template=asset("annotation_transcript.css"), js_on_load=None,
-                                 padding=True)
+            transcript = gr.HTML(elem_id="annotate-transcript", css_template=asset("annotation_transcript.css"),
+                                 js_on_load=None, padding=True)
             with gr.Row(elem_id="annotate-slots"):
                 slot_inputs = [gr.Radio(PROFESSION_CHOICES if slot == PROFESSION_SLOT else TRAIT_CHOICES,
                                         value=None, label=f"{i}. {SLOT_TITLES[slot]}", elem_id=SLOT_IDS[slot],

@@ -159,7 +159,8 @@ def test_an_export_link_answers_only_the_admin_session_that_asked(tiny_engine, t
             assert filename in mine.headers["content-disposition"]
             assert (SYSTEM in mine.text) if filename.endswith(".csv") else json.loads(mine.text)["counts"]
         # The exported rows were never written to disk: nothing Gradio cached meanwhile holds them.
-        cached = [p for p in Path(gr.utils.get_upload_folder()).rglob("*") if p.is_file() and p.stat().st_mtime >= began]
+        cache = Path(gr.utils.get_upload_folder())
+        cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_mtime >= began]
         assert not [p for p in cached if SYSTEM.encode() in p.read_bytes()]
 
 
