@@ -216,3 +216,22 @@ def test_the_admin_policy_reaches_a_second_app_process_on_the_database(tiny_engi
         # And the setting outlives this app: a new page's admin view shows it.
         opened = client(url).predict(password_attempt=PASSWORD, api_name="/admin_open")
         assert 2 in opened  # the batch field
+
+
+def test_an_annotator_from_before_resume_codes_gets_one_only_in_their_own_browser(tiny_engine, tmp_path, app_env):
+    from app.services import open_store
+
+    seed_dialogues(tmp_path, 1)
+    old = open_store(tmp_path).register_annotator("Old Timer", external_id="name:old timer")  # no code yet
+    with served(tiny_engine, tmp_path) as url:
+        with pytest.raises(AppError, match="registered before resume codes"):
+            client(url, "10.6.6.6").predict(name="old timer", api_name="/annotation_sign_in")
+        # The browser holding the sign-in (the unguessable annotator id) is shown a code, once.
+        who = {"annotator": old, "name": "Old Timer"}
+        resumed = Screen.of(client(url).predict(annotator=who, api_name="/annotation_resume"), who)
+        code = resume_code_in(resumed)
+        again = Screen.of(client(url).predict(annotator=who, api_name="/annotation_resume"), who)
+        assert "resume code" not in (again.message or "")
+        by_name = Screen.of(client(url, "10.0.0.2").predict(name="Old Timer", code=code,
+                                                            api_name="/annotation_sign_in"))
+        assert by_name.who["annotator"] == old
