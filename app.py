@@ -1,9 +1,11 @@
 """Serve the HIRPF app: `python app.py [--host H] [--port P] [--base_model M] [--lora_weights DIR|none]
-[--load_in_8bit] [--data_dir DIR]` (each flag also reads an environment variable; see app/settings.py).
+[--load_in_8bit] [--data_dir DIR] [--annotation_only]` (each flag also reads an environment variable; see
+app/settings.py).
 
 Hugging Face Spaces runs this file and expects the Blocks at module level as `demo`. The model starts
 loading in a background thread before Gradio is even imported, so the page answers within seconds and
-the first reply waits only for whatever is left of the load.
+the first reply waits only for whatever is left of the load. With `--annotation_only` (or
+`HIRPF_ANNOTATION_ONLY=1`) no model is loaded at all: the page is the human evaluation alone.
 """
 import sys
 
@@ -11,21 +13,26 @@ from app.settings import settings_from
 
 settings = settings_from(sys.argv[1:] if __name__ == "__main__" else [])
 
-from app.model_slot import ModelSlot  # noqa: E402  (light; torch is imported by the loader thread)
+if settings.annotation_only:
+    from app.build import build_annotation_app, launch
 
+    demo = build_annotation_app(data_dir=settings.data_dir)
+else:
+    from app.model_slot import ModelSlot  # light; torch is imported by the loader thread
 
-def load_engine():
-    from hirpf.engine import Engine
+    def load_engine():
+        from hirpf.engine import Engine
 
-    return Engine.load(settings.base_model, lora_weights=settings.lora_weights, load_in_8bit=settings.load_in_8bit)
+        return Engine.load(settings.base_model, lora_weights=settings.lora_weights,
+                           load_in_8bit=settings.load_in_8bit)
 
+    experts = {"default": "the shipped experts", None: "no experts"}.get(settings.lora_weights,
+                                                                          settings.lora_weights)
+    slot = ModelSlot(load_engine, description=f"{settings.base_model} model with {experts}").start()
 
-experts = {"default": "the shipped experts", None: "no experts"}.get(settings.lora_weights, settings.lora_weights)
-slot = ModelSlot(load_engine, description=f"{settings.base_model} model with {experts}").start()
+    from app.build import build_app, launch  # Gradio loads while the model does
 
-from app.build import build_app, launch  # noqa: E402  (Gradio loads while the model does)
-
-demo = build_app(slot, data_dir=settings.data_dir)
+    demo = build_app(slot, data_dir=settings.data_dir)
 
 if __name__ == "__main__":
     launch(demo, settings.host, settings.port)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping
 
 from annotation import his_import
-from annotation.labels import identities_from_slots
+from hirpf.labels import identities_from_slots
 from annotation.records import DialogueRecord, ImportedAnswer, JudgeLabel, RowError, UnreadableFile
 from hirpf.identities import IdentitySet
 

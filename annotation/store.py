@@ -7,7 +7,7 @@
     store.submit(view.task, slots={...}, comment="", seconds=41.5)
 
 Everything addressed from outside is addressed by its `public_id` (annotators, tasks, dialogues). Bad
-input raises `StoreError` (or `annotation.labels.LabelError`) naming what is wrong, before anything is
+input raises `StoreError` (or `hirpf.labels.LabelError`) naming what is wrong, before anything is
 written: each call is one transaction.
 
 Text is checked the same way on every database: no NUL (PostgreSQL cannot store it), no lone surrogates
@@ -354,7 +354,7 @@ def _names_to_hide(*names: str | None) -> list[str]:
     """System names and file names to redact from what annotators see: each name, its `:`/`/`-separated
     parts (a hub id's organisation and model) and a file's stem. Only names that look like identifiers (a
     digit, `-`, `_`, `.`, `/` or `:` in them) - a system called "ours" must not blank the word out of every
-    dialogue; the well-known model names are redacted by `annotation.transcripts` anyway."""
+    dialogue; the well-known model names are redacted by `hirpf.transcripts` anyway."""
     out = set()
     for name in filter(None, names):
         for part in {name, *re.split(r"[:/\\]", name)}:

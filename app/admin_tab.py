@@ -3,32 +3,47 @@
 This is where the unblinded data is (targets, systems, judges), so the tab is locked: it opens with the
 password in `HIRPF_ADMIN_PASSWORD`, or for the Hugging Face users listed in `HIRPF_ADMIN_USERS` (signed in
 through OAuth on a Space). With neither set it says how to turn it on and shows nothing else. The unlock is
-held server side (`gr.State`), and every admin event checks it, so a hand-made API call gets nothing either.
-Nothing here has a starting value: admin data reaches a browser only in answer to an unlocked session.
+held server side (`gr.State`, holding the admin session's token), and every admin event checks it, so a
+hand-made API call gets nothing either. Nothing here has a starting value: admin data reaches a browser only
+in answer to an unlocked session, and files only through `admin_downloads` (to that session's cookie).
+
+Wrong passwords are throttled per client (`throttle.Throttle`: backoff, then a lockout), answered at once and
+off every queue, so a guesser never delays the real admin.
+
+`python -m app.admin_tab [--port P] [--data_dir DIR]` serves this tab on its own (set the password first).
 """
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import os
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from annotation.assignment import AssignmentPolicy
 from annotation.report import build_report, overview
+from annotation.sign_in import access_code_required, set_access_code
 from annotation.store import StoreError
 from hirpf.labels import SLOTS
 from annotation.store_io import import_file, write_csv, write_jsonl
 
-from .annotation_tab import POLICY_ENV, SLOT_TITLES, oauth_configured, open_store, policy_as_text, policy_from_text
+from .admin_downloads import AdminDownloads, Download
+from .assets import asset
+from .services import (SLOT_TITLES, apply_policy, oauth_configured, open_store, policy_as_text, sign_in_mode,
+                       start_policy)
+from .standalone import main, tab_app
+from .throttle import Throttle, Throttled, client_of
 
 PASSWORD_ENV, USERS_ENV = "HIRPF_ADMIN_PASSWORD", "HIRPF_ADMIN_USERS"
-FAILED_UNLOCK_DELAY_S = 1.0  # slows password guessing down
 TITLE = "Evaluation admin"
+# After each wrong password a client waits 1, 2, 4, ... s; the 10th in a row locks it out for 15 minutes.
+ADMIN_THROTTLE = {"base_delay_s": 1.0, "max_delay_s": 60.0, "lockout_after": 10, "lockout_s": 900.0}
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8",
+               "json": "application/json; charset=utf-8"}
 IMPORT_KINDS = [("Detect from the file", "auto"), ("HIS open situations (CSV)", "his-open"),
                 ("HIS scale interviews (CSV)", "his-scale"), ("HIS dataset samples (CSV)", "his-data"),
                 ("Simulator or app export (JSONL)", "jsonl")]
@@ -116,18 +131,39 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _export_path(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix="hirpf-admin-")) / name
+def sign_in_markdown(mode: str, access_code: bool) -> str:
+    """Which sign-in the annotators have, in words."""
+    if mode == "hf":
+        return "**Annotators sign in** with their Hugging Face accounts only."
+    lines = ["**Annotators sign in** with a name and a secret: the resume code shown once at their first sign-in "
+             "(stored hashed); a name alone resumes nobody.",
+             "- Study access code: " + ("**required** to join (stored hashed)." if access_code else
+                                        "none: anybody who can open the page may join."),
+             "- Hugging Face accounts: " + ("on." if oauth_configured() else "off (`hf_oauth: true` on a Space).")]
+    return "\n".join(lines)
 
 
-def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | None = None) -> dict:
-    """Lay out the admin tab inside the current Blocks; without any access configured, only the note."""
+def download_link(link: str, filename: str) -> str:
+    return (f"[Download {filename}]({link}) (this admin session only; the link expires after 15 minutes or "
+            "when this page is closed)")
+
+
+def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | None = None,
+                    downloads: AdminDownloads | None = None, throttle: Throttle | None = None) -> dict:
+    """Lay out the admin tab inside the current Blocks; without any access configured, only the note.
+    `downloads`: where exports are handed out (the app installs its route at launch); `throttle`: the
+    password backoff (injectable for tests)."""
     access = access or AdminAccess.from_env()
     if not access.enabled:
         gr.Markdown(DISABLED_TEXT, elem_id="admin-disabled")
         return {}
-    unlocked = gr.State(False)  # server side, per browser session
-    start_policy = policy_from_text(os.environ.get(POLICY_ENV, ""))
+    downloads = downloads or AdminDownloads()
+    throttle = throttle or Throttle(**ADMIN_THROTTLE)
+    mode = sign_in_mode()
+    # Server side, per browser session: the admin session's token once unlocked (None before). When Gradio
+    # drops the session (page closed), the token and its download links go with it.
+    unlocked = gr.State(None, delete_callback=downloads.close_session)
+    policy_now = start_policy()
     with gr.Column(elem_id="admin-lock") as lock_box:
         gr.Markdown("### Evaluation admin\nThis view shows unblinded results. " + (
             "Enter the admin password" if access.password else "Sign in with an allowed Hugging Face account")
@@ -150,8 +186,8 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
         with gr.Accordion("Load dialogues", open=True, elem_id="admin-import"):
             gr.Markdown("HIS human-evaluation CSVs, or JSONL from the simulators or an export (one "
                         "`{\"dialog\": [...], \"active_adapters\": [...], \"system\": ...}` record a line). Rows "
-                        "already stored are skipped; rejected rows are listed with their line numbers. Debates "
-                        "arrive from the Debate tab's *Send to human evaluation*.")
+                        "already stored are skipped; rejected rows are listed with their line numbers. Dialogues "
+                        "sent from the app's other tabs arrive by themselves.")
             with gr.Row():
                 upload = gr.File(label="File", file_types=[".csv", ".jsonl", ".json"], elem_id="admin-file")
                 with gr.Column():
@@ -160,36 +196,52 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
                     load = gr.Button("Import", variant="primary", elem_id="admin-load")
             import_result = gr.Markdown(elem_id="admin-import-result")
         with gr.Accordion("Assignment policy", open=False, elem_id="admin-policy"):
-            gr.Markdown("Applies to tasks handed out from now on. Every item goes to *overlap* annotators, never "
-                        "more than *cap* (0: the overlap); a *shared* fraction of items goes to everyone; "
-                        "annotators get *batch* tasks at a time, in an order shuffled by *seed*.")
+            gr.Markdown("Applies to tasks handed out from now on, by every app on this database, and is kept "
+                        "there across restarts. Every item goes to *overlap* annotators, never more than *cap* "
+                        "(0: the overlap); a *shared* fraction of items goes to everyone; annotators get *batch* "
+                        "tasks at a time, in an order shuffled by *seed*.")
             with gr.Row():
-                overlap = gr.Number(start_policy.overlap, precision=0, minimum=1, label="Overlap",
+                overlap = gr.Number(policy_now.overlap, precision=0, minimum=1, label="Overlap",
                                     elem_id="admin-overlap")
-                cap = gr.Number(start_policy.cap or 0, precision=0, minimum=0, label="Cap", elem_id="admin-cap")
-                shared = gr.Slider(0, 1, value=start_policy.shared_fraction, step=0.05, label="Shared fraction",
+                cap = gr.Number(policy_now.cap or 0, precision=0, minimum=0, label="Cap", elem_id="admin-cap")
+                shared = gr.Slider(0, 1, value=policy_now.shared_fraction, step=0.05, label="Shared fraction",
                                    elem_id="admin-shared")
-                batch = gr.Number(start_policy.batch, precision=0, minimum=1, label="Batch", elem_id="admin-batch")
-                seed = gr.Number(start_policy.seed, precision=0, minimum=0, label="Seed", elem_id="admin-seed")
-            apply_policy = gr.Button("Apply", elem_id="admin-apply-policy")
+                batch = gr.Number(policy_now.batch, precision=0, minimum=1, label="Batch", elem_id="admin-batch")
+                seed = gr.Number(policy_now.seed, precision=0, minimum=0, label="Seed", elem_id="admin-seed")
+            policy_button = gr.Button("Apply", elem_id="admin-apply-policy")
             policy_note = gr.Markdown(elem_id="admin-policy-note")
+        with gr.Accordion("Annotator sign-in", open=False, elem_id="admin-sign-in"):
+            sign_in_note = gr.Markdown(elem_id="admin-sign-in-mode")
+            with gr.Row(equal_height=True, visible=mode == "name"):
+                access_code = gr.Textbox(label="New study access code (empty: none)", type="password", scale=3,
+                                         elem_id="admin-access-code")
+                set_code = gr.Button("Set", scale=1, elem_id="admin-set-access-code")
         with gr.Accordion("Agreement", open=False, elem_id="admin-agreement"):
             compute = gr.Button("Compute agreement", elem_id="admin-compute")
             agreement = gr.Markdown(elem_id="admin-report")
-            report_file = gr.File(label="Full report (JSON)", interactive=False, elem_id="admin-report-file")
+            report_file = gr.Markdown(elem_id="admin-report-file")
         with gr.Accordion("Export", open=False, elem_id="admin-export"):
             gr.Markdown("Every answered or skipped task, unblinded: annotator, target, system, source, the "
                         "original transcript, the answer and every judge's prediction.")
             with gr.Row():
                 export_format = gr.Radio(["csv", "jsonl"], value="csv", label="Format", elem_id="admin-format")
                 export = gr.Button("Export", elem_id="admin-export-button")
-            export_file = gr.File(label="Download", interactive=False, elem_id="admin-export-file")
+            export_file = gr.Markdown(elem_id="admin-export-file")
+    # The admin session's cookie, handed to the page once at unlock and stored by set_admin_cookie.js.
+    session_cookie = gr.Textbox(visible=False, elem_id="admin-session")
 
     def store():
         return open_store(data_dir)
 
-    def require(is_unlocked: bool) -> None:
-        if is_unlocked is not True:
+    def forget_upload(path: str) -> None:
+        # Gradio keeps an upload in its cache, readable by anybody holding its link: an imported file is
+        # unblinded data, so its copy goes as soon as it is read. (Only files in that cache, never others.)
+        cache = Path(get_upload_folder()).resolve()
+        if Path(path).resolve().is_relative_to(cache):
+            Path(path).unlink(missing_ok=True)
+
+    def require(token: str | None) -> None:
+        if not downloads.is_open(token):
             raise gr.Error("Open the admin view first (admin password or an allowed Hugging Face account).",
                            title=TITLE, print_exception=False)
 
@@ -208,24 +260,47 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
         return {overlap: policy.overlap, cap: policy.cap or 0, shared: policy.shared_fraction, batch: policy.batch,
                 seed: policy.seed}
 
-    def open_admin(password_attempt: str | None = None, profile: gr.OAuthProfile | None = None) -> dict:
+    def open_admin(password_attempt: str | None = None, profile: gr.OAuthProfile | None = None,
+                   request: gr.Request = None) -> dict:
         """Open the admin view with the password (or as an allowed Hugging Face user)."""
+        client = client_of(request)
+        try:
+            throttle.check(client)  # before the password is even looked at
+        except Throttled as wait:
+            raise gr.Error(str(wait), title=TITLE, print_exception=False) from None
         if not access.admits(password_attempt, profile.username if profile is not None else None):
-            time.sleep(FAILED_UNLOCK_DELAY_S)
-            raise gr.Error("Wrong admin password" if access.password else "This account may not open the admin view.",
+            left = throttle.failed(client)
+            raise gr.Error(("Wrong admin password" if access.password else "This account may not open the admin view.")
+                           + (f" ({left} attempts left before a lockout)" if left < 5 else ""),
                            title=TITLE, print_exception=False)
-        return {unlocked: True, lock_box: gr.Column(visible=False), panel: gr.Column(visible=True), password: "",
-                **progress_screen(), **policy_fields(store().policy)}
+        throttle.succeeded(client)
+        token = downloads.open_session()
+        return {unlocked: token, lock_box: gr.Column(visible=False), panel: gr.Column(visible=True), password: "",
+                **progress_screen(), **policy_fields(store().policy), **sign_in_fields(),
+                session_cookie: downloads.cookie_for(token)}
 
-    def refresh_progress(is_unlocked: bool) -> dict:
+    def sign_in_fields() -> dict:
+        return {sign_in_note: sign_in_markdown(mode, access_code_required(store().db)), access_code: ""}
+
+    def change_access_code(token: str | None, new_code: str | None = None) -> dict:
+        """Require a study access code to join from now on (empty: none); people already signed up keep
+        signing in with their resume codes."""
+        require(token)
+        try:
+            set_access_code(store().db, new_code)
+        except StoreError as err:
+            raise gr.Error(str(err), title=TITLE, print_exception=False) from None
+        return sign_in_fields()
+
+    def refresh_progress(token: str | None) -> dict:
         """Dialogue counts and every annotator's progress."""
-        require(is_unlocked)
+        require(token)
         return progress_screen()
 
-    def import_dialogues(is_unlocked: bool, path: str | None, file_kind: str = "auto",
+    def import_dialogues(token: str | None, path: str | None, file_kind: str = "auto",
                          file_encoding: str | None = None) -> dict:
         """Import an uploaded HIS CSV or JSONL file; says what was added and which rows were rejected."""
-        require(is_unlocked)
+        require(token)
         if not path:
             raise gr.Error("Choose a file to import first.", title=TITLE, print_exception=False)
         try:
@@ -234,45 +309,70 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
         except (StoreError, ValueError, OSError) as err:
             raise gr.Error(str(err).replace(str(path), Path(path).name), title=TITLE, print_exception=False) from None
         text = result.describe().replace(str(path), Path(path).name)
-        return {import_result: "```\n" + text + "\n```", **progress_screen()}
+        forget_upload(path)
+        return {import_result: "```\n" + text + "\n```", upload: None, **progress_screen()}
 
-    def set_policy(is_unlocked: bool, new_overlap: float, new_cap: float, new_shared: float, new_batch: float,
+    def set_policy(token: str | None, new_overlap: float, new_cap: float, new_shared: float, new_batch: float,
                    new_seed: float) -> dict:
-        """Change the assignment policy of the running app (tasks handed out from now on)."""
-        require(is_unlocked)
+        """Change the assignment policy (tasks handed out from now on, by every app on this database)."""
+        require(token)
         try:
             policy = AssignmentPolicy(overlap=int(new_overlap), cap=int(new_cap) or None,
                                       shared_fraction=float(new_shared), batch=int(new_batch), seed=int(new_seed))
         except (TypeError, ValueError) as err:
             raise gr.Error(f"Assignment policy: {err}", title=TITLE, print_exception=False) from None
-        store().policy = policy
-        return {policy_note: f"Applied. It lasts until the app restarts; to keep it, set `{POLICY_ENV}="
-                             f"{policy_as_text(policy)}`.", **policy_fields(policy)}
+        apply_policy(store(), policy)
+        return {policy_note: f"Applied and stored in the database (`{policy_as_text(policy)}`).",
+                **policy_fields(policy)}
 
-    def compute_agreement(is_unlocked: bool) -> dict:
+    def offer(token: str, filename: str, content: str) -> str:
+        try:
+            link = downloads.offer(token, Download(filename, MEDIA_TYPES[filename.rsplit(".", 1)[-1]],
+                                                   content.encode("utf-8")))
+        except PermissionError as err:
+            raise gr.Error(str(err), title=TITLE, print_exception=False) from None
+        return download_link(link, filename)
+
+    def compute_agreement(token: str | None) -> dict:
         """Agreement of the humans with the targets, with the LLM judges and with each other."""
-        require(is_unlocked)
+        require(token)
         report = build_report(store().db)
-        path = _export_path("agreement.json")
-        path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-        return {agreement: report_markdown(report), report_file: str(path)}
+        return {agreement: report_markdown(report),
+                report_file: offer(token, "agreement.json", json.dumps(report, indent=2, ensure_ascii=False))}
 
-    def export_annotations(is_unlocked: bool, fmt: str = "csv") -> dict:
-        """Every answered or skipped task, unblinded, as CSV or JSONL."""
-        require(is_unlocked)
-        path = _export_path(f"annotations.{fmt}")
-        with path.open("w", encoding="utf-8", newline="") as out:
-            (write_csv if fmt == "csv" else write_jsonl)(store(), out)
-        return {export_file: str(path)}
+    def export_annotations(token: str | None, fmt: str = "csv") -> dict:
+        """Every answered or skipped task, unblinded, as CSV or JSONL: a link for this admin session only."""
+        require(token)
+        if fmt not in ("csv", "jsonl"):
+            raise gr.Error(f"Export format {fmt!r}: use csv or jsonl.", title=TITLE, print_exception=False)
+        out = io.StringIO(newline="")
+        (write_csv if fmt == "csv" else write_jsonl)(store(), out)
+        return {export_file: offer(token, f"annotations.{fmt}", out.getvalue())}
 
     policy_inputs = [overlap, cap, shared, batch, seed]
     screen = [counts, progress_table]
+    # Off every queue: a refusal is answered at once, so guesses neither wait for nor hold up anybody.
     gr.on([unlock.click, password.submit], open_admin, [password],
-          [unlocked, lock_box, panel, password, *screen, *policy_inputs], api_name="admin_open")
+          [unlocked, lock_box, panel, password, *screen, *policy_inputs, sign_in_note, access_code, session_cookie],
+          api_name="admin_open", queue=False).then(None, [session_cookie], None, js=asset("set_admin_cookie.js"))
+    set_code.click(change_access_code, [unlocked, access_code], [sign_in_note, access_code],
+                   api_name="admin_access_code")
     refresh.click(refresh_progress, [unlocked], screen, api_name="admin_progress")
-    load.click(import_dialogues, [unlocked, upload, kind, encoding], [import_result, *screen],
+    load.click(import_dialogues, [unlocked, upload, kind, encoding], [import_result, upload, *screen],
                api_name="admin_import")
-    apply_policy.click(set_policy, [unlocked, *policy_inputs], [policy_note, *policy_inputs], api_name="admin_policy")
+    policy_button.click(set_policy, [unlocked, *policy_inputs], [policy_note, *policy_inputs], api_name="admin_policy")
     compute.click(compute_agreement, [unlocked], [agreement, report_file], api_name="admin_agreement")
     export.click(export_annotations, [unlocked, export_format], [export_file], api_name="admin_export")
     return {"panel": panel, "unlock": unlock}
+
+
+def standalone_app(engine=None, data_dir: str | Path | None = None) -> gr.Blocks:
+    """The Evaluation admin tab alone (no model: `engine` is ignored), with its download route."""
+    downloads = AdminDownloads()
+    demo = tab_app(TITLE, lambda demo: build_admin_tab(data_dir=data_dir, downloads=downloads))
+    demo.hirpf_downloads = downloads
+    return demo
+
+
+if __name__ == "__main__":
+    main(standalone_app)

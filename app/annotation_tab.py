@@ -5,51 +5,53 @@ Blindness is kept by construction: everything this tab sends to a browser comes 
 annotator typed. Targets, systems, sources and file names never leave the server, no component starts
 with a value, and element ids are generic (`slot-1` ... `slot-6`, `slot-scale`, `annotate-*`).
 
-The sign-in (the annotator's opaque id and name) is kept in the browser's localStorage, so closing and
-reopening the page resumes at the next item; signing in again with the same display name (or Hugging Face
-account) finds the same annotator from any browser. It is read by the page's load event itself (its `js`
-hands the stored value to the server function): `gr.BrowserState` reads storage after that event has sent
-its inputs, so a resume through it depends on a race. Events are plain database calls: no model queue,
-`queue=False`.
+Signing in takes a secret (`annotation.sign_in`): a name plus the resume code shown once at the first
+sign-in (and the study's access code to join, when the admin set one), or a Hugging Face account where
+OAuth is on. The sign-in (the annotator's opaque id, itself unguessable, and name) is kept in the browser's
+localStorage, so closing and reopening the page resumes at the next item. It is read by the page's load
+event itself (its `js` hands the stored value to the server function): `gr.BrowserState` reads storage after
+that event has sent its inputs, so a resume through it depends on a race. Events are plain database calls:
+no model queue, `queue=False`.
 
-Other tabs send dialogues here through `send_to_evaluation` (the debate tab does).
+`python -m app.annotation_tab [--port P] [--data_dir DIR]` serves this tab on its own.
 """
 from __future__ import annotations
 
 import html
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import gradio as gr
-from gradio.utils import get_space
 
-from annotation.assignment import AssignmentPolicy
-from annotation.store import (MAX_COMMENT_CHARS, NotFound, Store, StoreError, TaskView, last_answered,
-                              prepare_dialogue)
+from annotation.sign_in import SignInRefused, claim_resume_code, sign_in_by_name
+from annotation.store import MAX_COMMENT_CHARS, NotFound, Store, StoreError, TaskView, last_answered
+from hirpf.identities import PROFESSIONS
 from hirpf.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
-from db.engine import DEFAULT_FILE, Database, database_url
-from hirpf.identities import PROFESSIONS, TRAIT_WORDS, IdentityError, IdentitySet
+
+from .assets import asset
+from .services import EVALUATION_TITLE as TITLE
+from .services import SLOT_TITLES, oauth_configured, open_store, sign_in_mode, start_policy
+from .standalone import main, tab_app
+from .throttle import Throttle, Throttled, client_of
 
 SLOT_IDS = {slot: f"slot-{i}" for i, slot in enumerate(SLOTS, start=1)}
 SCALE_ID = "slot-scale"
-SLOT_TITLES = {**{t: w.capitalize() for t, w in TRAIT_WORDS.items()}, PROFESSION_SLOT: "Profession"}
 TRAIT_CHOICES = [("High", "high"), ("Low", "low"), ("Neither", NONE)]
 PROFESSION_CHOICES = [(p, p) for p in PROFESSIONS] + [("None of these", NONE)]
 SCALE_CHOICES = [(f"{i}. {text.capitalize()}", i) for i, text in enumerate(SCALE_OPTIONS, start=1)]
 
 MAX_DISPLAY_NAME = 100
-NAME_PREFIX, HF_PREFIX = "name:", "hf:"  # external ids of display-name and Hugging Face sign-ins
-STORAGE_KEY = "hirpf-annotator"  # localStorage key of the sign-in
-POLICY_ENV = "HIRPF_ASSIGNMENT"
-TITLE = "Human evaluation"
+MAX_CODE_CHARS = 100
+HF_PREFIX = "hf:"  # external id of a Hugging Face sign-in ("name:" ones come from annotation.sign_in)
 
 SIGN_IN_TEXT = """### Label dialogues for the human evaluation
-Sign in with a name (or a study code) to start. You will read conversations between two speakers, **X** and
-**Y**, and judge the personality and profession of the one you are asked about. Your place is kept: sign in
-again with the same name, on any browser, to continue."""
+You will read conversations between two speakers, **X** and **Y**, and judge the personality and profession of
+the one you are asked about. Your place is kept."""
+NAME_SIGN_IN_TEXT = """**First time?** Choose a name (or your participant number); if your study gave you an access
+code, type it in *Code*. You then get a **resume code**: write it down. **Returning?** Your name and your resume
+code continue where you left off, on any browser."""
+HF_SIGN_IN_TEXT = "Sign in with your Hugging Face account to start:"
 
 SHORTCUTS_HELP = """| Key | Does |
 |---|---|
@@ -61,173 +63,8 @@ SHORTCUTS_HELP = """| Key | Does |
 
 Keys do nothing while you type in a text box, except `Ctrl+Enter`."""
 
-TRANSCRIPT_CSS = """
-.turn { display: flex; gap: 10px; margin: 6px 0; padding: 8px 10px; border-radius: 8px;
-        background: var(--background-fill-secondary); }
-.turn.judged { border-left: 4px solid var(--color-accent); }
-.who { font-weight: 700; min-width: 1.5em; }
-.text { white-space: pre-wrap; overflow-wrap: anywhere; }
-"""
-
-# The load event's inputs: the stored sign-in (or null) instead of the hidden component's empty value.
-READ_SIGN_IN_JS = f"""() => {{
-  let stored = null;
-  try {{ stored = JSON.parse(localStorage.getItem("{STORAGE_KEY}") || "null"); }} catch (error) {{}}
-  return [stored];
-}}"""
-# After an event that may have changed the sign-in: keep it, or forget it, in this browser.
-REMEMBER_SIGN_IN_JS = f"""(signedIn) => {{
-  if (signedIn && signedIn.annotator) localStorage.setItem("{STORAGE_KEY}", JSON.stringify(signedIn));
-  else localStorage.removeItem("{STORAGE_KEY}");
-}}"""
-
-# Installed once per page by a load event: keyboard shortcuts for the slots and Submit. Keys act only
-# while the task form is on screen and never while a text box has the focus (Ctrl+Enter excepted).
-SHORTCUTS_JS = """() => {
-  if (window.hirpfAnnotationKeys) return;
-  window.hirpfAnnotationKeys = true;
-  const style = document.createElement("style");
-  style.textContent = ".hirpf-slot-current { outline: 3px solid var(--color-accent); outline-offset: 2px; }";
-  document.head.appendChild(style);
-  const SLOTS = ["slot-1", "slot-2", "slot-3", "slot-4", "slot-5", "slot-6"];
-  const TRAIT_KEYS = { h: "high", l: "low", n: "none" };
-  const PROFESSION_KEYS = { d: "Doctor", a: "Artist", p: "Programmer", n: "none" };
-  let current = 0;
-  const shown = (id) => { const el = document.getElementById(id); return !!el && el.offsetParent !== null; };
-  const mark = () => SLOTS.forEach((id, i) =>
-    document.getElementById(id)?.classList.toggle("hirpf-slot-current", i === current));
-  const choose = (id, value) => {
-    const input = document.querySelector(`#${id} input[type=radio][value="${value}"]`);
-    if (input) input.click();
-    return !!input;
-  };
-  document.addEventListener("click", (event) => {
-    const i = SLOTS.findIndex((id) => event.target.closest?.(`#${id}`));
-    if (i >= 0) { current = i; mark(); }
-    if (event.target.closest?.("#annotate-submit, #annotate-skip, #annotate-back")) { current = 0; mark(); }
-  }, true);
-  document.addEventListener("keydown", (event) => {
-    if (!shown("annotate-task-box")) return;
-    const typing = event.target.matches?.("textarea, input:not([type=radio]):not([type=checkbox])");
-    if (event.key === "Enter") {
-      if (event.target.matches?.("button") || (typing && !(event.ctrlKey || event.metaKey))) return;
-      event.preventDefault();
-      document.getElementById("annotate-submit")?.click();
-      return;
-    }
-    if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
-    const key = event.key.toLowerCase();
-    if (shown("slot-scale")) {
-      if ("12345".includes(key) && key.length === 1 && choose("slot-scale", key)) event.preventDefault();
-      return;
-    }
-    if (!shown(SLOTS[0])) return;
-    let handled = true;
-    if (key >= "1" && key <= "6" && key.length === 1) current = Number(key) - 1;
-    else if (key === "arrowdown" || key === "j") current = Math.min(current + 1, SLOTS.length - 1);
-    else if (key === "arrowup" || key === "k") current = Math.max(current - 1, 0);
-    else {
-      const value = (current === SLOTS.length - 1 ? PROFESSION_KEYS : TRAIT_KEYS)[key];
-      handled = !!value && choose(SLOTS[current], value);
-      if (handled) current = Math.min(current + 1, SLOTS.length - 1);
-    }
-    if (handled) { event.preventDefault(); mark(); }
-  });
-  mark();
-}"""
-
-
-# --- the store ----------------------------------------------------------------------------------------
-_stores: dict[str, Store] = {}
-_stores_guard = threading.Lock()
-
-
-def evaluation_database_url(data_dir: str | Path | None = None) -> str:
-    """`DATABASE_URL` when set, else the SQLite file in `data_dir` (None: the default data directory)."""
-    if os.environ.get("DATABASE_URL") or data_dir is None:
-        return database_url()
-    return database_url(f"sqlite:///{Path(data_dir) / DEFAULT_FILE}")
-
-
-def open_store(data_dir: str | Path | None = None) -> Store:
-    """The process's store for that database (opened, and migrated, on first use; then shared by the tabs).
-    Its assignment policy starts from `HIRPF_ASSIGNMENT`; the admin tab may change it while the app runs."""
-    url = evaluation_database_url(data_dir)
-    with _stores_guard:
-        if url not in _stores:
-            _stores[url] = Store(Database(url), policy_from_text(os.environ.get(POLICY_ENV, "")))
-        return _stores[url]
-
-
-_POLICY_KEYS = {"overlap": "overlap", "cap": "cap", "shared": "shared_fraction", "batch": "batch", "seed": "seed"}
-
-
-def policy_from_text(text: str) -> AssignmentPolicy:
-    """An assignment policy from `overlap=2,cap=3,shared=0.2,batch=20,seed=7` (any of them; empty: defaults).
-    Raises ValueError naming the bad part."""
-    values: dict[str, object] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, raw = part.partition("=")
-        key = _POLICY_KEYS.get(name.strip())
-        if not sep or key is None:
-            raise ValueError(f"{POLICY_ENV}: {part!r} is not one of {', '.join(k + '=...' for k in _POLICY_KEYS)}")
-        try:
-            values[key] = float(raw) if key == "shared_fraction" else int(raw)
-        except ValueError:
-            raise ValueError(f"{POLICY_ENV}: {part!r}: {raw.strip()!r} is not a number") from None
-    return AssignmentPolicy(**values)
-
-
-def policy_as_text(policy: AssignmentPolicy) -> str:
-    cap = f",cap={policy.cap}" if policy.cap is not None else ""
-    return (f"overlap={policy.overlap}{cap},shared={policy.shared_fraction:g},batch={policy.batch},"
-            f"seed={policy.seed}")
-
-
-# --- from other tabs ------------------------------------------------------------------------------------
-def send_to_evaluation(turns: Sequence[Mapping], target_a, target_b, system: str, *,
-                       data_dir: str | Path | None = None) -> str:
-    """Store a two-agent conversation (a debate) for human evaluation: one identity dialogue per agent, with
-    that agent's statements as the assistant's turns and the other's as the user's, so annotators judge
-    each agent on its own. `turns`: `{"speaker": "A"|"B", "content": str}` in speaking order. Both
-    dialogues are checked before either is stored; `gr.Error` names what is wrong."""
-    try:
-        targets = {"A": IdentitySet.parse(target_a), "B": IdentitySet.parse(target_b)}
-    except IdentityError as err:
-        raise gr.Error(f"Cannot send to human evaluation: {err}", title=TITLE, print_exception=False) from None
-    statements = []
-    for i, turn in enumerate(turns or []):
-        speaker = turn.get("speaker") if isinstance(turn, Mapping) else None
-        if speaker not in targets or not isinstance(turn.get("content"), str):
-            raise gr.Error(f"Cannot send to human evaluation: turn {i} needs speaker A or B and text content",
-                           title=TITLE, print_exception=False)
-        statements.append((speaker, turn["content"]))
-    dialogues = []
-    for agent in ("A", "B"):
-        transcript = [{"role": "assistant" if speaker == agent else "user", "content": text}
-                      for speaker, text in statements]
-        try:
-            prepare_dialogue(transcript, targets[agent], source="app", system=system)  # check both first
-        except StoreError as err:
-            raise gr.Error(f"Cannot send agent {agent}'s side to human evaluation: {err}", title=TITLE,
-                           print_exception=False) from None
-        dialogues.append((transcript, targets[agent]))
-    store = open_store(data_dir)
-    added = [store.add_dialogue(t, target, source="app", system=system).created for t, target in dialogues]
-    if all(added):
-        return "Sent to human evaluation: 2 dialogues added (one per agent)."
-    if not any(added):
-        return "These dialogues are already stored for human evaluation."
-    return "Sent to human evaluation: 1 dialogue added, 1 already stored."
-
 
 # --- what the page shows --------------------------------------------------------------------------------
-def oauth_configured() -> bool:
-    """Hugging Face sign-in: on a Space with `hf_oauth: true` (which sets `OAUTH_CLIENT_ID`). Elsewhere
-    Gradio would mock the login with the machine's own Hugging Face token, or refuse to start."""
-    return bool(os.environ.get("OAUTH_CLIENT_ID")) and get_space() is not None
-
-
 def transcript_html(turns: Sequence[Mapping], agent: str) -> str:
     """The anonymized turns as escaped HTML (dialogue text is stored verbatim, HTML and all); the speaker
     to judge is marked. Braces are escaped too: the HTML component treats its value as a template."""
@@ -254,7 +91,7 @@ def signed_in_as(who: Mapping | None) -> str | None:
 def display_name(raw: str | None) -> str:
     name = " ".join(str(raw or "").split())
     if not name:
-        raise gr.Error("Type your name (or study code) to sign in.", title=TITLE, print_exception=False)
+        raise gr.Error("Type your name (or participant number) to sign in.", title=TITLE, print_exception=False)
     if len(name) > MAX_DISPLAY_NAME:
         raise gr.Error(f"Your name is {len(name)} characters long; the limit is {MAX_DISPLAY_NAME}.", title=TITLE,
                        print_exception=False)
@@ -265,20 +102,33 @@ def failure(err: Exception) -> gr.Error:
     return gr.Error(str(err), title=TITLE, print_exception=False)
 
 
-def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) -> dict:
-    """Lay out the annotator's view inside the current Blocks and wire its events (to `demo.load` too)."""
-    policy_from_text(os.environ.get(POLICY_ENV, ""))  # a bad setting stops the start, not the first annotator
+def resume_code_note(code: str) -> str:
+    return (f"**Your resume code: `{code}`.** Write it down now: it is shown only this once. With your name it "
+            "lets you continue later, on any browser; nobody else can sign in as you without it.")
+
+
+def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
+                         throttle: Throttle | None = None) -> dict:
+    """Lay out the annotator's view inside the current Blocks and wire its events (to `demo.load` too).
+    `throttle`: backoff for wrong codes, per client (default: 5 attempts, then 15 minutes)."""
+    start_policy()  # a bad setting stops the start, not the first annotator
+    mode = sign_in_mode()
+    throttle = throttle or Throttle(lockout_after=5)
     identity = gr.JSON(visible=False, elem_id="annotate-signed-in")  # {"annotator": id, "name": ...} or None
     # Server side, per page: whose task is on screen and since when (for the time spent on it).
     session = gr.State({})
     with gr.Column(elem_id="annotate-sign-in") as sign_in_box:
         gr.Markdown(SIGN_IN_TEXT)
-        with gr.Row(equal_height=True):
-            name = gr.Textbox(label="Your name or study code", max_length=MAX_DISPLAY_NAME, scale=3,
-                              elem_id="annotate-name", placeholder="e.g. Ada, or P07")
-            start = gr.Button("Start annotating", variant="primary", scale=1, elem_id="annotate-start")
+        with gr.Column(visible=mode == "name", elem_id="annotate-name-sign-in"):
+            gr.Markdown(NAME_SIGN_IN_TEXT)
+            with gr.Row(equal_height=True):
+                name = gr.Textbox(label="Your name", max_length=MAX_DISPLAY_NAME, scale=3, elem_id="annotate-name",
+                                  placeholder="e.g. Ada, or P07")
+                code_box = gr.Textbox(label="Code", max_length=MAX_CODE_CHARS, scale=2, elem_id="annotate-code",
+                                  type="password", placeholder="resume code, or the study's access code")
+                start = gr.Button("Start annotating", variant="primary", scale=1, elem_id="annotate-start")
         if oauth_configured():
-            gr.Markdown("Or sign in with your Hugging Face account:")
+            gr.Markdown(HF_SIGN_IN_TEXT if mode == "hf" else "Or sign in with your Hugging Face account:")
             gr.LoginButton(elem_id="annotate-hf-login")
     with gr.Column(visible=False, elem_id="annotate-work") as work_box:
         with gr.Row(equal_height=True):
@@ -287,8 +137,8 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
             sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
         prompt = gr.Markdown(elem_id="annotate-prompt")
         with gr.Column(elem_id="annotate-task-box") as task_box:
-            transcript = gr.HTML(elem_id="annotate-transcript", css_template=TRANSCRIPT_CSS, js_on_load=None,
-                                 padding=True)
+            transcript = gr.HTML(elem_id="annotate-transcript", css_template=asset("annotation_transcript.css"),
+                                 js_on_load=None, padding=True)
             with gr.Row(elem_id="annotate-slots"):
                 slot_inputs = [gr.Radio(PROFESSION_CHOICES if slot == PROFESSION_SLOT else TRAIT_CHOICES,
                                         value=None, label=f"{i}. {SLOT_TITLES[slot]}", elem_id=SLOT_IDS[slot],
@@ -360,30 +210,53 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
         """When the page opens: continue where the stored sign-in left off (a Hugging Face login signs in by
         itself)."""
         if signed_in_as(annotator):
-            return {identity: {"annotator": annotator["annotator"], "name": str(annotator.get("name") or "")},
-                    **next_screen(annotator)}
+            who = {"annotator": annotator["annotator"], "name": str(annotator.get("name") or "")}
+            screen = next_screen(who)
+            # A name annotator from before resume codes gets one here, in the browser that holds the sign-in.
+            fresh = claim_resume_code(store().db, who["annotator"]) if screen.get(identity, who) else None
+            if fresh:
+                screen[message] = resume_code_note(fresh)
+            return {identity: who, **screen}
         if profile is not None:
-            return sign_in(None, profile)
+            return sign_in(None, None, profile)
         return {task: gr.skip()}  # the page starts signed out (an empty dict would read as one output value)
 
-    def sign_in(name: str | None = None, profile: gr.OAuthProfile | None = None) -> dict:
-        """Sign in with a display name (the same name finds the same annotator again) or, when signed in to
-        Hugging Face on the Space, as that account; shows the first pending task."""
+    def sign_in(name: str | None = None, code: str | None = None, profile: gr.OAuthProfile | None = None,
+                request: gr.Request = None) -> dict:
+        """Sign in with a name and a code (first time: the study's access code, if it has one; then the
+        resume code you were given), or, when signed in to Hugging Face on the Space, as that account; shows
+        the first pending task."""
+        note = ""
         try:
             if profile is not None:
-                shown_name, external = profile.name or profile.username, HF_PREFIX + profile.username
+                shown_name = profile.name or profile.username
+                annotator = store().register_annotator(shown_name, external_id=HF_PREFIX + profile.username)
+            elif mode != "name":
+                raise StoreError("This study signs in with Hugging Face accounts only.")
             else:
                 shown_name = display_name(name)
-                external = NAME_PREFIX + shown_name.casefold()
-            annotator = store().register_annotator(shown_name, external_id=external)
-        except StoreError as err:
+                client = client_of(request)
+                throttle.check(client)
+                try:
+                    signed = sign_in_by_name(store(), shown_name, code)
+                except SignInRefused as refused:
+                    left = throttle.failed(client)
+                    raise StoreError(f"{refused} ({left} attempts left before a lockout.)" if left < 3
+                                     else str(refused)) from None
+                throttle.succeeded(client)
+                annotator = signed.annotator
+                note = resume_code_note(signed.new_resume_code) if signed.new_resume_code else ""
+        except (StoreError, Throttled) as err:
             raise failure(err) from None
         who = {"annotator": annotator, "name": shown_name}
-        return {identity: who, **next_screen(who)}
+        screen = next_screen(who)
+        if note:
+            screen[message] = note
+        return {identity: who, code_box: "", **screen}
 
     def forget_sign_in() -> dict:
         """Forget the sign-in in this browser (the annotator's work stays stored)."""
-        return signed_out("Signed out. Sign in with the same name to continue later.")
+        return signed_out("Signed out. Sign in with the same name and your resume code to continue later.")
 
     def submit_answer(annotator: dict | None, task_id: str, agreeableness: str | None = None,
                       conscientiousness: str | None = None, extraversion: str | None = None,
@@ -444,13 +317,25 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None) ->
         return show(annotator, view, editing=True)
 
     events = {"outputs": screen, "queue": False, "show_progress": "hidden"}
-    remember = {"fn": None, "inputs": [identity], "js": REMEMBER_SIGN_IN_JS}
-    demo.load(resume, [identity], api_name="annotation_resume", js=READ_SIGN_IN_JS, **events).then(**remember)
-    demo.load(None, js=SHORTCUTS_JS)
-    gr.on([start.click, name.submit], sign_in, [name], api_name="annotation_sign_in", **events).then(**remember)
+    remember = {"fn": None, "inputs": [identity], "js": asset("remember_sign_in.js")}
+    signing_in = {**events, "outputs": [*screen, code_box]}  # a sign-in also empties the code box
+    demo.load(resume, [identity], api_name="annotation_resume", js=asset("read_sign_in.js"), **signing_in).then(
+        **remember)
+    demo.load(None, js=asset("annotation_shortcuts.js"))
+    gr.on([start.click, name.submit, code_box.submit], sign_in, [name, code_box], api_name="annotation_sign_in",
+          **signing_in).then(**remember)
     sign_out.click(forget_sign_in, None, api_name="annotation_sign_out", **events).then(**remember)
     submit.click(submit_answer, [identity, task, *slot_inputs, scale_input, comment, session],
                  api_name="annotation_submit", **events)
     skip.click(skip_task, [identity, task, skip_reason], api_name="annotation_skip", **events)
     back.click(edit_last, [identity], api_name="annotation_edit_last", **events)
     return {"identity": identity, "slots": slot_inputs, "scale": scale_input, "submit": submit, "task": task}
+
+
+def standalone_app(engine=None, data_dir: str | Path | None = None) -> gr.Blocks:
+    """The Human evaluation tab alone (it needs no model: `engine` is ignored)."""
+    return tab_app(TITLE, lambda demo: build_annotation_tab(demo, data_dir=data_dir))
+
+
+if __name__ == "__main__":
+    main(standalone_app)

@@ -1,9 +1,13 @@
-"""`build_app`: the whole Gradio app around one model, and `launch`, which serves it.
+"""`build_app`: the whole Gradio app around one model; `build_annotation_app`: the human evaluation alone,
+with no model at all; and `launch`, which serves either.
 
 The model is given as a loaded `Engine`, a `ModelSlot`, or a function that loads one (started in the
 background at once, so the page is usable while the weights load). Tabs add their events to one shared
 model queue (`concurrency_id="model"`): whatever tab a request comes from, at most `model_concurrency`
 generations run at a time, and the rest wait their turn in order.
+
+The annotation-only app is for studies whose annotators must learn nothing of the model: its page, its
+`/config` and its API hold no model status, no model tab and no identity code (tests check all three).
 """
 from __future__ import annotations
 
@@ -12,16 +16,18 @@ from typing import Callable
 
 import gradio as gr
 
+from .admin_downloads import AdminDownloads, remove_leftover_export_folders
 from .admin_tab import build_admin_tab
 from .annotation_tab import build_annotation_tab
+from .assets import stylesheet
 from .chat_tab import build_chat_tab
 from .debate_tab import build_debate_tab
-from .identity_panel import PANEL_CSS
 from .model_slot import ModelSlot
 from .questionnaire_tab import build_questionnaire_tab, judge_endpoint_from_env
+from .services import EVALUATION_TITLE
 from .stop_signals import StopSignals
 
-APP_CSS = PANEL_CSS
+APP_CSS = ("identity_panel.css",)  # app/assets stylesheets of the whole app
 MODEL_TABS = ("Chat", "Debate", "Questionnaire")  # the tabs whose actions run the model
 INTRO = (
     "Chat with an agent whose persona is composed from **identity experts**: Big Five trait poles and a "
@@ -51,6 +57,8 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
     """The app's Blocks. `data_dir` is where tabs that store things (human evaluation) keep their data."""
     slot = as_slot(engine)
     stops = StopSignals()
+    downloads = AdminDownloads()
+    remove_leftover_export_folders()
     model_queue = {"concurrency_id": "model", "concurrency_limit": model_concurrency}
     with gr.Blocks(title="HIRPF", analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\n{INTRO}")
@@ -65,7 +73,7 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
             with gr.Tab("Human evaluation", id="annotate", elem_id="tab-annotate"):
                 build_annotation_tab(demo, data_dir=data_dir)
             with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
-                build_admin_tab(data_dir=data_dir)
+                build_admin_tab(data_dir=data_dir, downloads=downloads)
 
         # The model line shows on the model tabs only: annotators must not learn which model is behind the
         # dialogues they judge.
@@ -86,10 +94,40 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
         demo.load(refresh_status, None, [status, poll], queue=False, show_progress="hidden",
                   api_name="model_status_on_load", api_visibility="undocumented")
     demo.hirpf_slot = slot  # for start-up scripts and tests: wait on or inspect the model load
+    return served_with(demo, data_dir, downloads, css=stylesheet(*APP_CSS))
+
+
+def build_annotation_app(data_dir: str | Path | None = None, title: str = EVALUATION_TITLE) -> gr.Blocks:
+    """The annotators' and the admin's tabs alone: nothing is loaded, nothing about a model is shown."""
+    downloads = AdminDownloads()
+    remove_leftover_export_folders()
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title}")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Human evaluation", id="annotate", elem_id="tab-annotate"):
+                build_annotation_tab(demo, data_dir=data_dir)
+            with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
+                build_admin_tab(data_dir=data_dir, downloads=downloads)
+    return served_with(demo, data_dir, downloads)
+
+
+def served_with(demo: gr.Blocks, data_dir, downloads: AdminDownloads | None, css: str | None = None) -> gr.Blocks:
+    """Note on `demo` what `launch` needs besides the Blocks: its stylesheet and the admin's download route."""
     demo.hirpf_data_dir = Path(data_dir) if data_dir is not None else None
+    demo.hirpf_css = css
+    demo.hirpf_downloads = downloads
     return demo
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
-    """Serve `demo` with the app's stylesheet (Gradio 6 takes CSS at launch, not in the Blocks)."""
-    return demo.launch(server_name=host, server_port=port, css=APP_CSS, **kwargs)
+    """Serve `demo` with its stylesheet (Gradio 6 takes CSS at launch, not in the Blocks) and the admin's
+    download route (added to the FastAPI app Gradio creates at launch). Blocks the thread unless
+    `prevent_thread_lock=True`, as `Blocks.launch` does."""
+    block = not kwargs.pop("prevent_thread_lock", False)
+    result = demo.launch(server_name=host, server_port=port, css=getattr(demo, "hirpf_css", None),
+                         prevent_thread_lock=True, **kwargs)
+    if getattr(demo, "hirpf_downloads", None) is not None:
+        demo.hirpf_downloads.install(demo.app)
+    if block:
+        demo.block_thread()
+    return result

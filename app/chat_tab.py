@@ -16,7 +16,9 @@ from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
 
 from .identity_panel import IdentityPanel, read_identities
+from .model_inputs import MAX_NEW_TOKENS, read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
+from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
 from .transcript import (
     CONDITIONING_LABELS,
@@ -37,32 +39,6 @@ EXAMPLES = [
     "I have to give a talk to two hundred people tomorrow. Any advice?",
     "What does a good working day look like for you?",
 ]
-MAX_NEW_TOKENS = 512
-
-
-def read_conditioning(value) -> Conditioning:
-    try:
-        return Conditioning.parse(value)
-    except ValueError as err:
-        raise gr.Error(str(err), title="Conditioning", print_exception=False) from None
-
-
-def read_sampling(max_new_tokens, temperature, top_p, seed) -> Sampling:
-    """Sampling settings from the panel; temperature 0 means greedy decoding, seed 0 (or none) a random one."""
-    problems = []
-    if max_new_tokens is None or not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
-        problems.append(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
-    if temperature is None or not 0 <= float(temperature) <= 2:
-        problems.append(f"temperature must be between 0 and 2, got {temperature!r}")
-    if top_p is None or not 0 < float(top_p) <= 1:
-        problems.append(f"top-p must be in (0, 1], got {top_p!r}")
-    if seed is not None and (int(seed) != seed or seed < 0):
-        problems.append(f"seed must be a whole number ≥ 0 (0 for random), got {seed!r}")
-    if problems:
-        raise gr.Error("; ".join(problems), title="Sampling settings", print_exception=False)
-    return Sampling(max_new_tokens=int(max_new_tokens), do_sample=float(temperature) > 0,
-                    temperature=float(temperature) or 1.0, top_p=float(top_p),
-                    seed=int(seed) if seed else None)
 
 
 def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> dict:
@@ -175,3 +151,13 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
     clear.click(clear_chat, None, [chatbot, conversation], cancels=running, queue=False, api_name="clear")
     return {"panel": panel, "chatbot": chatbot, "message": message, "conversation": conversation,
             "conditioning": conditioning}
+
+
+def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
+    """The Chat tab alone, around `engine` (default: the tiny random model)."""
+    slot = model_slot(engine)
+    return tab_app("Chat", lambda demo: build_chat_tab(slot, StopSignals(), MODEL_QUEUE), css=("identity_panel.css",))
+
+
+if __name__ == "__main__":
+    main(standalone_app)

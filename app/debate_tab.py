@@ -23,10 +23,11 @@ import gradio as gr
 from hirpf.eval.debate import Debate, DebateSpec, Turn, schedule, stream_debate
 from hirpf.prompts import Conditioning
 
-from .annotation_tab import send_to_evaluation
-from .chat_tab import read_conditioning, read_sampling
 from .identity_panel import IdentityPanel, read_identities
+from .model_inputs import read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
+from .services import send_to_evaluation
+from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
 from .transcript import CONDITIONING_LABELS
 from .zerogpu import gpu
@@ -253,3 +254,14 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict,
     send.click(send_debate, [record_state], [sent], queue=False, api_name="debate_send_to_evaluation")
     return {"panels": (panel_a, panel_b), "topic": topic, "rounds": rounds, "transcripts": (transcript_a, transcript_b),
             "files": files, "record": record_state}
+
+
+def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
+    """The Debate tab alone, around `engine` (default: the tiny random model)."""
+    slot = model_slot(engine)
+    return tab_app("Debate", lambda demo: build_debate_tab(slot, StopSignals(), MODEL_QUEUE, data_dir=data_dir),
+                   css=("identity_panel.css",))
+
+
+if __name__ == "__main__":
+    main(standalone_app)

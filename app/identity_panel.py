@@ -15,12 +15,7 @@ import gradio as gr
 
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, label
 
-# Two-column grid so each trait's High and Low boxes sit side by side on one row.
-PANEL_CSS = """
-.hirpf-traits .wrap { display: grid !important; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 6px; }
-.hirpf-traits .wrap label { min-width: 0; overflow-wrap: break-word; }
-.hirpf-summary p { font-style: italic; margin: 0; }
-"""
+from .assets import asset
 
 
 def read_identities(traits, profession, who: str = "") -> IdentitySet:
@@ -42,12 +37,10 @@ def summary_line(traits, profession) -> str:
     return f"Speaks as: {identities.describe()}."
 
 
-# Browser-side rules, run on each click with no round trip (a server reply arriving after a quicker second
-# click would undo that click). Gradio appends a newly checked value at the end of the group's value, so
-# "keep the last" keeps the box the visitor just checked. (A js-only event returns a list of output values.)
-KEEP_LAST_POLE_PER_TRAIT_JS = """(names) => [names.filter(
-    (name, i) => !names.slice(i + 1).some((later) => later.split("_")[0] === name.split("_")[0]))]"""
-KEEP_LAST_PROFESSION_JS = "(names) => [names.slice(-1)]"
+# Browser-side rules (app/assets/keep_last_*.js), run on each click with no round trip (a server reply arriving
+# after a quicker second click would undo that click). Gradio appends a newly checked value at the end of the
+# group's value, so "keep the last" keeps the box the visitor just checked. (A js-only event returns a list
+# of output values.)
 
 
 class IdentityPanel:
@@ -68,8 +61,8 @@ class IdentityPanel:
             self.summary = gr.Markdown(summary_line(value.traits, [value.profession] if value.profession else []),
                                        elem_id=f"{name}-summary", elem_classes="hirpf-summary")
         # `input` fires on the visitor's clicks only, so the rules never fight values set by the server.
-        self.traits.input(None, self.traits, self.traits, js=KEEP_LAST_POLE_PER_TRAIT_JS)
-        self.profession.input(None, self.profession, self.profession, js=KEEP_LAST_PROFESSION_JS)
+        self.traits.input(None, self.traits, self.traits, js=asset("keep_last_pole_per_trait.js"))
+        self.profession.input(None, self.profession, self.profession, js=asset("keep_last_profession.js"))
         gr.on([self.traits.change, self.profession.change], summary_line, self.inputs, self.summary,
               queue=False, show_progress="hidden", api_name=f"{name}_summary", api_visibility="undocumented")
 

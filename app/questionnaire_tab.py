@@ -28,9 +28,10 @@ from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
 from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
 
-from .chat_tab import read_conditioning
 from .identity_panel import IdentityPanel, read_identities
+from .model_inputs import read_conditioning
 from .model_slot import ModelLoadError, ModelSlot
+from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .transcript import CONDITIONING_LABELS
 from .zerogpu import gpu
 
@@ -319,3 +320,14 @@ def interview_judge(endpoint: JudgeEndpoint):
 
     client = ChatClient(endpoint.base_url, endpoint.model, cache_dir=endpoint.cache_dir)
     return InterviewJudge(client, client)
+
+
+def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
+    """The Questionnaire tab alone, around `engine` (default: the tiny random model)."""
+    slot = model_slot(engine)
+    return tab_app("Questionnaire", lambda demo: build_questionnaire_tab(slot, MODEL_QUEUE, judge_endpoint_from_env()),
+                   css=("identity_panel.css",))
+
+
+if __name__ == "__main__":
+    main(standalone_app)

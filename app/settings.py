@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from db.engine import data_dir
 from hirpf.cli import ENV_BASE_MODEL, ENV_LORA_WEIGHTS
-from hirpf.paths import PROJECT_ROOT
+
+ANNOTATION_ONLY_ENV = "HIRPF_ANNOTATION_ONLY"
 
 
 def _env(names: tuple[str, ...], default):
@@ -36,7 +38,8 @@ class AppSettings:
     base_model: str = "embedded"
     lora_weights: str | None = "default"  # a checkpoint directory, "default" (shipped experts) or None
     load_in_8bit: bool | None = None  # None: on when CUDA is available (as the CLI)
-    data_dir: Path = PROJECT_ROOT / "data"
+    data_dir: Path = field(default_factory=data_dir)  # resolved by db/engine.py, the one home of that rule
+    annotation_only: bool = False  # serve only the annotator's and the admin's tabs, with no model at all
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bitsandbytes 8-bit base (env HIRPF_LOAD_IN_8BIT=1/0; default: on with CUDA)")
     parser.add_argument("--data_dir", help="where the app keeps its data, e.g. the annotation database "
                                            "(env HIRPF_DATA_DIR; default ./data)")
+    parser.add_argument("--annotation_only", action="store_true", default=None,
+                        help="serve the human evaluation only: no model is loaded and the page, its config and "
+                             f"its API say nothing of it (env {ANNOTATION_ONLY_ENV}=1)")
     return parser
 
 
@@ -71,5 +77,6 @@ def settings_from(argv: list[str] | None = None) -> AppSettings:
         base_model=args.base_model or _env(ENV_BASE_MODEL, defaults.base_model),
         lora_weights=None if str(lora).lower() == "none" else lora,
         load_in_8bit=args.load_in_8bit if args.load_in_8bit is not None else _env_flag("HIRPF_LOAD_IN_8BIT"),
-        data_dir=Path(args.data_dir or _env(("HIRPF_DATA_DIR",), defaults.data_dir)),
+        data_dir=data_dir(args.data_dir),
+        annotation_only=bool(args.annotation_only or _env_flag(ANNOTATION_ONLY_ENV)),
     )

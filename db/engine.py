@@ -43,17 +43,17 @@ _write_locks_guard = threading.Lock()
 _in_write = threading.local()
 
 
-def data_dir() -> Path:
-    """`HIRPF_DATA_DIR`, else `data/` in the checkout (git-ignored)."""
-    return Path(os.environ.get("HIRPF_DATA_DIR") or PROJECT_ROOT / "data")
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """`explicit` (a `--data_dir` option), else `HIRPF_DATA_DIR`, else `data/` in the checkout (git-ignored)."""
+    return Path(explicit or os.environ.get("HIRPF_DATA_DIR") or PROJECT_ROOT / "data")
 
 
-def database_url(explicit: str | None = None) -> str:
-    """`explicit` (a `--database` option), else `DATABASE_URL`, else the SQLite file in `data_dir()`.
+def database_url(explicit: str | None = None, *, directory: str | Path | None = None) -> str:
+    """`explicit` (a `--database` option), else `DATABASE_URL`, else the SQLite file in `data_dir(directory)`.
 
     `postgres://` and `postgresql://` URLs (as hosting services hand them out) get the installed driver,
     psycopg 3."""
-    url = explicit or os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir() / DEFAULT_FILE}"
+    url = explicit or os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir(directory) / DEFAULT_FILE}"
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]

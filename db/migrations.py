@@ -107,10 +107,28 @@ def _annotator_external_id(connection: Connection) -> None:
     Index("ix_annotators_external_id", annotators.c.external_id, unique=True).create(connection)
 
 
+def _annotator_resume_code(connection: Connection) -> None:
+    # Hashed (salted scrypt), never the code itself: a copy of the database must not let anyone sign in.
+    column_type = String(200).compile(dialect=connection.dialect)
+    connection.execute(text(f"ALTER TABLE annotators ADD COLUMN resume_code_hash {column_type}"))
+
+
+def _study_settings(connection: Connection) -> None:
+    metadata = MetaData()
+    Table("study_settings", metadata,
+          Column("key", String(100), primary_key=True),
+          Column("value", Json, nullable=False),
+          Column("updated_at", Timestamp, nullable=False))
+    metadata.tables["study_settings"].create(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "base schema: annotators, dialogues, annotation tasks, annotations", _base_schema),
     Migration(2, "judge predictions", _judge_predictions),
     Migration(3, "annotators.external_id (e.g. a Hugging Face username), unique", _annotator_external_id),
+    Migration(4, "annotators.resume_code_hash: the secret that resumes a name sign-in", _annotator_resume_code),
+    Migration(5, "study settings an admin changes while the app runs (assignment policy, access code)",
+              _study_settings),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -63,6 +63,9 @@ class Annotator(Base):
     display_name: Mapped[str] = mapped_column(String(200))
     # e.g. "hf:<username>" for a Hugging Face login; one annotator per external identity (migration 3).
     external_id: Mapped[Optional[str]] = mapped_column(String(200))
+    # Name sign-ins: a salted hash of the resume code shown once at the first sign-in (migration 4); knowing
+    # the name alone resumes nobody.
+    resume_code_hash: Mapped[Optional[str]] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
     tasks: Mapped[list["AnnotationTask"]] = relationship(back_populates="annotator")
@@ -180,6 +183,17 @@ class JudgePrediction(Base):
         CheckConstraint("(slots IS NULL) <> (option IS NULL)", name="ck_judge_predictions_one_answer"),
         Index("ix_judge_predictions_judge", "judge"),
     )
+
+
+class StudySetting(Base):
+    """A setting the admin changes while the app runs, shared by every app process on the database
+    (migration 5): the assignment policy, the hashed study access code."""
+
+    __tablename__ = "study_settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(Json)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class SchemaMigration(Base):

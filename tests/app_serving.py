@@ -37,6 +37,19 @@ def served(engine, data_dir: str | Path | None = None):
 
 
 @contextmanager
+def served_annotation_app(data_dir: str | Path):
+    """The annotation-only app (no model) on a free loopback port; yields its URL."""
+    from app.build import build_annotation_app
+
+    demo = build_annotation_app(data_dir=data_dir)
+    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@contextmanager
 def forward_calls(model):
     """(thread, time) of every forward pass of `model` while the block runs: which thread ran the model."""
     calls: list[tuple[threading.Thread, float]] = []
@@ -59,12 +72,15 @@ def assert_model_stopped(calls) -> int:
     return count
 
 
-def client(url: str):
+def client(url: str, address: str | None = None):
+    """A `gradio_client` for the served app; `address`: the client address the app sees (sent as
+    `X-Forwarded-For`, which uvicorn trusts from loopback), so tests can be several clients."""
     from gradio_client import Client
 
     # A generous HTTP timeout: a cancel request returns once the model thread has ended, which on a busy
     # machine can take a few seconds.
-    return Client(url, verbose=False, httpx_kwargs={"timeout": 60})
+    headers = {"X-Forwarded-For": address} if address else None
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 60}, headers=headers)
 
 
 @contextmanager

@@ -19,11 +19,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import func, select
 
-from app.annotation_tab import open_store, policy_from_text, send_to_evaluation
+from hirpf.labels import SLOTS
 from app.build import build_app
+from app.services import open_store, policy_from_text, send_to_evaluation
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
-from hirpf.labels import SLOTS
 
 SYSTEM = "secret-system-x"  # a system name no annotator may ever see
 SOURCE = "secret-run-42.jsonl"
@@ -91,8 +91,24 @@ def count_dialogues(data_dir: Path) -> int:
         return session.scalar(select(func.count()).select_from(Dialogue))
 
 
-def sign_in(c: Client, name: str = "Ada") -> Screen:
-    return Screen.of(c.predict(name=name, api_name="/annotation_sign_in"))
+def sign_in(c: Client, name: str = "Ada", code: str | None = None) -> Screen:
+    return Screen.of(c.predict(name=name, code=code, api_name="/annotation_sign_in"))
+
+
+def resume_code(screen: Screen) -> str:
+    """The resume code a first sign-in shows (once)."""
+    found = re.search(r"resume code: `([A-Z0-9-]+)`", screen.message or "")
+    assert found, f"no resume code in {screen.message!r}"
+    return found.group(1)
+
+
+def admin_download(url: str, markdown: str, cookie: str) -> str:
+    """The file behind an admin download link, fetched with the admin session's cookie."""
+    link = re.search(r"\]\((hirpf/download/[^)]+)\)", markdown).group(1)
+    name, token = cookie.split(";")[0].split("=", 1)
+    response = httpx.get(url + link, cookies={name: token})
+    assert response.status_code == 200, response.text
+    return response.text
 
 
 def submit(c: Client, screen: Screen, comment: str = "", **labels) -> Screen:
@@ -149,10 +165,10 @@ def test_an_annotator_labels_skips_edits_and_resumes(tiny_engine, tmp_path, app_
         assert len(rows) == 1 and rows[0][1]["Profession"] == "Doctor" and rows[0][4] == 1
 
         # A new browser session with the stored sign-in resumes at the pending task; so does signing in
-        # again by name, however it is spaced or cased.
+        # again by name, however it is spaced or cased, with the resume code.
         resumed = Screen.of(client(url).predict(annotator=first.who, api_name="/annotation_resume"), first.who)
         assert resumed.task == third.task and "2 of 4" in resumed.header
-        assert sign_in(client(url), "  ada ").task == third.task
+        assert sign_in(client(url), "  ada ", resume_code(first)).task == third.task
         with open_store(tmp_path).db.read() as session:
             assert session.scalar(select(func.count()).select_from(Annotator)) == 1
 
@@ -265,19 +281,20 @@ def test_the_admin_loads_a_file_and_watches_progress(tiny_engine, tmp_path, app_
         with pytest.raises(AppError, match="Open the admin view first"):
             admin.predict(path=handle_file(str(upload)), api_name="/admin_import")
         with pytest.raises(AppError, match="Wrong admin password"):
-            admin.predict(password_attempt="guess", api_name="/admin_open")
+            client(url, "10.0.0.9").predict(password_attempt="guess", api_name="/admin_open")
         assert count_dialogues(tmp_path) == 0
 
         opened = admin.predict(password_attempt=PASSWORD, api_name="/admin_open")
+        cookie = opened[-1]
         assert "**0** identity dialogues" in opened[1]
-        report, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl",
+        report, _, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl",
                                            api_name="/admin_import")
         assert "5 dialogue(s) added" in report and "line 6: not JSON" in report and "line 7:" in report
         assert "**5** identity dialogues" in summary
 
         policy = admin.predict(new_overlap=2, new_cap=0, new_shared=0.0, new_batch=2, new_seed=3,
                                api_name="/admin_policy")
-        assert "HIRPF_ASSIGNMENT=overlap=2,shared=0,batch=2,seed=3" in policy[0]
+        assert "`overlap=2,shared=0,batch=2,seed=3`" in policy[0]
         assert open_store(tmp_path).policy.batch == 2
 
         for name in ("Ada", "Grace"):
@@ -287,11 +304,11 @@ def test_the_admin_loads_a_file_and_watches_progress(tiny_engine, tmp_path, app_
         rows = sorted((r[0], r[1], r[2], r[3]) for r in table["data"])
         assert rows == [("Ada", "name:ada", 1, 2), ("Grace", "name:grace", 1, 2)]
 
-        agreement, report_file = admin.predict(api_name="/admin_agreement")
+        agreement, report_link = admin.predict(api_name="/admin_agreement")
         assert "Human vs target identity" in agreement and "Between annotators" in agreement
-        figures = json.loads(Path(report_file).read_text())
+        figures = json.loads(admin_download(url, report_link, cookie))
         assert figures["human_vs_target"]["overall"]["n"] == 2
-        exported = Path(admin.predict(fmt="csv", api_name="/admin_export")).read_text()
+        exported = admin_download(url, admin.predict(fmt="csv", api_name="/admin_export"), cookie)
         assert exported.count(SYSTEM) == 2 and "human:AGR" in exported  # the admin's export is unblinded
 
         # Another session (an annotator's browser) has not unlocked anything.
@@ -326,7 +343,8 @@ def test_hugging_face_sign_in_on_a_space(tiny_engine, tmp_path, app_env):
     with open_store(tmp_path).db.read() as session:
         assert session.scalar(select(Annotator.external_id).where(Annotator.public_id == who["annotator"])) == "hf:ada"
     open_admin = event_function(demo, "admin_open")
-    assert True in open_admin(None, profile=gr.OAuthProfile({**profile, "preferred_username": "alice"})).values()
+    opened = open_admin(None, profile=gr.OAuthProfile({**profile, "preferred_username": "alice"})).values()
+    assert any(isinstance(v, str) and v.startswith("hirpf_admin_") for v in opened)  # the admin session's cookie
     with pytest.raises(gr.Error, match="may not open the admin view"):
         open_admin("", profile=profile)
 

@@ -223,10 +223,14 @@ def test_app_py_exposes_the_blocks_at_module_level(monkeypatch, tiny_base_dir, t
 def test_every_setting_the_app_reads_is_documented_in_the_readme():
     from hirpf.paths import PROJECT_ROOT
 
-    source = (PROJECT_ROOT / "app" / "settings.py").read_text(encoding="utf-8")
+    # The start-up settings, the data directory's one home, and what the evaluation tabs read.
+    source = "\n".join((PROJECT_ROOT / path).read_text(encoding="utf-8") for path in (
+        "app/settings.py", "db/engine.py", "app/services.py", "app/admin_tab.py"))
     flags = set(re.findall(r'add_argument\("(--[a-z_0-9]+)"', source))
     variables = set(re.findall(r'"((?:HIRPF|GRADIO)_[A-Z_0-9]+)"', source))
-    assert {"--host", "--port", "--base_model", "--lora_weights", "--load_in_8bit", "--data_dir"} <= flags
-    assert {"HIRPF_HOST", "HIRPF_PORT", "HIRPF_LOAD_IN_8BIT", "HIRPF_DATA_DIR"} <= variables
+    assert {"--host", "--port", "--base_model", "--lora_weights", "--load_in_8bit", "--data_dir",
+            "--annotation_only"} <= flags
+    assert {"HIRPF_HOST", "HIRPF_PORT", "HIRPF_LOAD_IN_8BIT", "HIRPF_DATA_DIR", "HIRPF_ANNOTATION_ONLY",
+            "HIRPF_SIGN_IN", "HIRPF_ASSIGNMENT", "HIRPF_ADMIN_PASSWORD"} <= variables
     readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     assert [name for name in sorted(flags | variables) if name not in readme] == []

@@ -16,10 +16,10 @@ from app_serving import browser_page, needs_chromium, open_tab, screenshot, serv
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from app.annotation_tab import open_store
+from app.services import open_store
+from hirpf.labels import SLOTS
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
-from hirpf.labels import SLOTS
 
 SYSTEM = "secret-system-x"
 PASSWORD = "browser-test-password"

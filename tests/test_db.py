@@ -156,7 +156,7 @@ def test_a_version_1_database_upgrades_in_place_without_losing_rows(database_url
     _insert_v1_rows(old)
     old.close()
 
-    upgraded = Database(database_url)  # applies 2 and 3 on start
+    upgraded = Database(database_url)  # applies the later migrations on start
     assert migrations.current_version(upgraded) == migrations.LATEST
     assert [count(upgraded, m) for m in (Annotator, Dialogue, AnnotationTask, Annotation)] == [2, 2, 2, 1]
     with upgraded.read() as session:
@@ -179,15 +179,17 @@ def test_a_failing_migration_changes_nothing(database_url, monkeypatch):  # noqa
 
     def broken(connection):
         connection.execute(text("CREATE TABLE half_done (id INTEGER PRIMARY KEY)"))
-        raise RuntimeError("migration 4 failed")
+        raise RuntimeError("the next migration failed")
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + (migrations.Migration(4, "x", broken),))
-    monkeypatch.setattr(migrations, "LATEST", 4)
-    with pytest.raises(RuntimeError, match="migration 4 failed"):
+    latest = migrations.LATEST
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        migrations.MIGRATIONS + (migrations.Migration(latest + 1, "x", broken),))
+    monkeypatch.setattr(migrations, "LATEST", latest + 1)
+    with pytest.raises(RuntimeError, match="the next migration failed"):
         Database(database_url)
     monkeypatch.undo()
     database = Database(database_url)
-    assert migrations.current_version(database) == 3
+    assert migrations.current_version(database) == latest
     assert "half_done" not in _schema(database)
     database.close()
 

@@ -43,7 +43,7 @@ from transformers import (
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import NEUTRAL_SYSTEM_MESSAGE, identity_system_message
-from training.data import validate
+from hirpf.dialogues import validate
 from training.synthesize import Job, append_record, finished_jobs, named_identity
 
 log = logging.getLogger("hirpf.synthesize")

@@ -16,7 +16,7 @@ The OpenAI backend works in two stages per dialogue, as in the HIRPF paper, with
 What to generate comes from `--kinds` (single identities, trait pairs, trait-profession pairs, trait triples,
 trait pairs with a profession) with `--per_identity` (and `--sample_sets N`: N sets drawn evenly across the
 kinds, seeded), or from a plan file (`--plan`, format below). Every finished record is one JSONL line in the
-HIS record format plus a `synthesis` field that `training.data` ignores:
+HIS record format plus a `synthesis` field that `hirpf.dialogues` ignores:
 
     {"dialog": [{"role": "user", ...}, {"role": "assistant", ...}, ...], "active_adapters": ["AGR_high"],
      "synthesis": {"job": "AGR_high/0/seed0", "model": ..., "scene": ..., "outside_topic": null, "plot": ...}}

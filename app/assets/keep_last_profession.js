@@ -1,0 +1,1 @@
+(names) => [names.slice(-1)]
