@@ -14,7 +14,8 @@ from app.settings import settings_from
 settings = settings_from(sys.argv[1:] if __name__ == "__main__" else [])
 
 if settings.annotation_only:
-    from app.build import build_annotation_app, launch
+    from app.build import build_annotation_app
+    from app.launching import launch
 
     demo = build_annotation_app(data_dir=settings.data_dir)
 else:
@@ -30,7 +31,8 @@ else:
                                                                           settings.lora_weights)
     slot = ModelSlot(load_engine, description=f"{settings.base_model} model with {experts}").start()
 
-    from app.build import build_app, launch  # Gradio loads while the model does
+    from app.build import build_app  # Gradio loads while the model does
+    from app.launching import launch
 
     demo = build_app(slot, data_dir=settings.data_dir)
 

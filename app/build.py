@@ -117,17 +117,3 @@ def served_with(demo: gr.Blocks, data_dir, downloads: AdminDownloads | None, css
     demo.hirpf_css = css
     demo.hirpf_downloads = downloads
     return demo
-
-
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
-    """Serve `demo` with its stylesheet (Gradio 6 takes CSS at launch, not in the Blocks) and the admin's
-    download route (added to the FastAPI app Gradio creates at launch). Blocks the thread unless
-    `prevent_thread_lock=True`, as `Blocks.launch` does."""
-    block = not kwargs.pop("prevent_thread_lock", False)
-    result = demo.launch(server_name=host, server_port=port, css=getattr(demo, "hirpf_css", None),
-                         prevent_thread_lock=True, **kwargs)
-    if getattr(demo, "hirpf_downloads", None) is not None:
-        demo.hirpf_downloads.install(demo.app)
-    if block:
-        demo.block_thread()
-    return result

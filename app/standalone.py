@@ -34,7 +34,7 @@ def tab_app(title: str, build: Callable[[gr.Blocks], object], css: tuple[str, ..
 
 def main(standalone_app: Callable[..., gr.Blocks], argv: list[str] | None = None) -> None:
     """Serve `standalone_app(data_dir=...)` on the command line's host and port."""
-    from .build import launch
+    from .launching import launch
 
     parser = argparse.ArgumentParser(description="Serve one tab of the HIRPF app on its own.")
     parser.add_argument("--host", default="127.0.0.1")

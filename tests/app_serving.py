@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.build import build_app, launch
+from app.build import build_app
+from app.launching import launch
 from hirpf.paths import PROJECT_ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

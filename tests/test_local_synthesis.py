@@ -17,7 +17,8 @@ from training.local_synthesis import (
     chat_ids,
     sample_replies,
 )
-from training.synthesize import Job, entries_for_kinds, main
+from training.synthesis_records import Job
+from training.synthesize import entries_for_kinds, main
 
 JOB = Job("AGR_high+Doctor/0/seed0", IdentitySet.parse("AGR_high,Doctor"), 2, "a museum café at closing time", None)
 DIALOG = [{"role": "user", "content": "Do you know if the café is still open?"}]

@@ -13,7 +13,7 @@ from hirpf.eval.option_likelihood import (
     option_distribution,
     option_replies,
 )
-from hirpf.eval.questionnaire import ACCURACY_OPTIONS
+from hirpf.labels import SCALE_OPTIONS
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning, expert_identities
 from hirpf.routing import use_identities
@@ -43,7 +43,7 @@ def test_batched_equals_one_by_one_and_a_plain_forward(tiny_engine):
     conversations = [[{"role": "user", "content": likelihood_question(t)}] for _ in SETS for t in STATEMENTS]
     rows = [s for s in SETS for _ in STATEMENTS]
     replies = option_replies()
-    assert replies[0] == "Very inaccurate" and len(replies) == len(ACCURACY_OPTIONS) == 5
+    assert replies[0] == "Very inaccurate" and len(replies) == len(SCALE_OPTIONS) == 5
     for conditioning in Conditioning:
         batched, scores = option_distribution(tiny_engine, conversations, rows, conditioning, replies, batch_size=7)
         one_by_one = torch.cat([option_distribution(tiny_engine, [c], [s], conditioning, replies, 1)[1]

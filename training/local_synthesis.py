@@ -44,7 +44,7 @@ from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import NEUTRAL_SYSTEM_MESSAGE, identity_system_message
 from hirpf.dialogues import validate
-from training.synthesize import Job, append_record, finished_jobs, named_identity
+from training.synthesis_records import Job, append_record, finished_jobs, named_identity
 
 log = logging.getLogger("hirpf.synthesize")
 BACKEND = "local-contrastive"

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import random
-import re
 import sys
 import threading
 import time
@@ -54,9 +53,10 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hirpf.base_model import EMBEDDED
-from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, label, trait_of
+from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, trait_of
 from hirpf.llm_client import ChatClient, EndpointError, MalformedReply
 from hirpf.dialogues import validate
+from training.synthesis_records import Job, append_record, finished_jobs, forbidden_words, named_identity
 
 log = logging.getLogger("hirpf.synthesize")
 BACKENDS = ("openai", "local-contrastive")
@@ -112,17 +112,6 @@ PLOT_SYSTEM = ("You plan short two-person scenes for a collection of character d
                "JSON object and nothing else.")
 DIALOGUE_SYSTEM = ("You write realistic spoken dialogues between two people from a scene plan. You answer with "
                    "one JSON object and nothing else.")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One dialogue to synthesize; `id` is stable across reruns and keys resumption."""
-
-    id: str
-    identities: IdentitySet
-    exchanges: int  # other-speaker / character pairs
-    scene: str
-    outside_topic: str | None  # a question outside the profession, or None
 
 
 @dataclass(frozen=True)
@@ -256,17 +245,6 @@ def dialogue_messages(job: Job, other_speaker: str, plot: str) -> list[dict]:
     return [{"role": "system", "content": DIALOGUE_SYSTEM}, {"role": "user", "content": prompt}]
 
 
-def forbidden_words(identities: IdentitySet) -> list[str]:
-    """Names and labels of the identities: the character's lines must not contain them verbatim."""
-    return [w for name in identities for w in (name, label(name))]
-
-
-def named_identity(text: str, identities: IdentitySet) -> str | None:
-    """The first name or label of `identities` that `text` says verbatim, else None."""
-    return next((w for w in forbidden_words(identities) if re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE)),
-                None)
-
-
 def parse_plot(obj: dict) -> tuple[str, str]:
     other, plot = obj.get("other_speaker"), obj.get("plot")
     if not all(isinstance(v, str) and v.strip() for v in (other, plot)):
@@ -336,40 +314,6 @@ def synthesize_one(job: Job, client: ChatClient, settings: Settings) -> dict:
                             "outside_topic": job.outside_topic, "other_speaker": other, "plot": plot}}
     validate(record, "synthesized", 0)  # the loader's own check: what we write is what training reads
     return record
-
-
-def finished_jobs(output: Path) -> set[str]:
-    """Job ids already in the output. A last line cut short by a crash was never a finished record: it is
-    removed so that appending goes on from a clean line end."""
-    if not output.exists():
-        return set()
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        log.warning("%s: removing an unfinished last line (%d bytes) left by an interrupted run",
-                    output, len(data) - cut)
-        with open(output, "r+b") as f:
-            f.truncate(cut)
-        data = data[:cut]
-    jobs = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{output} line {number} is not JSON; is this a synthesis output file?") from None
-        job = (record.get("synthesis") or {}).get("job") if isinstance(record, dict) else None
-        if job:
-            jobs.add(job)
-    return jobs
-
-
-def append_record(out, record: dict) -> None:
-    """One JSONL line, flushed and fsynced: a crash loses no finished record."""
-    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    out.flush()
-    os.fsync(out.fileno())
 
 
 def run(jobs: list[Job], client: ChatClient, output: Path, settings: Settings, concurrency: int = 4) -> dict:

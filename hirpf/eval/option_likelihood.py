@@ -2,7 +2,7 @@
 words as its reply, so a small model that will not answer with a digit is still measured.
 
 For one item the agent is asked how accurately the statement describes it, with the five options named in
-words; each option text (`ACCURACY_OPTIONS`, capitalised) is then scored as the assistant's whole answer
+words; each option text (`SCALE_OPTIONS`, capitalised) is then scored as the assistant's whole answer
 after the question, teacher-forced:
 
     s_k = mean over the option's tokens of log p(token | prompt, option so far)      (length-normalised)
@@ -27,18 +27,19 @@ from ..routing import use_identities
 from ..scales import Scale
 from .choices import _encode_prefixes, _gather_left, _padded, _positions, _prompt_ids, _shared_prefix_length
 from .common import EvalError, batches, check_positive
-from .questionnaire import ACCURACY_OPTIONS, Answer
+from ..labels import SCALE_OPTIONS
+from .answers import Answer
 
 
 def likelihood_question(statement: str) -> str:
     """The question before the scored reply. The options come before the statement so that every item of
     one identity set shares its prompt up to the statement (encoded once)."""
-    options = "; ".join(ACCURACY_OPTIONS)
+    options = "; ".join(SCALE_OPTIONS)
     return ("Here is a statement a person might make about themselves. How accurately does it describe you? "
             f"Answer with one of: {options}.\n\nStatement: \"{statement}\"")
 
 
-def option_replies(options: Sequence[str] = ACCURACY_OPTIONS) -> list[str]:
+def option_replies(options: Sequence[str] = SCALE_OPTIONS) -> list[str]:
     """The replies scored: each option as an answer would start ("Very accurate")."""
     return [o[:1].upper() + o[1:] for o in options]
 
