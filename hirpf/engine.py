@@ -81,9 +81,9 @@ class Engine:
 
     def scheduler(self):
         """This engine's one `hirpf.scheduler.Scheduler` (started on first use): callers that share it share
-        its running batch, so concurrent requests decode together."""
+        its running batch, so concurrent requests decode together. A closed one is replaced."""
         with self._scheduler_lock:
-            if self._scheduler is None:
+            if self._scheduler is None or self._scheduler.closed:
                 from .scheduler import Scheduler  # it imports this module
 
                 self._scheduler = Scheduler(self)

@@ -247,6 +247,10 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the loop; unfinished requests end with `SchedulerClosed`."""
         with self._wake:

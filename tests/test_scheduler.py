@@ -203,7 +203,10 @@ def test_stream_yields_the_growing_text_and_closing_it_frees_the_row(exact_engin
 
 def test_engine_shares_one_scheduler(exact_engine):
     engine = Engine(exact_engine.model, exact_engine.tokenizer)
-    assert engine.scheduler() is engine.scheduler()
+    first = engine.scheduler()
+    assert engine.scheduler() is first
+    first.close()
+    assert engine.scheduler() is not first and not engine.scheduler().closed  # a closed one is replaced
     engine.scheduler().close()
 
 
