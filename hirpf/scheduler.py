@@ -266,9 +266,15 @@ class Scheduler:
                     self._wake.wait()
                 if self._closed:
                     break
+                # A request stopped while it waited for a slot ends now, not when a slot frees.
+                given_up = [r for r in self._waiting if r.stream.stop_event.is_set()]
+                if given_up:
+                    self._waiting = deque(r for r in self._waiting if not r.stream.stop_event.is_set())
                 joining = []
                 while self._waiting and len(self._rows) + len(joining) < self.max_batch:
                     joining.append(self._waiting.popleft())
+            for row in given_up:
+                row.stream._finish("stopped")
             try:
                 with torch.no_grad():
                     for row in joining:

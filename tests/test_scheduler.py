@@ -172,6 +172,22 @@ def test_requests_beyond_max_batch_wait_and_still_match(exact_engine):
         scheduler.close()
 
 
+def test_a_request_stopped_while_it_waits_ends_at_once(exact_engine):
+    scheduler = Scheduler(exact_engine, max_batch=1)
+    try:
+        running = scheduler.submit(HISTORIES[0], EIGHT_SETS[0], sampling=Sampling(max_new_tokens=300, do_sample=False))
+        stop = threading.Event()
+        queued = scheduler.submit(HISTORIES[1], EIGHT_SETS[1], sampling=GREEDY, stop_event=stop)
+        stop.set()
+        queued.result(timeout=120)
+        assert queued.finish_reason == "stopped" and queued.token_ids == [] and not running.done
+        running.close()
+        running.result(timeout=120)
+        assert running.finish_reason == "stopped"
+    finally:
+        scheduler.close()
+
+
 def test_seeded_sampling_depends_on_the_row_alone(exact_engine, scheduler):
     sampled = Sampling(max_new_tokens=10, temperature=1.3, top_k=0, top_p=1.0, seed=11)
     by_itself = scheduler.submit(HISTORIES[0], EIGHT_SETS[0], sampling=sampled)
@@ -185,6 +201,21 @@ def test_seeded_sampling_depends_on_the_row_alone(exact_engine, scheduler):
     assert in_company.token_ids == by_itself.token_ids
     # A seeded row also draws what `Engine.generate` draws with that seed: the same rules, the same stream.
     assert by_itself.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0], sampled)
+
+
+def test_row_sampler_draws_among_the_top_k_and_its_seed_alone_decides():
+    logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0)) * 3
+    ids = torch.tensor([[1, 2, 3]])
+    top = set(logits.topk(5).indices[0].tolist())
+    draws = [RowSampler(Sampling(top_k=5, top_p=1.0, temperature=2.0, seed=s)).next_token(ids, logits) for s in range(60)]
+    assert set(draws) <= top and len(set(draws)) > 1
+    assert draws == [RowSampler(Sampling(top_k=5, top_p=1.0, temperature=2.0, seed=s)).next_token(ids, logits)
+                     for s in range(60)]
+    # top-p small enough keeps only the likeliest candidate: sampling then agrees with greedy
+    greedy = RowSampler(Sampling(do_sample=False, repetition_penalty=1.0)).next_token(ids, logits)
+    assert RowSampler(Sampling(top_k=50, top_p=1e-6, seed=1, repetition_penalty=1.0)).next_token(ids, logits) == greedy
+    with pytest.raises(ValueError, match="top_k"):
+        RowSampler(Sampling(top_k=-1))
 
 
 def test_stream_yields_the_growing_text_and_closing_it_frees_the_row(exact_engine, scheduler):
