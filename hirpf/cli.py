@@ -1,4 +1,5 @@
-"""`python -m hirpf chat|prepare`: talk to an identity-composed agent from the terminal."""
+"""`python -m hirpf chat|prepare|export`: talk to an identity-composed agent from the terminal; export one
+identity set as a plain PEFT LoRA adapter."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
     sub.add_parser("prepare", help="install and convert the embedded model now; print where it lives")
+
+    export = sub.add_parser("export", help="write one fixed identity set as a standard PEFT LoRA adapter")
+    export.add_argument("--identities", required=True, help="the identity set, strict: AGR_low,Doctor")
+    export.add_argument("--strength", default=None, help="strengths of its identities: AGR_low=1.6,Doctor=0.5 or one number")
+    export.add_argument("--output", required=True, help="directory for adapter_config.json and adapter_model.safetensors")
+    export.add_argument("--gate", choices=["mean", "bias"], default="mean",
+                        help="the fixed gate replacing each router: mean over the assistant tokens of held-out "
+                             "dialogues (default), or the router at its bias alone")
+    export.add_argument("--data", default=None,
+                        help="calibration dialogues for --gate mean (training format; default: the HIS identity dialogues)")
+    export.add_argument("--held_out_fraction", type=float, default=0.1,
+                        help="calibrate on the trainer's held-out split of --data (0: all of it)")
+    export.add_argument("--split_seed", type=int, default=42, help="the trainer's split seed")
+    export.add_argument("--limit", type=int, default=32, help="calibrate on at most this many dialogues")
+    export.add_argument("--lora_weights", default=None, help="expert checkpoint (default: as for chat)")
+    export.add_argument("--base_model", default=None, help="as for chat")
     return parser
 
 
@@ -57,6 +74,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "prepare":
         return prepare()
+    if args.command == "export":
+        return export(args)
     return chat(args)
 
 
@@ -66,6 +85,42 @@ def prepare() -> int:
     path = ensure_embedded_model()
     print(f"embedded model: {path}")
     print(f"source GGUF: {find_gguf()}")
+    return 0
+
+
+def export(args) -> int:
+    from .dialogues import holdout_split, load_dialogues
+    from .engine import Engine
+    from .export import export_identity_set
+    from .identities import IdentityError, IdentitySet
+    from .paths import his_file
+
+    try:
+        identities = IdentitySet.parse(args.identities).with_strengths(args.strength)
+    except IdentityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    dialogues = None
+    if args.gate == "mean":
+        data = args.data or str(his_file("identity_dialogues.json"))
+        try:
+            dialogues, _ = load_dialogues(data, on_invalid="skip")
+        except (OSError, ValueError) as err:
+            print(f"error: cannot read calibration dialogues {data}: {err} (give --data, or --gate bias)", file=sys.stderr)
+            return 2
+        if 0 < args.held_out_fraction < 1:
+            _, dialogues = holdout_split(dialogues, args.held_out_fraction, args.split_seed)
+        dialogues = dialogues[:args.limit]
+    base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
+    lora = args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")
+    try:
+        engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=False, dtype="float32")
+        path = export_identity_set(engine.model, engine.tokenizer, identities, args.output, args.gate, dialogues)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {identities} ({args.gate} gate{f', {len(dialogues)} dialogues' if dialogues else ''}) to {path}",
+          file=sys.stderr)
     return 0
 
 
@@ -124,10 +179,18 @@ def chat(args) -> int:
             if not user:
                 continue
         history.append({"role": "user", "content": user})
-        reply = _print_streamed(engine.stream(history, identities, conditioning, sampling),
+        reply = _print_streamed(_reply_stream(engine, history, identities, conditioning, sampling),
                                 prefix="agent> " if args.mode == "multi" else "")
         history.append({"role": "assistant", "content": reply})
     return 0
+
+
+def _reply_stream(engine, history, identities, conditioning, sampling):
+    """The reply as it grows, served by the engine's scheduler (the path the app's visitors share); beam
+    search, one sequence kept from several, is not a scheduler row, so it goes through `Engine.stream`."""
+    if sampling.num_beams > 1:
+        return engine.stream(history, identities, conditioning, sampling)
+    return engine.scheduler().stream(history, identities, conditioning, sampling)
 
 
 def _print_streamed(chunks, prefix: str) -> str:

@@ -76,6 +76,18 @@ def default_experts(base_model: str) -> Path | None:
 class Engine:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self._scheduler = None
+        self._scheduler_lock = threading.Lock()
+
+    def scheduler(self):
+        """This engine's one `hirpf.scheduler.Scheduler` (started on first use): callers that share it share
+        its running batch, so concurrent requests decode together. A closed one is replaced."""
+        with self._scheduler_lock:
+            if self._scheduler is None or self._scheduler.closed:
+                from .scheduler import Scheduler  # it imports this module
+
+                self._scheduler = Scheduler(self)
+            return self._scheduler
 
     @classmethod
     def load(cls, base_model: str = EMBEDDED, lora_weights: str | Path | None = "default",

@@ -1,0 +1,187 @@
+"""Serving concurrent clients: the scheduler's running batch against a serial queue, in one run.
+
+    python benchmarks/bench_serving.py [--json] [--clients 1,2,4,8] [--requests 4] [--max_new_tokens 64]
+                                       [--threads 2] [--spread 1.0] [--quick]
+
+The embedded model with the shipped experts (float32, CPU). Each client has its own identity set and asks
+short questions, one after another (a new request as soon as its reply ends), `--requests` times. Two
+ways to serve them, with the same clients, arrivals, prompts and seeds:
+
+- `serial`: today's app: one request at a time through `Engine.stream` behind one lock (a queue);
+- `scheduler`: `engine.scheduler()`: every request joins the running batch (`HIRPF_MAX_BATCH`, default 8).
+
+Clients arrive spread over one lone request's duration (client i starts at i/n of it; `--spread`), as
+visitors do, not all in the same instant; a burst of n prefills at once (`--spread 0`) puts n-1 prefills
+before the last client's first token whatever the scheduler does. The arrival ramp counts in the wall
+time: with few requests per client it holds the aggregate below the steady rate. Reported per configuration: aggregate tokens/s (all
+clients' tokens ÷ the run's wall time, arrival ramp included), time to first token p50/p95 (from the
+moment a client sends its request, queue wait included, to the first text it receives), per-client
+tokens/s (a client's tokens ÷ the time its requests were open; mean and slowest). Tokens are counted by
+re-tokenizing each reply's text, the same way for both paths.
+
+Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
+scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
+`gradio_speedup_8` (the same speedup through the served app with `gradio_client`: null until the app
+serves through the scheduler). Targets: speedup_8 >= 3.5, ttft_p95_ratio_8 <= 3, gradio_speedup_8 >= 3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hirpf.engine import Engine, Sampling  # noqa: E402
+from hirpf.identities import IdentitySet  # noqa: E402
+
+CLIENT_SETS = [IdentitySet.parse(s) for s in (
+    "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",
+    "AGR_high,CON_low,EXT_high,NEU_low,OPE_high,Doctor", "EXT_high,Artist", "OPE_high,NEU_low,Programmer")]
+QUESTIONS = ["What do you do on a Sunday?", "Tell me about your work.", "What is your favourite food?",
+             "How do you deal with stress?", "Describe your home town.", "What makes a good friend?",
+             "What did you learn this year?", "Do you like to travel?"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+class SerialQueue:
+    """Today's app: one generation at a time, the others wait for the lock."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.lock = engine, threading.Lock()
+
+    def stream(self, history, identities, sampling):
+        with self.lock:
+            yield from self.engine.stream(history, identities, sampling=sampling)
+
+
+class SchedulerPath:
+    def __init__(self, engine: Engine):
+        self.scheduler = engine.scheduler()
+
+    def stream(self, history, identities, sampling):
+        return self.scheduler.stream(history, identities, sampling=sampling)
+
+
+def run_clients(path, engine: Engine, clients: int, requests: int, max_new_tokens: int, spread_s: float) -> dict:
+    """`clients` threads, each sending `requests` requests back to back through `path`."""
+    records: list[dict] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def client(i: int):
+        time.sleep(spread_s * i / clients)
+        for j in range(requests):
+            history = [{"role": "user", "content": QUESTIONS[(i + j) % len(QUESTIONS)]}]
+            sampling = Sampling(max_new_tokens=max_new_tokens, seed=1000 * i + j)
+            sent = time.perf_counter()
+            first, text = None, ""
+            for text in path.stream(history, CLIENT_SETS[i % len(CLIENT_SETS)], sampling):
+                if first is None and text:
+                    first = time.perf_counter()
+            ended = time.perf_counter()
+            tokens = len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+            with lock:
+                records.append({"client": i, "sent": sent - start, "ttft": (first or ended) - sent,
+                                "duration": ended - sent, "tokens": tokens})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    per_client = []
+    for i in range(clients):
+        mine = [r for r in records if r["client"] == i]
+        per_client.append(sum(r["tokens"] for r in mine) / sum(r["duration"] for r in mine))
+    ttfts = [r["ttft"] for r in records]
+    return {
+        "clients": clients, "requests": len(records), "tokens": sum(r["tokens"] for r in records),
+        "wall_s": round(wall, 3),
+        "aggregate_tokens_per_s": round(sum(r["tokens"] for r in records) / wall, 2),
+        "ttft_p50_s": round(percentile(ttfts, 0.5), 4), "ttft_p95_s": round(percentile(ttfts, 0.95), 4),
+        "per_client_tokens_per_s_mean": round(statistics.mean(per_client), 2),
+        "per_client_tokens_per_s_min": round(min(per_client), 2),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument("--clients", default="1,2,4,8", help="comma list of concurrent client counts")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--spread", type=float, default=1.0,
+                        help="clients arrive spread over this many lone-request durations (0: all at once, a burst)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: clients 1 and 8, 2 requests, 32 tokens")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.requests, args.max_new_tokens = "1,8", 2, 32
+    counts = [int(c) for c in args.clients.split(",")]
+    torch.set_num_threads(args.threads)
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
+    serial, batched = SerialQueue(engine), SchedulerPath(engine)
+    load_before = os.getloadavg()
+    # Warm up both paths (plans, mask tables, allocator), and time a lone request for the arrival spread.
+    for path in (serial, batched):
+        run_clients(path, engine, 1, 1, args.max_new_tokens, 0.0)
+    lone = run_clients(batched, engine, 1, 1, args.max_new_tokens, 0.0)
+    spread = lone["wall_s"] * args.spread
+    log(f"lone request: {lone['wall_s']:.2f} s; arrivals spread over {spread:.2f} s")
+
+    table = []
+    for n in counts:
+        for name, path in (("serial", serial), ("scheduler", batched)):
+            row = {"path": name, **run_clients(path, engine, n, args.requests, args.max_new_tokens, spread)}
+            table.append(row)
+            log(f"{name:9s} {n} clients: {row['aggregate_tokens_per_s']:7.2f} tokens/s, ttft p50 "
+                f"{row['ttft_p50_s']:.3f} s p95 {row['ttft_p95_s']:.3f} s, per client {row['per_client_tokens_per_s_mean']:.2f}")
+    engine.scheduler().close()
+
+    def find(path, n):
+        return next((r for r in table if r["path"] == path and r["clients"] == n), None)
+
+    top = max(counts)
+    speedup = ratio = None
+    if find("serial", top) and find("scheduler", top):
+        speedup = round(find("scheduler", top)["aggregate_tokens_per_s"] / find("serial", top)["aggregate_tokens_per_s"], 3)
+    if find("scheduler", 1) and find("scheduler", top):
+        ratio = round(find("scheduler", top)["ttft_p95_s"] / find("scheduler", 1)["ttft_p50_s"], 3)
+    document = {
+        f"speedup_{top}": speedup,
+        f"ttft_p95_ratio_{top}": ratio,
+        f"gradio_speedup_{top}": None,  # the app does not serve through the scheduler yet
+        "targets": {"speedup_8": 3.5, "ttft_p95_ratio_8": 3.0, "gradio_speedup_8": 3.0},
+        "settings": {"clients": counts, "requests_per_client": args.requests, "max_new_tokens": args.max_new_tokens,
+                     "torch_threads": args.threads, "max_batch": engine.scheduler().max_batch, "quick": args.quick,
+                     "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3)},
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "table": table,
+    }
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        for key in (f"speedup_{top}", f"ttft_p95_ratio_{top}", f"gradio_speedup_{top}"):
+            print(f"{key}: {document[key]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The running batch's key/value cache: one row per request, left-padded, re-shaped as rows join and leave.
+
+    columns ──────────────────────────────────────────────►  (cache positions; newest on the right)
+    row 0   [ pad pad  k k k k k k k k k ]   joined first
+    row 1   [ k   k    k k k k k k k k k ]   longest prompt
+    row 2   [ pad pad  pad pad pad k k k ]   joined two steps ago
+             └ attention mask 0 ┘
+
+Every row decodes one token per step, so each row's tokens stay contiguous and end at the right edge: only
+left padding is ever needed. A joining row is prefilled alone into its own `DynamicCache` and concatenated
+along the batch dimension, the shorter side padded on the left; a leaving row is dropped with an index
+select, and columns that became padding in every remaining row are cut. Keys are cached after the rotary
+embedding, so moving a row's columns does not change what its attention sees; its position ids count only
+its own tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class PaddedBatchCache:
+    """A `DynamicCache` over the running rows plus the `[rows, columns]` attention mask that says which
+    columns hold each row's tokens."""
+
+    def __init__(self):
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, columns] long: 1 where a row has a token
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    @property
+    def columns(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def add(self, row_cache: DynamicCache, length: int) -> None:
+        """Append a row prefilled alone (`row_cache` holds `length` tokens, batch 1) as the last row."""
+        _check_layers(row_cache)
+        row_mask = torch.ones(1, length, dtype=torch.long, device=_device(row_cache))
+        if self.cache is None:
+            self.cache, self.mask = row_cache, row_mask
+            return
+        width = max(self.columns, length)
+        for mine, theirs in zip(self.cache.layers, row_cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)])
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only the rows at `indices` (in that order); cut columns that are padding in all of them."""
+        if not indices:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(indices, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        # Left padding is a prefix of zeros in every row: the shortest prefix can go.
+        drop = int((mask.cumsum(dim=1) == 0).sum(dim=1).min())
+        self.mask = mask[:, drop:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, drop:]
+            layer.values = layer.values.index_select(0, index)[:, :, drop:]
+
+    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention mask `[rows, columns + 1]`, position ids `[rows, 1]`) for decoding one token per row;
+        the mask becomes the cache's once the step has run (`advance`)."""
+        mask = F.pad(self.mask, (0, 1), value=1)
+        positions = self.mask.sum(dim=1, keepdim=True)  # each row's own token count: its next position
+        return mask, positions
+
+    def advance(self, step_mask: torch.Tensor) -> None:
+        self.mask = step_mask
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the token dimension (dim 2 of keys `[batch, heads, tokens, dim]`, dim 1 of a mask) on the left."""
+    missing = width - (t.shape[2] if t.dim() == 4 else t.shape[1])
+    if missing == 0:
+        return t
+    return F.pad(t, (0, 0, missing, 0)) if t.dim() == 4 else F.pad(t, (missing, 0))
+
+
+def _check_layers(cache: DynamicCache) -> None:
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:
+            raise ValueError(f"the scheduler batches full-attention caches only; this model's cache has a "
+                             f"{type(layer).__name__} layer (sliding window or other), whose rows cannot be re-padded")
+
+
+def _device(cache: DynamicCache) -> torch.device:
+    return cache.layers[0].keys.device
