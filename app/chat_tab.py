@@ -6,8 +6,10 @@ Model events share the app's model queue; Stop both cancels the event and sets t
 """
 from __future__ import annotations
 
+import random
 import time
 from contextlib import closing
+from dataclasses import replace
 
 import gradio as gr
 
@@ -45,7 +47,7 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
     """Lay out the tab inside the current Blocks and wire its events; returns its main components."""
     with gr.Row():
         with gr.Column(scale=2, min_width=380):
-            panel = IdentityPanel("chat", "Agent identity")
+            panel = IdentityPanel("chat", "Agent identity", with_strength=True)
             conditioning = gr.Radio(
                 choices=[(CONDITIONING_LABELS[c], c.value) for c in Conditioning],
                 value=Conditioning.EXPERTS_AND_PROMPT.value, label="Conditioning", elem_id="chat-conditioning",
@@ -67,9 +69,18 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
                 stop = gr.Button("Stop", variant="stop", elem_id="chat-stop")
                 regenerate = gr.Button("Regenerate", elem_id="chat-regenerate")
                 clear = gr.Button("Clear", elem_id="chat-clear")
+            with gr.Row():
+                compare = gr.Button("Compare", elem_id="chat-compare")
+                baseline = gr.Radio([("beside the prompt alone", "prompt"), ("beside no identity at all", "none")],
+                                    value="prompt", show_label=False, elem_id="chat-compare-baseline",
+                                    info="the same message answered twice in one batch, with one seed")
+            with gr.Row(elem_id="chat-comparison"):
+                compared = gr.Markdown(elem_id="chat-compare-identity")
+                compared_baseline = gr.Markdown(elem_id="chat-compare-baseline-reply")
             gr.Examples(examples=[[e] for e in EXAMPLES], inputs=[message], label="Examples")
     conversation = gr.State([])  # per session: the record with each reply's identity set
-    settings = [conditioning, max_new_tokens, temperature, top_p, seed]
+    # The strengths go last, so an API call that leaves them out gets each identity at strength 1.
+    settings = [conditioning, max_new_tokens, temperature, top_p, seed, panel.strengths]
 
     def stream_reply(record: list[dict], identities: IdentitySet, mode: Conditioning, sampling: Sampling,
                      request: gr.Request):
@@ -99,10 +110,11 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
 
     @gpu
     def chat(message: str, conversation: list, traits: list[str], profession: list[str], conditioning: str,
-             max_new_tokens: float, temperature: float, top_p: float, seed: float = 0,
+             max_new_tokens: float, temperature: float, top_p: float, seed: float = 0, strengths: str = "",
              request: gr.Request = None):
-        """Send `message` to the agent with the given identities; streams the transcript as the reply grows."""
-        identities = read_identities(traits, profession)
+        """Send `message` to the agent with the given identities (`strengths`: `AGR_low=1.6,Doctor=0.5`, 0 to
+        2, 1 = as trained); streams the transcript as the reply grows."""
+        identities = read_identities(traits, profession, strengths=strengths)
         mode = read_conditioning(conditioning)
         sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
         text = (message or "").strip()
@@ -116,9 +128,9 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
     @gpu
     def regenerate_reply(conversation: list, traits: list[str], profession: list[str], conditioning: str,
                          max_new_tokens: float, temperature: float, top_p: float, seed: float = 0,
-                         request: gr.Request = None):
+                         strengths: str = "", request: gr.Request = None):
         """Replace the last reply with a new one, generated with the identities selected now."""
-        identities = read_identities(traits, profession)
+        identities = read_identities(traits, profession, strengths=strengths)
         mode = read_conditioning(conditioning)
         sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
         record = list(conversation or [])
@@ -127,6 +139,40 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
         if not record:
             raise gr.Error("Nothing to regenerate yet: send a message first.", title="Chat", print_exception=False)
         yield from stream_reply(record, identities, mode, sampling, request)
+
+    @gpu
+    def compare_replies(message: str, conversation: list, traits: list[str], profession: list[str],
+                        conditioning: str, max_new_tokens: float, temperature: float, top_p: float, seed: float = 0,
+                        strengths: str = "", baseline: str = "prompt"):
+        """Answer `message` (after the conversation so far) twice in one batched call with one seed: with the
+        identities as chosen, and with the prompt alone (`baseline="prompt"`) or no identity (`"none"`).
+        Returns the two replies, each under a heading that says how it was made; the conversation is kept."""
+        identities = read_identities(traits, profession, strengths=strengths)
+        mode = read_conditioning(conditioning)
+        sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
+        if sampling.seed is None:  # one seed for both rows, said on both: draw it here
+            sampling = replace(sampling, seed=random.randrange(1, 2**31))
+        if baseline not in ("prompt", "none"):
+            raise gr.Error(f"Compare with 'prompt' or 'none', not {baseline!r}.", title="Compare", print_exception=False)
+        text = (message or "").strip()
+        if not text:
+            raise gr.Error("Type a message to compare replies to.", title="Compare", print_exception=False)
+        try:
+            engine = slot.get()
+        except ModelLoadError as err:
+            raise gr.Error(str(err), title="Model") from None
+        mode = engine.effective_conditioning(mode)
+        history = model_history(list(conversation or [])) + [{"role": "user", "content": text}]
+        against = Conditioning.PROMPT if baseline == "prompt" else None
+        try:
+            left, right = engine.compare(history, identities, mode, against, sampling)
+        except Exception as err:
+            raise gr.Error(f"Generation failed: {err}", title="Model") from err
+        seed_note = f" · seed {sampling.seed}" if sampling.seed is not None else ""
+        right_title = (f"{CONDITIONING_LABELS[Conditioning.PROMPT].capitalize()}: {identities.describe()}" if against
+                       else "No identity (plain base model)")
+        return (f"**{CONDITIONING_LABELS[mode].capitalize()}: {identities.describe()}**{seed_note}\n\n{left}",
+                f"**{right_title}**{seed_note}\n\n{right}")
 
     def stop_reply(conversation: list, request: gr.Request):
         """Stop this session's running reply at the next token; the text so far stays."""
@@ -145,7 +191,9 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
                        api_name="chat", **model_queue)
     regenerate_event = regenerate.click(regenerate_reply, [conversation, *identity_inputs, *settings],
                                         [chatbot, conversation], api_name="regenerate", **model_queue)
-    running = [chat_event, regenerate_event]
+    compare_event = compare.click(compare_replies, [message, conversation, *identity_inputs, *settings, baseline],
+                                  [compared, compared_baseline], api_name="compare", **model_queue)
+    running = [chat_event, regenerate_event, compare_event]
     stop.click(stop_reply, [conversation], [chatbot, conversation], cancels=running, queue=False,
                api_name="stop")
     clear.click(clear_chat, None, [chatbot, conversation], cancels=running, queue=False, api_name="clear")

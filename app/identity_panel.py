@@ -8,24 +8,38 @@ The rules hold twice:
 - on the server, every model function reads the panel through `read_identities`, which parses the values
   strictly (`IdentitySet.parse`), so a hand-made API call with a bad set gets a `gr.Error` naming it.
 Build one `IdentityPanel` per agent; `name` keeps element ids and API names apart.
+
+With `with_strength`, a slider (0 to 2, 1 = as trained, 0 = the prompt alone) shows beside each checked
+identity; the sliders write one text input, `strengths` (`AGR_low=1.6,Doctor=0.5`, identities at 1 left
+out), which model functions read with the panel, so an API call passes strengths as that text.
 """
 from __future__ import annotations
 
 import gradio as gr
 
-from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, label
+from hirpf.identities import (ALL_IDENTITIES, DEFAULT_STRENGTH, MAX_STRENGTH, MIN_STRENGTH, PROFESSIONS, TRAIT_POLES,
+                              IdentityError, IdentitySet, label)
 
 from .assets import asset
 
 
-def read_identities(traits, profession, who: str = "") -> IdentitySet:
-    """The identity set a panel's values describe; `gr.Error` naming the offender when they break a rule."""
+def read_identities(traits, profession, who: str = "", strengths: str | None = None) -> IdentitySet:
+    """The identity set a panel's values describe, with `strengths` (text, see the module docstring) for the
+    chosen identities; `gr.Error` naming the offender when they break a rule."""
     names = list(traits or []) + list(profession or [])
     try:
-        return IdentitySet.parse(names)
+        return IdentitySet.parse(names).with_strengths(strengths or None, ignore_absent=True)
     except IdentityError as err:
         raise gr.Error(f"Invalid identity set{f' for {who}' if who else ''}: {err}", title="Identity rules",
                        print_exception=False) from None
+
+
+def strengths_text(traits, profession, *values) -> str:
+    """The strengths input's text from the sliders (one per identity, inventory order): checked identities
+    whose strength is not the default."""
+    chosen = set(traits or []) | set(profession or [])
+    return ",".join(f"{name}={value:g}" for name, value in zip(ALL_IDENTITIES, values)
+                    if name in chosen and value is not None and float(value) != DEFAULT_STRENGTH)
 
 
 def summary_line(traits, profession) -> str:
@@ -46,7 +60,8 @@ def summary_line(traits, profession) -> str:
 class IdentityPanel:
     """Checkboxes for one agent's identities, plus the line that says them in words."""
 
-    def __init__(self, name: str = "identity", title: str = "Identity", value: IdentitySet | None = None):
+    def __init__(self, name: str = "identity", title: str = "Identity", value: IdentitySet | None = None,
+                 with_strength: bool = False):
         self.name = name
         value = value or IdentitySet()
         with gr.Column(elem_id=f"{name}-panel", elem_classes="hirpf-identity-panel"):
@@ -60,11 +75,31 @@ class IdentityPanel:
                 label="Profession: at most one", elem_id=f"{name}-profession")
             self.summary = gr.Markdown(summary_line(value.traits, [value.profession] if value.profession else []),
                                        elem_id=f"{name}-summary", elem_classes="hirpf-summary")
+            self.sliders = []
+            if with_strength:
+                with gr.Group(elem_id=f"{name}-strength"):
+                    for identity in ALL_IDENTITIES:
+                        self.sliders.append(gr.Slider(
+                            MIN_STRENGTH, MAX_STRENGTH, value=value.strength(identity) if identity in value else 1,
+                            step=0.1, label=f"Strength: {label(identity)}", visible=identity in value,
+                            info="0 = the prompt alone, 1 = as trained", elem_id=f"{name}-strength-{identity}"))
+            self.strengths = gr.Textbox(",".join(f"{n}={v:g}" for n, v in value.strengths), visible=False,
+                                        elem_id=f"{name}-strengths")
         # `input` fires on the visitor's clicks only, so the rules never fight values set by the server.
         self.traits.input(None, self.traits, self.traits, js=asset("keep_last_pole_per_trait.js"))
         self.profession.input(None, self.profession, self.profession, js=asset("keep_last_profession.js"))
         gr.on([self.traits.change, self.profession.change], summary_line, self.inputs, self.summary,
               queue=False, show_progress="hidden", api_name=f"{name}_summary", api_visibility="undocumented")
+        if self.sliders:
+            def show_sliders(traits, profession):
+                chosen = set(traits or []) | set(profession or [])
+                return [gr.update(visible=identity in chosen) for identity in ALL_IDENTITIES]
+
+            gr.on([self.traits.change, self.profession.change], show_sliders, self.inputs, self.sliders,
+                  queue=False, show_progress="hidden", api_visibility="private")
+            gr.on([self.traits.change, self.profession.change] + [s.change for s in self.sliders], strengths_text,
+                  self.inputs + self.sliders, self.strengths, queue=False, show_progress="hidden",
+                  api_visibility="private")
 
     @property
     def inputs(self) -> list:

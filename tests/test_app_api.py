@@ -117,6 +117,35 @@ def test_identity_changes_apply_to_the_next_reply_only(tiny_url):
     assert captions(messages) == ["Identity: a person with high agreeableness", "Identity: an artist"]
 
 
+def test_strengths_reach_the_reply_and_its_caption(tiny_url):
+    c = client(tiny_url)
+    messages = transcript(c.predict(message="hello", traits=["AGR_low"], profession=["Doctor"],
+                                    strengths="AGR_low=1.6,Doctor=0.5", **QUICK, api_name="/chat"))
+    assert captions(messages) == ["Identity: a doctor with low agreeableness (strength AGR_low 1.6, Doctor 0.5)"]
+    with pytest.raises(AppError, match="between 0 and 2"):
+        c.predict(message="hello", traits=["AGR_low"], strengths="AGR_low=3", **QUICK, api_name="/chat")
+
+
+def test_compare_answers_with_and_without_the_experts_in_one_call(tiny_url):
+    c = client(tiny_url)
+    greedy = {"max_new_tokens": 8, "temperature": 0}
+    with_experts, prompt_only = c.predict(message="What do you do all day?", traits=["EXT_high"],
+                                          profession=["Artist"], **greedy, api_name="/compare")
+    assert with_experts.startswith("**Experts + prompt: an artist with high extraversion**")
+    assert prompt_only.startswith("**Prompt only: an artist with high extraversion**")
+    assert with_experts.split("\n\n", 1)[1] != prompt_only.split("\n\n", 1)[1]  # the experts act
+    # At strength 0 on every identity the experts add nothing: both replies are the prompt-only reply.
+    off, prompt_again = c.predict(message="What do you do all day?", traits=["EXT_high"], profession=["Artist"],
+                                  strengths="EXT_high=0,Artist=0", **greedy, api_name="/compare")
+    assert off.split("\n\n", 1)[1] == prompt_again.split("\n\n", 1)[1] == prompt_only.split("\n\n", 1)[1]
+    _, plain = c.predict(message="What do you do all day?", traits=["EXT_high"], baseline="none", **greedy,
+                         api_name="/compare")
+    assert plain.startswith("**No identity (plain base model)**")
+    with pytest.raises(AppError, match="Type a message"):
+        c.predict(message=" ", **greedy, api_name="/compare")
+    assert transcript(c.predict(api_name="/clear")) == []  # compare never touched the conversation
+
+
 def test_two_clients_never_see_each_others_conversation(tiny_url):
     a, b = client(tiny_url), client(tiny_url)
     a.predict(message="from A", profession=["Doctor"], **QUICK, api_name="/chat")

@@ -51,9 +51,14 @@ def recognition(engine, dialogues, args, modes=MODES, strength=None) -> dict:
     scored = recognize(engine.model, engine.tokenizer, dialogues, modes, remove_poles=True,
                        max_length=args.max_length, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
                        strength=strength)
+    return summary_of(scored, [m.value for m in modes])
+
+
+def summary_of(scored: dict, modes: list[str]) -> dict:
+    """What the card needs of a `recognize` result (this script's, or `python -m hirpf.eval recognize --json`)."""
     return {k: scored[k] for k in ("dialogues", "accuracy_by_mode", "mean_margin_by_mode", "accuracy_by_count",
                                    "accuracy_by_identity")} | {
-        "margins": [{"identities": d["identities"]} | {m.value: round(d[m.value]["margin"], 4) for m in modes}
+        "margins": [{"identities": d["identities"]} | {m: round(d[m]["margin"], 4) for m in modes}
                     for d in scored["details"]]}
 
 
@@ -87,19 +92,28 @@ def profession(engine, conditioning: Conditioning, batch_size: int) -> dict:
     return {"professions": out, "hits": sum(p["hit"] for p in out.values()), "of": len(out)}
 
 
-def dose_response(engine, dialogues, args) -> dict:
-    """Recognition margin (experts + prompt) per pole and questionnaire shift per pole, against strength."""
+def dose_response(engine, dialogues, args, measured: dict) -> dict:
+    """Recognition margin (experts + prompt) per identity and questionnaire shift per pole, against strength.
+    Strength 1 is the trained experts and strength 0 the prompt alone (exactly: every expert's contribution
+    is scaled to zero), so those two recognition points are the `measured` experts+prompt and prompt figures."""
     curves = {}
     for strength in STRENGTHS:
-        scored = recognition(engine, dialogues, args, modes=(Conditioning.EXPERTS_AND_PROMPT,), strength=strength)
-        margins = {pole: [m["experts+prompt"] for m in scored["margins"] if pole in m["identities"].split(",")]
-                   for pole in TRAIT_POLES + PROFESSIONS}
+        if strength in (0.0, 1.0):
+            mode = "prompt" if strength == 0.0 else "experts+prompt"
+            margins = [{"identities": m["identities"], "margin": m[mode]} for m in measured["margins"]]
+            accuracy = measured["accuracy_by_mode"][mode]
+        else:
+            scored = recognition(engine, dialogues, args, modes=(Conditioning.EXPERTS_AND_PROMPT,), strength=strength)
+            margins = [{"identities": m["identities"], "margin": m["experts+prompt"]} for m in scored["margins"]]
+            accuracy = scored["accuracy_by_mode"]["experts+prompt"]
+        per_identity = {name: [m["margin"] for m in margins if name in m["identities"].split(",")]
+                        for name in TRAIT_POLES + PROFESSIONS}
         shifts = personality(engine, Conditioning.EXPERTS_AND_PROMPT, args.batch_size, strength)["poles"]
         curves[str(strength)] = {
-            "recognition_accuracy": scored["accuracy_by_mode"]["experts+prompt"],
-            "mean_margin": {p: round(mean(v), 4) if v else None for p, v in margins.items()},
+            "recognition_accuracy": accuracy,
+            "mean_margin": {p: round(mean(v), 4) if v else None for p, v in per_identity.items()},
             "questionnaire_shift": {p: v["shift"] for p, v in shifts.items()}}
-        print(f"strength {strength}: recognition {curves[str(strength)]['recognition_accuracy']:.3f}", file=sys.stderr)
+        print(f"strength {strength}: recognition {accuracy:.3f}", file=sys.stderr)
     return curves
 
 
@@ -115,6 +129,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch_tokens", type=int, default=2048, help="padded tokens per forward pass")
     ap.add_argument("--dose_response", action="store_true", help="also the curves against strength 0-2")
     ap.add_argument("--skip_questionnaires", action="store_true", help="recognition only (quick recipe checks)")
+    ap.add_argument("--recognition", default=None,
+                    help="reuse this result of `python -m hirpf.eval recognize --json` (same experts, split and "
+                         "all three modes) instead of scoring again")
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args(argv)
 
@@ -123,7 +140,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     result = {"experts": args.experts, "split": {"data": args.data, "eval_fraction": args.eval_fraction,
                                                  "seed": args.seed, "dialogues": len(dialogues)},
-              "recognition": recognition(engine, dialogues, args)}
+              "recognition": (summary_of(json.loads(Path(args.recognition).read_text()), [m.value for m in MODES])
+                              if args.recognition else recognition(engine, dialogues, args))}
     print(json.dumps({"recognition": {k: result["recognition"][k] for k in ("accuracy_by_mode", "accuracy_by_count")}},
                      indent=1), file=sys.stderr)
     if not args.skip_questionnaires:
@@ -132,7 +150,7 @@ def main(argv=None) -> dict:
         result["profession"] = {m.value: profession(engine, m, args.batch_size)
                                 for m in (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)}
     if args.dose_response:
-        result["dose_response"] = dose_response(engine, dialogues, args)
+        result["dose_response"] = dose_response(engine, dialogues, args, result["recognition"])
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
