@@ -183,3 +183,41 @@ def test_several_gpus_in_one_process_are_refused(tmp_path, tiny_base_dir, monkey
     monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
     with pytest.raises(SystemExit, match=r"DataParallel.*torchrun --nproc_per_node 2"):
         ExpertTrainer(model=model, args=args)
+
+
+def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
+    """The card's facts (recipe, command, steps, figures) come from the run's summary and its evaluation."""
+    data = write_data(tmp_path / "data.json", n=16)
+    run = tmp_path / "run"
+    train("--data", data, "--base_model", tiny_base_dir, "--output_dir", run, "--rank", 2, "--batch_size", 4,
+          "--micro_batch_size", 2, "--num_epochs", 1, "--learning_rate", 1e-2, "--warmup_steps", 0, "--gate", "sigmoid",
+          "--eval_fraction", 0.25, "--eval_steps", 2, "--save_steps", 100, "--max_length", 128)
+    evaluation = tmp_path / "evaluation.json"
+    subprocess.run([sys.executable, str(ROOT / "training" / "evaluate_experts.py"), "--experts", str(run),
+                    "--base_model", str(tiny_base_dir), "--data", str(data), "--eval_fraction", "0.25",
+                    "--max_length", "128", "--dose_response", "--json", str(evaluation)],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=900,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads(evaluation.read_text())
+    assert result["split"]["dialogues"] == 4
+    assert set(result["recognition"]["accuracy_by_mode"]) == {"experts+prompt", "experts", "prompt"}
+    assert result["personality"]["experts+prompt"]["of"] == 10 and result["profession"]["prompt"]["of"] == 3
+    curves = result["dose_response"]
+    assert list(curves) == ["0.0", "0.5", "1.0", "1.5", "2.0"]
+    # Strength 0 is the prompt alone, strength 1 the trained experts: the curve's ends are the measured modes.
+    assert curves["0.0"]["recognition_accuracy"] == result["recognition"]["accuracy_by_mode"]["prompt"]
+    assert curves["1.0"]["recognition_accuracy"] == result["recognition"]["accuracy_by_mode"]["experts+prompt"]
+    assert set(curves["2.0"]["questionnaire_shift"]) == {"AGR_high", "AGR_low", "CON_high", "CON_low", "EXT_high",
+                                                         "EXT_low", "NEU_high", "NEU_low", "OPE_high", "OPE_low"}
+    out = tmp_path / "card"
+    subprocess.run([sys.executable, str(ROOT / "training" / "model_card.py"), "--run", str(run), "--evaluation",
+                    str(evaluation), "--out", str(out)], check=True, capture_output=True, text=True, cwd=ROOT,
+                   timeout=300)
+    card = (out / "README.md").read_text()
+    summary = json.loads((run / "training_summary.json").read_text())
+    assert f"--data {data}" in card and "--gate sigmoid" in card and "--learning_rate 0.01" in card
+    assert f"{summary['steps']} optimizer steps" in card and "`sigmoid` gate" in card
+    assert "16 records kept" in card and "4 dialogues" in card
+    assert (out / "dose_response.png").stat().st_size > 0 and (out / "loss_curve.png").stat().st_size > 0
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in weights.values())
