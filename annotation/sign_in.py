@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from db.engine import Database
 from db.models import Annotator
 
-from .store import Store, StoreError
+from .store import MAX_NAME_CHARS, Store, StoreError, checked_text
 from .study_settings import ACCESS_CODE_KEY, read_setting, write_setting
 
 NAME_PREFIX = "name:"  # external id of a name sign-in: "name:" + the case-folded name
@@ -86,7 +86,8 @@ def set_access_code(db: Database, code: str | None) -> None:
 def sign_in_by_name(store: Store, name: str, code: str | None) -> NameSignIn:
     """The annotator for `name` (already tidied), creating them on first use. `code`: the resume code of an
     existing annotator, or the study access code for a new one (when the study has one). Raises
-    SignInRefused when the code is missing or wrong."""
+    SignInRefused when the code is missing or wrong, StoreError when the name cannot be stored."""
+    name = checked_text(name, "display name", MAX_NAME_CHARS, required=True)  # before it reaches a query
     external = NAME_PREFIX + name.casefold()
     found = _by_external_id(store.db, external)
     if found is None:

@@ -122,8 +122,8 @@ class Store:
     def register_annotator(self, display_name: str, external_id: str | None = None) -> str:
         """A new annotator's public id; with an `external_id` (e.g. "hf:<username>") the same person gets
         the same annotator every time."""
-        name = _text(display_name, "display name", MAX_NAME_CHARS, required=True)
-        external = _text(external_id, "external id", MAX_NAME_CHARS) if external_id is not None else None
+        name = checked_text(display_name, "display name", MAX_NAME_CHARS, required=True)
+        external = checked_text(external_id, "external id", MAX_NAME_CHARS) if external_id is not None else None
         if external and external.startswith(IMPORTED_PREFIX):
             raise StoreError(f"external id {external!r}: the prefix {IMPORTED_PREFIX!r} is reserved for imports")
 
@@ -271,7 +271,7 @@ class Store:
 
     def skip(self, task: str, reason: str, annotator: str | None = None) -> None:
         """Set a pending task aside with a reason (required); it no longer counts towards the item's cap."""
-        reason = _text(reason, "skip reason", MAX_REASON_CHARS, required=True)
+        reason = checked_text(reason, "skip reason", MAX_REASON_CHARS, required=True)
 
         def run(session: Session) -> None:
             found = _task(session, task, annotator)
@@ -305,11 +305,11 @@ def prepare_dialogue(transcript: Sequence[Mapping], target: object = None, *, ki
                              f"{type(turn).__name__}")
         content = turn.get("content")
         if isinstance(content, str):  # anything else is refused, by role, in `transcripts`
-            _text(content, f"dialogue turn {i} content", strip=False)
+            checked_text(content, f"dialogue turn {i} content", strip=False)
         turns.append({"role": turn.get("role"), "content": content})
-    system = _text(system, "system", MAX_NAME_CHARS) if system is not None else None
-    source_ref = _text(source_ref, "source_ref", MAX_SOURCE_REF_CHARS) if source_ref is not None else None
-    factor = _text(factor, "factor", MAX_FACTOR_CHARS) if factor is not None else None
+    system = checked_text(system, "system", MAX_NAME_CHARS) if system is not None else None
+    source_ref = checked_text(source_ref, "source_ref", MAX_SOURCE_REF_CHARS) if source_ref is not None else None
+    factor = checked_text(factor, "factor", MAX_FACTOR_CHARS) if factor is not None else None
     try:
         anonymized = transcripts.anonymize(turns, redact=_names_to_hide(system, source_ref))
         reversed_turns = transcripts.reverse(turns)
@@ -319,7 +319,7 @@ def prepare_dialogue(transcript: Sequence[Mapping], target: object = None, *, ki
         raise StoreError("dialogue: no assistant turn, nothing to judge")
     identities = _identities(target)
     if kind == "scale_interview":
-        statement = _text(statement, "statement", MAX_COMMENT_CHARS, required=True)
+        statement = checked_text(statement, "statement", MAX_COMMENT_CHARS, required=True)
         option = None if target_option is None else _option(target_option, "target option")
     elif statement is not None or target_option is not None:
         raise StoreError("statement and target option belong to scale interviews only")
@@ -383,22 +383,22 @@ def _option(value: object, what: str) -> int:
 
 
 def _judge_values(label: JudgeLabel, kind: str) -> dict:
-    judge = _text(label.judge, "judge name", MAX_NAME_CHARS, required=True)
+    judge = checked_text(label.judge, "judge name", MAX_NAME_CHARS, required=True)
     answer = _answer_values(kind, label.slots, label.option)
-    raw = label.raw_reply if label.raw_reply is None else _text(str(label.raw_reply), "raw reply", strip=False)
+    raw = label.raw_reply if label.raw_reply is None else checked_text(str(label.raw_reply), "raw reply", strip=False)
     return dict(judge=judge, raw_reply=raw, **answer)
 
 
 def _imported_answer_values(answer: ImportedAnswer, kind: str) -> dict:
-    external = IMPORTED_PREFIX + _text(answer.annotator, "imported annotator", MAX_NAME_CHARS - len(IMPORTED_PREFIX),
+    external = IMPORTED_PREFIX + checked_text(answer.annotator, "imported annotator", MAX_NAME_CHARS - len(IMPORTED_PREFIX),
                                        required=True)
-    name = _text(answer.display_name, "imported annotator name", MAX_NAME_CHARS, required=True)
+    name = checked_text(answer.display_name, "imported annotator name", MAX_NAME_CHARS, required=True)
     return dict(external_id=external, display_name=name, comment=_comment(answer.comment),
                 **_answer_values(kind, answer.slots, answer.option))
 
 
 def _comment(comment: object) -> str:
-    return "" if comment is None else _text(comment, "comment", MAX_COMMENT_CHARS, strip=False)
+    return "" if comment is None else checked_text(comment, "comment", MAX_COMMENT_CHARS, strip=False)
 
 
 def _seconds(seconds: object) -> float | None:
@@ -413,7 +413,7 @@ def _seconds(seconds: object) -> float | None:
     return value
 
 
-def _text(value: object, what: str, limit: int | None = None, required: bool = False, strip: bool = True) -> str:
+def checked_text(value: object, what: str, limit: int | None = None, required: bool = False, strip: bool = True) -> str:
     """Text fit to store, or `StoreError` naming `what`: stripped (unless `strip` is False), no NUL or lone
     surrogate, at most `limit` characters. The message never repeats the text itself."""
     if value is None and required:

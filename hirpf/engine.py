@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,31 +21,9 @@ from .identities import IdentitySet
 from .inject import expert_config
 from .prompts import Conditioning, expert_identities, system_message
 from .routing import use_identities
+from .sampling import Message, Sampling
 
 SHIPPED_EXPERTS = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-experts"
-Message = dict  # {"role": "user" | "assistant", "content": str}
-
-
-@dataclass
-class Sampling:
-    """Decoding settings."""
-
-    max_new_tokens: int = 128
-    do_sample: bool = True
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    num_beams: int = 1
-    seed: int | None = None
-
-    def generate_kwargs(self) -> dict:
-        kwargs = asdict(self)
-        kwargs.pop("seed")
-        if not self.do_sample:
-            for key in ("temperature", "top_p", "top_k"):
-                kwargs.pop(key)
-        return kwargs
 
 
 class StopOnEvent(StoppingCriteria):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-from .engine import Sampling
+from .sampling import Sampling
 
 
 class RowSampler:

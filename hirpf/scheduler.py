@@ -41,7 +41,7 @@ import torch
 from transformers import DynamicCache
 
 from .batch_cache import PaddedBatchCache
-from .engine import Message, Sampling
+from .sampling import Message, Sampling
 from .identities import IdentitySet
 from .prompts import Conditioning, expert_identities
 from .routing import Routing, use_identities

@@ -408,7 +408,7 @@ def test_text_no_database_stores_gets_a_clear_error_and_an_import_shows_its_repo
         screen = sign_in(c)
         calls = {"comment": ("annotation_submit", [screen.who, screen.task, *ANSWER.values(), None, "ok {}", {}]),
                  "skip reason": ("annotation_skip", [screen.who, screen.task, "why {}"]),
-                 "display name": ("annotation_sign_in", ["Ada {}"])}
+                 "display name": ("annotation_sign_in", ["Ada {}", ""])}
         for bad, word in (("\x00", "NUL"), ("\ud800", "lone surrogate")):
             for field, (api_name, data) in calls.items():
                 answer = raw_call(url, api_name, [d.format(bad) if isinstance(d, str) else d for d in data])
@@ -419,7 +419,8 @@ def test_text_no_database_stores_gets_a_clear_error_and_an_import_shows_its_repo
 
         admin = client(url)
         admin.predict(password_attempt=PASSWORD, api_name="/admin_open")
-        report, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl", api_name="/admin_import")
+        report, _, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl",
+                                              api_name="/admin_import")
     assert "1 dialogue(s) added" in report and "3 row(s) rejected" in report
     assert "line 1: active_adapters: expected a list of identity names" in report
     assert "line 2: not JSON (nested too deeply)" in report
