@@ -48,7 +48,15 @@ from pathlib import Path
 
 from annotation.records import RowError, UnreadableFile
 from hirpf.identities import PROFESSIONS, IdentityError, IdentitySet
-from hirpf.labels import PROFESSION_SLOT, SLOTS, LabelError, normalize_slots, scale_option, slot_name, slots_from_identities
+from hirpf.labels import (
+    PROFESSION_SLOT,
+    SLOTS,
+    LabelError,
+    normalize_slots,
+    scale_option,
+    slot_name,
+    slots_from_identities,
+)
 
 OPEN, SCALE, DATASET = "open", "scale", "dataset"
 KINDS = (OPEN, SCALE, DATASET)

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Mapping
 
 from annotation import his_import
-from hirpf.labels import identities_from_slots
 from annotation.records import DialogueRecord, ImportedAnswer, JudgeLabel, RowError, UnreadableFile
 from hirpf.identities import IdentitySet
+from hirpf.labels import identities_from_slots
 
 KINDS = {"his-open": his_import.OPEN, "his-scale": his_import.SCALE, "his-data": his_import.DATASET,
          "jsonl": None}

@@ -23,10 +23,10 @@ from sqlalchemy import func, select
 
 from annotation.agreement import inter_annotator_agreement, option_agreement, slot_agreement
 from annotation.store import IMPORTED_PREFIX
-from hirpf.labels import slots_from_identities
 from db import Database
 from db.models import KINDS, Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction, TaskStatus
 from hirpf.identities import IdentitySet
+from hirpf.labels import slots_from_identities
 
 OPTION = ("option",)  # scale answers as a one-slot labelling, for the inter-annotator helper
 

@@ -30,14 +30,23 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hirpf import transcripts
 from annotation.assignment import AssignmentPolicy, plan_assignment
 from annotation.records import ImportedAnswer, JudgeLabel
-from hirpf.labels import LabelError, normalize_slots, scale_option
 from db import Database
-from db.models import (KINDS, SOURCES, Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction,
-                       TaskStatus, utcnow)
+from db.models import (
+    KINDS,
+    SOURCES,
+    Annotation,
+    AnnotationTask,
+    Annotator,
+    Dialogue,
+    JudgePrediction,
+    TaskStatus,
+    utcnow,
+)
+from hirpf import transcripts
 from hirpf.identities import IdentityError, IdentitySet
+from hirpf.labels import LabelError, normalize_slots, scale_option
 
 MAX_COMMENT_CHARS = 4000
 MAX_REASON_CHARS = 500

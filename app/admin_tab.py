@@ -28,13 +28,20 @@ from annotation.assignment import AssignmentPolicy
 from annotation.report import build_report, overview
 from annotation.sign_in import access_code_required, set_access_code
 from annotation.store import StoreError
-from hirpf.labels import SLOTS
 from annotation.store_io import import_file, write_csv, write_jsonl
+from hirpf.labels import SLOTS
 
 from .admin_downloads import AdminDownloads, Download
 from .assets import asset
-from .services import (SLOT_TITLES, apply_policy, oauth_configured, open_store, policy_as_text, sign_in_mode,
-                       start_policy)
+from .services import (
+    SLOT_TITLES,
+    apply_policy,
+    oauth_configured,
+    open_store,
+    policy_as_text,
+    sign_in_mode,
+    start_policy,
+)
 from .standalone import main, tab_app
 from .throttle import Throttle, Throttled, client_of
 

@@ -17,8 +17,17 @@ from __future__ import annotations
 
 import gradio as gr
 
-from hirpf.identities import (ALL_IDENTITIES, DEFAULT_STRENGTH, MAX_STRENGTH, MIN_STRENGTH, PROFESSIONS, TRAIT_POLES,
-                              IdentityError, IdentitySet, label)
+from hirpf.identities import (
+    ALL_IDENTITIES,
+    DEFAULT_STRENGTH,
+    MAX_STRENGTH,
+    MIN_STRENGTH,
+    PROFESSIONS,
+    TRAIT_POLES,
+    IdentityError,
+    IdentitySet,
+    label,
+)
 
 from .assets import asset
 

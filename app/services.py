@@ -17,11 +17,11 @@ import gradio as gr
 from gradio.utils import get_space
 
 from annotation.assignment import AssignmentPolicy
-from hirpf.labels import PROFESSION_SLOT
 from annotation.store import Store, StoreError, prepare_dialogue
 from annotation.study_settings import store_policy, stored_policy
 from db.engine import Database, database_url
 from hirpf.identities import TRAIT_WORDS, IdentityError, IdentitySet
+from hirpf.labels import PROFESSION_SLOT
 
 POLICY_ENV = "HIRPF_ASSIGNMENT"
 SIGN_IN_ENV = "HIRPF_SIGN_IN"

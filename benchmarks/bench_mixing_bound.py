@@ -21,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hirpf.fast_inference as fast  # noqa: E402
 from bench_experts import MIXED, batch, decoder, randomize, take_turns  # noqa: E402
+
+import hirpf.fast_inference as fast  # noqa: E402
 from hirpf.base_model import load_base_model  # noqa: E402
 from hirpf.experts import ExpertConfig  # noqa: E402
 from hirpf.inject import add_experts  # noqa: E402

@@ -11,8 +11,25 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Callable, NamedTuple
 
-from sqlalchemy import (JSON, CheckConstraint, Column, Connection, DateTime, Float, ForeignKey, Index,
-                        Integer, MetaData, String, Table, Text, UniqueConstraint, insert, select, text)
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    select,
+    text,
+)
 
 Json = JSON(none_as_null=True)
 Timestamp = DateTime(timezone=True)

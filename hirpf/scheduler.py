@@ -41,11 +41,11 @@ import torch
 from transformers import DynamicCache
 
 from .batch_cache import PaddedBatchCache
-from .sampling import Message, Sampling
 from .identities import IdentitySet
 from .prompts import Conditioning, expert_identities
 from .routing import Routing, use_identities
 from .row_sampling import RowSampler
+from .sampling import Message, Sampling
 
 ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random Llamas for logic, the embedded model for integration."""
+"""Shared fixtures: the embedded model, a tiny engine and a tiny base model directory (the helpers they use
+live in testing_utils.py, which tests import directly)."""
 from __future__ import annotations
 
 import pytest
@@ -6,31 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from openai_server import openai_server  # noqa: F401  (fixture: local chat-completions server)
-
-
-def tiny_llama(seed: int = 0, dtype=torch.float32, layers: int = 4) -> LlamaForCausalLM:
-    """2-4 layers, width 32, GQA (4 query heads, 2 key/value heads): k/v are narrower than q."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
-                         eos_token_id=2, max_position_embeddings=128)
-    return LlamaForCausalLM(config).to(dtype).eval()
-
-
-def randomize_experts(model, seed: int = 0, scale: float = 0.3) -> None:
-    """Experts start as no-ops (B = 0, router = 0); give them real weights."""
-    from hirpf.fast_inference import forget_weights
-    from hirpf.inject import expert_layers
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in expert_layers(model).values():
-            for p in (layer.lora_A, layer.lora_B):
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
-            if layer.router is not None:
-                for p in layer.router.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
-    forget_weights(model)
+from testing_utils import randomize_experts
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import random
 import krippendorff
 import numpy as np
 import pytest
-from statsmodels.stats.inter_rater import aggregate_raters, cohens_kappa, fleiss_kappa as sm_fleiss_kappa, to_table
+from statsmodels.stats.inter_rater import aggregate_raters, cohens_kappa, to_table
+from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 
 from annotation.agreement import LEVELS, NO_PREDICTION, cohen_kappa, fleiss_kappa, krippendorff_alpha
 from annotation.his_import import FILES, OPEN, SCALE, read_his_csv

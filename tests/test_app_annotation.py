@@ -14,16 +14,17 @@ from typing import NamedTuple
 import gradio as gr
 import httpx
 import pytest
-from app_serving import client, served
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import func, select
 
-from hirpf.labels import SLOTS
 from app.build import build_app
 from app.services import open_store, policy_from_text, send_to_evaluation
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
+from hirpf.labels import SLOTS
+
+from app_serving import client, served
 
 SYSTEM = "secret-system-x"  # a system name no annotator may ever see
 SOURCE = "secret-run-42.jsonl"

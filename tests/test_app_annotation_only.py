@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import httpx
-from app_serving import browser_page, client, needs_chromium, open_tab, served_annotation_app
 from playwright.sync_api import expect
 from test_app_annotation import ANSWER, Screen, app_env, seed_dialogues  # noqa: F401
 
 from hirpf.identities import ALIASES, ALL_IDENTITIES
+
+from app_serving import browser_page, client, needs_chromium, open_tab, served_annotation_app
 
 # Words of the model side: the experts, the identity codes, the model status line and its endpoint.
 MODEL_WORDS = ["expert", "model_status", "model ready", "embedded", "lora", "identity-driven", "role-playing",

@@ -14,10 +14,11 @@ import time
 
 import gradio as gr
 import pytest
-from app_serving import assert_model_stopped, client, forward_calls, served
 from gradio_client.exceptions import AppError
 
 from app.settings import settings_from
+
+from app_serving import assert_model_stopped, client, forward_calls, served
 
 
 @pytest.fixture(scope="module")

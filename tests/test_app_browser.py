@@ -10,10 +10,11 @@ import re
 import time
 
 import pytest
-from app_serving import browser_page, needs_chromium, screenshot, served, set_slider
 from playwright.sync_api import expect
 
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
+
+from app_serving import browser_page, needs_chromium, screenshot, served, set_slider
 
 REPLY_TIMEOUT_MS = 180_000  # the embedded model on a busy 2-core CPU
 

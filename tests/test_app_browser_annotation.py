@@ -12,14 +12,15 @@ import re
 from pathlib import Path
 
 import pytest
-from app_serving import browser_page, needs_chromium, open_tab, screenshot, served
 from playwright.sync_api import expect
 from sqlalchemy import select
 
 from app.services import open_store
-from hirpf.labels import SLOTS
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
+from hirpf.labels import SLOTS
+
+from app_serving import browser_page, needs_chromium, open_tab, screenshot, served
 
 SYSTEM = "secret-system-x"
 PASSWORD = "browser-test-password"

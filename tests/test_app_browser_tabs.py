@@ -8,10 +8,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from app_serving import browser_page, needs_chromium, open_tab, screenshot, served, set_slider
 from playwright.sync_api import expect
 
 from hirpf.identities import TRAIT_POLES, IdentitySet
+
+from app_serving import browser_page, needs_chromium, open_tab, screenshot, served, set_slider
 
 RUN_TIMEOUT_MS = 300_000  # the embedded model on a busy 2-core CPU
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app_serving import client, served
 from gradio_client.exceptions import AppError
 from test_app_annotation import ANSWER, SYSTEM, Screen, app_env, seed_dialogues, stored_answers  # noqa: F401
 
 from hirpf.paths import PROJECT_ROOT
+
+from app_serving import client, served
 
 PASSWORD = "correct horse battery staple"
 

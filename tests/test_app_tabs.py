@@ -13,7 +13,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from app_serving import assert_model_stopped, client, forward_calls, served
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import select
@@ -24,6 +23,8 @@ from hirpf.eval.interview import REFEREE_SYSTEM
 from hirpf.eval.survey import load_survey
 from hirpf.paths import his_file
 from hirpf.scales import DATA_DIR, load_scale
+
+from app_serving import assert_model_stopped, client, forward_calls, served
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from annotation.assignment import AssignmentPolicy
 from annotation.records import JudgeLabel
 from annotation.store import Store
-from db import Database, database_url as resolve_url
-from db import migrations
+from db import Database, migrations
+from db import database_url as resolve_url
 from db.models import Annotation, AnnotationTask, Annotator, Base, Dialogue, JudgePrediction
-from db_fixtures import database_url, postgres_server  # noqa: F401
 from hirpf.paths import PROJECT_ROOT
+
+from db_fixtures import database_url, postgres_server  # noqa: F401
 
 SLOTS = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
 

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_experts
-from openai_server import OpenAIServer, Reply
 
 from hirpf.checkpoint import save_experts
 from hirpf.dialogues import IGNORE, Dialogue, tokenize
@@ -34,6 +32,9 @@ from hirpf.paths import his_file
 from hirpf.prompts import Conditioning, expert_identities
 from hirpf.routing import current_routing, use_identities
 from hirpf.scenarios import DEFAULT_SCENARIOS, ScenarioError, load_scenarios, select
+
+from openai_server import OpenAIServer, Reply
+from testing_utils import randomize_experts
 
 ROOT = Path(__file__).resolve().parent.parent
 S = IdentitySet.parse

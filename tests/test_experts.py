@@ -7,12 +7,13 @@ import threading
 import pytest
 import torch
 
-from conftest import randomize_experts, tiny_llama
 from hirpf.experts import ExpertConfig, ExpertLinear
 from hirpf.fast_inference import forget_weights
 from hirpf.identities import ALL_IDENTITIES, GROUPS, IdentitySet, all_combinations
 from hirpf.inject import add_experts, expert_layers
 from hirpf.routing import use_identities
+
+from testing_utils import randomize_experts, tiny_llama
 
 COMBINATIONS = list(all_combinations())
 ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

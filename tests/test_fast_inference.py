@@ -7,13 +7,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import randomize_experts, tiny_llama
 from hirpf.checkpoint import load_experts, save_experts
 from hirpf.experts import ExpertConfig
 from hirpf.fast_inference import FOLD_MAX_VECTORS, forget_weights
 from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
 from hirpf.routing import use_identities
+
+from testing_utils import randomize_experts, tiny_llama
 
 MIXED = [IdentitySet.parse(s) for s in ("AGR_low,Doctor", "", "AGR_high,CON_low,EXT_high,NEU_low,OPE_high,Artist",
                                         "OPE_low", "CON_high,EXT_low,Programmer")]

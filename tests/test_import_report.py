@@ -12,8 +12,8 @@ from annotation.store import Store
 from annotation.store_io import import_file
 from db import Database
 from db.models import Dialogue
-from db_fixtures import database_url, postgres_server  # noqa: F401
 
+from db_fixtures import database_url, postgres_server  # noqa: F401
 
 SLOTS = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
 

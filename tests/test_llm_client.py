@@ -7,9 +7,10 @@ import socket
 import time
 
 import pytest
-from openai_server import OpenAIServer, Reply
 
 from hirpf.llm_client import ChatClient, EmptyReply, EndpointError, MalformedReply, extract_json_object
+
+from openai_server import OpenAIServer, Reply
 
 MESSAGES = [{"role": "system", "content": "You judge."}, {"role": "user", "content": "Rate this."}]
 

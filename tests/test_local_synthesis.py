@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from hirpf.base_model import load_base_model
+from hirpf.dialogues import load_dialogues
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
-from hirpf.dialogues import load_dialogues
 from training.local_synthesis import (
     BACKEND,
     amplified_logits,

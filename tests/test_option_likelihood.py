@@ -13,8 +13,8 @@ from hirpf.eval.option_likelihood import (
     option_distribution,
     option_replies,
 )
-from hirpf.labels import SCALE_OPTIONS
 from hirpf.identities import IdentitySet
+from hirpf.labels import SCALE_OPTIONS
 from hirpf.prompts import Conditioning, expert_identities
 from hirpf.routing import use_identities
 from hirpf.scales import default_scale

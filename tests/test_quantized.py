@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_experts import capture, reference
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
-from conftest import randomize_experts
 from hirpf.experts import ExpertConfig
 from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
-from test_experts import capture, reference
+
+from testing_utils import randomize_experts
 
 bnb = pytest.importorskip("bitsandbytes")
 

@@ -17,6 +17,7 @@ from hirpf.paths import his_file
 from hirpf.prompts import Conditioning, expert_identities
 from hirpf.routing import use_identities
 from hirpf.scales import DEFAULT_SCALES, Scale, ScaleError, ScaleItem, default_scale, load_scale
+
 from openai_server import OpenAIServer
 
 S = IdentitySet.parse

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import hirpf.scheduler as scheduler_module
-from conftest import randomize_experts
 from hirpf.engine import Engine, Sampling
 from hirpf.experts import ExpertConfig
 from hirpf.identities import IdentityError, IdentitySet
@@ -19,6 +18,8 @@ from hirpf.prompts import Conditioning
 from hirpf.routing import use_identities
 from hirpf.row_sampling import RowSampler
 from hirpf.scheduler import Scheduler, max_batch_setting
+
+from testing_utils import randomize_experts
 
 GREEDY = Sampling(max_new_tokens=12, do_sample=False)  # repetition penalty 1.1: per-row state is used
 EIGHT_SETS = ["Doctor,AGR_high", "", "EXT_low,NEU_high,OPE_low,Artist", "Programmer", "CON_high,OPE_high",

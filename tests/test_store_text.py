@@ -11,6 +11,7 @@ from annotation.records import JudgeLabel
 from annotation.store import Store, StoreError
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
+
 from db_fixtures import database_url, postgres_server  # noqa: F401
 
 SLOTS = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}

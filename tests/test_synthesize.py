@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_server import Reply
 
 from hirpf.dialogues import load_dialogues
 from training.synthesize import KINDS, entries_for_kinds, expand, main
+
+from openai_server import Reply
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = {"entries": [{"identities": ["AGR_high"], "count": 2},

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
+from hirpf.dialogues import IGNORE, Collator, InvalidRecord, load_dialogues, tokenize, validate
 from hirpf.identities import IdentitySet
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
-from hirpf.dialogues import IGNORE, Collator, InvalidRecord, load_dialogues, tokenize, validate
 
 HIS_DIALOGUES = his_file("identity_dialogues.json")
 

@@ -40,10 +40,10 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from hirpf.dialogues import validate
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import NEUTRAL_SYSTEM_MESSAGE, identity_system_message
-from hirpf.dialogues import validate
 from training.synthesis_records import Job, append_record, finished_jobs, named_identity
 
 log = logging.getLogger("hirpf.synthesize")

@@ -53,9 +53,9 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hirpf.base_model import EMBEDDED
+from hirpf.dialogues import validate
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, trait_of
 from hirpf.llm_client import ChatClient, EndpointError, MalformedReply
-from hirpf.dialogues import validate
 from training.synthesis_records import Job, append_record, finished_jobs, forbidden_words, named_identity
 
 log = logging.getLogger("hirpf.synthesize")

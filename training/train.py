@@ -24,11 +24,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hirpf.base_model import EMBEDDED, load_base_model
 from hirpf.checkpoint import load_experts, save_experts
+from hirpf.dialogues import Collator, holdout_split, load_dialogues, tokenize
 from hirpf.experts import GATES, LAYOUTS, ExpertConfig
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
 from hirpf.prompts import Conditioning
 from hirpf.routing import use_identities
-from hirpf.dialogues import Collator, holdout_split, load_dialogues, tokenize
 
 log = logging.getLogger("hirpf.train")
 DEV_TRAIN, DEV_EVAL = 10, 2

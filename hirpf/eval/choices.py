@@ -14,12 +14,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
 
 from ..identities import IdentitySet
 from ..prompts import Conditioning, expert_identities
 from ..routing import use_identities
-from transformers import DynamicCache
-
 from .common import EvalError, batches, check_positive
 
 LIKERT_LABELS = ("1", "2", "3", "4", "5")

@@ -22,8 +22,18 @@ from typing import Callable, Iterator, Sequence
 from ..engine import Engine, Sampling
 from ..identities import IdentitySet
 from ..prompts import Conditioning
-from .common import (EvalError, check_positive, conditioning_for, load_engine, log, output_dir, parse_identity_set,
-                     progress, run_config, write_json)
+from .common import (
+    EvalError,
+    check_positive,
+    conditioning_for,
+    load_engine,
+    log,
+    output_dir,
+    parse_identity_set,
+    progress,
+    run_config,
+    write_json,
+)
 from .situations import add_generation_arguments, sampling_from_args
 
 SPEAKERS = ("A", "B")

@@ -18,6 +18,7 @@ from ..labels import NONE, SLOTS, normalize_slots
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
 from ..transcripts import anonymize, as_text, speaker_of
 from .interview import DEFAULT_CACHE, DEFAULT_MODEL  # one response cache and default model for every judge
+
 JUDGE_SYSTEM = """You are a careful observer of personality and occupation in conversation. You will read a \
 conversation between two people, X and Y, and describe one of them.
 

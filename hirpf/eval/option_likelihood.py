@@ -22,13 +22,13 @@ import torch
 from transformers import DynamicCache
 
 from ..identities import IdentitySet
+from ..labels import SCALE_OPTIONS
 from ..prompts import Conditioning, expert_identities
 from ..routing import use_identities
 from ..scales import Scale
+from .answers import Answer
 from .choices import _encode_prefixes, _gather_left, _padded, _positions, _prompt_ids, _shared_prefix_length
 from .common import EvalError, batches, check_positive
-from ..labels import SCALE_OPTIONS
-from .answers import Answer
 
 
 def likelihood_question(statement: str) -> str:

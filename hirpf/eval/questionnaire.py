@@ -27,10 +27,23 @@ from ..identities import PROFESSIONS, IdentitySet, single_poles
 from ..labels import SCALE_OPTIONS
 from ..prompts import Conditioning
 from ..scales import Scale, ScaleError, default_scale, load_scale
-from .answers import Answer, rounded as _rounded
+from .answers import Answer
+from .answers import rounded as _rounded
 from .choices import LIKERT_LABELS, choice_probabilities
-from .common import (EvalError, add_identity_arguments, check_positive, conditioning_for, identity_sets_from_args,
-                     load_engine, log, output_dir, progress, run_config, write_csv, write_json)
+from .common import (
+    EvalError,
+    add_identity_arguments,
+    check_positive,
+    conditioning_for,
+    identity_sets_from_args,
+    load_engine,
+    log,
+    output_dir,
+    progress,
+    run_config,
+    write_csv,
+    write_json,
+)
 
 MIDPOINT = 3.0
 KIND_OF_COMMAND = {"scale": "personality", "profession": "profession"}

@@ -31,8 +31,19 @@ from ..prompts import Conditioning
 from ..routing import use_identities
 from ..scenarios import Scenario, ScenarioError, load_scenarios, select
 from ..transcripts import reverse
-from .common import (EvalError, add_identity_arguments, check_positive, conditioning_for, identity_sets_from_args,
-                     load_engine, log, output_dir, progress, run_config, write_json)
+from .common import (
+    EvalError,
+    add_identity_arguments,
+    check_positive,
+    conditioning_for,
+    identity_sets_from_args,
+    load_engine,
+    log,
+    output_dir,
+    progress,
+    run_config,
+    write_json,
+)
 from .judges import JudgeUnavailable, add_judge_arguments, chat_client, judge_dialogues, slot_accuracy
 
 # What the other character is told before its first line (ours).

@@ -25,8 +25,19 @@ from pathlib import Path
 from ..charts import distribution_chart
 from ..paths import read_json_file
 from .choices import choice_probabilities
-from .common import (EvalError, add_identity_arguments, conditioning_for, identity_sets_from_args, load_engine,
-                     log, output_dir, progress, run_config, write_csv, write_json)
+from .common import (
+    EvalError,
+    add_identity_arguments,
+    conditioning_for,
+    identity_sets_from_args,
+    load_engine,
+    log,
+    output_dir,
+    progress,
+    run_config,
+    write_csv,
+    write_json,
+)
 
 LABELS = {"letters": tuple(string.ascii_uppercase[:10]), "digits": tuple("123456789")}
 
