@@ -399,8 +399,8 @@ def _judge_values(label: JudgeLabel, kind: str) -> dict:
 
 
 def _imported_answer_values(answer: ImportedAnswer, kind: str) -> dict:
-    external = IMPORTED_PREFIX + checked_text(answer.annotator, "imported annotator", MAX_NAME_CHARS - len(IMPORTED_PREFIX),
-                                       required=True)
+    external = IMPORTED_PREFIX + checked_text(answer.annotator, "imported annotator",
+                                              MAX_NAME_CHARS - len(IMPORTED_PREFIX), required=True)
     name = checked_text(answer.display_name, "imported annotator name", MAX_NAME_CHARS, required=True)
     return dict(external_id=external, display_name=name, comment=_comment(answer.comment),
                 **_answer_values(kind, answer.slots, answer.option))
@@ -422,7 +422,8 @@ def _seconds(seconds: object) -> float | None:
     return value
 
 
-def checked_text(value: object, what: str, limit: int | None = None, required: bool = False, strip: bool = True) -> str:
+def checked_text(value: object, what: str, limit: int | None = None, required: bool = False,
+                 strip: bool = True) -> str:
     """Text fit to store, or `StoreError` naming `what`: stripped (unless `strip` is False), no NUL or lone
     surrogate, at most `limit` characters. The message never repeats the text itself."""
     if value is None and required:

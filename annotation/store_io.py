@@ -129,8 +129,9 @@ def _export_record(task: AnnotationTask) -> dict:
 
 def write_jsonl(store: Store, out: io.TextIOBase) -> int:
     n = 0
-    for n, record in enumerate(export_rows(store), start=1):
+    for record in export_rows(store):
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        n += 1
     return n
 
 

@@ -153,7 +153,8 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
         if sampling.seed is None:  # one seed for both rows, said on both: draw it here
             sampling = replace(sampling, seed=random.randrange(1, 2**31))
         if baseline not in ("prompt", "none"):
-            raise gr.Error(f"Compare with 'prompt' or 'none', not {baseline!r}.", title="Compare", print_exception=False)
+            raise gr.Error(f"Compare with 'prompt' or 'none', not {baseline!r}.", title="Compare",
+                           print_exception=False)
         text = (message or "").strip()
         if not text:
             raise gr.Error("Type a message to compare replies to.", title="Compare", print_exception=False)

@@ -252,8 +252,8 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict,
                api_name="debate_stop")
     # No model work: off the model queue, answered at once even while others generate.
     send.click(send_debate, [record_state], [sent], queue=False, api_name="debate_send_to_evaluation")
-    return {"panels": (panel_a, panel_b), "topic": topic, "rounds": rounds, "transcripts": (transcript_a, transcript_b),
-            "files": files, "record": record_state}
+    return {"panels": (panel_a, panel_b), "topic": topic, "rounds": rounds,
+            "transcripts": (transcript_a, transcript_b), "files": files, "record": record_state}
 
 
 def standalone_app(engine=None, data_dir=None) -> gr.Blocks:

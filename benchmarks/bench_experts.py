@@ -72,7 +72,7 @@ def decoder(model, inputs, rows=None, restart_every=32, **forward_kwargs):
     from the prompt every `restart_every` steps so every configuration decodes at the same lengths."""
     while True:
         routing = Routing(rows) if rows is not None else None
-        context = (lambda: use_identities(routing)) if routing is not None else contextlib.nullcontext
+        context = (lambda routing=routing: use_identities(routing)) if routing is not None else contextlib.nullcontext
         with torch.no_grad(), context():
             out = model(**inputs, use_cache=True, **forward_kwargs)
         past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
@@ -88,7 +88,7 @@ def decoder(model, inputs, rows=None, restart_every=32, **forward_kwargs):
 def take_turns(cases: dict, steps: int) -> dict:
     """Median seconds per step of each case, the cases advancing one step at a time in turn."""
     times = {name: [] for name in cases}
-    for name, timer in cases.items():  # warm-up
+    for _name, timer in cases.items():  # warm-up
         next(timer)
     for _ in range(steps):
         for name, timer in cases.items():
@@ -229,7 +229,8 @@ def measure_peft(base, config, one, eight, steps):
 
     model.base_model.set_adapter(six)
     switch_ms = switch_cost(change_and_call, call_steady, six, other, steps)
-    weighted_ms = timed(lambda: model.add_weighted_adapter(six, [1.0] * 6, "weighted_6", combination_type="cat")) * 1000
+    weighted_ms = timed(lambda: model.add_weighted_adapter(six, [1.0] * 6, "weighted_6",
+                                                           combination_type="cat")) * 1000
     model.set_adapter("weighted_6")
     weighted = take_turns({"weighted_6": decoder(model, one), "base": decoder(base, one)}, steps // 3)
     return {

@@ -53,8 +53,8 @@ def main(argv=None) -> dict:
         for rows in (1, 8):
             x = torch.randn(rows, n_in)
             result["us"][f"{name}, {rows} row(s)"] = median_us({
-                "F.linear [out, in]": lambda: F.linear(x, weight, bias),
-                "addmm [in, out]": lambda: torch.addmm(bias, x, weight_t),
+                "F.linear [out, in]": lambda x=x, weight=weight, bias=bias: F.linear(x, weight, bias),
+                "addmm [in, out]": lambda x=x, weight_t=weight_t, bias=bias: torch.addmm(bias, x, weight_t),
             }, args.repeats)
     if args.json:
         print(json.dumps(result, indent=2))

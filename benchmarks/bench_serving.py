@@ -13,11 +13,11 @@ ways to serve them, with the same clients, arrivals, prompts and seeds:
 Clients arrive spread over one lone request's duration (client i starts at i/n of it; `--spread`), as
 visitors do, not all in the same instant; a burst of n prefills at once (`--spread 0`) puts n-1 prefills
 before the last client's first token whatever the scheduler does. The arrival ramp counts in the wall
-time: with few requests per client it holds the aggregate below the steady rate. Reported per configuration: aggregate tokens/s (all
-clients' tokens ÷ the run's wall time, arrival ramp included), time to first token p50/p95 (from the
-moment a client sends its request, queue wait included, to the first text it receives), per-client
-tokens/s (a client's tokens ÷ the time its requests were open; mean and slowest). Tokens are counted by
-re-tokenizing each reply's text, the same way for both paths.
+time: with few requests per client it holds the aggregate below the steady rate. Reported per
+configuration: aggregate tokens/s (all clients' tokens ÷ the run's wall time, arrival ramp included), time
+to first token p50/p95 (from the moment a client sends its request, queue wait included, to the first text
+it receives), per-client tokens/s (a client's tokens ÷ the time its requests were open; mean and slowest).
+Tokens are counted by re-tokenizing each reply's text, the same way for both paths.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
@@ -134,7 +134,9 @@ def main(argv=None) -> int:
         args.clients, args.requests, args.max_new_tokens = "1,8", 2, 32
     counts = [int(c) for c in args.clients.split(",")]
     torch.set_num_threads(args.threads)
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def log(*a):
+        print(*a, file=sys.stderr, flush=True)
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
     serial, batched = SerialQueue(engine), SchedulerPath(engine)
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
             row = {"path": name, **run_clients(path, engine, n, args.requests, args.max_new_tokens, spread)}
             table.append(row)
             log(f"{name:9s} {n} clients: {row['aggregate_tokens_per_s']:7.2f} tokens/s, ttft p50 "
-                f"{row['ttft_p50_s']:.3f} s p95 {row['ttft_p95_s']:.3f} s, per client {row['per_client_tokens_per_s_mean']:.2f}")
+                f"{row['ttft_p50_s']:.3f} s p95 {row['ttft_p95_s']:.3f} s, "
+                f"per client {row['per_client_tokens_per_s_mean']:.2f}")
     engine.scheduler().close()
 
     def find(path, n):
@@ -161,7 +164,8 @@ def main(argv=None) -> int:
     top = max(counts)
     speedup = ratio = None
     if find("serial", top) and find("scheduler", top):
-        speedup = round(find("scheduler", top)["aggregate_tokens_per_s"] / find("serial", top)["aggregate_tokens_per_s"], 3)
+        speedup = round(find("scheduler", top)["aggregate_tokens_per_s"]
+                        / find("serial", top)["aggregate_tokens_per_s"], 3)
     if find("scheduler", 1) and find("scheduler", top):
         ratio = round(find("scheduler", top)["ttft_p95_s"] / find("scheduler", 1)["ttft_p50_s"], 3)
     document = {

@@ -110,8 +110,9 @@ def figure_colour(i: int, n: int):
 
 
 def line_chart(path: Path, x: Sequence[float] | None, panels: Sequence[tuple[str, dict]], x_label: str = "") -> Path:
-    """Line charts (a loss curve, a dose-response), panels side by side, each `(title, {series name: values})`: values are y values over `x`, or, with
-    `x` None, `(x, y)` points of their own. Missing values (None) leave gaps."""
+    """Line charts (a loss curve, a dose-response), panels side by side, each `(title, {series name: values})`:
+    values are y values over `x`, or, with `x` None, `(x, y)` points of their own. Missing values (None) leave
+    gaps."""
     from matplotlib import colormaps
 
     figure = Figure(figsize=(6.4 * len(panels), 4.4))

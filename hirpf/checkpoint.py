@@ -75,7 +75,8 @@ def read_config(directory: str | Path) -> tuple[ExpertConfig, dict]:
                               f"this code reads version {FORMAT_VERSION}")
     if document.get("groups") != {g: list(m) for g, m in GROUPS.items()}:
         raise CheckpointError(f"{path} was made for other identity groups: {document.get('groups')}")
-    fields = {k: v for k, v in document.items() if k not in ("format", "format_version", "groups", "base_model_fingerprint")}
+    fields = {k: v for k, v in document.items()
+              if k not in ("format", "format_version", "groups", "base_model_fingerprint")}
     try:
         config = ExpertConfig.from_dict(fields)
     except (TypeError, ValueError) as err:
@@ -91,7 +92,8 @@ def load_experts(model: nn.Module, directory: str | Path) -> nn.Module:
     differing = {k: (expected[k], actual.get(k)) for k in expected if actual.get(k) != expected[k]}
     if differing:
         shown = ", ".join(f"{k}: checkpoint {a}, model {b}" for k, (a, b) in differing.items())
-        raise CheckpointError(f"{directory} was trained for another base model ({config.base_model or 'unnamed'}): {shown}")
+        raise CheckpointError(f"{directory} was trained for another base model "
+                              f"({config.base_model or 'unnamed'}): {shown}")
     model_name = getattr(model, "hirpf_base_model", "")
     if config.base_model and model_name and config.base_model != model_name:
         log.warning("experts in %s name base model %s; loading into %s of the same shape", directory,

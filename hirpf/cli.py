@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="expert checkpoint directory; 'none' for no experts (default: $HIRPF_LORA_WEIGHTS, "
                            "else the shipped experts of the embedded model when present)")
     chat.add_argument("--base_model", default=None,
-                      help="'embedded' (SmolLM2-135M-Instruct), a local path or a hub id (default: $HIRPF_BASE_MODEL or embedded)")
+                      help="'embedded' (SmolLM2-135M-Instruct), a local path or a hub id "
+                           "(default: $HIRPF_BASE_MODEL or embedded)")
     chat.add_argument("--load_in_8bit", action=argparse.BooleanOptionalAction, default=None,
                       help="bitsandbytes 8-bit base (default: on when CUDA is available)")
     chat.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
@@ -54,13 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write one fixed identity set as a standard PEFT LoRA adapter")
     export.add_argument("--identities", required=True, help="the identity set, strict: AGR_low,Doctor")
-    export.add_argument("--strength", default=None, help="strengths of its identities: AGR_low=1.6,Doctor=0.5 or one number")
-    export.add_argument("--output", required=True, help="directory for adapter_config.json and adapter_model.safetensors")
+    export.add_argument("--strength", default=None,
+                        help="strengths of its identities: AGR_low=1.6,Doctor=0.5 or one number")
+    export.add_argument("--output", required=True,
+                        help="directory for adapter_config.json and adapter_model.safetensors")
     export.add_argument("--gate", choices=["mean", "bias"], default="mean",
                         help="the fixed gate replacing each router: mean over the assistant tokens of held-out "
                              "dialogues (default), or the router at its bias alone")
     export.add_argument("--data", default=None,
-                        help="calibration dialogues for --gate mean (training format; default: the HIS identity dialogues)")
+                        help="calibration dialogues for --gate mean "
+                             "(training format; default: the HIS identity dialogues)")
     export.add_argument("--held_out_fraction", type=float, default=0.1,
                         help="calibrate on the trainer's held-out split of --data (0: all of it)")
     export.add_argument("--split_seed", type=int, default=42, help="the trainer's split seed")
@@ -106,7 +110,8 @@ def export(args) -> int:
         try:
             dialogues, _ = load_dialogues(data, on_invalid="skip")
         except (OSError, ValueError) as err:
-            print(f"error: cannot read calibration dialogues {data}: {err} (give --data, or --gate bias)", file=sys.stderr)
+            print(f"error: cannot read calibration dialogues {data}: {err} (give --data, or --gate bias)",
+                  file=sys.stderr)
             return 2
         if 0 < args.held_out_fraction < 1:
             _, dialogues = holdout_split(dialogues, args.held_out_fraction, args.split_seed)
@@ -167,7 +172,7 @@ def chat(args) -> int:
     history: list[dict] = []
     turns = 1 if args.mode == "single" else args.max_turns
     first = args.user_prompt
-    for turn in range(turns):
+    for _turn in range(turns):
         if first is not None:
             user, first = first, None
         else:

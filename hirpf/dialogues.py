@@ -130,7 +130,8 @@ def validate(record, source: str = "", index: int = 0) -> Dialogue:
     return Dialogue(tuple(turns), identities, source, index)
 
 
-def load_dialogues(path: str | Path, on_invalid: str = "error", split: str | None = None) -> tuple[list[Dialogue], LoadReport]:
+def load_dialogues(path: str | Path, on_invalid: str = "error",
+                   split: str | None = None) -> tuple[list[Dialogue], LoadReport]:
     """All valid dialogues of a source. `on_invalid="error"` stops at the first bad record (file, index,
     reason); `"skip"` drops bad records and counts them per reason in the report."""
     if on_invalid not in ("error", "skip"):
@@ -171,7 +172,10 @@ def tokenize(dialogue: Dialogue, tokenizer, conditioning: Conditioning = Conditi
     first assistant turn fits."""
     messages = [{"role": "system", "content": system_message(dialogue.identities, conditioning)}]
     messages += list(dialogue.turns)
-    render = lambda msgs, gen=False: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    def render(msgs, gen=False):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
     spans, text = [], render(messages)
     for k, turn in enumerate(messages):
         if turn["role"] == "assistant":
@@ -183,10 +187,10 @@ def tokenize(dialogue: Dialogue, tokenizer, conditioning: Conditioning = Conditi
     labels = [IGNORE] * len(ids)
     turn_end_token = {}  # message index -> index after its last token
     for i, (a, b) in enumerate(offsets):
-        for start, end, k in spans:
+        for start, end, _k in spans:
             if a >= start and b <= end and b > a:
                 labels[i] = ids[i]
-        for start, end, k in spans:
+        for _start, end, k in spans:
             if b <= end:
                 turn_end_token[k] = i + 1
     if max_length is not None and len(ids) > max_length:

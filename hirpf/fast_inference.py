@@ -89,7 +89,8 @@ class MaskTable:
 
     bias: torch.Tensor  # 0 for allowed experts, -inf for masked ones (added to router logits)
     scale: torch.Tensor  # multiplies the gate: 0 in a group the row does not use, else gate factor × strength
-    fixed_weights: torch.Tensor | None  # the mixture when no router is needed (router off, or one allowed expert per group)
+    # the mixture when no router is needed (router off, or one allowed expert per group)
+    fixed_weights: torch.Tensor | None
     gate: str  # the experts' gate (ExpertConfig.gate): softmax per group, or sigmoid per expert
     scale_is_one: bool  # `scale` is all ones and can be skipped
     same_rows: bool  # every row has the same identity set and strengths
@@ -117,7 +118,8 @@ def _build_mask_table(key, routing) -> MaskTable:
         counts[:, start:stop] = allowed[:, start:stop].sum(dim=1, keepdim=True).clamp(min=1)
     # A row that does not use a group keeps bias 0 there (no all -inf softmax, no NaN); `scale` zeroes it.
     bias = torch.where(engaged & ~allowed, float("-inf"), 0.0)
-    factor = {"softmax": torch.ones_like(counts), "scaled_softmax": counts, "sigmoid": torch.full_like(counts, 2.0)}[gate]
+    factor = {"softmax": torch.ones_like(counts), "scaled_softmax": counts,
+              "sigmoid": torch.full_like(counts, 2.0)}[gate]
     scale = engaged.to(torch.float64) * factor * strength
     fixed = None
     if not router:  # an untrained router's weights: 1/count each for the softmax, 1 for the other gates
@@ -144,7 +146,8 @@ class SharedInputProjections:
     def __init__(self, members: list):
         first = members[0]
         for m in members[1:]:
-            if (m.in_features, m.expert_ids, m.group_bounds) != (first.in_features, first.expert_ids, first.group_bounds):
+            if ((m.in_features, m.expert_ids, m.group_bounds)
+                    != (first.in_features, first.expert_ids, first.group_bounds)):
                 raise ValueError("projections sharing an input must hold the same experts")
         self.members = members
         self.slot = {id(m): i for i, m in enumerate(members)}

@@ -273,7 +273,8 @@ def _check_strengths(names: tuple[str, ...], strengths) -> tuple[tuple[str, floa
     for name, value in (strengths.items() if isinstance(strengths, dict) else strengths):
         name = canonical_name(name)
         if name not in names:
-            raise IdentityError(f"a strength is given for {name}, which is not in the set ({','.join(names) or 'empty'})")
+            raise IdentityError(f"a strength is given for {name}, which is not in the set "
+                                f"({','.join(names) or 'empty'})")
         value = _strength_number(value, name)
         if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # also refuses NaN
             raise IdentityError(f"the strength of {name} must be between {_number(MIN_STRENGTH)} and "

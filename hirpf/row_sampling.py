@@ -32,7 +32,8 @@ class RowSampler:
         sample = sampling.do_sample
         self.penalty = (RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)
                         if sampling.repetition_penalty != 1.0 else None)
-        self.temperature = TemperatureLogitsWarper(sampling.temperature) if sample and sampling.temperature != 1.0 else None
+        self.temperature = (TemperatureLogitsWarper(sampling.temperature)
+                            if sample and sampling.temperature != 1.0 else None)
         if sample and sampling.top_k < 0:
             raise ValueError(f"top_k must be 0 (off) or positive, got {sampling.top_k}")
         self.top_k = sampling.top_k if sample else 0

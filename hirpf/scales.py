@@ -103,7 +103,8 @@ def _parse(data, path: Path) -> Scale:
     if isinstance(data, list) and data:
         first = data[0]
         if isinstance(first, dict) and {"factor", "polarity", "content"} <= first.keys():
-            return Scale(path.stem, "personality", tuple(_his_personality_item(x, i, path) for i, x in enumerate(data)))
+            return Scale(path.stem, "personality",
+                         tuple(_his_personality_item(x, i, path) for i, x in enumerate(data)))
         if isinstance(first, dict) and {"question", "profession"} <= first.keys():
             return Scale(path.stem, "profession", tuple(_his_profession_item(x, i, path) for i, x in enumerate(data)))
     raise ScaleError(f"{path}: unknown scale format: expected an object with 'kind' and 'items' (ours), or a "

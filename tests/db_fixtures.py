@@ -62,7 +62,8 @@ def postgres_server():
         subprocess.run(_as_cluster_owner([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
                                           "-o", options, "start"]), **run)
     except subprocess.CalledProcessError as error:
-        raise RuntimeError(f"PostgreSQL did not start: {error.stderr}\n{log.read_text() if log.exists() else ''}")
+        server_log = log.read_text() if log.exists() else ''
+        raise RuntimeError(f"PostgreSQL did not start: {error.stderr}\n{server_log}") from error
     try:
         yield f"postgresql+psycopg://postgres@/postgres?host={socket_dir}"
     finally:

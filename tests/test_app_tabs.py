@@ -148,7 +148,8 @@ def test_a_debate_goes_to_human_evaluation_one_dialogue_per_agent(tiny_url, tiny
                              (("AGR_low", "Programmer"), b_messages)):
         source, transcript = stored[target]
         assert source == "app"
-        assert [t["content"] for t in transcript if t["role"] == "assistant"] == [body for _, body in statements(messages)]
+        replies = [t["content"] for t in transcript if t["role"] == "assistant"]
+        assert replies == [body for _, body in statements(messages)]
 
 
 # --- Questionnaire -------------------------------------------------------------------------------------

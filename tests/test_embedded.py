@@ -85,7 +85,8 @@ def test_seeded_sampling_is_reproducible(expert_engine):
     history = [{"role": "user", "content": "Tell me a short story."}]
     sampling = Sampling(max_new_tokens=12, seed=7)
     identities = IdentitySet.parse("EXT_high")
-    assert expert_engine.reply(history, identities, sampling=sampling) == expert_engine.reply(history, identities, sampling=sampling)
+    assert (expert_engine.reply(history, identities, sampling=sampling)
+            == expert_engine.reply(history, identities, sampling=sampling))
 
 
 def test_stream_stops_promptly_when_asked(expert_engine):
@@ -137,7 +138,8 @@ def test_cli_chat_multi_reads_turns_from_stdin_and_loads_experts(tmp_path, exper
     from hirpf.checkpoint import save_experts
 
     save_experts(expert_engine.model, tmp_path / "experts")
-    result = run_cli("chat", "--mode", "multi", "--max_turns", "2", "--active_adapter_names", '["EMS_high", "Programmer"]',
+    result = run_cli("chat", "--mode", "multi", "--max_turns", "2",
+                     "--active_adapter_names", '["EMS_high", "Programmer"]',
                      "--max_new_tokens", "8", "--no-do_sample", stdin="Hello there\nWhat do you build?\nignored\n",
                      env={"HIRPF_LORA_WEIGHTS": str(tmp_path / "experts")})
     assert result.returncode == 0, result.stderr
@@ -178,7 +180,8 @@ def test_shipped_experts_are_the_default_on_the_embedded_model():
     engine = Engine.load()  # embedded base, default experts
     assert engine.has_experts
     history = [{"role": "user", "content": "Hello, who are you?"}]
-    assert engine.reply(history, IdentitySet.parse("Doctor,AGR_high"), sampling=Sampling(max_new_tokens=6, do_sample=False))
+    assert engine.reply(history, IdentitySet.parse("Doctor,AGR_high"),
+                        sampling=Sampling(max_new_tokens=6, do_sample=False))
 
 
 def test_cli_strength_zero_gives_the_prompt_only_reply():

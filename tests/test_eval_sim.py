@@ -238,7 +238,8 @@ def test_the_judge_reads_the_anonymized_dialogue_and_returns_six_slots(openai_se
 def test_the_judge_accepts_his_spellings():
     from hirpf.eval.judges import parse_slots
 
-    assert parse_slots({"agr": "High", "CON": None, "EXT": "low", "EMS": "high", "OPE": "", "Profession": "none"})["NEU"] == "low"
+    slots = parse_slots({"agr": "High", "CON": None, "EXT": "low", "EMS": "high", "OPE": "", "Profession": "none"})
+    assert slots["NEU"] == "low"
 
 
 def test_malformed_judgments_are_retried_then_counted_failed(openai_server):
@@ -350,12 +351,14 @@ def test_situation_records_and_scores():
 
     good = record(episode, "hirpf/test", SlotJudgment(dict(GOOD_JUDGMENT)), "judge-model")
     failed = record(episode, "hirpf/test", SlotJudgment(None, "malformed: not JSON"), "judge-model")
-    assert good["source"] == "simulator" and good["system"] == "hirpf/test" and good["active_adapters"] == ["AGR_high", "Doctor"]
+    assert good["source"] == "simulator" and good["system"] == "hirpf/test"
+    assert good["active_adapters"] == ["AGR_high", "Doctor"]
     assert good["dialog"][0]["content"].endswith("Hi.")
     assert good["judge"] == {"name": "judge-model", "slots": GOOD_JUDGMENT}
     assert "judge" not in failed and failed["judge_error"] == "malformed: not JSON"
     result = score([good, failed])
-    assert result["judged"] == 1 and result["judge_failed"] == 1 and result["judge_failures_by_reason"] == {"malformed": 1}
+    assert result["judged"] == 1 and result["judge_failed"] == 1
+    assert result["judge_failures_by_reason"] == {"malformed": 1}
     assert result["accuracy_by_slot"]["EXT"] == 0.0 and result["accuracy_by_slot"]["Profession"] == 1.0
     assert result["accuracy_by_count"]["2"]["dialogues"] == 1
 
@@ -431,7 +434,8 @@ def test_recognize_command(tmp_path):
     data = tmp_path / "dialogues.jsonl"
     data.write_text("\n".join(json.dumps({"dialog": list(d.turns), "active_adapters": list(d.identities.names)})
                               for d in DIALOGUES[:2]))
-    document = run_cli("recognize", "--data", data, "--modes", "experts+prompt,prompt", "--output_dir", tmp_path / "out")
+    document = run_cli("recognize", "--data", data, "--modes", "experts+prompt,prompt",
+                       "--output_dir", tmp_path / "out")
     assert set(document["accuracy_by_mode"]) == {"experts+prompt", "prompt"}
     assert document["dialogues"] == 2 and len(document["details"]) == 2
     assert document["config"]["experts"].endswith("smollm2-135m-experts")

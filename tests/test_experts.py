@@ -244,7 +244,8 @@ def test_rows_keep_their_sets_under_beam_search_and_several_return_sequences():
 def test_a_batch_of_the_wrong_size_is_refused():
     model = add_experts(tiny_llama(), ExpertConfig(rank=2))
     randomize_experts(model)
-    with torch.no_grad(), use_identities([IdentitySet.parse("AGR_high")] * 2), pytest.raises(ValueError, match="3 rows"):
+    with (torch.no_grad(), use_identities([IdentitySet.parse("AGR_high")] * 2),
+          pytest.raises(ValueError, match="3 rows")):
         model(torch.randint(3, 64, (3, 4)))
 
 

@@ -54,7 +54,8 @@ def test_fast_path_equals_formula_at_real_shapes(dtype, gate, tokens):
     assert (len(MIXED) * tokens <= FOLD_MAX_VECTORS) == (tokens == 1)  # decoding takes the fold path
     formula, fast = formula_and_fast(model, ids, MIXED)
     assert fast.dtype == dtype and torch.isfinite(fast).all()
-    torch.testing.assert_close(fast.float(), formula.float(), rtol=0, atol=TOLERANCE[dtype] * formula.abs().max().item())
+    torch.testing.assert_close(fast.float(), formula.float(), rtol=0,
+                               atol=TOLERANCE[dtype] * formula.abs().max().item())
     with torch.no_grad():
         plain = model(ids).logits
     assert (fast - plain).abs().max() > 0  # the experts do act

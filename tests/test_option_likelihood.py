@@ -98,6 +98,7 @@ def test_cli_reports_the_spread_and_for_logits_the_digit_mass(capsys, tmp_path, 
     spread = document["score_spread"]
     assert set(spread) == {"AGR", "CON", "EXT", "NEU", "OPE"} and all(v["std"] >= 0 for v in spread.values())
     if judge == "logits":
-        assert 0 < document["digit_mass"]["min"] <= document["digit_mass"]["mean"] <= document["digit_mass"]["max"] <= 1
+        mass = document["digit_mass"]
+        assert 0 < mass["min"] <= mass["mean"] <= mass["max"] <= 1
     else:
         assert "digit_mass" not in document

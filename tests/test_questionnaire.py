@@ -159,7 +159,8 @@ def test_failed_answers_are_left_out_of_the_scores():
 def test_profession_accuracy_compares_own_field_with_the_others():
     from hirpf.eval.questionnaire import factor_scores, profession_accuracy
 
-    scale = Scale("p", "profession", (ScaleItem("a", "Doctor"), ScaleItem("b", "Artist"), ScaleItem("c", "Programmer")))
+    scale = Scale("p", "profession",
+                  (ScaleItem("a", "Doctor"), ScaleItem("b", "Artist"), ScaleItem("c", "Programmer")))
     answers = constructed(scale, {
         "none": {"Doctor+": 2, "Artist+": 2, "Programmer+": 2},
         "Doctor": {"Doctor+": 5, "Artist+": 2, "Programmer+": 3},  # own 5 > other 2.5
@@ -216,7 +217,8 @@ def test_choose_identity_sets_is_the_plain_function_behind_the_options():
         S("AGR_high,Doctor"), S("EXT_low"), IdentitySet()]
     assert choose_identity_sets(sample=5, seed=3) == choose_identity_sets(combinations="all", sample=5, seed=3)
     assert choose_identity_sets(sample=5, seed=3) != choose_identity_sets(sample=5, seed=4)
-    assert identity_sets_from_args(argparse.Namespace(poles=True)) == choose_identity_sets(poles=True)  # the app's call
+    # the app's call
+    assert identity_sets_from_args(argparse.Namespace(poles=True)) == choose_identity_sets(poles=True)
     with pytest.raises(EvalError, match="one way, not with identities and poles"):
         choose_identity_sets(identities=["AGR_high"], poles=True)
     with pytest.raises(EvalError, match="--sample must be at least 1"):

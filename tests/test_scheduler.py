@@ -208,7 +208,8 @@ def test_row_sampler_draws_among_the_top_k_and_its_seed_alone_decides():
     logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0)) * 3
     ids = torch.tensor([[1, 2, 3]])
     top = set(logits.topk(5).indices[0].tolist())
-    draws = [RowSampler(Sampling(top_k=5, top_p=1.0, temperature=2.0, seed=s)).next_token(ids, logits) for s in range(60)]
+    draws = [RowSampler(Sampling(top_k=5, top_p=1.0, temperature=2.0, seed=s)).next_token(ids, logits)
+             for s in range(60)]
     assert set(draws) <= top and len(set(draws)) > 1
     assert draws == [RowSampler(Sampling(top_k=5, top_p=1.0, temperature=2.0, seed=s)).next_token(ids, logits)
                      for s in range(60)]
@@ -294,5 +295,5 @@ def test_embedded_eight_rows_match_alone_up_to_float32_near_ties(expert_engine):
         # float32 sums in another order (batch shapes, padding) move logits by ~1e-5: only a near-tie flips.
         assert gap < 1e-3, differing[-1]
     if differing:
-        warnings.warn("float32 near-ties flipped: " + "; ".join(differing))
+        warnings.warn("float32 near-ties flipped: " + "; ".join(differing), stacklevel=2)
     assert len(differing) <= 2, differing  # more would be a bug, not rounding

@@ -57,8 +57,9 @@ def test_dev_run_writes_expert_checkpoints_and_a_summary(tmp_path, tiny_base_dir
     assert any("tokens_per_s" in entry and "loss" in entry for entry in summary["log_history"])
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in weights.items())  # the experts learned
-    chat = subprocess.run([sys.executable, "-m", "hirpf", "chat", "--user_prompt", "hi", "--base_model", str(tiny_base_dir),
-                           "--lora_weights", str(out), "--active_adapter_names", "Doctor", "--max_new_tokens", "3"],
+    chat = subprocess.run([sys.executable, "-m", "hirpf", "chat", "--user_prompt", "hi",
+                           "--base_model", str(tiny_base_dir), "--lora_weights", str(out),
+                           "--active_adapter_names", "Doctor", "--max_new_tokens", "3"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert chat.returncode == 0 and f"experts: {out}" in chat.stderr, chat.stderr[-2000:]
 
@@ -143,7 +144,8 @@ def test_an_8bit_base_trains_its_experts(tmp_path, tiny_base_dir):
     assert summary["steps"] == 4 and summary["args"]["load_in_8bit"] is True
     weights = load_file(str(out / "adapter_model.safetensors"))
     # layer 0's experts learned: the gradient went back through the 8-bit projections above them
-    assert all(v.abs().sum() > 0 for k, v in weights.items() if k.startswith("model.layers.0.") and k.endswith("lora_B"))
+    assert all(v.abs().sum() > 0 for k, v in weights.items()
+               if k.startswith("model.layers.0.") and k.endswith("lora_B"))
     assert not any("weight_format" in k or "SCB" in k for k in weights)  # experts only, no 8-bit base state
 
 
@@ -190,8 +192,8 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     data = write_data(tmp_path / "data.json", n=16)
     run = tmp_path / "run"
     train("--data", data, "--base_model", tiny_base_dir, "--output_dir", run, "--rank", 2, "--batch_size", 4,
-          "--micro_batch_size", 2, "--num_epochs", 1, "--learning_rate", 1e-2, "--warmup_steps", 0, "--gate", "sigmoid",
-          "--eval_fraction", 0.25, "--eval_steps", 2, "--save_steps", 100, "--max_length", 128)
+          "--micro_batch_size", 2, "--num_epochs", 1, "--learning_rate", 1e-2, "--warmup_steps", 0,
+          "--gate", "sigmoid", "--eval_fraction", 0.25, "--eval_steps", 2, "--save_steps", 100, "--max_length", 128)
     evaluation = tmp_path / "evaluation.json"
     subprocess.run([sys.executable, str(ROOT / "training" / "evaluate_experts.py"), "--experts", str(run),
                     "--base_model", str(tiny_base_dir), "--data", str(data), "--eval_fraction", "0.25",

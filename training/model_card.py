@@ -153,13 +153,17 @@ def main(argv=None):
         other_run, _, other_eval = pair.partition("=")
         other = json.loads((Path(other_run) / "training_summary.json").read_text())
         rows.append(recipe_row(other, json.loads(Path(other_eval).read_text())) + " |")
-    router = ("routers trained jointly" + (f" (learning rate {a['router_learning_rate']:g})" if a.get("router_learning_rate") else "")
+    router = ("routers trained jointly"
+              + (f" (learning rate {a['router_learning_rate']:g})" if a.get("router_learning_rate") else "")
               if a["train_router"] else "routers frozen (uniform mixing)")
+    hard_mask = "on" if config["hard_mask"] else "off"
+    recipes_header = ("| recipe | held-out loss | experts + prompt | experts alone | prompt alone "
+                      "| by 1 / 2 / 3 identities (experts + prompt) | minutes | |")
     card = f"""# HIRPF identity experts for {config['base_model']}
 
 Thirteen LoRA identity experts (ten Big Five trait poles, three professions) in the `{config['layout']}` layout
 on `{','.join(config['target_modules'])}`, rank {config['rank']}, alpha {config['alpha']:g}, dropout
-{config['dropout']}, `{config.get('gate', 'softmax')}` gate, {router}, hard mask {'on' if config['hard_mask'] else 'off'}.
+{config['dropout']}, `{config.get('gate', 'softmax')}` gate, {router}, hard mask {hard_mask}.
 Stored in float16 ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MiB); they load into the float32 model.
 The app and `python -m hirpf chat` use them by default on the embedded model.
 
@@ -179,7 +183,7 @@ Mean train loss over the run {summary['mean_train_loss']:.3f}; final held-out lo
 Each row is a full training run evaluated by `training/evaluate_experts.py` on the same held-out split
 (pole removal on). Recognition: is the true identity set likelier than every single-edit neighbour?
 
-| recipe | held-out loss | experts + prompt | experts alone | prompt alone | by 1 / 2 / 3 identities (experts + prompt) | minutes | |
+{recipes_header}
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 

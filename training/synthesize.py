@@ -339,7 +339,8 @@ def run(jobs: list[Job], client: ChatClient, output: Path, settings: Settings, c
                 record = future.result()
             except JobFailed as err:
                 failed[err.reason] += 1
-                failures.append({"job": job.id, "reason": str(err), "raw_replies": [r[:1000] for r in err.raw_replies]})
+                failures.append({"job": job.id, "reason": str(err),
+                                 "raw_replies": [r[:1000] for r in err.raw_replies]})
                 log.warning("failed %s", err)
                 continue
             except EndpointError as err:

@@ -36,7 +36,8 @@ DEV_TRAIN, DEV_EVAL = 10, 2
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Train HIRPF identity experts")
-    ap.add_argument("--data", required=True, help="training data: JSON list, JSONL, or a <name>/{train,test}.json tree")
+    ap.add_argument("--data", required=True,
+                    help="training data: JSON list, JSONL, or a <name>/{train,test}.json tree")
     ap.add_argument("--eval_data", default=None, help="evaluation data (default: the tree's test files, else "
                                                        "--eval_fraction of --data)")
     ap.add_argument("--eval_fraction", type=float, default=0.1, help="held-out share of --data when no eval data")
@@ -193,7 +194,8 @@ def main(argv=None) -> dict:
         args.limit_train_samples, args.limit_eval_samples = DEV_TRAIN, DEV_EVAL
     per_step = args.micro_batch_size * world
     if args.batch_size % per_step:
-        raise SystemExit(f"--batch_size {args.batch_size} must be a multiple of --micro_batch_size × processes ({per_step})")
+        raise SystemExit(f"--batch_size {args.batch_size} must be a multiple of "
+                         f"--micro_batch_size × processes ({per_step})")
     accumulation = args.batch_size // per_step
 
     model, tokenizer = load_base_model(args.base_model, load_in_8bit=args.load_in_8bit)
@@ -205,7 +207,8 @@ def main(argv=None) -> dict:
         for layer in expert_layers(model).values():
             layer.router.requires_grad_(False)
     trainable = trainable_parameter_count(model)
-    log.info("trainable parameters: %d (experts and routers only; %s layout, r=%d)", trainable, args.insert_mode, args.rank)
+    log.info("trainable parameters: %d (experts and routers only; %s layout, r=%d)",
+             trainable, args.insert_mode, args.rank)
 
     train, evaluation, described = split_data(args)
     log.info("data: %s", described)
@@ -219,7 +222,8 @@ def main(argv=None) -> dict:
     sample_log = [] if args.log_samples else None
     throughput = Throughput()
     training_args = TrainingArguments(
-        output_dir=args.output_dir, num_train_epochs=args.num_epochs, per_device_train_batch_size=args.micro_batch_size,
+        output_dir=args.output_dir, num_train_epochs=args.num_epochs,
+        per_device_train_batch_size=args.micro_batch_size,
         per_device_eval_batch_size=args.micro_batch_size, gradient_accumulation_steps=accumulation,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, logging_steps=args.logging_steps,
         eval_strategy="steps" if eval_items else "no", eval_steps=args.eval_steps, save_strategy="steps",

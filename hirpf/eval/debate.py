@@ -267,5 +267,6 @@ def summarize(document: dict) -> str:
             stage = f"rebuttal {turn['round']}" if turn["stage"] == "rebuttal" else turn["stage"]
             lines.append(f"\n[{turn['speaker']}, {stage}] {turn['content']}")
         lines.append("")
-    lines.append(f"transcripts: {document['files']['transcripts']}; markdown: {', '.join(document['files']['markdown'])}")
+    lines.append(f"transcripts: {document['files']['transcripts']}; "
+                 f"markdown: {', '.join(document['files']['markdown'])}")
     return "\n".join(lines)

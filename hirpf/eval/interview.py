@@ -44,7 +44,8 @@ INTERVIEWER_SYSTEM = (
     "reply with the question only."
 )
 NEUTRAL_FOLLOW_UP = "Could you tell me a bit more about that?"
-REFEREE_SYSTEM = "You rate how well a statement describes a person, from an interview transcript. Reply with JSON only."
+REFEREE_SYSTEM = ("You rate how well a statement describes a person, from an interview transcript. "
+                  "Reply with JSON only.")
 REFEREE_PROMPT = (
     "Statement: \"{statement}\"\n\nInterview transcript (speaker {agent} is the person interviewed):\n{transcript}"
     "\n\nHow accurately does the statement describe speaker {agent}? Choose one option:\n{options}\n\n"
@@ -118,7 +119,8 @@ class InterviewJudge:
                 transcripts[i].append({"role": "assistant", "content": reply[0] or "..."})
 
     def _follow_up(self, transcript: list[dict], statement: str) -> str:
-        messages = [{"role": "system", "content": INTERVIEWER_SYSTEM.format(statement=statement)}] + reverse(transcript)
+        system = {"role": "system", "content": INTERVIEWER_SYSTEM.format(statement=statement)}
+        messages = [system] + reverse(transcript)
         try:
             question = self.interviewer.complete(messages, temperature=0.7, max_tokens=80, seed=self.seed)[0]
         except EndpointError as err:

@@ -37,7 +37,8 @@ Judge only from what the person says. Answer with one JSON object and nothing el
 "OPE": "high|low|none", "Profession": "Doctor|Artist|Programmer|none"}"""
 
 
-def slot_judge_messages(dialog: Sequence[dict], judged_role: str = "assistant", redact: Sequence[str] = ()) -> list[dict]:
+def slot_judge_messages(dialog: Sequence[dict], judged_role: str = "assistant",
+                        redact: Sequence[str] = ()) -> list[dict]:
     """The judge's request for a dialogue (`{"role", "content"}` turns): the anonymized transcript and which
     anonymous speaker to label (the one that played `judged_role`)."""
     speaker = speaker_of(dialog, judged_role)
@@ -124,7 +125,8 @@ def add_judge_arguments(parser) -> None:
     group.add_argument("--judge_base_url", default=os.environ.get("OPENAI_BASE_URL"),
                        help="e.g. https://api.openai.com/v1 or a local server (default: $OPENAI_BASE_URL; "
                             "neither: the dialogues are written but not judged)")
-    group.add_argument("--judge_model", default=DEFAULT_MODEL, help=f"model at that endpoint (default {DEFAULT_MODEL})")
+    group.add_argument("--judge_model", default=DEFAULT_MODEL,
+                       help=f"model at that endpoint (default {DEFAULT_MODEL})")
     group.add_argument("--judge_attempts", type=int, default=3,
                        help="tries per dialogue while the answer is not the six-slot JSON, then it counts as failed")
     group.add_argument("--judge_timeout", type=float, default=60.0, help="seconds per request")

@@ -51,7 +51,8 @@ def candidates_for(identities: IdentitySet, remove_poles: bool = True) -> tuple[
 
 
 def score_trials(model, tokenizer, trials: Sequence[Trial], max_length: int | None = 384, batch_size: int = 16,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch: Callable[[int, int], None] | None = None) -> list[list[float]]:
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 on_batch: Callable[[int, int], None] | None = None) -> list[list[float]]:
     """For each trial, the assistant-token log-likelihood of its dialogue under each candidate (in order).
 
     Rows from all trials are pooled, identical rows (same tokens, same experts) scored once, and batched by
@@ -196,8 +197,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max_length", type=int, default=384,
                         help="tokens per scored row; longer dialogues lose whole turns from the end (default 384)")
     parser.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS,
-                        help=f"padded tokens per forward pass, besides --batch_size rows (default {DEFAULT_BATCH_TOKENS}; "
-                             "raise it on a GPU)")
+                        help=f"padded tokens per forward pass, besides --batch_size rows "
+                             f"(default {DEFAULT_BATCH_TOKENS}; raise it on a GPU)")
     parser.add_argument("--strength", default=None,
                         help="strength of the experts, 0 to 2 (1 = as trained): one number for every identity, or "
                              "AGR_low=1.6,Doctor=0.5 (applied to each candidate set that holds the identity)")
@@ -284,7 +285,8 @@ def run(args) -> dict:
 def summarize(document: dict) -> str:
     lines = [f"{document['dialogues']} dialogues in {document['seconds']} s"]
     for mode, accuracy in document["accuracy_by_mode"].items():
-        by_count = ", ".join(f"{k} identities {v['accuracy']:.3f}" for k, v in document["accuracy_by_count"][mode].items())
+        by_count = ", ".join(f"{k} identities {v['accuracy']:.3f}"
+                             for k, v in document["accuracy_by_count"][mode].items())
         lines.append(f"{mode}: accuracy {accuracy:.3f}, mean margin {document['mean_margin_by_mode'][mode]:.2f} "
                      f"({by_count})")
     lines.append(f"details: {document['files']['result']}")
