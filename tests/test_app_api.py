@@ -148,11 +148,11 @@ def test_two_clients_never_see_each_others_conversation(tiny_url):
 
 
 def assert_one_after_another(calls) -> None:
-    """The forward passes of `forward_calls` came from two model threads, the second starting only after the
-    first had ended."""
+    """The forward passes of `forward_calls` never interleave: each thread's passes form one run (a worker
+    thread reused for the second call makes one run of both)."""
     threads = [thread for thread, _ in calls]
     switches = sum(1 for before, after in itertools.pairwise(threads) if before is not after)
-    assert len(set(threads)) == 2 and switches == 1, "two generations ran interleaved"
+    assert calls and switches == len(set(threads)) - 1, "two generations ran interleaved"
 
 
 def test_static_batches_share_one_model_queue(tiny_url, tiny_engine):
@@ -172,6 +172,7 @@ def test_with_the_scheduler_off_replies_wait_in_the_model_queue(tiny_engine):
         jobs = [client(url).submit(message=f"visitor {i}", max_new_tokens=24, api_name="/chat") for i in range(2)]
         for job in jobs:
             job.result()
+    assert len({thread for thread, _ in calls}) == 2  # a model thread per reply
     assert_one_after_another(calls)
 
 
