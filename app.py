@@ -1,6 +1,6 @@
 """Serve the HIRPF app: `python app.py [--host H] [--port P] [--base_model M] [--lora_weights DIR|none]
-[--load_in_8bit] [--data_dir DIR] [--annotation_only]` (each flag also reads an environment variable; see
-app/settings.py).
+[--load_in_8bit] [--data_dir DIR] [--annotation_only] [--no-scheduler]` (each flag also reads an environment
+variable; see app/settings.py).
 
 Hugging Face Spaces runs this file and expects the Blocks at module level as `demo`. The model starts
 loading in a background thread before Gradio is even imported, so the page answers within seconds and
@@ -34,7 +34,7 @@ else:
     from app.build import build_app  # Gradio loads while the model does
     from app.launching import launch
 
-    demo = build_app(slot, data_dir=settings.data_dir)
+    demo = build_app(slot, data_dir=settings.data_dir, scheduler=settings.scheduler)
 
 if __name__ == "__main__":
     launch(demo, settings.host, settings.port)

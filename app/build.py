@@ -2,9 +2,11 @@
 with no model at all; and `launch`, which serves either.
 
 The model is given as a loaded `Engine`, a `ModelSlot`, or a function that loads one (started in the
-background at once, so the page is usable while the weights load). Tabs add their events to one shared
-model queue (`concurrency_id="model"`): whatever tab a request comes from, at most `model_concurrency`
-generations run at a time, and the rest wait their turn in order.
+background at once, so the page is usable while the weights load). Streamed replies (chat, regenerate,
+debate statements) go through the engine's scheduler, up to `HIRPF_MAX_BATCH` visitors decoding together
+(`app.reply_serving`; `scheduler=False` or ZeroGPU: one at a time on the model queue). The other model
+actions share one model queue (`concurrency_id="model"`): whatever tab a request comes from, at most
+`model_concurrency` of them run at a time, and the rest wait their turn in order.
 
 The annotation-only app is for studies whose annotators must learn nothing of the model: its page, its
 `/config` and its API hold no model status, no model tab and no identity code (tests check all three).
@@ -24,6 +26,7 @@ from .chat_tab import build_chat_tab
 from .debate_tab import build_debate_tab
 from .model_slot import ModelSlot
 from .questionnaire_tab import build_questionnaire_tab, judge_endpoint_from_env
+from .reply_serving import reply_serving
 from .services import EVALUATION_TITLE
 from .stop_signals import StopSignals
 
@@ -53,21 +56,24 @@ def as_slot(engine) -> ModelSlot:
 
 
 def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: str | Path | None = None,
-              model_concurrency: int = 1, title: str = "HIRPF: identity-driven role-playing agents") -> gr.Blocks:
-    """The app's Blocks. `data_dir` is where tabs that store things (human evaluation) keep their data."""
+              model_concurrency: int = 1, scheduler: bool = True,
+              title: str = "HIRPF: identity-driven role-playing agents") -> gr.Blocks:
+    """The app's Blocks. `data_dir` is where tabs that store things (human evaluation) keep their data;
+    `scheduler=False` serves streamed replies one at a time on the model queue (`HIRPF_SCHEDULER=0`)."""
     slot = as_slot(engine)
     stops = StopSignals()
     downloads = AdminDownloads()
     remove_leftover_export_folders()
     model_queue = {"concurrency_id": "model", "concurrency_limit": model_concurrency}
+    serving = reply_serving(model_queue, scheduler)
     with gr.Blocks(title="HIRPF", analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\n{INTRO}")
         status = gr.Markdown(status_line(slot), elem_id="model-status")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                build_chat_tab(slot, stops, model_queue)
+                build_chat_tab(slot, stops, model_queue, serving)
             with gr.Tab("Debate", id="debate", elem_id="tab-debate"):
-                build_debate_tab(slot, stops, model_queue, data_dir=data_dir)
+                build_debate_tab(slot, stops, serving, data_dir=data_dir)
             with gr.Tab("Questionnaire", id="questionnaire", elem_id="tab-questionnaire"):
                 build_questionnaire_tab(slot, model_queue, judge_endpoint_from_env())
             with gr.Tab("Human evaluation", id="annotate", elem_id="tab-annotate"):
@@ -94,6 +100,7 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
         demo.load(refresh_status, None, [status, poll], queue=False, show_progress="hidden",
                   api_name="model_status_on_load", api_visibility="undocumented")
     demo.hirpf_slot = slot  # for start-up scripts and tests: wait on or inspect the model load
+    demo.hirpf_reply_serving = serving  # for tests and benchmarks: how replies reach the model
     return served_with(demo, data_dir, downloads, css=stylesheet(*APP_CSS))
 
 

@@ -2,7 +2,9 @@
 
 Every reply reads the identity panel at the moment it starts (live masking: nothing is reloaded, the
 next call simply routes through other experts) and is recorded with the set it was generated with.
-Model events share the app's model queue; Stop both cancels the event and sets the generation's stop flag.
+Chat and Regenerate stream through the engine's scheduler, where visitors' replies decode together
+(`app.reply_serving`); Compare is one batched call on the app's model queue. Stop both cancels the event
+and sets this session's stop flag, which takes its reply alone out of the running batch.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from hirpf.prompts import Conditioning
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import MAX_NEW_TOKENS, read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
+from .reply_serving import ReplyServing, reply_serving
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
 from .transcript import (
@@ -43,8 +46,9 @@ EXAMPLES = [
 ]
 
 
-def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> dict:
-    """Lay out the tab inside the current Blocks and wire its events; returns its main components."""
+def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, serving: ReplyServing) -> dict:
+    """Lay out the tab inside the current Blocks and wire its events; returns its main components. Chat and
+    Regenerate are served as `serving` says; Compare waits on `model_queue`."""
     with gr.Row():
         with gr.Column(scale=2, min_width=380):
             panel = IdentityPanel("chat", "Agent identity", with_strength=True)
@@ -97,7 +101,8 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
         began = time.perf_counter()
         with stops.armed(request.session_hash if request else None) as handle:
             try:
-                with closing(engine.stream(model_history(record), identities, mode, sampling, handle.event)) as chunks:
+                reply = serving.source(engine).stream(model_history(record), identities, mode, sampling, handle.event)
+                with closing(reply) as chunks:
                     for text in chunks:
                         turn = dict(turn, content=text, seconds=time.perf_counter() - began,
                                     status=STOPPED if handle.requested else turn["status"])
@@ -189,9 +194,9 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
     identity_inputs = panel.inputs
     chat_event = gr.on([send.click, message.submit], chat,
                        [message, conversation, *identity_inputs, *settings], [chatbot, conversation, message],
-                       api_name="chat", **model_queue)
+                       api_name="chat", **serving.queue)
     regenerate_event = regenerate.click(regenerate_reply, [conversation, *identity_inputs, *settings],
-                                        [chatbot, conversation], api_name="regenerate", **model_queue)
+                                        [chatbot, conversation], api_name="regenerate", **serving.queue)
     compare_event = compare.click(compare_replies, [message, conversation, *identity_inputs, *settings, baseline],
                                   [compared, compared_baseline], api_name="compare", **model_queue)
     running = [chat_event, regenerate_event, compare_event]
@@ -205,7 +210,8 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict) -> di
 def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
     """The Chat tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
-    return tab_app("Chat", lambda demo: build_chat_tab(slot, StopSignals(), MODEL_QUEUE), css=("identity_panel.css",))
+    return tab_app("Chat", lambda demo: build_chat_tab(slot, StopSignals(), MODEL_QUEUE, reply_serving(MODEL_QUEUE)),
+                   css=("identity_panel.css",))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ agent sees its own view of the transcript). The tab only reads the panels, plays
 each agent's statements in its own column. A finished or stopped debate can be downloaded (JSON and
 Markdown) and sent to human evaluation.
 
-Stop works as in the chat: the button cancels the event (which closes the stream and with it the model
-thread) and sets this session's stop flag, so the statement being written ends at the next token and the
-transcript keeps what was said.
+Each statement streams as a chat reply does (`app.reply_serving`): through the engine's scheduler, where it
+shares the running batch with other visitors' replies. Stop works as in the chat: the button cancels the
+event and sets this session's stop flag, so the statement being written ends at the next token (its row
+leaves the batch) and the transcript keeps what was said.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from hirpf.prompts import Conditioning
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
+from .reply_serving import ReplyServing, reply_serving
 from .services import send_to_evaluation
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
@@ -143,10 +145,11 @@ def write_files(record: DebateRecord) -> list[str]:
     return [str(json_path), str(markdown_path)]
 
 
-def build_debate_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict,
+def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
                      data_dir: str | Path | None = None) -> dict:
     """Lay out the tab inside the current Blocks and wire its events; returns its main components.
-    `data_dir`: the app's data folder, where debates sent to human evaluation are stored."""
+    `serving`: how statements reach the model; `data_dir`: the app's data folder, where debates sent to
+    human evaluation are stored."""
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             panel_a = IdentityPanel("debate-a", "Agent A: argues for the motion")
@@ -214,7 +217,8 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict,
         yield *shown(record), None, record, ""
         with stops.armed(stop_key(request)) as handle:
             try:
-                with closing(stream_debate(engine, spec, record.conditioning, sampling, handle.event)) as steps:
+                with closing(stream_debate(serving.source(engine), spec, record.conditioning, sampling,
+                                           handle.event)) as steps:
                     for debate in steps:
                         record = replace(record, debate=debate)
                         yield *shown(record), gr.skip(), record, gr.skip()
@@ -247,7 +251,7 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict,
     inputs = [topic, rounds, *panel_a.inputs, *panel_b.inputs, conditioning, max_new_tokens, temperature, top_p,
               seed]
     debate_event = start.click(run_debate, inputs, [*views, files, record_state, sent], api_name="debate",
-                               **model_queue)
+                               **serving.queue)
     stop.click(stop_debate, [record_state], [*views, files, record_state], cancels=[debate_event], queue=False,
                api_name="debate_stop")
     # No model work: off the model queue, answered at once even while others generate.
@@ -259,7 +263,8 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict,
 def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
     """The Debate tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
-    return tab_app("Debate", lambda demo: build_debate_tab(slot, StopSignals(), MODEL_QUEUE, data_dir=data_dir),
+    return tab_app("Debate", lambda demo: build_debate_tab(slot, StopSignals(), reply_serving(MODEL_QUEUE),
+                                                                   data_dir=data_dir),
                    css=("identity_panel.css",))
 
 

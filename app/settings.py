@@ -14,6 +14,7 @@ from db.engine import data_dir
 from hirpf.cli import ENV_BASE_MODEL, ENV_LORA_WEIGHTS
 
 ANNOTATION_ONLY_ENV = "HIRPF_ANNOTATION_ONLY"
+SCHEDULER_ENV = "HIRPF_SCHEDULER"
 
 
 def _env(names: tuple[str, ...], default):
@@ -40,6 +41,7 @@ class AppSettings:
     load_in_8bit: bool | None = None  # None: on when CUDA is available (as the CLI)
     data_dir: Path = field(default_factory=data_dir)  # resolved by db/engine.py, the one home of that rule
     annotation_only: bool = False  # serve only the annotator's and the admin's tabs, with no model at all
+    scheduler: bool = True  # chat replies and debate statements share the scheduler's batch (off: one at a time)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotation_only", action="store_true", default=None,
                         help="serve the human evaluation only: no model is loaded and the page, its config and "
                              f"its API say nothing of it (env {ANNOTATION_ONLY_ENV}=1)")
+    parser.add_argument("--scheduler", action=argparse.BooleanOptionalAction, default=None,
+                        help="serve chat replies and debate statements through the scheduler's running batch, "
+                             "HIRPF_MAX_BATCH visitors at once; --no-scheduler: one at a time, as before "
+                             f"(env {SCHEDULER_ENV}=1/0; default on; ZeroGPU is always one at a time)")
     return parser
 
 
@@ -79,4 +85,5 @@ def settings_from(argv: list[str] | None = None) -> AppSettings:
         load_in_8bit=args.load_in_8bit if args.load_in_8bit is not None else _env_flag("HIRPF_LOAD_IN_8BIT"),
         data_dir=data_dir(args.data_dir),
         annotation_only=bool(args.annotation_only or _env_flag(ANNOTATION_ONLY_ENV)),
+        scheduler=next(v for v in (args.scheduler, _env_flag(SCHEDULER_ENV), defaults.scheduler) if v is not None),
     )

@@ -10,7 +10,7 @@ import gradio as gr
 
 from .model_slot import ModelSlot
 
-MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
+MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}  # a tab alone: the full app's queues
 
 
 def model_slot(engine=None) -> ModelSlot:

@@ -1,14 +1,20 @@
 """Serving concurrent clients: the scheduler's running batch against a serial queue, in one run.
 
     python benchmarks/bench_serving.py [--json] [--clients 1,2,4,8] [--requests 4] [--max_new_tokens 64]
-                                       [--threads 2] [--spread 1.0] [--quick]
+                                       [--threads 2] [--spread 1.0] [--no_gradio] [--quick]
 
 The embedded model with the shipped experts (float32, CPU). Each client has its own identity set and asks
 short questions, one after another (a new request as soon as its reply ends), `--requests` times. Two
 ways to serve them, with the same clients, arrivals, prompts and seeds:
 
-- `serial`: today's app: one request at a time through `Engine.stream` behind one lock (a queue);
+- `serial`: one request at a time through `Engine.stream` behind one lock (a queue; the app before the
+  scheduler);
 - `scheduler`: `engine.scheduler()`: every request joins the running batch (`HIRPF_MAX_BATCH`, default 8).
+
+and the same two through the served app (`app.build.build_app` on loopback, in this process), each client a
+`gradio_client.Client` calling `/chat` (and `/clear` before each request, so every prompt is one question,
+as above): `gradio_serial` (the app built with `scheduler=False`, `HIRPF_SCHEDULER=0`: replies wait in the
+model queue of one) and `gradio_scheduler` (the app as it ships).
 
 Clients arrive spread over one lone request's duration (client i starts at i/n of it; `--spread`), as
 visitors do, not all in the same instant; a burst of n prefills at once (`--spread 0`) puts n-1 prefills
@@ -21,8 +27,9 @@ Tokens are counted by re-tokenizing each reply's text, the same way for both pat
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
-`gradio_speedup_8` (the same speedup through the served app with `gradio_client`: null until the app
-serves through the scheduler). Targets: speedup_8 >= 3.5, ttft_p95_ratio_8 <= 3, gradio_speedup_8 >= 3.
+`gradio_speedup_8` (the same speedup through the served app with `gradio_client`: `gradio_scheduler` ÷
+`gradio_serial`; null with `--no_gradio`). Targets: speedup_8 >= 3.5, ttft_p95_ratio_8 <= 3,
+gradio_speedup_8 >= 3.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hirpf.engine import Engine, Sampling  # noqa: E402
-from hirpf.identities import IdentitySet  # noqa: E402
+from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
 
 CLIENT_SETS = [IdentitySet.parse(s) for s in (
     "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",
@@ -58,10 +66,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class SerialQueue:
-    """Today's app: one generation at a time, the others wait for the lock."""
+    """The app before the scheduler: one generation at a time, the others wait for the lock."""
 
     def __init__(self, engine: Engine):
         self.engine, self.lock = engine, threading.Lock()
+
+    def client(self):
+        return self.stream
 
     def stream(self, history, identities, sampling):
         with self.lock:
@@ -72,24 +83,70 @@ class SchedulerPath:
     def __init__(self, engine: Engine):
         self.scheduler = engine.scheduler()
 
+    def client(self):
+        return self.stream
+
     def stream(self, history, identities, sampling):
         return self.scheduler.stream(history, identities, sampling=sampling)
+
+
+def message_text(message: dict) -> str:
+    """A chatbot message's text (Gradio 6 sends content as a list of typed parts)."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+class ServedApp:
+    """The app around `engine`, served on loopback; each client is a `gradio_client.Client` of its own (its
+    own session, as a visitor's browser) calling `/chat`."""
+
+    def __init__(self, engine: Engine, scheduler: bool):
+        from app.build import build_app
+        from app.launching import launch
+
+        self.data_dir = tempfile.TemporaryDirectory(prefix="hirpf-bench-app-")
+        self.demo = build_app(engine, data_dir=self.data_dir.name, scheduler=scheduler)
+        _, self.url, _ = launch(self.demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+
+    def client(self):
+        from gradio_client import Client
+
+        visitor = Client(self.url, verbose=False, httpx_kwargs={"timeout": 600})
+
+        def stream(history, identities, sampling):
+            visitor.predict(api_name="/clear")  # every request one question, as through the Python API
+            job = visitor.submit(
+                message=history[-1]["content"], traits=[n for n in identities.names if n not in PROFESSIONS],
+                profession=[n for n in identities.names if n in PROFESSIONS], max_new_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, api_name="/chat")
+            for chatbot, *_ in job:
+                reply = [message_text(m) for m in chatbot if m["role"] == "assistant" and not m.get("metadata")]
+                if reply and reply[-1]:
+                    yield reply[-1]
+
+        return stream
+
+    def close(self) -> None:
+        self.demo.close()
+        self.data_dir.cleanup()
 
 
 def run_clients(path, engine: Engine, clients: int, requests: int, max_new_tokens: int, spread_s: float) -> dict:
     """`clients` threads, each sending `requests` requests back to back through `path`."""
     records: list[dict] = []
     lock = threading.Lock()
+    streams = [path.client() for _ in range(clients)]  # connected before the clock starts
     start = time.perf_counter()
 
     def client(i: int):
         time.sleep(spread_s * i / clients)
         for j in range(requests):
             history = [{"role": "user", "content": QUESTIONS[(i + j) % len(QUESTIONS)]}]
-            sampling = Sampling(max_new_tokens=max_new_tokens, seed=1000 * i + j)
+            # Seeds from 1: the app reads seed 0 as "a random one".
+            sampling = Sampling(max_new_tokens=max_new_tokens, seed=1 + 1000 * i + j)
             sent = time.perf_counter()
             first, text = None, ""
-            for text in path.stream(history, CLIENT_SETS[i % len(CLIENT_SETS)], sampling):
+            for text in streams[i](history, CLIENT_SETS[i % len(CLIENT_SETS)], sampling):
                 if first is None and text:
                     first = time.perf_counter()
             ended = time.perf_counter()
@@ -128,6 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--spread", type=float, default=1.0,
                         help="clients arrive spread over this many lone-request durations (0: all at once, a burst)")
+    parser.add_argument("--no_gradio", action="store_true", help="the Python API only, not the served app")
     parser.add_argument("--quick", action="store_true", help="a smoke run: clients 1 and 8, 2 requests, 32 tokens")
     args = parser.parse_args(argv)
     if args.quick:
@@ -139,10 +197,15 @@ def main(argv=None) -> int:
         print(*a, file=sys.stderr, flush=True)
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
-    serial, batched = SerialQueue(engine), SchedulerPath(engine)
+    paths = {"serial": SerialQueue(engine), "scheduler": SchedulerPath(engine)}
+    if not args.no_gradio:
+        paths["gradio_serial"] = ServedApp(engine, scheduler=False)
+        paths["gradio_scheduler"] = ServedApp(engine, scheduler=True)
+    batched = paths["scheduler"]
     load_before = os.getloadavg()
-    # Warm up both paths (plans, mask tables, allocator), and time a lone request for the arrival spread.
-    for path in (serial, batched):
+    # Warm up every path (plans, mask tables, allocator, the app's first requests), and time a lone request
+    # for the arrival spread.
+    for path in paths.values():
         run_clients(path, engine, 1, 1, args.max_new_tokens, 0.0)
     lone = run_clients(batched, engine, 1, 1, args.max_new_tokens, 0.0)
     spread = lone["wall_s"] * args.spread
@@ -150,31 +213,39 @@ def main(argv=None) -> int:
 
     table = []
     for n in counts:
-        for name, path in (("serial", serial), ("scheduler", batched)):
+        for name, path in paths.items():
             row = {"path": name, **run_clients(path, engine, n, args.requests, args.max_new_tokens, spread)}
             table.append(row)
-            log(f"{name:9s} {n} clients: {row['aggregate_tokens_per_s']:7.2f} tokens/s, ttft p50 "
+            log(f"{name:16s} {n} clients: {row['aggregate_tokens_per_s']:7.2f} tokens/s, ttft p50 "
                 f"{row['ttft_p50_s']:.3f} s p95 {row['ttft_p95_s']:.3f} s, "
                 f"per client {row['per_client_tokens_per_s_mean']:.2f}")
-    engine.scheduler().close()
+    for path in paths.values():
+        if isinstance(path, ServedApp):
+            path.close()
+    max_batch = batched.scheduler.max_batch
+    batched.scheduler.close()
 
     def find(path, n):
         return next((r for r in table if r["path"] == path and r["clients"] == n), None)
 
+    def speedup_at(n, serial, batched):
+        if not (find(serial, n) and find(batched, n)):
+            return None
+        return round(find(batched, n)["aggregate_tokens_per_s"] / find(serial, n)["aggregate_tokens_per_s"], 3)
+
     top = max(counts)
-    speedup = ratio = None
-    if find("serial", top) and find("scheduler", top):
-        speedup = round(find("scheduler", top)["aggregate_tokens_per_s"]
-                        / find("serial", top)["aggregate_tokens_per_s"], 3)
+    speedup = speedup_at(top, "serial", "scheduler")
+    gradio_speedup = speedup_at(top, "gradio_serial", "gradio_scheduler")
+    ratio = None
     if find("scheduler", 1) and find("scheduler", top):
         ratio = round(find("scheduler", top)["ttft_p95_s"] / find("scheduler", 1)["ttft_p50_s"], 3)
     document = {
         f"speedup_{top}": speedup,
         f"ttft_p95_ratio_{top}": ratio,
-        f"gradio_speedup_{top}": None,  # the app does not serve through the scheduler yet
+        f"gradio_speedup_{top}": gradio_speedup,
         "targets": {"speedup_8": 3.5, "ttft_p95_ratio_8": 3.0, "gradio_speedup_8": 3.0},
         "settings": {"clients": counts, "requests_per_client": args.requests, "max_new_tokens": args.max_new_tokens,
-                     "torch_threads": args.threads, "max_batch": engine.scheduler().max_batch, "quick": args.quick,
+                     "torch_threads": args.threads, "max_batch": max_batch, "quick": args.quick,
                      "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3)},
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "table": table,

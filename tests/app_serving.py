@@ -15,6 +15,7 @@ from app.build import build_app
 from app.launching import launch
 from hirpf.paths import PROJECT_ROOT
 
+SCHEDULER_THREAD = "hirpf-scheduler"  # the name of `hirpf.scheduler.Scheduler`'s loop thread
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = PROJECT_ROOT / "artifacts" / "screenshots"  # git-ignored; CI keeps them as artifacts
 
@@ -25,11 +26,11 @@ needs_chromium = pytest.mark.skipif(
 
 
 @contextmanager
-def served(engine, data_dir: str | Path | None = None):
+def served(engine, data_dir: str | Path | None = None, **build):
     """The whole app around `engine` on a free loopback port; yields its URL. Tabs that store things
-    write under `data_dir` (a temporary folder when None)."""
+    write under `data_dir` (a temporary folder when None); `build`: more of `build_app`'s arguments."""
     with tempfile.TemporaryDirectory(prefix="hirpf-app-data-") as scratch:
-        demo = build_app(engine, data_dir=data_dir if data_dir is not None else scratch)
+        demo = build_app(engine, data_dir=data_dir if data_dir is not None else scratch, **build)
         _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
         try:
             yield url
@@ -61,16 +62,22 @@ def forward_calls(model):
         hook.remove()
 
 
-def assert_model_stopped(calls) -> int:
-    """After Stop: the model thread of `forward_calls` ends and calls the model no more. Returns how many
-    forward passes it made."""
+def assert_model_stopped(calls, within_s: float = 30.0) -> int:
+    """After Stop: the model is called no more. A reply of its own (`Engine.stream`) runs in a model thread
+    that ends; a scheduler row runs in the scheduler's loop thread, which lives on, idle once its rows have
+    left. Returns how many forward passes were made."""
     model_thread = calls[0][0]
-    model_thread.join(timeout=30)
-    assert not model_thread.is_alive(), "the model thread kept running after Stop"
+    if model_thread.name != SCHEDULER_THREAD:
+        model_thread.join(timeout=within_s)
+        assert not model_thread.is_alive(), "the model thread kept running after Stop"
+    deadline = time.monotonic() + within_s
     count = len(calls)
-    time.sleep(0.5)
-    assert len(calls) == count, "the model was still being called after Stop"
-    return count
+    while True:
+        time.sleep(0.5)
+        if len(calls) == count:
+            return count
+        assert time.monotonic() < deadline, "the model was still being called after Stop"
+        count = len(calls)
 
 
 def client(url: str, address: str | None = None):
@@ -82,6 +89,29 @@ def client(url: str, address: str | None = None):
     # machine can take a few seconds.
     headers = {"X-Forwarded-For": address} if address else None
     return Client(url, verbose=False, httpx_kwargs={"timeout": 60}, headers=headers)
+
+
+def transcript(result) -> list[dict]:
+    """The chatbot value out of an endpoint's result (chat returns it with the message box)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def captions(messages: list[dict]) -> list[str]:
+    """The identity line recorded above each reply."""
+    return [m["metadata"]["title"] for m in messages if m.get("metadata")]
+
+
+def replies(messages: list[dict]) -> list[str]:
+    return [text(m) for m in messages if m["role"] == "assistant" and not m.get("metadata")]
+
+
+def user_messages(messages: list[dict]) -> list[str]:
+    return [text(m) for m in messages if m["role"] == "user"]
 
 
 @contextmanager

@@ -30,6 +30,20 @@ def tiny_engine(tiny_base_dir):
     return engine
 
 
+@pytest.fixture(scope="module")
+def exact_engine(tiny_base_dir):
+    """A tiny float64 Llama (the embedded tokenizer) with random layered experts: batched equals alone exactly."""
+    from hirpf.engine import Engine
+    from hirpf.experts import ExpertConfig
+    from hirpf.inject import add_experts
+
+    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
+    engine.model.to(torch.float64)
+    add_experts(engine.model, ExpertConfig(rank=4, dropout=0.0, layout="layered"))
+    randomize_experts(engine.model, seed=1)
+    return engine
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     """A tiny random Llama with the embedded model's tokenizer and chat template, saved as a base model

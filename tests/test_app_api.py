@@ -18,7 +18,17 @@ from gradio_client.exceptions import AppError
 
 from app.settings import settings_from
 
-from app_serving import assert_model_stopped, client, forward_calls, served
+from app_serving import (
+    assert_model_stopped,
+    captions,
+    client,
+    forward_calls,
+    replies,
+    served,
+    text,
+    transcript,
+    user_messages,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,29 +41,6 @@ def tiny_url(tiny_engine):
 def embedded_url(embedded_engine):
     with served(embedded_engine) as url:
         yield url
-
-
-def transcript(result) -> list[dict]:
-    """The chatbot value out of an endpoint's result (chat returns it with the message box)."""
-    return result[0] if isinstance(result, tuple) else result
-
-
-def text(message: dict) -> str:
-    content = message["content"]
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
-
-
-def captions(messages: list[dict]) -> list[str]:
-    """The identity line recorded above each reply."""
-    return [m["metadata"]["title"] for m in messages if m.get("metadata")]
-
-
-def replies(messages: list[dict]) -> list[str]:
-    return [text(m) for m in messages if m["role"] == "assistant" and not m.get("metadata")]
-
-
-def user_messages(messages: list[dict]) -> list[str]:
-    return [text(m) for m in messages if m["role"] == "user"]
 
 
 QUICK = {"max_new_tokens": 12, "temperature": 1.0}
@@ -160,15 +147,33 @@ def test_two_clients_never_see_each_others_conversation(tiny_url):
     assert user_messages(transcript(b.predict(**QUICK, api_name="/regenerate"))) == ["from B"]
 
 
-def test_model_events_share_one_queue(tiny_url, tiny_engine):
-    """Two visitors asking at once: the second generation starts only after the first has ended."""
-    with forward_calls(tiny_engine.model) as calls:
-        jobs = [client(tiny_url).submit(message=f"visitor {i}", max_new_tokens=24, api_name="/chat") for i in range(2)]
-        for job in jobs:
-            job.result()
+def assert_one_after_another(calls) -> None:
+    """The forward passes of `forward_calls` never interleave: each thread's passes form one run (a worker
+    thread reused for the second call makes one run of both)."""
     threads = [thread for thread, _ in calls]
     switches = sum(1 for before, after in itertools.pairwise(threads) if before is not after)
-    assert len(set(threads)) == 2 and switches == 1, "two generations ran interleaved"
+    assert calls and switches == len(set(threads)) - 1, "two generations ran interleaved"
+
+
+def test_static_batches_share_one_model_queue(tiny_url, tiny_engine):
+    """Two visitors comparing at once: the second batched call starts only after the first has ended."""
+    with forward_calls(tiny_engine.model) as calls:
+        jobs = [client(tiny_url).submit(message=f"visitor {i}", max_new_tokens=24, api_name="/compare")
+                for i in range(2)]
+        for job in jobs:
+            job.result()
+    assert_one_after_another(calls)
+
+
+def test_with_the_scheduler_off_replies_wait_in_the_model_queue(tiny_engine):
+    """`HIRPF_SCHEDULER=0`: two visitors chatting at once are served one after the other, each reply in a
+    model thread of its own (`Engine.stream`)."""
+    with served(tiny_engine, scheduler=False) as url, forward_calls(tiny_engine.model) as calls:
+        jobs = [client(url).submit(message=f"visitor {i}", max_new_tokens=24, api_name="/chat") for i in range(2)]
+        for job in jobs:
+            job.result()
+    assert len({thread for thread, _ in calls}) == 2  # a model thread per reply
+    assert_one_after_another(calls)
 
 
 def start_long_reply(url):
@@ -235,6 +240,11 @@ def test_settings_come_from_flags_then_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HIRPF_LOAD_IN_8BIT", "maybe")
     with pytest.raises(ValueError, match="HIRPF_LOAD_IN_8BIT='maybe'"):
         settings_from([])
+    monkeypatch.delenv("HIRPF_LOAD_IN_8BIT")
+    monkeypatch.delenv("HIRPF_SCHEDULER", raising=False)
+    assert settings_from([]).scheduler and not settings_from(["--no-scheduler"]).scheduler
+    monkeypatch.setenv("HIRPF_SCHEDULER", "0")
+    assert not settings_from([]).scheduler and settings_from(["--scheduler"]).scheduler
 
 
 def test_app_py_exposes_the_blocks_at_module_level(monkeypatch, tiny_base_dir, tmp_path):

@@ -59,3 +59,16 @@ def test_the_app_wraps_its_model_functions(monkeypatch, tiny_base_dir):
     with_spaces(monkeypatch, fake_spaces(calls))  # `gpu` reads it when a tab is built
     build_app(Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32"))
     assert len(calls) >= 5, calls
+
+
+def test_on_zerogpu_replies_keep_engine_stream_on_the_model_queue(monkeypatch, tiny_engine, tmp_path):
+    """Each ZeroGPU call runs in a worker with its own model, where the shared scheduler cannot live: chat,
+    regenerate and debate stream through `Engine.stream`, one at a time on the model queue."""
+    from app.build import build_app
+
+    with_spaces(monkeypatch, fake_spaces([]))
+    demo = build_app(tiny_engine, data_dir=tmp_path)
+    assert not demo.hirpf_reply_serving.through_scheduler
+    assert demo.hirpf_reply_serving.source(tiny_engine) is tiny_engine
+    chat = next(f for f in demo.fns.values() if f.api_name == "chat")
+    assert (chat.concurrency_id, chat.concurrency_limit) == ("model", 1)

@@ -40,16 +40,6 @@ def alone(engine: Engine, history, identities, sampling=GREEDY, conditioning=Con
     return ids[:ids.index(eos)] if eos in ids else ids
 
 
-@pytest.fixture(scope="module")
-def exact_engine(tiny_base_dir):
-    """A tiny float64 Llama (the embedded tokenizer) with random layered experts: batched equals alone exactly."""
-    engine = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
-    engine.model.to(torch.float64)
-    add_experts(engine.model, ExpertConfig(rank=4, dropout=0.0, layout="layered"))
-    randomize_experts(engine.model, seed=1)
-    return engine
-
-
 @pytest.fixture
 def scheduler(exact_engine):
     s = Scheduler(exact_engine, max_batch=8)

@@ -7,7 +7,8 @@ Agent A argues for the motion and B against; A speaks first in every stage. Each
 set and its own view of the transcript: its own statements are the assistant's turns, the opponent's
 statements (with the moderator's cue for the next stage) arrive as user turns. Many debates run together in
 one batched pass (`run_debates`): at every step, the current speakers of all debates form one `generate`
-batch, each row under its own identity set. `stream_debate` plays one debate turn by turn for the UI.
+batch, each row under its own identity set. `stream_debate` plays one debate turn by turn for the UI,
+each statement streamed by the engine or by its scheduler (the app's visitors share the scheduler's batch).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ..engine import Engine, Sampling
 from ..identities import IdentitySet
@@ -35,6 +36,9 @@ from .common import (
     write_json,
 )
 from .situations import add_generation_arguments, sampling_from_args
+
+if TYPE_CHECKING:
+    from ..scheduler import Scheduler
 
 SPEAKERS = ("A", "B")
 SIDES = {"A": "for", "B": "against"}
@@ -161,11 +165,26 @@ def run_debates(engine: Engine, specs: Sequence[DebateSpec],
     return debates
 
 
-def stream_debate(engine: Engine, spec: DebateSpec, conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT,
-                  sampling: Sampling | None = None, stop_event: threading.Event | None = None) -> Iterator[Debate]:
+class TurnStop(threading.Event):
+    """One statement's stop flag: set when the statement ends (`Engine.stream` sets it then) or when the
+    whole debate's `debate_stop` is set. The model side only asks `is_set()`, so a Stop reaches a statement
+    still waiting for a place in the scheduler's batch, not only one that is streaming."""
+
+    def __init__(self, debate_stop: threading.Event | None):
+        super().__init__()
+        self.debate_stop = debate_stop
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self.debate_stop is not None and self.debate_stop.is_set())
+
+
+def stream_debate(model: "Engine | Scheduler", spec: DebateSpec,
+                  conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
+                  stop_event: threading.Event | None = None) -> Iterator[Debate]:
     """Play one debate, yielding it as it grows: after each new piece of the current statement (the last turn
-    still growing) and after each finished turn. Setting `stop_event` stops at the next token; the statement
-    cut short stays in the transcript."""
+    still growing) and after each finished turn. `model` writes each statement with `stream` (an `Engine`, or
+    its scheduler, `Engine.scheduler()`, whose running batch the statement then joins). Setting `stop_event`
+    stops at the next token; the statement cut short stays in the transcript."""
     check_positive("rounds", spec.rounds)
     sampling = sampling or Sampling()
     debate = Debate(spec)
@@ -174,10 +193,10 @@ def stream_debate(engine: Engine, spec: DebateSpec, conditioning: Conditioning =
         speaker, stage, r = debate.next_turn()
         seed = None if sampling.seed is None else sampling.seed + 1000 * len(debate.turns)
         text = ""
-        # Each turn streams under its own stop event (the engine sets it when the turn ends); closing the
-        # stream when ours is set stops the model at the next token.
-        with closing(engine.stream(debate.view(speaker), spec.identities(speaker), conditioning,
-                                   replace(sampling, seed=seed))) as pieces:
+        # Each turn streams under its own stop flag (the engine sets it when the turn ends, which must not
+        # end the debate); the flag also reads the debate's, so a Stop ends the turn at the next token.
+        with closing(model.stream(debate.view(speaker), spec.identities(speaker), conditioning,
+                                  replace(sampling, seed=seed), TurnStop(stop_event))) as pieces:
             for text in pieces:
                 if stopped():
                     break

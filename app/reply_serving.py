@@ -1,0 +1,41 @@
+"""How a streamed reply reaches the model: the chat's replies (chat, regenerate) and each debate statement.
+
+Through the engine's scheduler (`hirpf.scheduler`), the default: up to `HIRPF_MAX_BATCH` visitors (default
+8) decode together in one running batch, each row with its own identity set, and Gradio lets that many of
+these events run at once (their own concurrency group, "scheduler"); later ones queue. A visitor's Stop
+sets its request's stop event, and the scheduler takes that row alone out of the batch.
+
+One at a time through `Engine.stream`, on the shared model queue of one, where the scheduler cannot or
+should not serve: on ZeroGPU (each call runs in its own worker process with its own model, where a batch
+shared across visitors cannot live) and with `HIRPF_SCHEDULER=0` (`--no-scheduler`), the serial path kept
+for comparison (`benchmarks/bench_serving.py`) and as a fallback.
+
+The other model actions (Compare, questionnaires, surveys) keep the model queue of one: each is already
+one static batch that knows all its rows up front.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hirpf.scheduler import max_batch_setting
+
+from .zerogpu import on_zerogpu
+
+SCHEDULER_QUEUE_ID = "scheduler"
+
+
+@dataclass(frozen=True)
+class ReplyServing:
+    through_scheduler: bool
+    queue: dict  # the reply events' Gradio concurrency settings (concurrency_id, concurrency_limit)
+
+    def source(self, engine):
+        """What streams a reply (`.stream`, `Engine.stream`'s signature): the engine's scheduler or the engine."""
+        return engine.scheduler() if self.through_scheduler else engine
+
+
+def reply_serving(model_queue: dict, scheduler: bool = True) -> ReplyServing:
+    """Through the scheduler when `scheduler` is on and not on ZeroGPU; otherwise on `model_queue`."""
+    if scheduler and not on_zerogpu():
+        return ReplyServing(True, {"concurrency_id": SCHEDULER_QUEUE_ID, "concurrency_limit": max_batch_setting()})
+    return ReplyServing(False, model_queue)
