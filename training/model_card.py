@@ -55,13 +55,26 @@ def recipe(args: dict) -> str:
             f"r{args['rank']}, {targets}, max_length {args['max_length']}")
 
 
-def recipe_row(summary: dict, evaluation: dict) -> str:
+def run_summary(path: Path) -> tuple[dict, int | None]:
+    """A run's training summary, and the step when `path` is one of its `checkpoint-N` directories."""
+    if path.name.startswith("checkpoint-") and not (path / "training_summary.json").exists():
+        return json.loads((path.parent / "training_summary.json").read_text()), int(path.name.split("-")[1])
+    return json.loads((path / "training_summary.json").read_text()), None
+
+
+def recipe_row(summary: dict, evaluation: dict, step: int | None = None) -> str:
+    """A row of the recipe table; for a checkpoint of a longer run, its step's held-out loss and the time
+    to reach it (the run's time in proportion to its steps)."""
     rec = evaluation["recognition"]
     acc, by_count = rec["accuracy_by_mode"], rec["accuracy_by_count"]["experts+prompt"]
     counts = " / ".join(f"{by_count[k]['accuracy']:.2f}" if k in by_count else "–" for k in ("1", "2", "3"))
-    return (f"| {recipe(summary['args'])} | {summary['final_eval_loss']:.3f} | {acc['experts+prompt']:.3f} | "
-            f"{acc.get('experts', float('nan')):.3f} | {acc['prompt']:.3f} | {counts} | "
-            f"{summary['seconds'] / 60:.0f} |")
+    loss, minutes, what = summary["final_eval_loss"], summary["seconds"] / 60, recipe(summary["args"])
+    if step is not None:
+        loss = next(h["eval_loss"] for h in summary["log_history"] if h["step"] == step and "eval_loss" in h)
+        minutes *= step / summary["steps"]
+        what += f", its step {step} of {summary['steps']}"
+    return (f"| {what} | {float(loss):.3f} | {acc['experts+prompt']:.3f} | {acc.get('experts', float('nan')):.3f} | "
+            f"{acc['prompt']:.3f} | {counts} | {minutes:.0f} |")
 
 
 def dose_response_chart(curves: dict, path: Path) -> Path | None:
@@ -104,13 +117,13 @@ def questionnaire_table(evaluation: dict) -> str:
         cells = []
         for mode in ("experts+prompt", "prompt"):
             p = both[mode]["poles"][pole]
-            cells.append(f"{p['score']:.2f} vs {p['empty_set']:.2f} {'✓' if p['right_side'] else '✗'}")
+            cells.append(f"{p['score']:.3f} vs {p['empty_set']:.3f} {'✓' if p['right_side'] else '✗'}")
         lines.append(f"| {pole} | " + " | ".join(cells) + " |")
     for name in PROFESSIONS:
         cells = []
         for mode in ("experts+prompt", "prompt"):
             p = evaluation["profession"][mode]["professions"][name]
-            cells.append(f"own {p['own_field']:.2f} vs others {p['other_fields']:.2f} {'✓' if p['hit'] else '✗'}")
+            cells.append(f"own {p['own_field']:.3f} vs others {p['other_fields']:.3f} {'✓' if p['hit'] else '✗'}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -129,7 +142,7 @@ def main(argv=None):
     ap.add_argument("--run", required=True, help="the trainer's --output_dir")
     ap.add_argument("--evaluation", required=True, help="JSON written by training/evaluate_experts.py --json")
     ap.add_argument("--compare", nargs="*", default=[], metavar="RUN=EVAL.json",
-                    help="other runs for the recipe table, each with its evaluation")
+                    help="other runs (or RUN/checkpoint-N) for the recipe table, each with its evaluation")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
@@ -151,8 +164,8 @@ def main(argv=None):
     rows = [recipe_row(summary, evaluation) + " **shipped** |"]
     for pair in args.compare:
         other_run, _, other_eval = pair.partition("=")
-        other = json.loads((Path(other_run) / "training_summary.json").read_text())
-        rows.append(recipe_row(other, json.loads(Path(other_eval).read_text())) + " |")
+        other, step = run_summary(Path(other_run))
+        rows.append(recipe_row(other, json.loads(Path(other_eval).read_text()), step) + " |")
     router = ("routers trained jointly"
               + (f" (learning rate {a['router_learning_rate']:g})" if a.get("router_learning_rate") else "")
               if a["train_router"] else "routers frozen (uniform mixing)")
@@ -180,8 +193,8 @@ Mean train loss over the run {summary['mean_train_loss']:.3f}; final held-out lo
 ![loss curve](loss_curve.png)
 
 ## Recipes tried
-Each row is a full training run evaluated by `training/evaluate_experts.py` on the same held-out split
-(pole removal on). Recognition: is the true identity set likelier than every single-edit neighbour?
+Each row is a training run (or one checkpoint of it) evaluated by `training/evaluate_experts.py` on the
+same held-out split (pole removal on). Recognition: is the true identity set likelier than every single-edit neighbour?
 
 {recipes_header}
 |---|---|---|---|---|---|---|---|
