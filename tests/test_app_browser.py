@@ -132,6 +132,21 @@ def test_stop_ends_a_reply_and_keeps_its_text(page):
     wait_until_done(page)
 
 
+def test_strength_sliders_follow_the_checked_identities_and_compare_answers_twice(page):
+    choose(page, ["AGR_low", "Doctor"])
+    expect(page.locator("#chat-strength-AGR_low")).to_be_visible()
+    expect(page.locator("#chat-strength-Doctor")).to_be_visible()
+    expect(page.locator("#chat-strength-AGR_high")).to_be_hidden()
+    set_slider(page, "chat-strength-AGR_low", 1.6)
+    set_max_new_tokens(page, 8)
+    page.locator("#chat-message textarea").fill("What do you do at work?")
+    page.locator("#chat-compare").click()
+    expect(page.locator("#chat-compare-identity")).to_contain_text(
+        "Experts + prompt: a doctor with low agreeableness (strength AGR_low 1.6)", timeout=REPLY_TIMEOUT_MS)
+    expect(page.locator("#chat-compare-baseline-reply")).to_contain_text(
+        "Prompt only: a doctor with low agreeableness", timeout=REPLY_TIMEOUT_MS)
+
+
 def test_screenshots_of_every_tab(page):
     tabs = page.get_by_role("tab")
     names = tabs.all_inner_texts()
