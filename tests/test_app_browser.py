@@ -141,8 +141,9 @@ def test_strength_sliders_follow_the_checked_identities_and_compare_answers_twic
     set_max_new_tokens(page, 8)
     page.locator("#chat-message textarea").fill("What do you do at work?")
     page.locator("#chat-compare").click()
+    # (this app's model has no experts, so both sides are prompt-only; the API tests compare real experts)
     expect(page.locator("#chat-compare-identity")).to_contain_text(
-        "Experts + prompt: a doctor with low agreeableness (strength AGR_low 1.6)", timeout=REPLY_TIMEOUT_MS)
+        "a doctor with low agreeableness (strength AGR_low 1.6)", timeout=REPLY_TIMEOUT_MS)
     expect(page.locator("#chat-compare-baseline-reply")).to_contain_text(
         "Prompt only: a doctor with low agreeableness", timeout=REPLY_TIMEOUT_MS)
 
