@@ -122,8 +122,16 @@ def _positions(mask: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tens
 
 def _next_token_log_probs(engine, prefixes: dict, prefix_rows: list[int], suffixes: list[list[int]],
                           expert_rows: list[IdentitySet]) -> torch.Tensor:
-    """Log-probabilities of the next token after prefix + suffix for each row: one forward pass over the
-    suffixes, with each row's prefix keys and values (re-padded on the left) as the cache."""
+    """Log-probabilities of the next token after prefix + suffix for each row."""
+    logits = logits_after_prefixes(engine, prefixes, prefix_rows, suffixes, expert_rows, keep=1)
+    return torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
+
+
+def logits_after_prefixes(engine, prefixes: dict, prefix_rows: list[int], suffixes: list[list[int]],
+                          expert_rows: list[IdentitySet], keep: int) -> torch.Tensor:
+    """The logits of the last `keep` positions of each row's suffix (padded on the left): one forward pass
+    over the suffixes, with each row's prefix keys and values (re-padded on the left) as the cache, each row
+    under its own experts."""
     device = engine.model.device
     ids, suffix_mask = _padded(suffixes, engine.tokenizer.pad_token_id)
     lengths = torch.tensor([prefixes["lengths"][k] for k in prefix_rows])
@@ -133,10 +141,9 @@ def _next_token_log_probs(engine, prefixes: dict, prefix_rows: list[int], suffix
     prefix_mask = (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()
     attention_mask = torch.cat([prefix_mask, suffix_mask], dim=-1)
     with torch.no_grad(), use_identities(expert_rows):
-        logits = engine.model(input_ids=ids.to(device), attention_mask=attention_mask.to(device),
-                              position_ids=_positions(suffix_mask, lengths).to(device), past_key_values=cache,
-                              use_cache=True, logits_to_keep=1).logits
-    return torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
+        return engine.model(input_ids=ids.to(device), attention_mask=attention_mask.to(device),
+                            position_ids=_positions(suffix_mask, lengths).to(device), past_key_values=cache,
+                            use_cache=True, logits_to_keep=keep).logits
 
 
 def _gather_left(states: torch.Tensor, rows: list[int], lengths: list[int], width: int) -> torch.Tensor:

@@ -19,15 +19,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from ..identities import IdentitySet
 from ..labels import SCALE_OPTIONS
 from ..prompts import Conditioning, expert_identities
-from ..routing import use_identities
 from ..scales import Scale
 from .answers import Answer
-from .choices import _encode_prefixes, _gather_left, _padded, _positions, _prompt_ids, _shared_prefix_length
+from .choices import _encode_prefixes, _prompt_ids, _shared_prefix_length, logits_after_prefixes
 from .common import EvalError, batches, check_positive
 
 
@@ -85,21 +83,11 @@ def option_distribution(engine, conversations: Sequence[Sequence[dict]], identit
 def _continuation_log_likelihoods(engine, prefixes: dict, prefix_rows: list[int], tails: list[list[int]],
                                   continuations: list[list[int]], expert_rows: list[IdentitySet]) -> list[float]:
     """Per row, the mean log-probability of `continuation` after prefix + tail: one forward pass over
-    tail + continuation, with each row's prefix keys and values (re-padded on the left) as the cache."""
-    device = engine.model.device
-    ids, suffix_mask = _padded([t + c for t, c in zip(tails, continuations)], engine.tokenizer.pad_token_id)
-    lengths = torch.tensor([prefixes["lengths"][k] for k in prefix_rows])
-    width = int(lengths.max())
-    cache = DynamicCache([tuple(_gather_left(t, prefix_rows, prefixes["lengths"], width) for t in layer)
-                          for layer in prefixes["layers"]], config=engine.model.config)
-    prefix_mask = (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()
-    attention_mask = torch.cat([prefix_mask, suffix_mask], dim=-1)
+    tail + continuation, with each row's prefix keys and values as the cache."""
     longest = max(map(len, continuations))
-    with torch.no_grad(), use_identities(expert_rows):
-        # the last `longest` + 1 positions predict every continuation token (a tail is never empty)
-        logits = engine.model(input_ids=ids.to(device), attention_mask=attention_mask.to(device),
-                              position_ids=_positions(suffix_mask, lengths).to(device), past_key_values=cache,
-                              use_cache=True, logits_to_keep=longest + 1).logits
+    # the last `longest` + 1 positions predict every continuation token (a tail is never empty)
+    logits = logits_after_prefixes(engine, prefixes, prefix_rows, [t + c for t, c in zip(tails, continuations)],
+                                   expert_rows, keep=longest + 1)
     log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
     values = []
     for j, continuation in enumerate(continuations):
