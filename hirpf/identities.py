@@ -165,9 +165,6 @@ class IdentitySet:
         merged = dict(self.strengths) | given
         return IdentitySet(self.names, tuple(merged.items()))
 
-    def without_strengths(self) -> "IdentitySet":
-        return IdentitySet(self.names)
-
     def strength(self, name: str) -> float:
         return dict(self.strengths).get(canonical_name(name), DEFAULT_STRENGTH)
 
@@ -275,11 +272,7 @@ def _check_strengths(names: tuple[str, ...], strengths) -> tuple[tuple[str, floa
         if name not in names:
             raise IdentityError(f"a strength is given for {name}, which is not in the set "
                                 f"({','.join(names) or 'empty'})")
-        value = _strength_number(value, name)
-        if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # also refuses NaN
-            raise IdentityError(f"the strength of {name} must be between {_number(MIN_STRENGTH)} and "
-                                f"{_number(MAX_STRENGTH)}, got {value!r}")
-        checked[name] = value
+        checked[name] = _strength_in_range(value, name)
     return tuple((n, checked[n]) for n in names if n in checked and checked[n] != DEFAULT_STRENGTH)
 
 
@@ -303,10 +296,15 @@ def check_strength_setting(value: "str | float | None") -> None:
         return
     given = parse_strengths(value) if isinstance(value, str) and "=" in value else {"every identity": value}
     for name, number in given.items():
-        number = _strength_number(number, name)
-        if not MIN_STRENGTH <= number <= MAX_STRENGTH:
-            raise IdentityError(f"the strength of {name} must be between {_number(MIN_STRENGTH)} and "
-                                f"{_number(MAX_STRENGTH)}, got {number!r}")
+        _strength_in_range(number, name)
+
+
+def _strength_in_range(value, what: str) -> float:
+    value = _strength_number(value, what)
+    if not MIN_STRENGTH <= value <= MAX_STRENGTH:  # also refuses NaN
+        raise IdentityError(f"the strength of {what} must be between {_number(MIN_STRENGTH)} and "
+                            f"{_number(MAX_STRENGTH)}, got {value!r}")
+    return value
 
 
 def _strength_number(value, what: str) -> float:
