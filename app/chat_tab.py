@@ -22,7 +22,7 @@ from hirpf.prompts import Conditioning
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import MAX_NEW_TOKENS, read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
-from .reply_serving import ReplyServing, reply_serving
+from .reply_serving import ReplyServing, paced, reply_serving
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
 from .transcript import (
@@ -103,7 +103,7 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
             try:
                 reply = serving.source(engine).stream(model_history(record), identities, mode, sampling, handle.event)
                 with closing(reply) as chunks:
-                    for text in chunks:
+                    for text in paced(chunks):
                         turn = dict(turn, content=text, seconds=time.perf_counter() - began,
                                     status=STOPPED if handle.requested else turn["status"])
                         yield render(record + [turn]), record + [turn]

@@ -27,7 +27,7 @@ from hirpf.prompts import Conditioning
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
-from .reply_serving import ReplyServing, reply_serving
+from .reply_serving import ReplyServing, paced, reply_serving
 from .services import send_to_evaluation
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
@@ -219,7 +219,7 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
             try:
                 with closing(stream_debate(serving.source(engine), spec, record.conditioning, sampling,
                                            handle.event)) as steps:
-                    for debate in steps:
+                    for debate in paced(steps):
                         record = replace(record, debate=debate)
                         yield *shown(record), gr.skip(), record, gr.skip()
             except Exception as err:  # the model failed: keep and offer what was said so far

@@ -10,6 +10,8 @@ For one wrapped projection W holding E experts of rank r, in routing groups (eac
 
     mask = 0 for the row's chosen experts, -inf otherwise;  w = 0 in a group the row does not use.
     gate: softmax over a group's chosen experts (the paper's), that times their number, or 2·sigmoid each.
+    shared_expert: one more group in every layer, a single expert on for any identity set (w = its strength),
+    so what all identities share is learnt once and the identity experts learn what sets them apart.
 
 `ExpertLinear.forward` computes exactly that, for every batch row at once (rows may carry different identity
 sets): it is the path for training and for anything unusual. At inference the same result comes from
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .identities import ALL_IDENTITIES, GROUPS
-from .routing import current_routing
+from .routing import EXPERT_SLOTS, SHARED_EXPERT, current_routing
 
 LAYOUTS = ("flat", "layered", "alternate")
 GATES = ("softmax", "scaled_softmax", "sigmoid")
@@ -60,6 +62,10 @@ class ExpertConfig:
     gate: str = _option("softmax", "softmax: the paper's, the weights of a group's chosen experts sum to 1 (two "
                                    "traits get half each); scaled_softmax: that times their number; sigmoid: "
                                    "2·sigmoid(router) per expert, 1 before training, so each keeps full strength")
+    shared_expert: bool = _option(False, "one more expert in every layer, on whenever a row chooses any identity "
+                                         "(at its strongest identity's strength): it learns what all identity "
+                                         "dialogues share, so that the identity experts learn only what sets "
+                                         "them apart and add up without counting the common part twice")
     shared_inputs: tuple[tuple[str, ...], ...] = _option((("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),
                                                          "projections that read one input: fused at inference")
     base_model: str = _option("", "the base model the experts belong to (checked when loading)")
@@ -88,10 +94,12 @@ class ExpertConfig:
     def groups_for_layer(self, layer: int) -> tuple[tuple[str, ...], ...]:
         """The routing groups (tuples of expert names) a decoder layer holds; each group has its own gate."""
         if self.layout == "flat":
-            return (ALL_IDENTITIES,)
-        if self.layout == "layered":
-            return tuple(GROUPS.values())
-        return (GROUPS[self.group_order[layer % len(self.group_order)]],)
+            groups = (ALL_IDENTITIES,)
+        elif self.layout == "layered":
+            groups = tuple(GROUPS.values())
+        else:
+            groups = (GROUPS[self.group_order[layer % len(self.group_order)]],)
+        return groups + ((SHARED_EXPERT,),) if self.shared_expert else groups
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -126,7 +134,7 @@ class ExpertLinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.plain_base = type(base) is nn.Linear
         self.expert_names = tuple(n for group in groups for n in group)
-        self.expert_ids = tuple(ALL_IDENTITIES.index(n) for n in self.expert_names)
+        self.expert_ids = tuple(EXPERT_SLOTS.index(n) for n in self.expert_names)  # columns of Routing.rows
         bounds, start = [], 0
         for group in groups:
             bounds.append((start, start + len(group)))

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .dialogues import IGNORE, Dialogue, tokenize
+from .fast_inference import forget_weights
 from .identities import IdentitySet
 from .inject import expert_config, expert_layers
 from .prompts import Conditioning
@@ -51,6 +52,18 @@ def bias_gates(model: nn.Module, identities: IdentitySet) -> dict[str, torch.Ten
                   else torch.zeros(1, layer.num_experts, dtype=layer.lora_A.dtype))
         gates[name] = layer.mixing_weights(logits, chosen, strength)[0].detach()
     return gates
+
+
+def as_bias_gate_exports(model: nn.Module) -> None:
+    """Make the live layers compute, for any identity set, what that set's `bias` export computes: every
+    router reads nothing from its input (weights zeroed, biases kept), so its gate is the one the export
+    holds fixed. This measures how close exports come to the live experts on many sets at once
+    (`python -m hirpf.eval recognize --as_export bias`) without writing an adapter per set."""
+    with torch.no_grad():
+        for layer in expert_layers(model).values():
+            if layer.router is not None:
+                layer.router.weight.zero_()
+    forget_weights(model)
 
 
 def mean_gates(model: nn.Module, tokenizer, identities: IdentitySet, dialogues: list[Dialogue],

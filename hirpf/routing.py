@@ -7,7 +7,10 @@ model in a helper thread (streaming generation) must enter the context inside th
 context the expert layers add nothing: the model is the plain base model.
 
 Each row also carries a strength per chosen identity (`IdentitySet.with_strengths`), which scales that
-expert's mixed contribution. What is per call (the `Routing` object) is light, so switching identities
+expert's mixed contribution. Beside the 13 identities the rows carry one more expert slot, `shared`: an
+expert that models trained with `ExpertConfig.shared_expert` hold for what every identity has in common. A
+row engages it when it chooses any identity, at its strongest identity's strength (so strength 0 on every
+chosen identity still gives the plain model). What is per call (the `Routing` object) is light, so switching identities
 between calls is cheap; the fast inference path keeps what it derives from the rows (mask tables, plans)
 in its own caches (`hirpf.fast_inference`).
 """
@@ -20,6 +23,9 @@ from typing import Iterator, Sequence
 import torch
 
 from .identities import ALL_IDENTITIES, DEFAULT_STRENGTH, GROUPS, IdentitySet
+
+SHARED_EXPERT = "shared"
+EXPERT_SLOTS = ALL_IDENTITIES + (SHARED_EXPERT,)  # the columns of `Routing.rows`: what an expert layer indexes
 
 _CURRENT: contextvars.ContextVar["Routing | None"] = contextvars.ContextVar("hirpf_routing", default=None)
 
@@ -48,6 +54,11 @@ class Routing:
         self.chosen = chosen  # [batch, 13] bool, inventory order
         self.strength = strength  # [batch, 13] float64: each chosen identity's strength (1 elsewhere)
         self.key = (tuple(chosen.shape), chosen.numpy().tobytes(), strength.numpy().tobytes())
+        any_chosen = chosen.any(dim=1, keepdim=True)
+        strongest = strength.masked_fill(~chosen, 0.0).amax(dim=1, keepdim=True)
+        # [batch, 14]: the identities, then the shared slot (see the module doc), in `EXPERT_SLOTS` order.
+        self._slots = (torch.cat([chosen, any_chosen], dim=1),
+                       torch.cat([strength, torch.where(any_chosen, strongest, DEFAULT_STRENGTH)], dim=1))
         # Scratch space of the fast inference path for this call (hirpf.fast_inference): shared outputs of
         # projections that read one input, the plans resolved for this call, its mask tables.
         self.inference_state: dict = {}
@@ -57,14 +68,16 @@ class Routing:
         return self.chosen.shape[0]
 
     def rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, strength) for a batch of `n` rows: generation with beams or several return sequences
-        repeats each input row k times in a block (`repeat_interleave`), so the rows follow it."""
+        """(chosen, strength) `[n, 14]` over `EXPERT_SLOTS` for a batch of `n` rows: generation with beams or
+        several return sequences repeats each input row k times in a block (`repeat_interleave`), so the rows
+        follow it."""
         b = self.batch_size
+        chosen, strength = self._slots
         if n == b:
-            return self.chosen, self.strength
+            return chosen, strength
         if n % b:
             raise ValueError(f"the model got a batch of {n} rows but {b} identity rows were given")
-        return self.chosen.repeat_interleave(n // b, dim=0), self.strength.repeat_interleave(n // b, dim=0)
+        return chosen.repeat_interleave(n // b, dim=0), strength.repeat_interleave(n // b, dim=0)
 
 
 def current_routing() -> "Routing | None":

@@ -135,3 +135,16 @@ def test_reply_events_let_a_batch_of_visitors_reach_the_scheduler(tiny_engine, m
     serial = build_app(tiny_engine, data_dir=tmp_path, scheduler=False)
     assert {concurrency(serial, name) for name in REPLY_EVENTS + STATIC_BATCH_EVENTS} == {("model", 1)}
     assert not serial.hirpf_reply_serving.through_scheduler
+
+
+def test_streamed_updates_are_paced_and_the_last_one_always_arrives(monkeypatch):
+    """A reply's updates reach the page at most once per interval; the final text is never held back."""
+    from app import reply_serving
+
+    clock = iter([0.0, 0.05, 0.1, 0.25, 0.3, 0.31]).__next__
+    monkeypatch.setattr(reply_serving.time, "monotonic", clock)
+    sent = list(reply_serving.paced(["a", "ab", "abc", "abcd", "abcde", "abcdef"], interval_s=0.2))
+    assert sent == ["a", "abcd", "abcdef"]
+    monkeypatch.setattr(reply_serving.time, "monotonic", lambda: 1.0)
+    assert list(reply_serving.paced([])) == []
+    assert list(reply_serving.paced(["only"])) == ["only"]

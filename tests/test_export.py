@@ -78,6 +78,24 @@ def test_export_of_several_identities_has_their_summed_rank_and_the_routers_bias
     assert config["r"] == 16  # layered: three traits and a profession in every layer, (3 + 1)·r
 
 
+def test_live_layers_as_bias_gate_exports_equal_the_export_with_a_shared_expert(tiny_base_dir, tmp_path):
+    """`as_bias_gate_exports` (what `recognize --as_export bias` scores) is the exported adapter; the shared
+    expert is exported with the identities."""
+    from hirpf.export import as_bias_gate_exports
+
+    model = with_experts(tiny_base_dir, ExpertConfig(rank=4, dropout=0.0, gate="scaled_softmax",
+                                                     shared_expert=True))
+    identities = IdentitySet.parse("AGR_low,EXT_high,Doctor")
+    live = our_logits(model, identities, INPUT)
+    as_bias_gate_exports(model)
+    export_identity_set(model, None, identities, tmp_path, gate="bias")
+    exported = peft_logits(tiny_base_dir, tmp_path, INPUT)
+    torch.testing.assert_close(exported, our_logits(model, identities, INPUT), atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(exported, live, atol=1e-3)  # the live router did read the input
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["r"] == 12  # alternate: two traits and the shared expert on trait layers, (2 + 1)·r
+
+
 def test_mean_gate_follows_the_router_and_strengths_scale_it(tiny_base_dir):
     from hirpf.export import bias_gates, mean_gates
 

@@ -62,9 +62,11 @@ def test_fast_path_equals_formula_at_real_shapes(dtype, gate, tokens):
 
 
 @pytest.mark.parametrize("same_rows", [True, False])
-def test_fast_path_equals_formula_in_float64_exactly_enough(same_rows):
+@pytest.mark.parametrize("shared_expert", [False, True], ids=["identities", "with-shared"])
+def test_fast_path_equals_formula_in_float64_exactly_enough(same_rows, shared_expert):
     model = add_experts(tiny_llama(dtype=torch.float64), ExpertConfig(layout="layered", rank=3, dropout=0.0,
-                                                                      target_modules=ATTENTION_AND_MLP))
+                                                                      target_modules=ATTENTION_AND_MLP,
+                                                                      shared_expert=shared_expert))
     randomize_experts(model)
     rows = [MIXED[2]] * 4 if same_rows else MIXED[:4]
     for tokens in (1, 6):
@@ -72,8 +74,9 @@ def test_fast_path_equals_formula_in_float64_exactly_enough(same_rows):
         torch.testing.assert_close(fast, formula, rtol=1e-10, atol=1e-10)
 
 
-def test_strength_zero_everywhere_is_the_prompt_only_model_exactly():
-    model = add_experts(tiny_llama(), ExpertConfig(rank=4, gate="sigmoid"))
+@pytest.mark.parametrize("shared_expert", [False, True], ids=["identities", "with-shared"])
+def test_strength_zero_everywhere_is_the_prompt_only_model_exactly(shared_expert):
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4, gate="sigmoid", shared_expert=shared_expert))
     randomize_experts(model)
     ids = torch.randint(3, 64, (2, 5))
     off = IdentitySet.parse("AGR_low,EXT_high,Doctor").with_strengths("AGR_low=0,EXT_high=0,Doctor=0")
@@ -172,3 +175,28 @@ def test_moving_to_another_dtype_rebuilds_the_copies():
     formula, _ = formula_and_fast(model, ids, MIXED[2])
     assert fast.dtype == torch.float64
     torch.testing.assert_close(fast, formula, rtol=1e-9, atol=1e-9)
+
+
+def test_the_shared_expert_runs_in_every_layer_for_any_set_at_the_strongest_strength():
+    """alternate layout: a profession-only set engages no trait expert, but the shared expert of the trait
+    layers runs; its weight is the row's strongest identity strength; the empty set engages nothing."""
+    model = add_experts(tiny_llama(dtype=torch.float64), ExpertConfig(rank=3, dropout=0.0, shared_expert=True))
+    randomize_experts(model)
+    trait_layer = expert_layers(model)["model.layers.0.self_attn.q_proj"]
+    assert trait_layer.expert_names[-1] == "shared" and trait_layer.group_bounds[-1] == (10, 11)
+    x = torch.randn(2, 3, trait_layer.in_features, dtype=torch.float64)
+    base = trait_layer.base(x)
+
+    def delta(identities):
+        with torch.no_grad(), use_identities(identities):
+            fast = trait_layer(x) - base
+        with torch.enable_grad(), use_identities(identities):
+            formula = trait_layer(x).detach() - base
+        torch.testing.assert_close(fast, formula, rtol=1e-10, atol=1e-12)
+        return formula
+
+    doctor = IdentitySet.parse("Doctor")
+    assert delta(doctor).abs().max() > 0
+    assert torch.equal(delta(IdentitySet.parse("")), torch.zeros_like(base))
+    strongest = IdentitySet.parse("Doctor,OPE_low").with_strengths("Doctor=1.5,OPE_low=0")
+    torch.testing.assert_close(delta(strongest), 1.5 * delta(doctor), rtol=1e-9, atol=1e-12)

@@ -101,6 +101,29 @@ def test_router_and_mask_switches_take_the_issue_spelling(tmp_path, tiny_base_di
     assert any(v.abs().sum() > 0 for k, v in weights.items() if k.endswith("lora_B"))
 
 
+def test_a_shared_expert_and_extra_training_data(tmp_path, tiny_base_dir):
+    """--shared_expert adds the always-on expert to every layer, and it learns; --extra_data joins the
+    training split only, so the held-out split of --data is the same with and without it."""
+    data = write_data(tmp_path / "data.json", n=20)
+    extra = write_data(tmp_path / "extra.json", n=6)
+    runs = {}
+    for name, more in (("plain", []), ("extra", ["--extra_data", extra, "--shared_expert"])):
+        out = runs[name] = tmp_path / name
+        train("--data", data, "--base_model", tiny_base_dir, "--output_dir", out, "--rank", 2, "--batch_size", 2,
+              "--micro_batch_size", 2, "--num_epochs", 1, "--eval_steps", 100, "--learning_rate", 1e-2,
+              "--warmup_steps", 0, "--eval_fraction", 0.2, *more)
+    plain, extra_run = (json.loads((runs[n] / "training_summary.json").read_text()) for n in ("plain", "extra"))
+    assert extra_run["train_samples"] == plain["train_samples"] + 6
+    assert extra_run["eval_samples"] == plain["eval_samples"] == 4
+    assert extra_run["final_eval_loss"] != plain["final_eval_loss"]
+    config, _ = read_config(runs["extra"])
+    assert config.shared_expert and not read_config(runs["plain"])[0].shared_expert
+    weights = load_file(str(runs["extra"] / "adapter_model.safetensors"))
+    rank = config.rank
+    shared = [v[:, -rank:] for k, v in weights.items() if k.endswith("lora_B")]  # the last expert's columns
+    assert shared and all(s.abs().sum() > 0 for s in shared)
+
+
 def test_bad_records_stop_the_run_or_are_skipped(tmp_path, tiny_base_dir):
     data = write_data(tmp_path / "data.json", n=8)
     records = json.loads(data.read_text())
@@ -223,3 +246,19 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     assert (out / "dose_response.png").stat().st_size > 0 and (out / "loss_curve.png").stat().st_size > 0
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert all(v.dtype == torch.float16 for v in weights.values())
+    # --previous keeps the rows of an earlier card (here one written before recipes.json existed), unmarked.
+    old_card = tmp_path / "old_card"
+    old_card.mkdir()
+    old_row = "| an earlier recipe | 1.900 | 0.400 | 0.400 | 0.300 | 0.80 / 0.10 / 0.00 | 18 |"
+    (old_card / "README.md").write_text(f"## Recipes tried\n\n| recipe | loss |\n|---|---|\n{old_row} **shipped** |"
+                                        "\n\n## Measured\n| a | b |\n")
+    subprocess.run([sys.executable, str(ROOT / "training" / "model_card.py"), "--run", str(run), "--evaluation",
+                    str(evaluation), "--out", str(out), "--previous", str(old_card)], check=True, capture_output=True,
+                   text=True, cwd=ROOT, timeout=300)
+    rows = json.loads((out / "recipes.json").read_text())
+    assert len(rows) == 2 and rows[0].endswith(" **shipped** |") and rows[1] == old_row + " |"
+    assert old_row + " |" in (out / "README.md").read_text()
+    subprocess.run([sys.executable, str(ROOT / "training" / "model_card.py"), "--run", str(run), "--evaluation",
+                    str(evaluation), "--out", str(out), "--previous", str(out)], check=True, capture_output=True,
+                   text=True, cwd=ROOT, timeout=300)
+    assert json.loads((out / "recipes.json").read_text()) == rows  # the same run again: no duplicate row

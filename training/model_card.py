@@ -2,9 +2,11 @@
 figure taken from the run's own summary and from `training/evaluate_experts.py` results.
 
     python training/model_card.py --run RUN --evaluation EVAL.json --out models/smollm2-135m-experts \\
-        [--compare OTHER_RUN=OTHER_EVAL.json ...]
+        [--compare OTHER_RUN=OTHER_EVAL.json ...] [--previous models/smollm2-135m-experts]
 
-`--compare` adds rows to the recipe table (other runs, each with its own evaluation).
+`--compare` adds rows to the recipe table (other runs, each with its own evaluation). `--previous DIR` keeps
+the recipe rows of the card in DIR (runs measured before, whose files may be gone): the rows are carried as
+that card's generator wrote them, from its `recipes.json` (which this script writes beside every card).
 """
 from __future__ import annotations
 
@@ -48,11 +50,34 @@ def training_command(args: dict) -> str:
     return shlex.join(parts)
 
 
+RECIPES_FILE = "recipes.json"
+
+
 def recipe(args: dict) -> str:
     """The recipe in a few words, for the comparison table."""
     targets = args["target_modules"].replace("_proj", "")
-    return (f"{args.get('gate', 'softmax')} gate, lr {args['learning_rate']:g}, {args['num_epochs']:g} epochs, "
-            f"r{args['rank']}, {targets}, max_length {args['max_length']}")
+    words = (f"{args.get('gate', 'softmax')} gate, lr {args['learning_rate']:g}, {args['num_epochs']:g} epochs, "
+             f"r{args['rank']}, {targets}, max_length {args['max_length']}")
+    if args.get("shared_expert"):
+        words += ", shared expert"
+    if args.get("router_learning_rate"):
+        words += f", router lr {args['router_learning_rate']:g}"
+    if args.get("extra_data"):
+        words += f", plus `{Path(args['extra_data']).name}`"
+    return words
+
+
+def previous_rows(directory: Path) -> list[str]:
+    """The recipe rows of the card in `directory`, without its "shipped" mark: from its `recipes.json`, or,
+    for a card written before that file existed, from the recipe table of its README.md."""
+    if (directory / RECIPES_FILE).exists():
+        rows = json.loads((directory / RECIPES_FILE).read_text())
+    else:
+        section = (directory / "README.md").read_text().partition("## Recipes tried")[2].partition("\n## ")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| recipe |")]
+    if not rows:
+        raise SystemExit(f"--previous {directory}: no recipe rows found")
+    return [row.replace(" **shipped** |", " |") for row in rows]
 
 
 def run_summary(path: Path) -> tuple[dict, int | None]:
@@ -143,9 +168,12 @@ def main(argv=None):
     ap.add_argument("--evaluation", required=True, help="JSON written by training/evaluate_experts.py --json")
     ap.add_argument("--compare", nargs="*", default=[], metavar="RUN=EVAL.json",
                     help="other runs (or RUN/checkpoint-N) for the recipe table, each with its evaluation")
+    ap.add_argument("--previous", default=None, type=Path,
+                    help="a card directory whose recipe rows (its recipes.json) the new card keeps")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
+    carried = previous_rows(args.previous) if args.previous else []  # read before --out (maybe the same) is rewritten
     out.mkdir(parents=True, exist_ok=True)
     summary = json.loads((run / "training_summary.json").read_text())
     evaluation = json.loads(Path(args.evaluation).read_text())
@@ -166,17 +194,23 @@ def main(argv=None):
         other_run, _, other_eval = pair.partition("=")
         other, step = run_summary(Path(other_run))
         rows.append(recipe_row(other, json.loads(Path(other_eval).read_text()), step) + " |")
+    measured_now = {row.replace(" **shipped** |", " |") for row in rows}
+    rows += [row for row in carried if row not in measured_now]
+    (out / RECIPES_FILE).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     router = ("routers trained jointly"
               + (f" (learning rate {a['router_learning_rate']:g})" if a.get("router_learning_rate") else "")
               if a["train_router"] else "routers frozen (uniform mixing)")
     hard_mask = "on" if config["hard_mask"] else "off"
     recipes_header = ("| recipe | held-out loss | experts + prompt | experts alone | prompt alone "
                       "| by 1 / 2 / 3 identities (experts + prompt) | minutes | |")
+    shared = (", plus a shared expert in every layer that any identity set switches on"
+              if config.get("shared_expert") else "")
     card = f"""# HIRPF identity experts for {config['base_model']}
 
-Thirteen LoRA identity experts (ten Big Five trait poles, three professions) in the `{config['layout']}` layout
-on `{','.join(config['target_modules'])}`, rank {config['rank']}, alpha {config['alpha']:g}, dropout
-{config['dropout']}, `{config.get('gate', 'softmax')}` gate, {router}, hard mask {hard_mask}.
+Thirteen LoRA identity experts (ten Big Five trait poles, three professions){shared}, in the
+`{config['layout']}` layout on `{','.join(config['target_modules'])}`, rank {config['rank']}, alpha
+{config['alpha']:g}, dropout {config['dropout']}, `{config.get('gate', 'softmax')}` gate, {router}, hard mask
+{hard_mask}.
 Stored in float16 ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MiB); they load into the float32 model.
 The app and `python -m hirpf chat` use them by default on the embedded model.
 

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training data: JSON list, JSONL, or a <name>/{train,test}.json tree")
     ap.add_argument("--eval_data", default=None, help="evaluation data (default: the tree's test files, else "
                                                        "--eval_fraction of --data)")
+    ap.add_argument("--extra_data", default=None,
+                    help="more training dialogues (e.g. synthesized ones), added to the training split only: never "
+                         "held out or evaluated on, and the held-out split of --data stays the same")
     ap.add_argument("--eval_fraction", type=float, default=0.1, help="held-out share of --data when no eval data")
     ap.add_argument("--on_invalid", choices=["error", "skip"], default="error",
                     help="a record that breaks the rules: stop (default) or skip it and report counts")
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=expert["target_modules"][1] + " (comma list)")
     add_switch(ap, "train_router", "train the routers with the experts; --no_train_router: " + expert["router"][1])
     add_switch(ap, "hard_mask", expert["hard_mask"][1] + " (--no_hard_mask)")
+    add_switch(ap, "shared_expert", expert["shared_expert"][1], default=expert["shared_expert"][0])
     ap.add_argument("--conditioning", choices=["experts+prompt", "experts"], default="experts+prompt")
     ap.add_argument("--limit_train_samples", type=int, default=None)
     ap.add_argument("--limit_eval_samples", type=int, default=None)
@@ -185,6 +189,14 @@ def split_data(args):
     return train, held_out, f"{report.describe()}; {len(held_out)} held out for evaluation (seed {args.seed})"
 
 
+def add_extra_data(args, train: list) -> tuple[list, str]:
+    """`train` followed by the --extra_data dialogues (after the split, so the held-out split is unchanged)."""
+    if not args.extra_data:
+        return train, ""
+    extra, report = load_dialogues(Path(args.extra_data), args.on_invalid)
+    return train + extra, f"; extra training data: {report.describe()}"
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -201,7 +213,8 @@ def main(argv=None) -> dict:
     model, tokenizer = load_base_model(args.base_model, load_in_8bit=args.load_in_8bit)
     config = ExpertConfig(layout=args.insert_mode, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                           target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
-                          hard_mask=args.hard_mask, gate=args.gate, base_model=model.hirpf_base_model)
+                          hard_mask=args.hard_mask, gate=args.gate, shared_expert=args.shared_expert,
+                          base_model=model.hirpf_base_model)
     add_experts(model, config)
     if not args.train_router:
         for layer in expert_layers(model).values():
@@ -211,7 +224,8 @@ def main(argv=None) -> dict:
              trainable, args.insert_mode, args.rank)
 
     train, evaluation, described = split_data(args)
-    log.info("data: %s", described)
+    train, extra_described = add_extra_data(args, train)
+    log.info("data: %s%s", described, extra_described)
     train, evaluation = train[:args.limit_train_samples], evaluation[:args.limit_eval_samples]
     conditioning = Conditioning.parse(args.conditioning)
     train_items = tokenized(train, tokenizer, conditioning, args.max_length)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dialogues import IGNORE, Collator, Dialogue, holdout_split, load_dialogues, tokenize
+from ..export import as_bias_gate_exports
 from ..identities import IdentityError, IdentitySet, check_strength_setting, single_edit_neighbours
 from ..paths import his_file
 from ..prompts import Conditioning, expert_identities
@@ -202,6 +203,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--strength", default=None,
                         help="strength of the experts, 0 to 2 (1 = as trained): one number for every identity, or "
                              "AGR_low=1.6,Doctor=0.5 (applied to each candidate set that holds the identity)")
+    parser.add_argument("--as_export", choices=("bias",), default=None,
+                        help="score every candidate as its plain-LoRA export (`python -m hirpf export --gate bias`: "
+                             "the router held at its bias) instead of the live experts: how close exports come")
     parser.add_argument("--no_pole_removal", action="store_true",
                         help="neighbours: flipped poles and profession edits only (the model card's test)")
 
@@ -258,6 +262,10 @@ def run(args) -> dict:
     dialogues, described = load_data(args)
     engine = load_engine(args)
     modes = modes_for(engine, asked)
+    if args.as_export:
+        if not engine.has_experts:
+            raise EvalError("--as_export needs experts (--lora_weights)")
+        as_bias_gate_exports(engine.model)
     log.info("%s; modes: %s", described, ", ".join(m.value for m in modes))
     remove_poles = not args.no_pole_removal
     start = time.perf_counter()
@@ -276,7 +284,8 @@ def run(args) -> dict:
     config = run_config(args, engine)
     config.pop("conditioning")  # --modes, not --conditioning, decides here
     document = {"command": "recognize", "accuracy_by_mode": result.pop("accuracy_by_mode"), "config": config,
-                "data": described, "modes": [m.value for m in modes], "seconds": round(seconds, 1)} | result
+                "data": described, "modes": [m.value for m in modes], "as_export": args.as_export,
+                "seconds": round(seconds, 1)} | result
     document["files"] = {"result": str(output_dir(args, "recognize") / "recognize.json")}
     write_json(Path(document["files"]["result"]), document)
     return document
