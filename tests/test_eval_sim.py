@@ -440,6 +440,12 @@ def test_recognize_command(tmp_path):
     assert document["dialogues"] == 2 and len(document["details"]) == 2
     assert document["config"]["experts"].endswith("smollm2-135m-experts")
     assert (tmp_path / "out" / "recognize.json").is_file()
+    # The same dialogues scored as each candidate's plain-LoRA export (router held at its bias).
+    exported = run_cli("recognize", "--data", data, "--modes", "experts+prompt", "--as_export", "bias",
+                       "--output_dir", tmp_path / "export")
+    assert exported["as_export"] == "bias" and document["as_export"] is None
+    live = [d["experts+prompt"]["scores"] for d in document["details"]]
+    assert [d["experts+prompt"]["scores"] for d in exported["details"]] != live  # the trained routers read the input
 
 
 def test_situations_command_with_a_local_judge(tmp_path):
@@ -484,3 +490,19 @@ def test_debate_command(tmp_path):
         ("A", "opening"), ("B", "opening"), ("A", "rebuttal"), ("B", "rebuttal"), ("A", "closing"), ("B", "closing")]
     assert all(t["content"] for t in debate["turns"])
     assert (tmp_path / "debate-1.md").read_text().startswith("# Debate: Remote work beats the office")
+
+
+def test_misses_are_counted_by_what_the_winning_neighbour_did():
+    from hirpf.eval.recognize import summarize_details
+
+    def row(true, neighbours, scores):
+        return {"identities": true, "neighbours": neighbours, "experts": {"hit": scores[0] > max(scores[1:]),
+                                                                          "margin": 0.0, "scores": scores}}
+
+    details = [row("AGR_low,Doctor", ["AGR_high,Doctor", "Doctor", "AGR_low,Artist", "AGR_low"], [-5, -6, -4, -7, -8]),
+               row("EXT_high", ["EXT_low", "(none)"], [-3, -4, -2]),
+               row("NEU_high,Artist", ["NEU_low,Artist", "Artist", "NEU_high,Doctor"], [-9, -8, -9.5, -10]),
+               row("CON_high,Programmer", ["CON_low,Programmer", "Programmer", "CON_high,Doctor"], [-7, -8, -9, -6]),
+               row("OPE_low", ["OPE_high", "(none)"], [-1, -2, -3])]
+    assert summarize_details(details, ["experts"])["misses_by_winner"]["experts"] == {
+        "identity removed": 2, "pole flipped": 1, "profession changed": 1}

@@ -14,6 +14,7 @@ import argparse
 import json
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -205,12 +206,14 @@ def main(argv=None):
                       "| by 1 / 2 / 3 identities (experts + prompt) | minutes | |")
     shared = (", plus a shared expert in every layer that any identity set switches on"
               if config.get("shared_expert") else "")
+    what = textwrap.fill(
+        f"Thirteen LoRA identity experts (ten Big Five trait poles, three professions){shared}, in the "
+        f"`{config['layout']}` layout on `{','.join(config['target_modules'])}`, rank {config['rank']}, alpha "
+        f"{config['alpha']:g}, dropout {config['dropout']}, `{config.get('gate', 'softmax')}` gate, {router}, "
+        f"hard mask {hard_mask}.", width=110, break_on_hyphens=False)
     card = f"""# HIRPF identity experts for {config['base_model']}
 
-Thirteen LoRA identity experts (ten Big Five trait poles, three professions){shared}, in the
-`{config['layout']}` layout on `{','.join(config['target_modules'])}`, rank {config['rank']}, alpha
-{config['alpha']:g}, dropout {config['dropout']}, `{config.get('gate', 'softmax')}` gate, {router}, hard mask
-{hard_mask}.
+{what}
 Stored in float16 ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MiB); they load into the float32 model.
 The app and `python -m hirpf chat` use them by default on the embedded model.
 

@@ -15,7 +15,7 @@ message must not earn a shorter, likelier dialogue).
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -176,7 +176,20 @@ def summarize_details(details: list[dict], modes: Sequence[str]) -> dict:
         "accuracy_by_identity": {m: {name: accuracy(rows, m) for name, rows in sorted(by_identity.items())}
                                  for m in modes},
         "accuracy_by_count": {m: {str(k): accuracy(rows, m) for k, rows in sorted(by_count.items())} for m in modes},
+        "misses_by_winner": {m: dict(Counter(miss_kind(r, m) for r in details if not r[m]["hit"])) for m in modes},
     }
+
+
+def miss_kind(row: dict, mode: str) -> str:
+    """What the neighbour that beat the true set did to it: removed an identity (a pole or the profession),
+    flipped a pole, or changed the profession (a composition that dilutes its identities loses to removals)."""
+    scores = row[mode]["scores"]
+    winner, true = (IdentitySet.parse("" if text == str(IdentitySet()) else text)  # the empty set reads "(none)"
+                    for text in (row["neighbours"][max(range(1, len(scores)), key=scores.__getitem__) - 1],
+                                 row["identities"]))
+    if set(winner.names) < set(true.names):
+        return "identity removed"
+    return "pole flipped" if winner.profession == true.profession else "profession changed"
 
 
 # --- the command -------------------------------------------------------------------------------------
