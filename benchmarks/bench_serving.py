@@ -34,6 +34,7 @@ gradio_speedup_8 >= 3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -127,7 +128,8 @@ class ServedApp:
         return stream
 
     def close(self) -> None:
-        self.demo.close()
+        with contextlib.redirect_stdout(sys.stderr):  # Gradio prints "Closing server ...": --json owns stdout
+            self.demo.close()
         self.data_dir.cleanup()
 
 
