@@ -93,7 +93,8 @@ def test_live_layers_as_bias_gate_exports_equal_the_export_with_a_shared_expert(
     torch.testing.assert_close(exported, our_logits(model, identities, INPUT), atol=2e-5, rtol=1e-5)
     assert not torch.allclose(exported, live, atol=1e-3)  # the live router did read the input
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["r"] == 12  # alternate: two traits and the shared expert on trait layers, (2 + 1)·r
+    # alternate: two traits and the shared expert on trait layers, (2 + 1)·r; Doctor and it on the others
+    assert {config["r"], *config["rank_pattern"].values()} == {12, 8}
 
 
 def test_mean_gate_follows_the_router_and_strengths_scale_it(tiny_base_dir):
