@@ -52,6 +52,7 @@ def training_command(args: dict) -> str:
 
 
 RECIPES_FILE = "recipes.json"
+SHIPPED = " **shipped** |"  # how the shipped run's row ends; other rows end with " |"
 
 
 def recipe(args: dict) -> str:
@@ -78,7 +79,7 @@ def previous_rows(directory: Path) -> list[str]:
         rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| recipe |")]
     if not rows:
         raise SystemExit(f"--previous {directory}: no recipe rows found")
-    return [row.replace(" **shipped** |", " |") for row in rows]
+    return [row.replace(SHIPPED, " |") for row in rows]
 
 
 def run_summary(path: Path) -> tuple[dict, int | None]:
@@ -190,12 +191,12 @@ def main(argv=None):
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     a = summary["args"]
-    rows = [recipe_row(summary, evaluation) + " **shipped** |"]
+    rows = [recipe_row(summary, evaluation) + SHIPPED]
     for pair in args.compare:
         other_run, _, other_eval = pair.partition("=")
         other, step = run_summary(Path(other_run))
         rows.append(recipe_row(other, json.loads(Path(other_eval).read_text()), step) + " |")
-    measured_now = {row.replace(" **shipped** |", " |") for row in rows}
+    measured_now = {row.replace(SHIPPED, " |") for row in rows}
     rows += [row for row in carried if row not in measured_now]
     (out / RECIPES_FILE).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     router = ("routers trained jointly"
