@@ -134,7 +134,12 @@ class ServedApp:
 
 
 def run_clients(path, engine: Engine, clients: int, requests: int, max_new_tokens: int, spread_s: float) -> dict:
-    """`clients` threads, each sending `requests` requests back to back through `path`."""
+    """`clients` threads, each sending `requests` requests back to back through `path`. Every run starts
+    with an empty prefix store, so each client's first request is prefilled in full (as a visitor's first
+    question with a set nobody used before) and the runs are comparable."""
+    prefixes = engine.scheduler().prefixes  # the one scheduler: the Python API's and the served app's
+    prefixes.clear()
+    before = (prefixes.hits, prefixes.misses, prefixes.reused_tokens)
     records: list[dict] = []
     lock = threading.Lock()
     streams = [path.client() for _ in range(clients)]  # connected before the clock starts
@@ -175,6 +180,8 @@ def run_clients(path, engine: Engine, clients: int, requests: int, max_new_token
         "ttft_p50_s": round(percentile(ttfts, 0.5), 4), "ttft_p95_s": round(percentile(ttfts, 0.95), 4),
         "per_client_tokens_per_s_mean": round(statistics.mean(per_client), 2),
         "per_client_tokens_per_s_min": round(min(per_client), 2),
+        "prefix_hits_misses_reused_tokens": [now - then for now, then in zip(
+            (prefixes.hits, prefixes.misses, prefixes.reused_tokens), before)],
     }
 
 

@@ -4,13 +4,17 @@
     (caller thread:                (loop thread,      (PaddedBatchCache.add)      under Routing(rows of the
      validate, tokenize)            its own identity)                            batch as it is now)
                                                               finished / stopped rows leave at once ──►
-                                                              their slots go to the next waiting request
+                                                              their slots go to the next waiting request;
+                                                              their tokens and cache go to the prefix store
 
 A request (chat history, identity set with its strengths, conditioning, sampling settings and seed, max new
 tokens, stop event) is checked and tokenized in the caller's thread, so a bad one fails there, alone. The
 loop thread owns the model's decoding: it admits waiting requests while the batch has fewer than
 `max_batch` rows (`HIRPF_MAX_BATCH`, default 8), prefills each alone under its own identity set (so its
-prompt is computed exactly as `Engine.generate` would), then runs one decode step for all rows. The step's
+prompt is computed as `Engine.generate` would), then runs one decode step for all rows. A prompt that
+begins as an earlier request's sequence did under the same identity rows (the identity prompt; in a chat,
+the whole conversation so far) is prefilled only from where they part (`hirpf.prefix_cache`): on a CPU the
+prefill of a joining request is what the running rows and its own first token wait for. The step's
 identity rows are the running rows' sets, in batch order; a `Routing` is built again whenever rows join or
 leave (the expert layers cache masks and plans by content, so that is cheap). Every row picks its token
 with its own settings and its own seeded generator (`hirpf.row_sampling`). Each caller reads its reply
@@ -42,6 +46,7 @@ from transformers import DynamicCache
 
 from .batch_cache import PaddedBatchCache
 from .identities import IdentitySet
+from .prefix_cache import PrefixCache, prefix_cache_setting
 from .prompts import Conditioning, expert_identities
 from .routing import Routing, use_identities
 from .row_sampling import RowSampler
@@ -157,6 +162,7 @@ class _Row:
     def __init__(self, prompt: torch.Tensor, identities: IdentitySet, sampler: RowSampler, max_new_tokens: int,
                  stream: ReplyStream):
         self.prompt, self.identities, self.sampler = prompt, identities, sampler
+        self.identity_key = Routing([identities]).key  # what its keys and values depend on, beside its tokens
         self.max_new_tokens, self.stream = max_new_tokens, stream
         # The prompt and every generated token, for the repetition penalty: a buffer filled as it goes.
         self.ids = torch.zeros(1, prompt.shape[1] + max_new_tokens, dtype=torch.long, device=prompt.device)
@@ -185,11 +191,17 @@ class _Row:
 class Scheduler:
     """Owns the engine's decoding: one loop thread, one running batch of up to `max_batch` rows."""
 
-    def __init__(self, engine, max_batch: int | None = None):
+    def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None):
         self.engine, self.model, self.tokenizer = engine, engine.model, engine.tokenizer
         self.max_batch = max_batch_setting() if max_batch is None else max_batch
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        prefix_cache_mb = prefix_cache_setting() if prefix_cache_mb is None else prefix_cache_mb
+        if prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {prefix_cache_mb}")
+        # Earlier sequences' keys and values, by identity rows. They belong to these expert weights: code that
+        # changes the weights in place must call `prefixes.clear()` (as it calls `forget_weights`).
+        self.prefixes = PrefixCache(prefix_cache_mb * 2**20)
         eos = self.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else eos)
@@ -299,11 +311,14 @@ class Scheduler:
             return
         try:
             length = row.prompt.shape[1]
-            cache = DynamicCache(config=self.model.config)
+            cache, start = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config) or (
+                DynamicCache(config=self.model.config), 0)
             with use_identities([row.identities]):
-                out = self.model(input_ids=row.prompt, attention_mask=torch.ones_like(row.prompt),
-                                 position_ids=torch.arange(length, device=self.device)[None], past_key_values=cache,
-                                 use_cache=True, logits_to_keep=1)
+                out = self.model(input_ids=row.prompt[:, start:], attention_mask=torch.ones_like(row.prompt),
+                                 position_ids=torch.arange(start, length, device=self.device)[None],
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+            # Free to store: the batch never changes these tensors in place, it concatenates into new ones.
+            self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in cache.layers])
             finished = row.choose(out.logits[:, -1], self.eos_ids)
             if not finished:
                 self._batch.add(cache, length)  # checks the cache before changing the batch
@@ -350,6 +365,7 @@ class Scheduler:
         """Take the rows at the indices of `ended` out of the batch (finishing them with their reason)."""
         if not ended:
             return
+        self._store_prefixes([i for i, reason in ended.items() if reason is not None])  # not a failed row's
         for i, reason in ended.items():
             if reason is not None:
                 self._rows[i].stream._finish(reason)
@@ -357,6 +373,17 @@ class Scheduler:
         self._rows = [self._rows[i] for i in keep]
         self._batch.keep(keep)
         self._routing = None
+
+    def _store_prefixes(self, indices) -> None:
+        """Give the leaving rows' sequences (what the cache holds of them: its right-hand columns, the padding
+        cut off) to the prefix store, as copies (a view would keep the whole batch's tensors alive)."""
+        if not self.prefixes.budget_bytes:
+            return
+        for i in indices:
+            row, held = self._rows[i], int(self._batch.mask[i].sum())
+            layers = [(la.keys[i:i + 1, :, -held:].clone(), la.values[i:i + 1, :, -held:].clone())
+                      for la in self._batch.cache.layers]
+            self.prefixes.store(row.identity_key, row.ids[0, :held], layers)
 
     def _fail_all(self, err: BaseException) -> None:
         for row in self._rows:

@@ -262,3 +262,75 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
                     str(evaluation), "--out", str(out), "--previous", str(out)], check=True, capture_output=True,
                    text=True, cwd=ROOT, timeout=300)
     assert json.loads((out / "recipes.json").read_text()) == rows  # the same run again: no duplicate row
+
+
+def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():
+    """Its terms equal those of separate forwards under the set and under its neighbour, and a few
+    gradient steps on it widen the margin between them."""
+    sys.path.insert(0, str(ROOT))
+    from hirpf.experts import ExpertConfig
+    from hirpf.identities import IdentitySet
+    from hirpf.inject import add_experts
+    from hirpf.routing import use_identities
+    from tests.testing_utils import randomize_experts, tiny_llama
+    from training.train import NeighbourContrast
+
+    model = tiny_llama(seed=3, dtype=torch.float64, layers=2)
+    add_experts(model, ExpertConfig(rank=2, dropout=0.0, layout="layered"))
+    randomize_experts(model, seed=4, scale=0.1)
+    sets = [IdentitySet.parse("AGR_low,Doctor"), IdentitySet.parse("EXT_high")]
+    pairs = torch.stack([s.index_pairs() for s in sets])
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 64, (2, 12), generator=g)
+    labels = input_ids.clone()
+    labels[:, :5] = -100  # the prompt carries no loss
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    contrast = NeighbourContrast(weight=1.0, beta=0.5, seed=7)
+    chooser = NeighbourContrast(1.0, 0.5, seed=7)  # the same random draws as `contrast`
+    neighbours = [chooser.neighbour(s) for s in sets]
+    assert all(n != s for n, s in zip(neighbours, sets))
+
+    def reply_log_likelihoods(identities):
+        with torch.no_grad(), use_identities(identities):
+            logp = model(input_ids=input_ids).logits[:, :-1].log_softmax(-1)
+        picked = logp.gather(-1, input_ids[:, 1:, None])[..., 0]
+        return (picked * (labels[:, 1:] != -100)).sum(dim=1)
+
+    own, other = reply_log_likelihoods(sets), reply_log_likelihoods(neighbours)
+    loss = contrast.loss(model, dict(inputs), pairs, num_items_in_batch=None, accumulation=1)
+    expected = -own.sum() / 14 + torch.nn.functional.softplus(-0.5 * (own - other)).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    assert contrast.last["margin"] == pytest.approx(float((own - other).mean()))
+
+    steps = NeighbourContrast(weight=1.0, beta=0.5, seed=7)
+    steps.neighbour = lambda s: neighbours[sets.index(s)]  # the same neighbours every step
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(10):
+        optimizer.zero_grad()
+        steps.loss(model, dict(inputs), pairs, None, 1).backward()
+        optimizer.step()
+    model.eval()
+    grown = reply_log_likelihoods(sets) - reply_log_likelihoods(neighbours)
+    assert (grown > own - other).all()
+
+
+def test_a_run_can_start_from_earlier_experts_with_the_neighbour_contrast(tmp_path, tiny_base_dir):
+    """--init_experts loads a finished run's experts (learning rate 0 leaves them as they were) and refuses
+    experts of another shape; --neighbour_weight trains."""
+    data = write_data(tmp_path / "data.json", n=12)
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    common = ["--data", data, "--base_model", tiny_base_dir, "--rank", 2, "--batch_size", 4, "--micro_batch_size", 2,
+              "--num_epochs", 1, "--eval_steps", 100, "--warmup_steps", 0]
+    train(*common, "--output_dir", first, "--learning_rate", 1e-2)
+    train(*common, "--output_dir", second, "--learning_rate", 0, "--init_experts", first, "--neighbour_weight", 1)
+    before, after = (load_file(str(d / "adapter_model.safetensors")) for d in (first, second))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    train(*common, "--output_dir", third, "--learning_rate", 1e-2, "--init_experts", first, "--neighbour_weight", 1)
+    trained = load_file(str(third / "adapter_model.safetensors"))
+    assert any(not torch.equal(before[k], trained[k]) for k in before)
+    refused = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"),
+                              *map(str, [*common, "--rank", 4, "--output_dir", tmp_path / "refused",
+                                         "--init_experts", first])],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert refused.returncode != 0 and "r=4" in refused.stderr and "r=2" in refused.stderr

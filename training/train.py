@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 import time
 from contextlib import contextmanager
@@ -20,15 +21,17 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hirpf.base_model import EMBEDDED, load_base_model
 from hirpf.checkpoint import load_experts, save_experts
-from hirpf.dialogues import Collator, holdout_split, load_dialogues, tokenize
+from hirpf.dialogues import IGNORE, Collator, holdout_split, load_dialogues, tokenize
 from hirpf.experts import GATES, LAYOUTS, ExpertConfig
+from hirpf.identities import ALL_IDENTITIES, IdentitySet, single_edit_neighbours
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
 from hirpf.prompts import Conditioning
-from hirpf.routing import use_identities
+from hirpf.routing import active_from_pairs, use_identities
 
 log = logging.getLogger("hirpf.train")
 DEV_TRAIN, DEV_EVAL = 10, 2
@@ -77,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--logging_steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N directory of an earlier run")
+    ap.add_argument("--init_experts", default=None,
+                    help="start from the experts in this directory (e.g. a finished run) instead of from zero; "
+                         "the expert flags must describe the same experts")
+    ap.add_argument("--neighbour_weight", type=float, default=0.0,
+                    help="weight of the neighbour contrast: each training dialogue is scored again under one "
+                         "random single-edit neighbour of its identity set (a pole flipped or removed, the "
+                         "profession changed or removed), and -log sigmoid(beta × (log p under the true set - "
+                         "log p under the neighbour)) is added to the loss; 0 (default): language modelling only")
+    ap.add_argument("--neighbour_beta", type=float, default=0.1,
+                    help="the neighbour contrast's scale beta, per nat of the dialogue's summed log-likelihood")
     ap.add_argument("--dev", action="store_true", help=f"a quick run: {DEV_TRAIN} train and {DEV_EVAL} eval samples")
     ap.add_argument("--log_samples", action="store_true",
                     help="write the sample ids each process trained on, and each process's experts (rank<N>/)")
@@ -92,7 +105,8 @@ def add_switch(ap: argparse.ArgumentParser, name: str, help_text: str, default: 
 class ExpertTrainer(Trainer):
     """Runs every forward inside the batch's identity routing and saves expert checkpoints only."""
 
-    def __init__(self, *args, sample_log: list | None = None, **kwargs):
+    def __init__(self, *args, sample_log: list | None = None, neighbour_weight: float = 0.0,
+                 neighbour_beta: float = 0.1, **kwargs):
         with experts_declared_as_adapters(kwargs["model"]):
             super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
@@ -105,6 +119,8 @@ class ExpertTrainer(Trainer):
                 f"{self.args.n_gpu} training/train.py ...`, or pick one GPU with CUDA_VISIBLE_DEVICES=0")
         self.sample_log = sample_log
         self.tokens_seen = 0
+        self.neighbours = (NeighbourContrast(neighbour_weight, neighbour_beta, self.args.seed)
+                           if neighbour_weight else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Training and evaluation (prediction_step calls this too) both go through here.
@@ -114,6 +130,9 @@ class ExpertTrainer(Trainer):
             self.tokens_seen += int(inputs["attention_mask"].sum())
             if self.sample_log is not None:
                 self.sample_log.extend(ids.tolist())
+        if model.training and self.neighbours is not None:
+            return self.neighbours.loss(model, inputs, pairs, num_items_in_batch,
+                                        self.args.gradient_accumulation_steps)
         with use_identities(pairs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -122,6 +141,54 @@ class ExpertTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         load_experts(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+
+class NeighbourContrast:
+    """Language modelling plus a contrast with one single-edit neighbour per dialogue.
+
+    Recognition asks whether a dialogue is likelier under its own identity set than under each set one edit
+    away; language modelling alone never asks that, and the experts of a set of two or three learnt to make
+    their dialogues likely without making them *more* likely than under a subset (most misses were a
+    removed identity winning). So each dialogue also runs under a random neighbour, in the same forward (the
+    batch doubled, the neighbour rows routed to the neighbour set, the prompt unchanged), and the loss adds
+    `weight × -log sigmoid(beta × (log p(replies | set) - log p(replies | neighbour)))`, a logistic ranking
+    loss on the summed log-likelihood of the replies, as recognition scores them.
+    """
+
+    def __init__(self, weight: float, beta: float, seed: int):
+        if weight < 0 or beta <= 0:
+            raise SystemExit(f"--neighbour_weight must be >= 0 and --neighbour_beta > 0 "
+                             f"(got {weight} and {beta})")
+        self.weight, self.beta = weight, beta
+        self.random = random.Random(seed)
+        self.last: dict = {}  # the last micro-batch's terms, for logging and tests
+
+    def neighbour(self, identities: IdentitySet) -> IdentitySet:
+        options = single_edit_neighbours(identities, remove_poles=True)
+        return self.random.choice(options) if options else identities
+
+    def loss(self, model, inputs: dict, pairs: torch.Tensor, num_items_in_batch, accumulation: int) -> torch.Tensor:
+        chosen = active_from_pairs(pairs)
+        sets = [IdentitySet(tuple(n for n, on in zip(ALL_IDENTITIES, row) if on)) for row in chosen.tolist()]
+        rows = len(sets)
+        doubled = {k: torch.cat([v, v]) for k, v in inputs.items() if k != "labels"}
+        with use_identities(sets + [self.neighbour(s) for s in sets]):
+            logits = model(**doubled).logits
+        labels = inputs["labels"][:, 1:]
+        scored = labels != IGNORE
+        logits = logits[:, :-1].flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+        nll = F.cross_entropy(logits, torch.cat([labels, labels]).flatten().clamp(min=0),
+                              reduction="none").view(2 * rows, -1) * torch.cat([scored, scored])
+        own, other = nll[:rows].sum(dim=1), nll[rows:].sum(dim=1)
+        # A neighbour equal to the set (an empty set has none) contributes log 2, and no gradient.
+        ranking = -F.logsigmoid(self.beta * (other - own))
+        with torch.no_grad():
+            self.last = {"language_modelling": float(own.sum() / scored.sum()), "contrast": float(ranking.mean()),
+                         "margin": float((other - own).mean())}
+        if num_items_in_batch is None:  # the Trainer divides by the accumulation steps itself
+            return own.sum() / scored.sum() + self.weight * ranking.mean()
+        # As the Trainer's own loss: the replies' mean over the whole accumulated batch's tokens (and rows).
+        return own.sum() / num_items_in_batch + self.weight * ranking.sum() / (rows * accumulation)
 
 
 @contextmanager
@@ -148,7 +215,7 @@ def experts_declared_as_adapters(model):
 
 
 class Throughput(TrainerCallback):
-    """Adds tokens/s to every log line."""
+    """Adds tokens/s (and, with the neighbour contrast, its terms) to every log line."""
 
     def __init__(self):
         self.trainer, self.start, self.history = None, time.perf_counter(), []
@@ -156,6 +223,8 @@ class Throughput(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.trainer is not None:
             logs["tokens_per_s"] = round(self.trainer.tokens_seen / max(time.perf_counter() - self.start, 1e-9), 1)
+            if self.trainer.neighbours is not None and self.trainer.neighbours.last:  # the last micro-batch's terms
+                logs.update({f"neighbour_{k}": round(v, 4) for k, v in self.trainer.neighbours.last.items()})
             self.history.append({"step": state.global_step, **logs})
 
 
@@ -216,6 +285,8 @@ def main(argv=None) -> dict:
                           hard_mask=args.hard_mask, gate=args.gate, shared_expert=args.shared_expert,
                           base_model=model.hirpf_base_model)
     add_experts(model, config)
+    if args.init_experts:
+        load_experts(model, args.init_experts)  # refuses experts of another shape than the flags describe
     if not args.train_router:
         for layer in expert_layers(model).values():
             layer.router.requires_grad_(False)
@@ -248,7 +319,8 @@ def main(argv=None) -> dict:
     )
     trainer = ExpertTrainer(model=model, args=training_args, train_dataset=train_items,
                             eval_dataset=eval_items or None, data_collator=DialogueCollator(tokenizer.pad_token_id),
-                            callbacks=[throughput], sample_log=sample_log, optimizers=(optimizer(model, args), None))
+                            callbacks=[throughput], sample_log=sample_log, optimizers=(optimizer(model, args), None),
+                            neighbour_weight=args.neighbour_weight, neighbour_beta=args.neighbour_beta)
     throughput.trainer = trainer
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
