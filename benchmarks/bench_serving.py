@@ -23,7 +23,10 @@ time: with few requests per client it holds the aggregate below the steady rate.
 configuration: aggregate tokens/s (all clients' tokens ÷ the run's wall time, arrival ramp included), time
 to first token p50/p95 (from the moment a client sends its request, queue wait included, to the first text
 it receives), per-client tokens/s (a client's tokens ÷ the time its requests were open; mean and slowest).
-Tokens are counted by re-tokenizing each reply's text, the same way for both paths.
+Tokens are counted by re-tokenizing each reply's text, the same way for both paths. The scheduler reuses
+earlier prompts' keys and values (`hirpf.prefix_cache`); every run starts with its store empty, so each
+client's first request is prefilled in full and its later ones find their identity prompt; the hits,
+misses and reused tokens are reported per run.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),

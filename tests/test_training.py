@@ -263,6 +263,27 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
                    text=True, cwd=ROOT, timeout=300)
     assert json.loads((out / "recipes.json").read_text()) == rows  # the same run again: no duplicate row
 
+    # A run that started from `run`'s experts (read from a copy, as from a shipped card): the card needs the
+    # first run and gives both commands, the second reading the first one's output directory.
+    copy, second = tmp_path / "copy", tmp_path / "second"
+    subprocess.run([sys.executable, str(ROOT / "training" / "model_card.py"), "--run", str(run), "--evaluation",
+                    str(evaluation), "--out", str(copy)], check=True, capture_output=True, text=True, cwd=ROOT,
+                   timeout=300)
+    train("--data", data, "--base_model", tiny_base_dir, "--output_dir", second, "--rank", 2, "--batch_size", 4,
+          "--micro_batch_size", 2, "--num_epochs", 1, "--learning_rate", 1e-2, "--warmup_steps", 0,
+          "--gate", "sigmoid", "--eval_fraction", 0.25, "--max_length", 128, "--init_experts", copy,
+          "--neighbour_weight", 0.5)
+    card_command = [sys.executable, str(ROOT / "training" / "model_card.py"), "--run", str(second), "--evaluation",
+                    str(evaluation), "--out", str(tmp_path / "second_card")]
+    refused = subprocess.run(card_command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert refused.returncode != 0 and "--init_run" in refused.stderr
+    subprocess.run(card_command + ["--init_run", str(run)], check=True, capture_output=True, text=True, cwd=ROOT,
+                   timeout=300)
+    card = (tmp_path / "second_card" / "README.md").read_text()
+    assert f"--output_dir {run} " in card and f"--output_dir {second} " in card and f"--init_experts {run}" in card
+    assert "--neighbour_weight 0.5" in card and f"read them from `{copy}`" in card
+    assert "neighbour contrast 0.5 (beta 0.1), started from the experts of an earlier run" in card
+
 
 def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():
     """Its terms equal those of separate forwards under the set and under its neighbour, and a few

@@ -7,6 +7,9 @@ figure taken from the run's own summary and from `training/evaluate_experts.py` 
 `--compare` adds rows to the recipe table (other runs, each with its own evaluation). `--previous DIR` keeps
 the recipe rows of the card in DIR (runs measured before, whose files may be gone): the rows are carried as
 that card's generator wrote them, from its `recipes.json` (which this script writes beside every card).
+A run that started from earlier experts (`train.py --init_experts`) needs `--init_run DIR`, the directory
+holding the `training_summary.json` of the run that made them: the card gives both commands, the second
+reading the first one's output directory.
 """
 from __future__ import annotations
 
@@ -66,7 +69,27 @@ def recipe(args: dict) -> str:
         words += f", router lr {args['router_learning_rate']:g}"
     if args.get("extra_data"):
         words += f", plus `{Path(args['extra_data']).name}`"
+    if args.get("neighbour_weight"):
+        words += f", neighbour contrast {args['neighbour_weight']:g} (beta {args.get('neighbour_beta', 0.1):g})"
+    if args.get("init_experts"):
+        words += ", started from the experts of an earlier run"
     return words
+
+
+def training_commands(args: dict, init_run: Path | None) -> tuple[list[str], dict | None]:
+    """The commands that make the run's experts (one, or two when it started from an earlier run's), and the
+    earlier run's summary."""
+    if not args.get("init_experts"):
+        return [training_command(args)], None
+    if init_run is None:
+        raise SystemExit(f"the run started from the experts in {args['init_experts']}: pass --init_run with the "
+                         "directory of the run that made them (its training_summary.json), so that the card "
+                         "can say how to make them")
+    first = json.loads((init_run / "training_summary.json").read_text())
+    if first["args"].get("init_experts"):
+        raise SystemExit(f"--init_run {init_run} itself started from earlier experts: one step back only")
+    then = {**args, "init_experts": first["args"]["output_dir"]}
+    return [training_command(first["args"]), training_command(then)], first
 
 
 def previous_rows(directory: Path) -> list[str]:
@@ -172,6 +195,9 @@ def main(argv=None):
                     help="other runs (or RUN/checkpoint-N) for the recipe table, each with its evaluation")
     ap.add_argument("--previous", default=None, type=Path,
                     help="a card directory whose recipe rows (its recipes.json) the new card keeps")
+    ap.add_argument("--init_run", default=None, type=Path,
+                    help="for a run trained with --init_experts: the directory with the summary of the run that "
+                         "made those experts")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
@@ -191,6 +217,11 @@ def main(argv=None):
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     a = summary["args"]
+    commands, first = training_commands(a, args.init_run)
+    started = "" if first is None else (
+        f"The second run starts from the first one's experts ({first['steps']} optimizer steps, "
+        f"{first['seconds'] / 60:.1f} minutes, final held-out loss {first['final_eval_loss']:.3f}); this one read "
+        f"them from `{a['init_experts']}`.\n")
     rows = [recipe_row(summary, evaluation) + SHIPPED]
     for pair in args.compare:
         other_run, _, other_eval = pair.partition("=")
@@ -222,9 +253,9 @@ The app and `python -m hirpf chat` use them by default on the embedded model.
 {data_lines(a)}
 
 ## Training
-    {training_command(a)}
+    {(chr(10) + "    ").join(commands)}
 
-{summary['steps']} optimizer steps, {summary['seconds'] / 60:.1f} minutes on this machine
+{started}{summary['steps']} optimizer steps, {summary['seconds'] / 60:.1f} minutes on this machine
 ({summary['tokens_per_s']:.0f} tokens/s), {summary['trainable_parameters']:,} trainable parameters.
 Mean train loss over the run {summary['mean_train_loss']:.3f}; final held-out loss {summary['final_eval_loss']:.3f}.
 
@@ -255,7 +286,7 @@ The strength dial scales each chosen expert's mixed contribution (0 = the prompt
 """
     card += f"""
 ## Reproduce
-    {training_command(a)}
+    {(chr(10) + "    ").join(commands)}
     python training/evaluate_experts.py --experts RUN --dose_response --json RUN/evaluation.json
     python training/model_card.py --run RUN --evaluation RUN/evaluation.json --out {args.out}
 """

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_switch(ap: argparse.ArgumentParser, name: str, help_text: str, default: bool = True) -> None:
     """`--name` / `--no_name` (the spelling of the other flags; `--no-name`, argparse's, is accepted too)."""
     ap.add_argument(f"--{name}", dest=name, action="store_true", default=default, help=help_text)
-    ap.add_argument(f"--no_{name}", f"--no-{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
+    ap.add_argument(f"--no_{name}", f"--no-{name}", dest=name, action="store_false", default=default,
+                    help=argparse.SUPPRESS)  # the same default: a command rebuilt from the args omits both
 
 
 class ExpertTrainer(Trainer):
