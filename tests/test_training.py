@@ -272,7 +272,7 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     train("--data", data, "--base_model", tiny_base_dir, "--output_dir", second, "--rank", 2, "--batch_size", 4,
           "--micro_batch_size", 2, "--num_epochs", 1, "--learning_rate", 1e-2, "--warmup_steps", 0,
           "--gate", "sigmoid", "--eval_fraction", 0.25, "--max_length", 128, "--init_experts", copy,
-          "--neighbour_weight", 0.5)
+          "--neighbour_weight", 0.5, "--save_steps", 1)
     card_command = [sys.executable, str(ROOT / "training" / "model_card.py"), "--run", str(second), "--evaluation",
                     str(evaluation), "--out", str(tmp_path / "second_card")]
     refused = subprocess.run(card_command, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -283,6 +283,16 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     assert f"--output_dir {run} " in card and f"--output_dir {second} " in card and f"--init_experts {run}" in card
     assert "--neighbour_weight 0.5" in card and f"read them from `{copy}`" in card
     assert "neighbour contrast 0.5 (beta 0.1), started from the experts of an earlier run" in card
+    # A checkpoint of it can ship: its weights, and the card says which step (no held-out loss logged there).
+    subprocess.run(card_command[:3] + [str(second / "checkpoint-1")] + card_command[4:] + ["--init_run", str(run)],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    card = (tmp_path / "second_card" / "README.md").read_text()
+    steps = json.loads((second / "training_summary.json").read_text())["steps"]
+    assert f"Shipped: the experts of its checkpoint at step 1 of {steps}" in card
+    assert f"its step 1 of {steps} | – |" in card
+    shipped = load_file(str(tmp_path / "second_card" / "adapter_model.safetensors"))
+    at_step = load_file(str(second / "checkpoint-1" / "adapter_model.safetensors"))
+    assert all(torch.equal(shipped[k], v.to(torch.float16)) for k, v in at_step.items())
 
 
 def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():

@@ -112,6 +112,19 @@ def run_summary(path: Path) -> tuple[dict, int | None]:
     return json.loads((path / "training_summary.json").read_text()), None
 
 
+def held_out_loss_at(summary: dict, step: int) -> float | None:
+    """The held-out loss the run logged at `step` (its final one at its last step); None when it logged none
+    there (its --eval_steps did not fall on that checkpoint)."""
+    if step == summary["steps"]:
+        return float(summary["final_eval_loss"])
+    logged = [h["eval_loss"] for h in summary["log_history"] if h["step"] == step and "eval_loss" in h]
+    return float(logged[0]) if logged else None
+
+
+def loss_text(loss: float | None) -> str:
+    return "–" if loss is None else f"{loss:.3f}"
+
+
 def recipe_row(summary: dict, evaluation: dict, step: int | None = None) -> str:
     """A row of the recipe table; for a checkpoint of a longer run, its step's held-out loss and the time
     to reach it (the run's time in proportion to its steps)."""
@@ -120,10 +133,10 @@ def recipe_row(summary: dict, evaluation: dict, step: int | None = None) -> str:
     counts = " / ".join(f"{by_count[k]['accuracy']:.2f}" if k in by_count else "–" for k in ("1", "2", "3"))
     loss, minutes, what = summary["final_eval_loss"], summary["seconds"] / 60, recipe(summary["args"])
     if step is not None:
-        loss = next(h["eval_loss"] for h in summary["log_history"] if h["step"] == step and "eval_loss" in h)
+        loss = held_out_loss_at(summary, step)
         minutes *= step / summary["steps"]
         what += f", its step {step} of {summary['steps']}"
-    return (f"| {what} | {float(loss):.3f} | {acc['experts+prompt']:.3f} | {acc.get('experts', float('nan')):.3f} | "
+    return (f"| {what} | {loss_text(loss)} | {acc['experts+prompt']:.3f} | {acc.get('experts', float('nan')):.3f} | "
             f"{acc['prompt']:.3f} | {counts} | {minutes:.0f} |")
 
 
@@ -189,7 +202,7 @@ def data_lines(args: dict) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", required=True, help="the trainer's --output_dir")
+    ap.add_argument("--run", required=True, help="the trainer's --output_dir, or one of its checkpoint-N directories")
     ap.add_argument("--evaluation", required=True, help="JSON written by training/evaluate_experts.py --json")
     ap.add_argument("--compare", nargs="*", default=[], metavar="RUN=EVAL.json",
                     help="other runs (or RUN/checkpoint-N) for the recipe table, each with its evaluation")
@@ -203,7 +216,7 @@ def main(argv=None):
     run, out = Path(args.run), Path(args.out)
     carried = previous_rows(args.previous) if args.previous else []  # read before --out (maybe the same) is rewritten
     out.mkdir(parents=True, exist_ok=True)
-    summary = json.loads((run / "training_summary.json").read_text())
+    summary, step = run_summary(run)  # a checkpoint ships the weights of its step; the summary is its run's
     evaluation = json.loads(Path(args.evaluation).read_text())
     config = json.loads((run / CONFIG_FILE).read_text())
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -222,7 +235,13 @@ def main(argv=None):
         f"The second run starts from the first one's experts ({first['steps']} optimizer steps, "
         f"{first['seconds'] / 60:.1f} minutes, final held-out loss {first['final_eval_loss']:.3f}); this one read "
         f"them from `{a['init_experts']}`.\n")
-    rows = [recipe_row(summary, evaluation) + SHIPPED]
+    rows = [recipe_row(summary, evaluation, step) + SHIPPED]
+    checkpoint = "" if step is None else (
+        f"Shipped: the experts of its checkpoint at step {step} of {summary['steps']} (about "
+        f"{summary['seconds'] / 60 * step / summary['steps']:.0f} minutes in; held-out loss there: "
+        f"{loss_text(held_out_loss_at(summary, step))}, – where the run did not evaluate). The loss curve and "
+        "the figures above are the whole run's; the recipe table and the measured figures below are the "
+        "shipped checkpoint's.\n")
     for pair in args.compare:
         other_run, _, other_eval = pair.partition("=")
         other, step = run_summary(Path(other_run))
@@ -258,7 +277,7 @@ The app and `python -m hirpf chat` use them by default on the embedded model.
 {started}{summary['steps']} optimizer steps, {summary['seconds'] / 60:.1f} minutes on this machine
 ({summary['tokens_per_s']:.0f} tokens/s), {summary['trainable_parameters']:,} trainable parameters.
 Mean train loss over the run {summary['mean_train_loss']:.3f}; final held-out loss {summary['final_eval_loss']:.3f}.
-
+{checkpoint}
 ![loss curve](loss_curve.png)
 
 ## Recipes tried
