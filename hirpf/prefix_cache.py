@@ -18,7 +18,6 @@ concatenates and selects into new tensors), so an entry can be shared by any num
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,22 +25,16 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .settings import whole_number_setting
+
 ENV_PREFIX_CACHE_MB = "HIRPF_PREFIX_CACHE_MB"
 DEFAULT_PREFIX_CACHE_MB = 256
 
 
 def prefix_cache_setting() -> int:
     """`HIRPF_PREFIX_CACHE_MB` (default 256): bytes of stored keys and values, in MiB; 0 turns reuse off."""
-    raw = os.environ.get(ENV_PREFIX_CACHE_MB, "").strip()
-    if not raw:
-        return DEFAULT_PREFIX_CACHE_MB
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX_CACHE_MB} must be a whole number of MiB, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{ENV_PREFIX_CACHE_MB} must be 0 (off) or more, got {value}")
-    return value
+    return whole_number_setting(ENV_PREFIX_CACHE_MB, DEFAULT_PREFIX_CACHE_MB, minimum=0,
+                                meaning_of_minimum=" (0: off)")
 
 
 @dataclass(frozen=True)
@@ -90,17 +83,17 @@ class PrefixCache:
         """(a cache holding the longest stored prefix of `prompt` `[1, length]`, its length), or None. At
         least the prompt's last token is left to prefill: the reply's first token needs its logits."""
         prompt = prompt.reshape(-1)
-        best, best_length = None, 0
+        best_key, best, best_length = None, None, 0
         with self._lock:
-            for (key, _), entry in self._entries.items():
-                if key == identity_key:
+            for key, entry in self._entries.items():
+                if key[0] == identity_key:
                     length = min(_common_prefix(entry.tokens, prompt), prompt.numel() - 1)
                     if length > best_length:
-                        best, best_length = entry, length
+                        best_key, best, best_length = key, entry, length
             if best is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end((identity_key, best.tokens.numpy().tobytes()))
+            self._entries.move_to_end(best_key)
             self.hits += 1
             self.reused_tokens += best_length
         cache = DynamicCache(config=config)

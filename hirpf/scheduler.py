@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import weakref
@@ -51,6 +50,7 @@ from .prompts import Conditioning, expert_identities
 from .routing import Routing, use_identities
 from .row_sampling import RowSampler
 from .sampling import Message, Sampling
+from .settings import whole_number_setting
 
 ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8
@@ -67,16 +67,7 @@ def _close_all() -> None:
 
 def max_batch_setting() -> int:
     """`HIRPF_MAX_BATCH` (default 8): rows decoded together; later requests wait in a queue."""
-    raw = os.environ.get(ENV_MAX_BATCH, "").strip()
-    if not raw:
-        return DEFAULT_MAX_BATCH
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_MAX_BATCH} must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{ENV_MAX_BATCH} must be at least 1, got {value}")
-    return value
+    return whole_number_setting(ENV_MAX_BATCH, DEFAULT_MAX_BATCH, minimum=1)
 
 
 class SchedulerClosed(RuntimeError):

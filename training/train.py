@@ -28,10 +28,10 @@ from hirpf.base_model import EMBEDDED, load_base_model
 from hirpf.checkpoint import load_experts, save_experts
 from hirpf.dialogues import IGNORE, Collator, holdout_split, load_dialogues, tokenize
 from hirpf.experts import GATES, LAYOUTS, ExpertConfig
-from hirpf.identities import ALL_IDENTITIES, IdentitySet, single_edit_neighbours
+from hirpf.identities import IdentitySet, single_edit_neighbours
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
 from hirpf.prompts import Conditioning
-from hirpf.routing import active_from_pairs, use_identities
+from hirpf.routing import use_identities
 
 log = logging.getLogger("hirpf.train")
 DEV_TRAIN, DEV_EVAL = 10, 2
@@ -169,8 +169,7 @@ class NeighbourContrast:
         return self.random.choice(options) if options else identities
 
     def loss(self, model, inputs: dict, pairs: torch.Tensor, num_items_in_batch, accumulation: int) -> torch.Tensor:
-        chosen = active_from_pairs(pairs)
-        sets = [IdentitySet(tuple(n for n, on in zip(ALL_IDENTITIES, row) if on)) for row in chosen.tolist()]
+        sets = [IdentitySet.from_index_pairs(row) for row in pairs]
         rows = len(sets)
         doubled = {k: torch.cat([v, v]) for k, v in inputs.items() if k != "labels"}
         with use_identities(sets + [self.neighbour(s) for s in sets]):

@@ -1,0 +1,19 @@
+"""Whole-number settings read from the environment (the scheduler's batch size, the prefix store's budget)."""
+from __future__ import annotations
+
+import os
+
+
+def whole_number_setting(name: str, default: int, minimum: int, meaning_of_minimum: str = "") -> int:
+    """The environment variable `name` as a whole number of at least `minimum`; `default` when unset or
+    blank. A bad value raises ValueError naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}{meaning_of_minimum}, got {value}")
+    return value
