@@ -46,9 +46,9 @@ class PaddedBatchCache:
             return
         width = max(self.columns, length)
         for mine, theirs in zip(self.cache.layers, row_cache.layers):
-            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
-            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)])
+            mine.keys = torch.cat([pad_left(mine.keys, width), pad_left(theirs.keys, width)])
+            mine.values = torch.cat([pad_left(mine.values, width), pad_left(theirs.values, width)])
+        self.mask = torch.cat([pad_left(self.mask, width), pad_left(row_mask, width)])
 
     def keep(self, indices: list[int]) -> None:
         """Keep only the rows at `indices` (in that order); cut columns that are padding in all of them."""
@@ -75,7 +75,7 @@ class PaddedBatchCache:
         self.mask = step_mask
 
 
-def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+def pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     """Zero-pad the token dimension (dim 2 of keys `[batch, heads, tokens, dim]`, dim 1 of a mask) on the left."""
     missing = width - (t.shape[2] if t.dim() == 4 else t.shape[1])
     if missing == 0:

@@ -52,7 +52,9 @@ class PrefixCache:
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()  # (identity key, token bytes) -> entry
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = self.misses = self.reused_tokens = 0  # for benchmarks and tests
+        # For benchmarks and tests; reused_tokens counts the stored tokens found (a joint prefill in the
+        # scheduler may recompute the last few of them to line its rows up).
+        self.hits = self.misses = self.reused_tokens = 0
 
     @property
     def stored_bytes(self) -> int:

@@ -1,8 +1,9 @@
 """Serving many requests at once: one decode loop, one batch, a different identity set in every row.
 
-    submit() ──► waiting queue ──► prefill alone ──► joins the running batch ──► one token per row per step
-    (caller thread:                (loop thread,      (PaddedBatchCache.add)      under Routing(rows of the
-     validate, tokenize)            its own identity)                            batch as it is now)
+    submit() ──► waiting queue ──► prefill ──────────► joins the running batch ──► one token per row per step
+    (caller thread:                (loop thread; those (PaddedBatchCache.add)      under Routing(rows of the
+     validate, tokenize)            waiting, together,                            batch as it is now)
+                                    each its own identity)
                                                               finished / stopped rows leave at once ──►
                                                               their slots go to the next waiting request;
                                                               their tokens and cache go to the prefix store
@@ -10,8 +11,8 @@
 A request (chat history, identity set with its strengths, conditioning, sampling settings and seed, max new
 tokens, stop event) is checked and tokenized in the caller's thread, so a bad one fails there, alone. The
 loop thread owns the model's decoding: it admits waiting requests while the batch has fewer than
-`max_batch` rows (`HIRPF_MAX_BATCH`, default 8), prefills each alone under its own identity set (so its
-prompt is computed as `Engine.generate` would), then runs one decode step for all rows. A prompt that
+`max_batch` rows (`HIRPF_MAX_BATCH`, default 8), prefills those admitted together in one forward, each row
+under its own identity set (`Scheduler._prefill`), then runs one decode step for all rows. A prompt that
 begins as an earlier request's sequence did under the same identity rows (the identity prompt; in a chat,
 the whole conversation so far) is prefilled only from where they part (`hirpf.prefix_cache`): on a CPU the
 prefill of a joining request is what the running rows and its own first token wait for. The step's
@@ -43,7 +44,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from .batch_cache import PaddedBatchCache
+from .batch_cache import PaddedBatchCache, pad_left
 from .identities import IdentitySet
 from .prefix_cache import PrefixCache, prefix_cache_setting
 from .prompts import Conditioning, expert_identities
@@ -206,6 +207,8 @@ class Scheduler:
         self._routing: Routing | None = None
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.widest_batch = 0  # the most rows one step decoded
+        self.prefills = 0  # prefill forwards run
+        self.widest_prefill = 0  # the most requests one prefill forward took
         self._thread = threading.Thread(target=self._loop, name="hirpf-scheduler", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -280,8 +283,8 @@ class Scheduler:
                 row.stream._finish("stopped")
             try:
                 with torch.no_grad():
-                    for row in joining:
-                        self._admit(row)
+                    if joining:
+                        self._admit(joining)
                     self._leave_stopped()
                     if self._rows:
                         self._step()
@@ -295,26 +298,97 @@ class Scheduler:
             row.stream._finish("error", closed)
         self._rows, self._batch = [], PaddedBatchCache()
 
-    def _admit(self, row: _Row) -> None:
-        """Prefill a waiting request alone, under its own identity set, and add it to the batch."""
+    def _admit(self, rows: list[_Row]) -> None:
+        """Prefill the waiting requests together, each under its own identity set, and add them to the batch.
+        On a CPU a short prefill costs about what a decode step does (both read every weight once), so the
+        requests that arrive together are prefilled in one forward. If that forward fails, each is tried alone,
+        so that a request that breaks fails by itself."""
+        rows = [r for r in rows if not self._given_up(r)]
+        if len(rows) > 1:
+            try:
+                prefilled = self._prefill(rows)
+            except Exception as err:
+                log.warning("joint prefill of %d requests failed (%s): prefilling each alone", len(rows), err)
+            else:
+                for row, (cache, logits) in zip(rows, prefilled):
+                    self._join(row, cache, logits)
+                return
+        for row in rows:
+            try:
+                [(cache, logits)] = self._prefill([row])
+            except Exception as err:  # this request alone fails
+                log.warning("request failed at prefill: %s", err)
+                row.stream._finish("error", err)
+                continue
+            self._join(row, cache, logits)
+
+    @staticmethod
+    def _given_up(row: _Row) -> bool:
         if row.stream.stop_event.is_set():
             row.stream._finish("stopped")
-            return
-        try:
-            length = row.prompt.shape[1]
-            cache, start = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config) or (
-                DynamicCache(config=self.model.config), 0)
-            with use_identities([row.identities]):
-                out = self.model(input_ids=row.prompt[:, start:], attention_mask=torch.ones_like(row.prompt),
-                                 position_ids=torch.arange(start, length, device=self.device)[None],
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return True
+        return False
+
+    def _prefill(self, rows: list[_Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
+        """One forward over the rows' prompts, each continuing the longest prefix the store holds for it;
+        per row, (its cache, batch 1, `length` columns; the logits of its last prompt token).
+
+        Every row feeds the same number of new tokens, `T`, the longest part any row has left to prefill: a
+        row with less left recomputes the end of its stored prefix (its cache is cut to `length - T`), and a
+        row shorter than `T` is padded on the left. So the joint cache is left-padded like the running
+        batch's, and each row's columns end at the right edge:
+
+            row 0  [ pad  c c c | t t t t ]      c: stored prefix, t: computed now
+            row 1  [ c    c c c | c c t t ]      (its last two stored columns recomputed)
+            row 2  [ pad  pad   | pad t t ]      (nothing stored, a 2-token prompt)
+        """
+        found = [self.prefixes.lookup(r.identity_key, r.prompt, self.model.config) for r in rows]
+        lengths = [r.prompt.shape[1] for r in rows]
+        new = max(length - (hit[1] if hit else 0) for length, hit in zip(lengths, found))
+        kept = [max(0, length - new) for length in lengths]  # cached columns each row keeps
+        width = max(kept)
+        cache = DynamicCache(config=self.model.config)
+        if width:
+            like = next(hit[0] for hit in found if hit).layers  # shapes for the rows that keep nothing
+            for layer in range(len(like)):
+                keys, values = [], []
+                for hit, keep in zip(found, kept):  # a row that keeps columns had at least that many stored
+                    stored = hit[0].layers[layer] if keep else like[layer]
+                    keys.append(pad_left(stored.keys[:, :, :keep], width))
+                    values.append(pad_left(stored.values[:, :, :keep], width))
+                cache.update(torch.cat(keys), torch.cat(values), layer)
+        ids = torch.zeros(len(rows), new, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(rows), width + new, dtype=torch.long, device=self.device)
+        positions = torch.zeros(len(rows), new, dtype=torch.long, device=self.device)
+        for i, (row, length, keep) in enumerate(zip(rows, lengths, kept)):
+            fed = length - keep
+            ids[i, new - fed:] = row.prompt[0, keep:]
+            mask[i, width + new - length:] = 1
+            positions[i, new - fed:] = torch.arange(keep, length, device=self.device)
+        with use_identities([r.identities for r in rows]):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        self.prefills += 1
+        self.widest_prefill = max(self.widest_prefill, len(rows))
+        prefilled = []
+        for i, (row, length) in enumerate(zip(rows, lengths)):
+            own = DynamicCache(config=self.model.config)
+            for layer, la in enumerate(cache.layers):
+                # copies: a view would keep the joint tensors alive in the store and in the batch
+                own.update(la.keys[i:i + 1, :, -length:].clone(), la.values[i:i + 1, :, -length:].clone(), layer)
             # Free to store: the batch never changes these tensors in place, it concatenates into new ones.
-            self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in cache.layers])
-            finished = row.choose(out.logits[:, -1], self.eos_ids)
+            self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in own.layers])
+            prefilled.append((own, out.logits[i:i + 1, -1]))
+        return prefilled
+
+    def _join(self, row: _Row, cache: DynamicCache, logits: torch.Tensor) -> None:
+        """The row's first token from its prefill's logits; then it joins the batch, unless that ended it."""
+        try:
+            finished = row.choose(logits, self.eos_ids)
             if not finished:
-                self._batch.add(cache, length)  # checks the cache before changing the batch
+                self._batch.add(cache, row.prompt.shape[1])  # checks the cache before changing the batch
         except Exception as err:  # this request alone fails
-            log.warning("request failed at prefill: %s", err)
+            log.warning("request failed at its first token: %s", err)
             row.stream._finish("error", err)
             return
         if finished:

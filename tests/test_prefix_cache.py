@@ -2,9 +2,12 @@
 rows) is prefilled from where they part, and the reply is the one a full prefill gives."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
-from test_scheduler import alone
+
+from test_scheduler import PausingSampler, alone, submit_with
 
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
@@ -69,6 +72,33 @@ def test_rows_that_join_a_running_batch_from_the_store_match_alone(exact_engine,
         stream.result(timeout=300)
         assert stream.token_ids == alone(exact_engine, h, s, GREEDY)
     assert scheduler.prefixes.hits >= 4  # every row found at least its identity prompt
+
+
+def test_requests_that_arrive_together_are_prefilled_in_one_forward_and_match_alone(exact_engine, monkeypatch):
+    """Second turns (long stored prefixes), a first question on a stored identity prompt and a question under
+    a set never seen (nothing stored) wait while the loop is held; they are prefilled in one forward, each
+    continuing its own stored prefix, and every reply is the one it gets alone."""
+    scheduler = Scheduler(exact_engine, max_batch=8, prefix_cache_mb=64)
+    try:
+        sets = [IdentitySet.parse(s) for s in ("EXT_high,Artist", "NEU_low", "AGR_low,Doctor")]
+        turns = [[{"role": "user", "content": q}] for q in ("Hello there, how was the exhibition?", "Hi.")]
+        for h, s in zip(turns, sets):
+            first = scheduler.submit(h, s, sampling=GREEDY)
+            h += [{"role": "assistant", "content": first.result(timeout=300)}, {"role": "user", "content": "Why?"}]
+        Held = type("Held", (PausingSampler,), {"reached": threading.Event(), "resume": threading.Event()})
+        holding = submit_with(Held, monkeypatch, scheduler, turns[0][:1], sets[0], sampling=GREEDY)
+        assert Held.reached.wait(120)
+        prefills = scheduler.prefills
+        requests = [(turns[0], sets[0]), (turns[1], sets[1]), ([{"role": "user", "content": "Ok"}], sets[1]),
+                    ([{"role": "user", "content": "Where do you work these days?"}], sets[2])]
+        streams = [scheduler.submit(h, s, sampling=GREEDY) for h, s in requests]
+        Held.resume.set()
+        for stream, (h, s) in zip(streams + [holding], requests + [(turns[0][:1], sets[0])]):
+            stream.result(timeout=300)
+            assert stream.token_ids == alone(exact_engine, h, s, GREEDY), str(s)
+        assert scheduler.prefills == prefills + 1 and scheduler.widest_prefill == 4
+    finally:
+        scheduler.close()
 
 
 def _layers(n_tokens: int, value: float = 0.0, layers: int = 2):

@@ -281,7 +281,7 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
                    timeout=300)
     card = (tmp_path / "second_card" / "README.md").read_text()
     assert f"--output_dir {run} " in card and f"--output_dir {second} " in card and f"--init_experts {run}" in card
-    assert "--neighbour_weight 0.5" in card and f"read them from `{copy}`" in card
+    assert "--neighbour_weight 0.5" in card and f"The shipped run read them from `{copy}`" in card
     assert "neighbour contrast 0.5 (beta 0.1), started from the experts of an earlier run" in card
     # A checkpoint of it can ship: its weights, and the card says which step (no held-out loss logged there).
     subprocess.run(card_command[:3] + [str(second / "checkpoint-1")] + card_command[4:] + ["--init_run", str(run)],
@@ -293,6 +293,27 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     shipped = load_file(str(tmp_path / "second_card" / "adapter_model.safetensors"))
     at_step = load_file(str(second / "checkpoint-1" / "adapter_model.safetensors"))
     assert all(torch.equal(shipped[k], v.to(torch.float16)) for k, v in at_step.items())
+
+    # A third run from that checkpoint: the card needs the whole chain, oldest first, and gives three commands.
+    third = tmp_path / "third"
+    train("--data", data, "--base_model", tiny_base_dir, "--output_dir", third, "--rank", 2, "--batch_size", 4,
+          "--micro_batch_size", 2, "--num_epochs", 1, "--learning_rate", 1e-2, "--warmup_steps", 0,
+          "--gate", "sigmoid", "--eval_fraction", 0.25, "--max_length", 128,
+          "--init_experts", second / "checkpoint-1", "--save_steps", 1)
+    third_card = card_command[:3] + [str(third)] + card_command[4:]
+    for chain, complaint in (([second / "checkpoint-1"], "give the runs that made them first"),
+                             ([run, run], "cannot follow the runs before it")):
+        refused = subprocess.run(third_card + ["--init_run", *map(str, chain)], capture_output=True, text=True,
+                                 cwd=ROOT, timeout=300)
+        assert refused.returncode != 0 and complaint in refused.stderr
+    subprocess.run(third_card + ["--init_run", str(run), str(second / "checkpoint-1")], check=True,
+                   capture_output=True, text=True, cwd=ROOT, timeout=300)
+    card = (tmp_path / "second_card" / "README.md").read_text()
+    commands = list(dict.fromkeys(  # in order; the card gives them under Training and again under Reproduce
+        line.strip() for line in card.splitlines() if line.strip().startswith("python training/train.py")))
+    assert len(commands) == 3 and "--init_experts" not in commands[0]
+    assert f"--init_experts {run}" in commands[1] and f"--init_experts {second}/checkpoint-1" in commands[2]
+    assert "Run 1 (" in card and "Run 2 (" in card
 
 
 def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():

@@ -7,9 +7,9 @@ figure taken from the run's own summary and from `training/evaluate_experts.py` 
 `--compare` adds rows to the recipe table (other runs, each with its own evaluation). `--previous DIR` keeps
 the recipe rows of the card in DIR (runs measured before, whose files may be gone): the rows are carried as
 that card's generator wrote them, from its `recipes.json` (which this script writes beside every card).
-A run that started from earlier experts (`train.py --init_experts`) needs `--init_run DIR`, the directory
-holding the `training_summary.json` of the run that made them: the card gives both commands, the second
-reading the first one's output directory.
+A run that started from earlier experts (`train.py --init_experts`) needs `--init_run DIR`, the run (or
+`RUN/checkpoint-N`) holding the `training_summary.json` of the run that made them, and when that run did too,
+the whole chain, oldest first: the card gives every command, each reading the one before's output.
 """
 from __future__ import annotations
 
@@ -76,20 +76,30 @@ def recipe(args: dict) -> str:
     return words
 
 
-def training_commands(args: dict, init_run: Path | None) -> tuple[list[str], dict | None]:
-    """The commands that make the run's experts (one, or two when it started from an earlier run's), and the
-    earlier run's summary."""
+def training_commands(args: dict, init_runs: list[Path]) -> tuple[list[str], list[dict]]:
+    """The commands that make the run's experts, oldest first: one, or one per run of the chain of runs that
+    started from each other's experts (`init_runs`, oldest first, each a run or one of its checkpoints); and
+    the earlier runs' summaries."""
     if not args.get("init_experts"):
-        return [training_command(args)], None
-    if init_run is None:
+        if init_runs:
+            raise SystemExit("--init_run is for a run trained with --init_experts; this one started from scratch")
+        return [training_command(args)], []
+    if not init_runs:
         raise SystemExit(f"the run started from the experts in {args['init_experts']}: pass --init_run with the "
-                         "directory of the run that made them (its training_summary.json), so that the card "
-                         "can say how to make them")
-    first = json.loads((init_run / "training_summary.json").read_text())
-    if first["args"].get("init_experts"):
-        raise SystemExit(f"--init_run {init_run} itself started from earlier experts: one step back only")
-    then = {**args, "init_experts": first["args"]["output_dir"]}
-    return [training_command(first["args"]), training_command(then)], first
+                         "directory of the run that made them (its training_summary.json; oldest first when that "
+                         "run itself started from earlier experts), so that the card can say how to make them")
+    commands, summaries, made = [], [], None  # `made`: where the previous command's experts end up
+    for path in init_runs:
+        summary, step = run_summary(path)
+        if bool(summary["args"].get("init_experts")) != (made is not None):
+            raise SystemExit(f"--init_run {path}: " + (
+                "it started from earlier experts: give the runs that made them first, oldest first"
+                if made is None else "it started from scratch, so it cannot follow the runs before it"))
+        commands.append(training_command({**summary["args"], "init_experts": made}))
+        summaries.append(summary)
+        made = summary["args"]["output_dir"] + ("" if step is None else f"/checkpoint-{step}")
+    commands.append(training_command({**args, "init_experts": made}))
+    return commands, summaries
 
 
 def previous_rows(directory: Path) -> list[str]:
@@ -208,9 +218,10 @@ def main(argv=None):
                     help="other runs (or RUN/checkpoint-N) for the recipe table, each with its evaluation")
     ap.add_argument("--previous", default=None, type=Path,
                     help="a card directory whose recipe rows (its recipes.json) the new card keeps")
-    ap.add_argument("--init_run", default=None, type=Path,
-                    help="for a run trained with --init_experts: the directory with the summary of the run that "
-                         "made those experts")
+    ap.add_argument("--init_run", nargs="+", default=[], type=Path,
+                    help="for a run trained with --init_experts: the run (or RUN/checkpoint-N) that made those "
+                         "experts, with its summary; when that run too started from earlier experts, the whole "
+                         "chain, oldest first")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
@@ -230,11 +241,12 @@ def main(argv=None):
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     a = summary["args"]
-    commands, first = training_commands(a, args.init_run)
-    started = "" if first is None else (
-        f"The second run starts from the first one's experts ({first['steps']} optimizer steps, "
-        f"{first['seconds'] / 60:.1f} minutes, final held-out loss {first['final_eval_loss']:.3f}); this one read "
-        f"them from `{a['init_experts']}`.\n")
+    commands, earlier = training_commands(a, args.init_run)
+    started = "".join(
+        f"Run {i + 1} ({s['steps']} optimizer steps, {s['seconds'] / 60:.1f} minutes, final held-out loss "
+        f"{s['final_eval_loss']:.3f}) makes the experts that run {i + 2} starts from.\n" for i, s in enumerate(earlier))
+    if earlier:
+        started += f"The shipped run read them from `{a['init_experts']}`.\n"
     rows = [recipe_row(summary, evaluation, step) + SHIPPED]
     checkpoint = "" if step is None else (
         f"Shipped: the experts of its checkpoint at step {step} of {summary['steps']} (about "
@@ -306,8 +318,9 @@ The strength dial scales each chosen expert's mixed contribution (0 = the prompt
     card += f"""
 ## Reproduce
     {(chr(10) + "    ").join(commands)}
-    python training/evaluate_experts.py --experts RUN --dose_response --json RUN/evaluation.json
-    python training/model_card.py --run RUN --evaluation RUN/evaluation.json --out {args.out}
+    python training/evaluate_experts.py --experts {args.run} --dose_response --json {args.evaluation}
+    {shlex.join(["python", "training/model_card.py", "--run", args.run, "--evaluation", args.evaluation]
+                + (["--init_run", *map(str, args.init_run)] if args.init_run else []) + ["--out", args.out])}
 """
     (out / "README.md").write_text(card)
     print(f"wrote {out}")
