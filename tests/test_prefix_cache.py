@@ -6,7 +6,6 @@ import threading
 
 import pytest
 import torch
-
 from test_scheduler import PausingSampler, alone, submit_with
 
 from hirpf.engine import Sampling

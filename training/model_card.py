@@ -244,7 +244,8 @@ def main(argv=None):
     commands, earlier = training_commands(a, args.init_run)
     started = "".join(
         f"Run {i + 1} ({s['steps']} optimizer steps, {s['seconds'] / 60:.1f} minutes, final held-out loss "
-        f"{s['final_eval_loss']:.3f}) makes the experts that run {i + 2} starts from.\n" for i, s in enumerate(earlier))
+        f"{s['final_eval_loss']:.3f}) makes the experts that run {i + 2} starts from.\n"
+        for i, s in enumerate(earlier))
     if earlier:
         started += f"The shipped run read them from `{a['init_experts']}`.\n"
     rows = [recipe_row(summary, evaluation, step) + SHIPPED]
