@@ -342,7 +342,7 @@ def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():
     neighbours = [chooser.neighbour(s) for s in sets]
     assert all(n != s for n, s in zip(neighbours, sets))
 
-    def reply_log_likelihoods(identities):
+    def reply_log_likelihoods(identities, labels=labels):
         with torch.no_grad(), use_identities(identities):
             logp = model(input_ids=input_ids).logits[:, :-1].log_softmax(-1)
         picked = logp.gather(-1, input_ids[:, 1:, None])[..., 0]
@@ -353,6 +353,15 @@ def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():
     expected = -own.sum() / 14 + torch.nn.functional.softplus(-0.5 * (own - other)).mean()
     torch.testing.assert_close(loss.detach(), expected)
     assert contrast.last["margin"] == pytest.approx(float((own - other).mean()))
+
+    # --loss_per_record: each row's mean over its own reply tokens (7 and 3 here), then the mean over rows.
+    short = labels.clone()
+    short[1, :9] = -100
+    own, other = reply_log_likelihoods(sets, short), reply_log_likelihoods(neighbours, short)
+    per_record = NeighbourContrast(weight=1.0, beta=0.5, seed=7)
+    loss = per_record.loss(model, dict(inputs, labels=short), pairs, None, 1, per_record=True)
+    expected = -(own / torch.tensor([7.0, 3.0])).mean() + torch.nn.functional.softplus(-0.5 * (own - other)).mean()
+    torch.testing.assert_close(loss.detach(), expected)
 
     steps = NeighbourContrast(weight=1.0, beta=0.5, seed=7)
     steps.neighbour = lambda s: neighbours[sets.index(s)]  # the same neighbours every step
@@ -381,6 +390,11 @@ def test_a_run_can_start_from_earlier_experts_with_the_neighbour_contrast(tmp_pa
     train(*common, "--output_dir", third, "--learning_rate", 1e-2, "--init_experts", first, "--neighbour_weight", 1)
     trained = load_file(str(third / "adapter_model.safetensors"))
     assert any(not torch.equal(before[k], trained[k]) for k in before)
+    per_record = tmp_path / "per_record"  # language modelling per record, without the contrast
+    train(*common, "--output_dir", per_record, "--learning_rate", 1e-2, "--init_experts", first, "--loss_per_record")
+    trained = load_file(str(per_record / "adapter_model.safetensors"))
+    assert any(not torch.equal(before[k], trained[k]) for k in before)
+    assert json.loads((per_record / "training_summary.json").read_text())["args"]["loss_per_record"] is True
     refused = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"),
                               *map(str, [*common, "--rank", 4, "--output_dir", tmp_path / "refused",
                                          "--init_experts", first])],

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "log p under the neighbour)) is added to the loss; 0 (default): language modelling only")
     ap.add_argument("--neighbour_beta", type=float, default=0.1,
                     help="the neighbour contrast's scale beta, per nat of the dialogue's summed log-likelihood")
+    ap.add_argument("--loss_per_record", action="store_true",
+                    help="language modelling loss as the mean over records of each record's mean over its reply "
+                         "tokens, so that a record with a one-word reply (a self-report answer) weighs as much as a "
+                         "long dialogue; default: the mean over all reply tokens of the batch. The held-out loss "
+                         "stays per token, so runs compare")
     ap.add_argument("--dev", action="store_true", help=f"a quick run: {DEV_TRAIN} train and {DEV_EVAL} eval samples")
     ap.add_argument("--log_samples", action="store_true",
                     help="write the sample ids each process trained on, and each process's experts (rank<N>/)")
@@ -107,7 +112,7 @@ class ExpertTrainer(Trainer):
     """Runs every forward inside the batch's identity routing and saves expert checkpoints only."""
 
     def __init__(self, *args, sample_log: list | None = None, neighbour_weight: float = 0.0,
-                 neighbour_beta: float = 0.1, **kwargs):
+                 neighbour_beta: float = 0.1, loss_per_record: bool = False, **kwargs):
         with experts_declared_as_adapters(kwargs["model"]):
             super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
@@ -122,6 +127,7 @@ class ExpertTrainer(Trainer):
         self.tokens_seen = 0
         self.neighbours = (NeighbourContrast(neighbour_weight, neighbour_beta, self.args.seed)
                            if neighbour_weight else None)
+        self.loss_per_record = loss_per_record
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Training and evaluation (prediction_step calls this too) both go through here.
@@ -131,9 +137,14 @@ class ExpertTrainer(Trainer):
             self.tokens_seen += int(inputs["attention_mask"].sum())
             if self.sample_log is not None:
                 self.sample_log.extend(ids.tolist())
+        accumulation = self.args.gradient_accumulation_steps
         if model.training and self.neighbours is not None:
-            return self.neighbours.loss(model, inputs, pairs, num_items_in_batch,
-                                        self.args.gradient_accumulation_steps)
+            return self.neighbours.loss(model, inputs, pairs, num_items_in_batch, accumulation, self.loss_per_record)
+        if model.training and self.loss_per_record:
+            with use_identities(pairs):
+                logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            nll, tokens = reply_nll(logits, inputs["labels"])
+            return language_modelling_loss(nll, tokens, num_items_in_batch, accumulation, per_record=True)
         with use_identities(pairs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -168,27 +179,44 @@ class NeighbourContrast:
         options = single_edit_neighbours(identities, remove_poles=True)
         return self.random.choice(options) if options else identities
 
-    def loss(self, model, inputs: dict, pairs: torch.Tensor, num_items_in_batch, accumulation: int) -> torch.Tensor:
+    def loss(self, model, inputs: dict, pairs: torch.Tensor, num_items_in_batch, accumulation: int,
+             per_record: bool = False) -> torch.Tensor:
         sets = [IdentitySet.from_index_pairs(row) for row in pairs]
         rows = len(sets)
         doubled = {k: torch.cat([v, v]) for k, v in inputs.items() if k != "labels"}
         with use_identities(sets + [self.neighbour(s) for s in sets]):
             logits = model(**doubled).logits
-        labels = inputs["labels"][:, 1:]
-        scored = labels != IGNORE
-        logits = logits[:, :-1].flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
-        nll = F.cross_entropy(logits, torch.cat([labels, labels]).flatten().clamp(min=0),
-                              reduction="none").view(2 * rows, -1) * torch.cat([scored, scored])
-        own, other = nll[:rows].sum(dim=1), nll[rows:].sum(dim=1)
+        nll, tokens = reply_nll(logits, torch.cat([inputs["labels"], inputs["labels"]]))
+        own, other, tokens = nll[:rows], nll[rows:], tokens[:rows]
         # A neighbour equal to the set (an empty set has none) contributes log 2, and no gradient.
         ranking = -F.logsigmoid(self.beta * (other - own))
         with torch.no_grad():
-            self.last = {"language_modelling": float(own.sum() / scored.sum()), "contrast": float(ranking.mean()),
+            self.last = {"language_modelling": float(own.sum() / tokens.sum()), "contrast": float(ranking.mean()),
                          "margin": float((other - own).mean())}
-        if num_items_in_batch is None:  # the Trainer divides by the accumulation steps itself
-            return own.sum() / scored.sum() + self.weight * ranking.mean()
-        # As the Trainer's own loss: the replies' mean over the whole accumulated batch's tokens (and rows).
-        return own.sum() / num_items_in_batch + self.weight * ranking.sum() / (rows * accumulation)
+        contrast = ranking.mean() if num_items_in_batch is None else ranking.sum() / (rows * accumulation)
+        return (language_modelling_loss(own, tokens, num_items_in_batch, accumulation, per_record)
+                + self.weight * contrast)
+
+
+def reply_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the summed negative log-likelihood of its reply tokens and how many there are."""
+    labels = labels[:, 1:]
+    scored = labels != IGNORE
+    logits = logits[:, :-1].flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+    nll = F.cross_entropy(logits, labels.flatten().clamp(min=0), reduction="none").view(labels.shape) * scored
+    return nll.sum(dim=1), scored.sum(dim=1)
+
+
+def language_modelling_loss(nll: torch.Tensor, tokens: torch.Tensor, num_items_in_batch, accumulation: int,
+                            per_record: bool) -> torch.Tensor:
+    """This micro-batch's share of the accumulated batch's loss. Per token (as the Trainer's own loss): the
+    summed NLL over the whole accumulated batch's reply tokens. Per record: each row's mean over its tokens,
+    averaged over the accumulated batch's rows. Without `num_items_in_batch` the Trainer divides by the
+    accumulation steps itself."""
+    if per_record:
+        means = nll / tokens.clamp(min=1)
+        return means.mean() if num_items_in_batch is None else means.sum() / (len(nll) * accumulation)
+    return nll.sum() / (tokens.sum() if num_items_in_batch is None else num_items_in_batch)
 
 
 @contextmanager
@@ -320,7 +348,8 @@ def main(argv=None) -> dict:
     trainer = ExpertTrainer(model=model, args=training_args, train_dataset=train_items,
                             eval_dataset=eval_items or None, data_collator=DialogueCollator(tokenizer.pad_token_id),
                             callbacks=[throughput], sample_log=sample_log, optimizers=(optimizer(model, args), None),
-                            neighbour_weight=args.neighbour_weight, neighbour_beta=args.neighbour_beta)
+                            neighbour_weight=args.neighbour_weight, neighbour_beta=args.neighbour_beta,
+                            loss_per_record=args.loss_per_record)
     throughput.trainer = trainer
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
