@@ -1,11 +1,11 @@
 """Serving concurrent clients: the scheduler's running batch against a serial queue, in one run.
 
-    python benchmarks/bench_serving.py [--json] [--clients 1,2,4,8] [--requests 4] [--max_new_tokens 64]
+    python benchmarks/bench_serving.py [--json] [--clients 1,2,4,8] [--window 40] [--max_new_tokens 64]
                                        [--threads 2] [--spread 1.0] [--no_gradio] [--quick]
 
 The embedded model with the shipped experts (float32, CPU). Each client has its own identity set and asks
-short questions, one after another (a new request as soon as its reply ends), `--requests` times. Two
-ways to serve them, with the same clients, arrivals, prompts and seeds:
+short questions, one after another (a new request as soon as its reply ends: a closed loop). Two ways to
+serve them, with the same clients, arrivals, prompts and seeds:
 
 - `serial`: one request at a time through `Engine.stream` behind one lock (a queue; the app before the
   scheduler);
@@ -17,16 +17,21 @@ as above): `gradio_serial` (the app built with `scheduler=False`, `HIRPF_SCHEDUL
 model queue of one) and `gradio_scheduler` (the app as it ships).
 
 Clients arrive spread over one lone request's duration (client i starts at i/n of it; `--spread`), as
-visitors do, not all in the same instant; a burst of n prefills at once (`--spread 0`) puts n-1 prefills
-before the last client's first token whatever the scheduler does. The arrival ramp counts in the wall
-time: with few requests per client it holds the aggregate below the steady rate. Reported per
-configuration: aggregate tokens/s (all clients' tokens ÷ the run's wall time, arrival ramp included), time
-to first token p50/p95 (from the moment a client sends its request, queue wait included, to the first text
-it receives), per-client tokens/s (a client's tokens ÷ the time its requests were open; mean and slowest).
-Tokens are counted by re-tokenizing each reply's text, the same way for both paths. The scheduler reuses
-earlier prompts' keys and values (`hirpf.prefix_cache`); every run starts with its store empty, so each
-client's first request is prefilled in full and its later ones find their identity prompt; the hits,
-misses and reused tokens are reported per run.
+visitors do, not all in the same instant. What is measured is the steady state with n clients: the
+`--window` seconds that follow the last arrival, during which every client always has a request open. (A
+fixed number of requests per client would also time the arrival ramp and the drain at the end, when the
+clients that drew short replies have gone and fewer than n remain: the batch is then part empty whatever
+the scheduler does.) Reported per configuration: aggregate tokens/s (the tokens generated in the window ÷
+its length), time to first token p50/p95 of the requests sent in the window (from sending, queue wait
+included, to the first text received) and, apart, the p95 of those sent during the arrival ramp,
+per-client tokens/s (mean and slowest), the mean length of the replies that ended. Tokens are counted by
+re-tokenizing each reply's text, the same way for every path. The scheduler reuses earlier prompts' keys
+and values (`hirpf.prefix_cache`); every run starts with its store empty, so each client's first request
+is prefilled in full and its later ones find their identity prompt; the hits, misses and reused tokens
+are reported per run.
+
+`HIRPF_DECODE_DTYPE=bfloat16` in the environment runs both paths with bfloat16 batch-decoding copies
+(`hirpf.fast_inference.set_decode_dtype`); the setting is in the document.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
@@ -52,6 +57,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hirpf.engine import Engine, Sampling  # noqa: E402
+from hirpf.fast_inference import ENV_DECODE_DTYPE  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
 
 CLIENT_SETS = [IdentitySet.parse(s) for s in (
@@ -70,17 +76,27 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class SerialQueue:
-    """The app before the scheduler: one generation at a time, the others wait for the lock."""
+    """The app before the scheduler: one generation at a time; the others wait their turn, first come first
+    served, as in Gradio's queue. (A plain lock is not fair: the client that just released it, already
+    running, takes it again before the waiting ones wake.)"""
 
     def __init__(self, engine: Engine):
-        self.engine, self.lock = engine, threading.Lock()
+        self.engine, self.turns = engine, threading.Condition()
+        self.tickets = self.serving = 0
 
     def client(self):
         return self.stream
 
     def stream(self, history, identities, sampling):
-        with self.lock:
+        with self.turns:
+            ticket, self.tickets = self.tickets, self.tickets + 1
+            self.turns.wait_for(lambda: self.serving == ticket)
+        try:
             yield from self.engine.stream(history, identities, sampling=sampling)
+        finally:
+            with self.turns:
+                self.serving += 1
+                self.turns.notify_all()
 
 
 class SchedulerPath:
@@ -123,10 +139,13 @@ class ServedApp:
                 message=history[-1]["content"], traits=[n for n in identities.names if n not in PROFESSIONS],
                 profession=[n for n in identities.names if n in PROFESSIONS], max_new_tokens=sampling.max_new_tokens,
                 temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, api_name="/chat")
-            for chatbot, *_ in job:
-                reply = [message_text(m) for m in chatbot if m["role"] == "assistant" and not m.get("metadata")]
-                if reply and reply[-1]:
-                    yield reply[-1]
+            try:
+                for chatbot, *_ in job:
+                    reply = [message_text(m) for m in chatbot if m["role"] == "assistant" and not m.get("metadata")]
+                    if reply and reply[-1]:
+                        yield reply[-1]
+            finally:
+                job.cancel()  # a reply the visitor stopped reading ends on the server too (no-op when done)
 
         return stream
 
@@ -136,53 +155,85 @@ class ServedApp:
         self.data_dir.cleanup()
 
 
-def run_clients(path, engine: Engine, clients: int, requests: int, max_new_tokens: int, spread_s: float) -> dict:
-    """`clients` threads, each sending `requests` requests back to back through `path`. Every run starts
-    with an empty prefix store, so each client's first request is prefilled in full (as a visitor's first
-    question with a set nobody used before) and the runs are comparable."""
+def one_request(path, max_new_tokens: int) -> float:
+    """Seconds for one whole request through `path`, alone (a warm-up, and the arrival spread's unit)."""
+    start = time.perf_counter()
+    for _ in path.client()([{"role": "user", "content": QUESTIONS[0]}], CLIENT_SETS[0],
+                           Sampling(max_new_tokens=max_new_tokens, seed=1)):
+        pass
+    return time.perf_counter() - start
+
+
+def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_s: float, window_s: float) -> dict:
+    """`clients` threads, each sending requests back to back through `path` (a closed loop: a visitor asks
+    again as soon as a reply ends). Client i arrives at `spread_s * i / clients`; the measured window is the
+    `window_s` seconds after `spread_s`, once every client has arrived, so that `clients` requests are open
+    all through it. At the window's end every client stops reading (its open request is cancelled).
+
+    Counted in the window: the tokens of every reply's text as it stood at the window's end, less what it
+    held at its start (each reply's text is re-tokenized, the same way for every path); the time to first
+    token of the requests sent inside it (from sending, queue wait included, to the first text received,
+    which for a request still waiting at the window's end comes after it).
+    Requests sent during the arrival ramp are reported apart (`ramp_ttft_p95_s`): they meet a batch that
+    is still filling and each brings a whole prompt. Every run starts with an empty prefix store, so each
+    client's first request is prefilled in full and its later ones find their identity prompt."""
     prefixes = engine.scheduler().prefixes  # the one scheduler: the Python API's and the served app's
     prefixes.clear()
     before = (prefixes.hits, prefixes.misses, prefixes.reused_tokens)
-    records: list[dict] = []
+    requests: list[dict] = []
     lock = threading.Lock()
     streams = [path.client() for _ in range(clients)]  # connected before the clock starts
     start = time.perf_counter()
+    window_start, window_end = spread_s, spread_s + window_s
 
     def client(i: int):
         time.sleep(spread_s * i / clients)
-        for j in range(requests):
+        j = 0
+        while time.perf_counter() - start < window_end:
             history = [{"role": "user", "content": QUESTIONS[(i + j) % len(QUESTIONS)]}]
             # Seeds from 1: the app reads seed 0 as "a random one".
             sampling = Sampling(max_new_tokens=max_new_tokens, seed=1 + 1000 * i + j)
-            sent = time.perf_counter()
-            first, text = None, ""
-            for text in streams[i](history, CLIENT_SETS[i % len(CLIENT_SETS)], sampling):
-                if first is None and text:
-                    first = time.perf_counter()
-            ended = time.perf_counter()
-            tokens = len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+            sent = time.perf_counter() - start
+            events = []  # (seconds since start, the reply's text then)
+            reply = streams[i](history, CLIENT_SETS[i % len(CLIENT_SETS)], sampling)
+            try:
+                for text in reply:
+                    events.append((time.perf_counter() - start, text))
+                    if events[-1][0] >= window_end:
+                        break
+            finally:
+                reply.close()  # a request still open at the window's end is cancelled
             with lock:
-                records.append({"client": i, "sent": sent - start, "ttft": (first or ended) - sent,
-                                "duration": ended - sent, "tokens": tokens})
+                requests.append({"client": i, "sent": sent, "events": events, "ended": time.perf_counter() - start})
+            j += 1
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    per_client = []
-    for i in range(clients):
-        mine = [r for r in records if r["client"] == i]
-        per_client.append(sum(r["tokens"] for r in mine) / sum(r["duration"] for r in mine))
-    ttfts = [r["ttft"] for r in records]
+
+    def tokens_at(events, moment: float) -> int:
+        held = [text for at, text in events if at <= moment]
+        return len(engine.tokenizer(held[-1], add_special_tokens=False)["input_ids"]) if held else 0
+
+    counted = [tokens_at(r["events"], window_end) - tokens_at(r["events"], window_start) for r in requests]
+    per_client = [sum(n for r, n in zip(requests, counted) if r["client"] == i) / window_s for i in range(clients)]
+    # A reply that ended before any text (an end-of-sequence first) counts from sending to its end.
+    ttft = [next((at for at, text in r["events"] if text), r["ended"]) - r["sent"] for r in requests]
+    in_window = [t for r, t in zip(requests, ttft) if window_start <= r["sent"] < window_end]
+    ramp = [t for r, t in zip(requests, ttft) if r["sent"] < window_start]
+    ended = [r for r in requests if r["events"] and r["events"][-1][0] < window_end]
     return {
-        "clients": clients, "requests": len(records), "tokens": sum(r["tokens"] for r in records),
-        "wall_s": round(wall, 3),
-        "aggregate_tokens_per_s": round(sum(r["tokens"] for r in records) / wall, 2),
-        "ttft_p50_s": round(percentile(ttfts, 0.5), 4), "ttft_p95_s": round(percentile(ttfts, 0.95), 4),
+        "clients": clients, "window_s": window_s, "tokens": sum(counted),
+        "aggregate_tokens_per_s": round(sum(counted) / window_s, 2),
+        "requests_in_window": len(in_window),
+        "ttft_p50_s": round(percentile(in_window, 0.5), 4), "ttft_p95_s": round(percentile(in_window, 0.95), 4),
+        "ramp_ttft_p95_s": round(percentile(ramp, 0.95), 4) if ramp else None,
         "per_client_tokens_per_s_mean": round(statistics.mean(per_client), 2),
         "per_client_tokens_per_s_min": round(min(per_client), 2),
+        "mean_reply_tokens": round(statistics.mean(tokens_at(r["events"], float("inf")) for r in ended), 1)
+        if ended else None,
         "prefix_hits_misses_reused_tokens": [now - then for now, then in zip(
             (prefixes.hits, prefixes.misses, prefixes.reused_tokens), before)],
     }
@@ -192,16 +243,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.add_argument("--clients", default="1,2,4,8", help="comma list of concurrent client counts")
-    parser.add_argument("--requests", type=int, default=4, help="requests per client")
+    parser.add_argument("--window", type=float, default=40.0,
+                        help="seconds measured, once every client has arrived")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--spread", type=float, default=1.0,
                         help="clients arrive spread over this many lone-request durations (0: all at once, a burst)")
     parser.add_argument("--no_gradio", action="store_true", help="the Python API only, not the served app")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: clients 1 and 8, 2 requests, 32 tokens")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: clients 1 and 8, a 10 s window, 32 tokens")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.requests, args.max_new_tokens = "1,8", 2, 32
+        args.clients, args.window, args.max_new_tokens = "1,8", 10.0, 32
     counts = [int(c) for c in args.clients.split(",")]
     torch.set_num_threads(args.threads)
 
@@ -218,15 +270,15 @@ def main(argv=None) -> int:
     # Warm up every path (plans, mask tables, allocator, the app's first requests), and time a lone request
     # for the arrival spread.
     for path in paths.values():
-        run_clients(path, engine, 1, 1, args.max_new_tokens, 0.0)
-    lone = run_clients(batched, engine, 1, 1, args.max_new_tokens, 0.0)
-    spread = lone["wall_s"] * args.spread
-    log(f"lone request: {lone['wall_s']:.2f} s; arrivals spread over {spread:.2f} s")
+        one_request(path, args.max_new_tokens)
+    lone = one_request(batched, args.max_new_tokens)
+    spread = lone * args.spread
+    log(f"lone request: {lone:.2f} s; arrivals spread over {spread:.2f} s")
 
     table = []
     for n in counts:
         for name, path in paths.items():
-            row = {"path": name, **run_clients(path, engine, n, args.requests, args.max_new_tokens, spread)}
+            row = {"path": name, **run_clients(path, engine, n, args.max_new_tokens, spread, args.window)}
             table.append(row)
             log(f"{name:16s} {n} clients: {row['aggregate_tokens_per_s']:7.2f} tokens/s, ttft p50 "
                 f"{row['ttft_p50_s']:.3f} s p95 {row['ttft_p95_s']:.3f} s, "
@@ -256,9 +308,10 @@ def main(argv=None) -> int:
         f"ttft_p95_ratio_{top}": ratio,
         f"gradio_speedup_{top}": gradio_speedup,
         "targets": {"speedup_8": 3.5, "ttft_p95_ratio_8": 3.0, "gradio_speedup_8": 3.0},
-        "settings": {"clients": counts, "requests_per_client": args.requests, "max_new_tokens": args.max_new_tokens,
+        "settings": {"clients": counts, "window_s": args.window, "max_new_tokens": args.max_new_tokens,
                      "torch_threads": args.threads, "max_batch": max_batch, "quick": args.quick,
-                     "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3)},
+                     "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3),
+                     "decode_dtype": os.environ.get(ENV_DECODE_DTYPE) or "model"},
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "table": table,
     }

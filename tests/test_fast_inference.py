@@ -9,7 +9,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from hirpf.checkpoint import load_experts, save_experts
 from hirpf.experts import ExpertConfig
-from hirpf.fast_inference import FOLD_MAX_VECTORS, forget_weights
+from hirpf.fast_inference import (
+    ENV_DECODE_DTYPE,
+    FOLD_MAX_VECTORS,
+    decode_dtype_setting,
+    forget_weights,
+    set_decode_dtype,
+)
 from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
 from hirpf.routing import use_identities
@@ -113,6 +119,42 @@ def test_strength_scales_each_experts_contribution(gate):
             unit = layer(captured["x"]).detach() - layer.base(captured["x"])
         torch.testing.assert_close(y - layer.base(captured["x"]), s * unit, rtol=1e-9, atol=1e-12)
     assert delta_one.abs().max() > 0
+
+
+def test_bfloat16_decode_copies_round_only_the_batch_fold_and_can_be_turned_off():
+    model = add_experts(embedded_shaped_llama(torch.float32), ExpertConfig(rank=8, dropout=0.0,
+                                                                           target_modules=ATTENTION_AND_MLP))
+    randomize_experts(model, scale=0.05)
+    decode, prompt = torch.randint(3, 256, (len(MIXED), 1)), torch.randint(3, 256, (len(MIXED), 7))
+
+    def logits(ids):
+        with torch.no_grad(), use_identities(MIXED):
+            return model(ids).logits
+
+    def one_row(ids):
+        with torch.no_grad(), use_identities(MIXED[:1]):
+            return model(ids[:1]).logits
+
+    exact_decode, exact_prompt, exact_row = logits(decode), logits(prompt), one_row(decode)
+    set_decode_dtype(model, torch.bfloat16)
+    narrow = logits(decode)
+    assert narrow.dtype == torch.float32 and not torch.equal(narrow, exact_decode)  # the fold read bfloat16
+    # bfloat16 keeps 8 significant bits: about 1 % of the largest logit at these random weights
+    torch.testing.assert_close(narrow, exact_decode, rtol=0, atol=2e-2 * exact_decode.abs().max().item())
+    assert torch.equal(logits(prompt), exact_prompt)  # prompts do not fold: untouched
+    assert torch.equal(one_row(decode), exact_row)  # nor does one row decoding alone
+    set_decode_dtype(model, None)
+    assert torch.equal(logits(decode), exact_decode)
+
+
+def test_the_decode_dtype_setting(monkeypatch):
+    monkeypatch.delenv(ENV_DECODE_DTYPE, raising=False)
+    assert decode_dtype_setting() is None
+    monkeypatch.setenv(ENV_DECODE_DTYPE, "bfloat16")
+    assert decode_dtype_setting() is torch.bfloat16
+    monkeypatch.setenv(ENV_DECODE_DTYPE, "int8")
+    with pytest.raises(ValueError, match="HIRPF_DECODE_DTYPE must be one of model, bfloat16, got 'int8'"):
+        decode_dtype_setting()
 
 
 def test_in_place_edits_are_seen_after_forget_weights():
