@@ -7,8 +7,8 @@ The embedded model with the shipped experts (float32, CPU). Each client has its 
 short questions, one after another (a new request as soon as its reply ends: a closed loop). Two ways to
 serve them, with the same clients, arrivals, prompts and seeds:
 
-- `serial`: one request at a time through `Engine.stream` behind one lock (a queue; the app before the
-  scheduler);
+- `serial`: one request at a time through `Engine.stream`, the others waiting first come first served (a
+  queue; the app before the scheduler);
 - `scheduler`: `engine.scheduler()`: every request joins the running batch (`HIRPF_MAX_BATCH`, default 8).
 
 and the same two through the served app (`app.build.build_app` on loopback, in this process), each client a

@@ -93,7 +93,7 @@ def set_decode_dtype(model: nn.Module, dtype: torch.dtype | None) -> None:
         fast_path = getattr(module, "fast_path", None)
         if fast_path is not None:
             fast_path.decode_dtype = dtype
-    forget_weights(model)
+            fast_path.forget_weights()  # plans hold the copies they were built with
 
 
 def forget_weights(model: nn.Module) -> None:
