@@ -2,10 +2,12 @@
 
 Questionnaire: a bank (ours, or an uploaded scale file in our format or a HIS format, `hirpf.scales`), the
 identity sets (the panel's set, the ten single poles or the three professions, each run with the empty set
-as the reference), and the judge: `logits` (local, next-token probabilities) or `interview` (the paper's
-protocol, only when an OpenAI-compatible endpoint is configured with HIRPF_JUDGE_BASE_URL and
-HIRPF_JUDGE_MODEL). The run is `hirpf.eval.questionnaire` itself, and so are its results: a radar chart of the
-factor scores against the target poles, the per-item answers, and the CSV and JSON files of the CLI.
+as the reference), and the judge: one of the local judges (`logits`: next-token probabilities over the digits;
+`likelihood`: the option texts scored as the reply; `statement`: the statement itself as the agent's words,
+against the empty set's) or `interview` (the paper's protocol, only when an OpenAI-compatible endpoint is
+configured with HIRPF_JUDGE_BASE_URL and HIRPF_JUDGE_MODEL). The run is `hirpf.eval.questionnaire` itself,
+and so are its results: a radar chart of the factor scores against the target poles, the per-item answers,
+and the CSV and JSON files of the CLI.
 
 Survey: a survey file (our example or an upload, `hirpf.eval.survey`); each identity set's answer is its
 probability distribution over the options, shown as a table and a chart per question.
@@ -22,7 +24,7 @@ import gradio as gr
 import pandas as pd
 
 from hirpf.eval.common import EvalError, identity_sets_from_args
-from hirpf.eval.questionnaire import REFERENCE, answer_by_logits, default_identity_sets, report
+from hirpf.eval.questionnaire import LOCAL_JUDGES, REFERENCE, default_identity_sets, report
 from hirpf.eval.survey import load_survey, survey_distributions, survey_outputs
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
@@ -171,7 +173,7 @@ def questionnaire_summary(document: dict) -> str:
 
 def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndpoint | None = None) -> dict:
     """Lay out the tab inside the current Blocks and wire its events; returns its main components.
-    `judge`: the interview judge's endpoint (None: only the local logits judge is offered)."""
+    `judge`: the interview judge's endpoint (None: only the local judges are offered)."""
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             mode = gr.Radio([("Questionnaire (scale)", "questionnaire"), ("Survey", "survey")], value="questionnaire",
@@ -192,14 +194,16 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
                                                  elem_id="questionnaire-items-per-factor")
                 scale_file = gr.File(label=f"Scale file (JSON): {SCALE_FORMATS}", file_types=[".json"],
                                      type="filepath", visible=False, elem_id="questionnaire-scale-file")
-                judge_note = ("`interview`: the agent answers in its own words, an interviewer asks two follow-ups "
-                              f"and a referee rates the transcript ({judge.model} at {judge.base_url})."
-                              if judge else
-                              f"`interview` needs an OpenAI-compatible endpoint: set {ENV_JUDGE_BASE_URL} (and "
-                              f"{ENV_JUDGE_MODEL}) before starting the app. Only the local `logits` judge is "
-                              "available now.")
-                judge_choice = gr.Radio(["logits", "interview"], value="logits", label="Judge", info=judge_note,
-                                        interactive=judge is not None, elem_id="questionnaire-judge")
+                judge_note = ("Local: `logits` reads the digit the agent would answer, `likelihood` the option "
+                              "words, `statement` how much likelier the agent is to say the statement about itself "
+                              "than the empty set is (for a small model, which rarely answers with a digit). "
+                              + ("`interview`: the agent answers in its own words, an interviewer asks two "
+                                 f"follow-ups and a referee rates the transcript ({judge.model} at {judge.base_url})."
+                                 if judge else
+                                 f"`interview` needs an OpenAI-compatible endpoint: set {ENV_JUDGE_BASE_URL} (and "
+                                 f"{ENV_JUDGE_MODEL}) before starting the app."))
+                judge_choice = gr.Radio([*LOCAL_JUDGES, "interview"], value="logits", label="Judge",
+                                        info=judge_note, elem_id="questionnaire-judge")
                 run_scale = gr.Button("Run questionnaire", variant="primary", elem_id="questionnaire-run")
                 scale_summary = gr.Markdown(elem_id="questionnaire-outcome")
                 radar = gr.Image(label="Factor scores (blue) against the empty set (grey) and the targets (red)",
@@ -234,18 +238,18 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
         scale = read_scale(bank, scale_file, items_per_factor)
         sets = read_identity_sets(identity_sets, traits, profession)
         mode = read_conditioning(conditioning)
-        if judge_name not in ("logits", "interview"):
-            raise gr.Error(f"unknown judge {judge_name!r}; choose logits or interview", title="Judge",
-                           print_exception=False)
+        if judge_name not in (*LOCAL_JUDGES, "interview"):
+            raise gr.Error(f"unknown judge {judge_name!r}; choose one of {', '.join([*LOCAL_JUDGES, 'interview'])}",
+                           title="Judge", print_exception=False)
         if judge_name == "interview" and judge is None:
             raise gr.Error(f"The interview judge is not configured: set {ENV_JUDGE_BASE_URL} (and {ENV_JUDGE_MODEL}) "
-                           "and restart the app, or use the logits judge.", title="Judge", print_exception=False)
+                           "and restart the app, or use a local judge.", title="Judge", print_exception=False)
         engine = get_engine(slot)
         mode = engine.effective_conditioning(mode)
         bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
         try:
-            if judge_name == "logits":
-                results = answer_by_logits(engine, scale, sets, mode, BATCH_SIZE, bar)
+            if judge_name in LOCAL_JUDGES:
+                results = LOCAL_JUDGES[judge_name](engine, scale, sets, mode, BATCH_SIZE, bar)
             else:
                 results = interview_judge(judge).answer(engine, scale, sets, mode, BATCH_SIZE, bar)
         except EvalError as err:

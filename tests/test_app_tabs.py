@@ -188,6 +188,18 @@ def test_the_profession_bank_for_the_three_professions(tiny_url):
     assert {r["factor"] for r in table(answers)} == {"Doctor", "Artist", "Programmer"}
 
 
+@pytest.mark.parametrize("judge", ["likelihood", "statement"])
+def test_the_local_judges_that_need_no_digits(tiny_url, judge):
+    summary, _, _, answers, _ = client(tiny_url).predict(
+        **{**QUESTIONNAIRE, "judge_name": judge}, traits=["CON_low"], profession=[], api_name="/questionnaire")
+    assert f"judge `{judge}`" in summary
+    rows = table(answers)
+    assert [r["identities"] for r in rows] == ["CON_low"] * 5 + ["(none)"] * 5
+    assert all(1 <= r["answer"] <= 5 for r in rows)
+    if judge == "statement":  # each set against the empty set: the empty set itself answers exactly 3
+        assert [r["answer"] for r in rows if r["identities"] == "(none)"] == [3] * 5
+
+
 def test_an_uploaded_his_scale_file_is_read_as_it_is(tiny_url):
     path = his_file("profession_scale.json")
     if not path.exists():

@@ -15,28 +15,14 @@ from hirpf.eval.option_likelihood import (
 )
 from hirpf.identities import IdentitySet
 from hirpf.labels import SCALE_OPTIONS
-from hirpf.prompts import Conditioning, expert_identities
-from hirpf.routing import use_identities
+from hirpf.prompts import Conditioning
 from hirpf.scales import default_scale
+
+from testing_utils import plain_mean_log_likelihoods
 
 S = IdentitySet.parse
 STATEMENTS = ["I like parties.", "I keep my desk tidy and my calendar full of plans.", "I worry."]
 SETS = [S("EXT_high"), S("NEU_low,Doctor"), IdentitySet(), S("AGR_low,CON_high,EXT_low,NEU_high,OPE_low,Artist")]
-
-
-def plain_mean_log_likelihoods(engine, conversation, identities, conditioning, replies) -> torch.Tensor:
-    """One unpadded, uncached forward per option: the mean log-probability of its tokens after the prompt."""
-    messages = engine.chat_messages(conversation, identities, conditioning)
-    text = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt = engine.tokenizer.encode(text, add_special_tokens=False)
-    values = []
-    for reply in replies:
-        option = engine.tokenizer.encode(reply, add_special_tokens=False)
-        with torch.no_grad(), use_identities([expert_identities(identities, conditioning)]):
-            logits = engine.model(input_ids=torch.tensor([prompt + option])).logits[0].float()
-        log_probs = torch.log_softmax(logits, -1)[len(prompt) - 1:-1]
-        values.append(log_probs.gather(-1, torch.tensor(option)[:, None]).mean())
-    return torch.stack(values).double()
 
 
 def test_batched_equals_one_by_one_and_a_plain_forward(tiny_engine):
@@ -83,7 +69,7 @@ def test_answers_are_expected_values_of_the_distribution(tiny_engine):
         assert 1 <= a.answer <= 5 and a.score == (a.answer if a.item.keyed > 0 else 6 - a.answer)
 
 
-@pytest.mark.parametrize("judge", ["likelihood", "logits"])
+@pytest.mark.parametrize("judge", ["likelihood", "statement", "logits"])
 def test_cli_reports_the_spread_and_for_logits_the_digit_mass(capsys, tmp_path, tiny_base_dir, judge):
     from hirpf.eval.__main__ import main
 

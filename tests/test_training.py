@@ -226,14 +226,18 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     result = json.loads(evaluation.read_text())
     assert result["split"]["dialogues"] == 4
     assert set(result["recognition"]["accuracy_by_mode"]) == {"experts+prompt", "experts", "prompt"}
-    assert result["personality"]["experts+prompt"]["of"] == 10 and result["profession"]["prompt"]["of"] == 3
+    for judge in ("likelihood", "statement"):
+        assert result["personality"][judge]["experts+prompt"]["of"] == 10
+        assert result["profession"][judge]["prompt"]["of"] == 3
     curves = result["dose_response"]
     assert list(curves) == ["0.0", "0.5", "1.0", "1.5", "2.0"]
     # Strength 0 is the prompt alone, strength 1 the trained experts: the curve's ends are the measured modes.
     assert curves["0.0"]["recognition_accuracy"] == result["recognition"]["accuracy_by_mode"]["prompt"]
     assert curves["1.0"]["recognition_accuracy"] == result["recognition"]["accuracy_by_mode"]["experts+prompt"]
-    assert set(curves["2.0"]["questionnaire_shift"]) == {"AGR_high", "AGR_low", "CON_high", "CON_low", "EXT_high",
-                                                         "EXT_low", "NEU_high", "NEU_low", "OPE_high", "OPE_low"}
+    assert set(curves["2.0"]["questionnaire_shift"]) == {"likelihood", "statement"}
+    assert set(curves["2.0"]["questionnaire_shift"]["statement"]) == {
+        "AGR_high", "AGR_low", "CON_high", "CON_low", "EXT_high", "EXT_low", "NEU_high", "NEU_low", "OPE_high",
+        "OPE_low"}
     out = tmp_path / "card"
     subprocess.run([sys.executable, str(ROOT / "training" / "model_card.py"), "--run", str(run), "--evaluation",
                     str(evaluation), "--out", str(out)], check=True, capture_output=True, text=True, cwd=ROOT,
@@ -243,6 +247,7 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     assert f"--data {data}" in card and "--gate sigmoid" in card and "--learning_rate 0.01" in card
     assert f"{summary['steps']} optimizer steps" in card and "`sigmoid` gate" in card
     assert "16 records kept" in card and "4 dialogues" in card
+    assert "judge `likelihood`" in card and "judge `statement`" in card
     assert (out / "dose_response.png").stat().st_size > 0 and (out / "loss_curve.png").stat().st_size > 0
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert all(v.dtype == torch.float16 for v in weights.values())

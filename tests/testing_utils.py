@@ -29,3 +29,21 @@ def randomize_experts(model, seed: int = 0, scale: float = 0.3) -> None:
                 for p in layer.router.parameters():
                     p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
     forget_weights(model)
+
+
+def plain_mean_log_likelihoods(engine, conversation, identities, conditioning, replies) -> torch.Tensor:
+    """One unpadded, uncached forward per option: the mean log-probability of its tokens after the prompt."""
+    from hirpf.prompts import expert_identities
+    from hirpf.routing import use_identities
+
+    messages = engine.chat_messages(conversation, identities, conditioning)
+    text = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = engine.tokenizer.encode(text, add_special_tokens=False)
+    values = []
+    for reply in replies:
+        option = engine.tokenizer.encode(reply, add_special_tokens=False)
+        with torch.no_grad(), use_identities([expert_identities(identities, conditioning)]):
+            logits = engine.model(input_ids=torch.tensor([prompt + option])).logits[0].float()
+        log_probs = torch.log_softmax(logits, -1)[len(prompt) - 1:-1]
+        values.append(log_probs.gather(-1, torch.tensor(option)[:, None]).mean())
+    return torch.stack(values).double()

@@ -7,13 +7,14 @@
    (a pole flipped or removed, the profession changed or removed); a hit when the true set scores highest.
    Three conditionings on one base model: experts + identity prompt, experts alone, the prompt alone.
    (`python -m hirpf.eval recognize --on_invalid skip --held_out_fraction 0.1` gives the same figures.)
-2. Questionnaires with the local likelihood judge (no digits needed): our 100-item personality bank put to
-   the ten single poles, each compared with the empty set on the same items (is the pole's factor score on
-   its side of the empty set's?), and our profession bank put to the three professions (is the own field
-   scored above the others?).
+2. Questionnaires with both local judges that need no digits (`likelihood`: the option texts scored as the
+   reply; `statement`: the statement itself as the agent's words, against the empty set's): our 100-item
+   personality bank put to the ten single poles, each compared with the empty set on the same items (is the
+   pole's factor score on its side of the empty set's?), and our profession bank put to the three
+   professions (is the own field scored above the others?).
 3. With `--dose_response`: both measures against the strength of the experts, 0 to 2 (0 = the prompt alone,
    1 = as trained): the mean recognition margin of the dialogues holding each pole, and each pole's factor
-   score minus the empty set's.
+   score minus the empty set's (each judge).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from hirpf.engine import Engine
 from hirpf.eval.option_likelihood import answer_by_likelihood
 from hirpf.eval.questionnaire import REFERENCE, factor_scores
 from hirpf.eval.recognize import recognize
+from hirpf.eval.statement_likelihood import answer_by_statement
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
@@ -40,6 +42,8 @@ from hirpf.scales import Scale, default_scale
 
 MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.EXPERTS, Conditioning.PROMPT)
 STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
+JUDGES = {"likelihood": answer_by_likelihood, "statement": answer_by_statement}
+QUESTIONNAIRE_MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)
 
 
 def held_out_dialogues(data: str, fraction: float, seed: int) -> list:
@@ -62,7 +66,8 @@ def summary_of(scored: dict, modes: list[str]) -> dict:
                     for d in scored["details"]]}
 
 
-def personality(engine, conditioning: Conditioning, batch_size: int, strength: float | None = None) -> dict:
+def personality(engine, conditioning: Conditioning, batch_size: int, strength: float | None = None,
+                judge: str = "likelihood") -> dict:
     """Each pole's factor score beside the empty set's, on the items of that factor only (a pole's set
     answers its own factor's items: all a factor score needs, a fifth of the rows)."""
     scale = default_scale("personality")
@@ -70,7 +75,7 @@ def personality(engine, conditioning: Conditioning, batch_size: int, strength: f
     for trait in scale.factors:
         items = Scale(scale.name, scale.kind, tuple(i for i in scale.items if i.factor == trait))
         sets = [IdentitySet((f"{trait}_{pole}",)).with_strengths(strength) for pole in ("high", "low")]
-        scores = factor_scores(answer_by_likelihood(engine, items, sets + [REFERENCE], conditioning, batch_size))
+        scores = factor_scores(JUDGES[judge](engine, items, sets + [REFERENCE], conditioning, batch_size))
         empty = scores[REFERENCE][trait]
         for s in sets:
             pole, shift = s.names[0], scores[s][trait] - empty
@@ -79,10 +84,10 @@ def personality(engine, conditioning: Conditioning, batch_size: int, strength: f
     return {"poles": out, "right_side": sum(p["right_side"] for p in out.values()), "of": len(out)}
 
 
-def profession(engine, conditioning: Conditioning, batch_size: int) -> dict:
+def profession(engine, conditioning: Conditioning, batch_size: int, judge: str = "likelihood") -> dict:
     scale = default_scale("profession")
     sets = [IdentitySet((p,)) for p in PROFESSIONS] + [REFERENCE]
-    scores = factor_scores(answer_by_likelihood(engine, scale, sets, conditioning, batch_size))
+    scores = factor_scores(JUDGES[judge](engine, scale, sets, conditioning, batch_size))
     out = {}
     for s in sets[:-1]:
         own = scores[s][s.profession]
@@ -108,11 +113,13 @@ def dose_response(engine, dialogues, args, measured: dict) -> dict:
             accuracy = scored["accuracy_by_mode"]["experts+prompt"]
         per_identity = {name: [m["margin"] for m in margins if name in m["identities"].split(",")]
                         for name in TRAIT_POLES + PROFESSIONS}
-        shifts = personality(engine, Conditioning.EXPERTS_AND_PROMPT, args.batch_size, strength)["poles"]
+        shifts = {judge: personality(engine, Conditioning.EXPERTS_AND_PROMPT, args.batch_size, strength,
+                                     judge)["poles"] for judge in JUDGES}
         curves[str(strength)] = {
             "recognition_accuracy": accuracy,
             "mean_margin": {p: round(mean(v), 4) if v else None for p, v in per_identity.items()},
-            "questionnaire_shift": {p: v["shift"] for p, v in shifts.items()}}
+            "questionnaire_shift": {judge: {p: v["shift"] for p, v in poles.items()}
+                                    for judge, poles in shifts.items()}}
         print(f"strength {strength}: recognition {accuracy:.3f}", file=sys.stderr)
     return curves
 
@@ -145,10 +152,10 @@ def main(argv=None) -> dict:
     print(json.dumps({"recognition": {k: result["recognition"][k] for k in ("accuracy_by_mode", "accuracy_by_count")}},
                      indent=1), file=sys.stderr)
     if not args.skip_questionnaires:
-        result["personality"] = {m.value: personality(engine, m, args.batch_size)
-                                 for m in (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)}
-        result["profession"] = {m.value: profession(engine, m, args.batch_size)
-                                for m in (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)}
+        result["personality"] = {judge: {m.value: personality(engine, m, args.batch_size, judge=judge)
+                                         for m in QUESTIONNAIRE_MODES} for judge in JUDGES}
+        result["profession"] = {judge: {m.value: profession(engine, m, args.batch_size, judge)
+                                        for m in QUESTIONNAIRE_MODES} for judge in JUDGES}
     if args.dose_response:
         result["dose_response"] = dose_response(engine, dialogues, args, result["recognition"])
     result["seconds"] = round(time.perf_counter() - start, 1)

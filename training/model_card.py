@@ -155,10 +155,11 @@ def dose_response_chart(curves: dict, path: Path) -> Path | None:
         return None
     strengths = [float(s) for s in curves]
     margin = {p: [curves[s]["mean_margin"].get(p) for s in curves] for p in TRAIT_POLES + PROFESSIONS}
-    shift = {p: [curves[s]["questionnaire_shift"].get(p) for s in curves] for p in TRAIT_POLES}
-    return line_chart(path, strengths, [("recognition margin (nats), dialogues holding the identity", margin),
-                                        ("questionnaire factor score minus the empty set's", shift)],
-                      x_label="strength (0 = prompt alone, 1 = as trained)")
+    panels = [("recognition margin (nats), dialogues holding the identity", margin)]
+    for judge in next(iter(curves.values()))["questionnaire_shift"]:
+        shift = {p: [curves[s]["questionnaire_shift"][judge].get(p) for s in curves] for p in TRAIT_POLES}
+        panels.append((f"factor score minus the empty set's, judge {judge}", shift))
+    return line_chart(path, strengths, panels, x_label="strength (0 = prompt alone, 1 = as trained)")
 
 
 def targets_table(evaluation: dict) -> str:
@@ -171,34 +172,45 @@ def targets_table(evaluation: dict) -> str:
             target = f"≥ {TARGETS[k]}" if k in TARGETS else ""
             rows.append((f"… dialogues of {k} identit{'y' if k == '1' else 'ies'} ({by_count[k]['dialogues']})",
                          f"{by_count[k]['accuracy']:.3f}", target))
-    if "personality" in evaluation:
-        p = evaluation["personality"]["experts+prompt"]
-        rows.append(("personality bank: poles on their side of the empty set", f"{p['right_side']} of {p['of']}",
-                     f"≥ {TARGETS['poles']} of 10"))
-        q = evaluation["profession"]["experts+prompt"]
-        rows.append(("profession bank: own field above the others", f"{q['hits']} of {q['of']}",
+    for judge in evaluation.get("personality", {}):
+        p = evaluation["personality"][judge]["experts+prompt"]
+        rows.append((f"personality bank, judge `{judge}`: poles on their side of the empty set",
+                     f"{p['right_side']} of {p['of']}", f"≥ {TARGETS['poles']} of 10"))
+        q = evaluation["profession"][judge]["experts+prompt"]
+        rows.append((f"profession bank, judge `{judge}`: own field above the others", f"{q['hits']} of {q['of']}",
                      f"{TARGETS['professions']} of 3"))
     return "\n".join(["| measure | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
 
-def questionnaire_table(evaluation: dict) -> str:
-    if "personality" not in evaluation:
-        return ""
+def questionnaire_table(evaluation: dict, judge: str) -> str:
     lines = ["| pole | experts + prompt | prompt alone |", "|---|---|---|"]
-    both = evaluation["personality"]
     for pole in TRAIT_POLES:
         cells = []
         for mode in ("experts+prompt", "prompt"):
-            p = both[mode]["poles"][pole]
+            p = evaluation["personality"][judge][mode]["poles"][pole]
             cells.append(f"{p['score']:.3f} vs {p['empty_set']:.3f} {'✓' if p['right_side'] else '✗'}")
         lines.append(f"| {pole} | " + " | ".join(cells) + " |")
     for name in PROFESSIONS:
         cells = []
         for mode in ("experts+prompt", "prompt"):
-            p = evaluation["profession"][mode]["professions"][name]
+            p = evaluation["profession"][judge][mode]["professions"][name]
             cells.append(f"own {p['own_field']:.3f} vs others {p['other_fields']:.3f} {'✓' if p['hit'] else '✗'}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+JUDGE_WORDS = {"likelihood": "the five option texts scored as the agent's reply to a rating question",
+               "statement": "the statement itself scored as the agent's reply to three neutral requests about "
+                            "itself, 1 + 4 · sigmoid of its per-token log-likelihood ratio against the empty set "
+                            "(the empty set scores 3; `hirpf/eval/statement_likelihood.py`)"}
+
+
+def questionnaire_section(evaluation: dict) -> str:
+    """One table per local judge, each pole against the empty set on the same items."""
+    parts = []
+    for judge in evaluation.get("personality", {}):
+        parts.append(f"Judge `{judge}`: {JUDGE_WORDS.get(judge, judge)}.\n\n{questionnaire_table(evaluation, judge)}")
+    return "\n\n".join(parts)
 
 
 def data_lines(args: dict) -> str:
@@ -304,10 +316,9 @@ same held-out split (pole removal on). Recognition: is the true identity set lik
 ## Measured against the targets
 {targets_table(evaluation)}
 
-Questionnaires use the local likelihood judge (the five option texts scored as the reply), each pole against
-the empty set on the same items:
+Questionnaires use two local judges that need no digits, each pole against the empty set on the same items.
 
-{questionnaire_table(evaluation)}
+{questionnaire_section(evaluation)}
 """
     if chart is not None:
         card += f"""

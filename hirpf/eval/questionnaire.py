@@ -3,11 +3,14 @@
     python -m hirpf.eval scale --poles --judge logits --json
     python -m hirpf.eval profession --judge logits --json
 
-Answers come from one of three judges:
+Answers come from one of four judges:
 - `logits`: the item is put to the agent as a question about itself; the answer is the expected value of
   its next-token distribution over the digits 1-5 (local, deterministic, batched).
 - `likelihood`: the five option texts scored as the agent's reply by their length-normalised likelihood,
   no digits needed (local, deterministic, batched), see `hirpf/eval/option_likelihood.py`.
+- `statement`: no question to answer at all: how much likelier the set makes the agent to say the statement
+  about itself than the empty set does, on the 1-5 scale with the empty set at 3 (local, deterministic,
+  batched), see `hirpf/eval/statement_likelihood.py`.
 - `interview`: the paper's protocol, see `hirpf/eval/interview.py`.
 
 Scoring: a reverse-keyed item scores 6 - answer; a factor's score is the mean over its items. `scale`: a
@@ -44,6 +47,8 @@ from .common import (
     write_csv,
     write_json,
 )
+from .option_likelihood import answer_by_likelihood
+from .statement_likelihood import answer_by_statement
 
 MIDPOINT = 3.0
 KIND_OF_COMMAND = {"scale": "personality", "profession": "profession"}
@@ -73,6 +78,11 @@ def answer_by_logits(engine, scale: Scale, identity_sets: Sequence[IdentitySet],
         detail = {f"p{k}": round(pk, 6) for k, pk in enumerate(p, 1)} | {"option_mass": round(m, 6)}
         answers.append(Answer(s, i, scale.items[i], expected, detail))
     return answers
+
+
+# The judges that need nothing but the model: name -> answer(engine, scale, sets, conditioning, batch_size,
+# bar). The interview judge needs an endpoint and is built from its own settings.
+LOCAL_JUDGES = {"logits": answer_by_logits, "likelihood": answer_by_likelihood, "statement": answer_by_statement}
 
 
 # --- scoring -------------------------------------------------------------------------------------------
@@ -143,10 +153,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a scale in our format or a HIS format (default: our bank for the command)")
     parser.add_argument("--items_per_factor", type=int, default=None,
                         help="only the first N items of each factor (quick runs)")
-    parser.add_argument("--judge", choices=["logits", "likelihood", "interview"], default="logits",
+    parser.add_argument("--judge", choices=[*LOCAL_JUDGES, "interview"], default="logits",
                         help="logits: next-token probabilities over 1-5 (local); likelihood: the option texts "
-                             "scored as the reply (local); interview: the paper's interviewer + referee "
-                             "protocol (an OpenAI-compatible endpoint)")
+                             "scored as the reply (local); statement: the statement's own likelihood as the "
+                             "agent's words, against the empty set's (local); interview: the paper's "
+                             "interviewer + referee protocol (an OpenAI-compatible endpoint)")
     add_identity_arguments(parser)
     from .interview import add_interview_arguments
 
@@ -180,12 +191,8 @@ def run(args) -> dict:
     log.info("%s: %d items x %d identity sets, judge %s, conditioning %s", args.command, len(scale.items),
              len(identity_sets), args.judge, conditioning.value)
     with progress(total, f"{args.command} ({args.judge})") as bar:
-        if args.judge == "logits":
-            answers = answer_by_logits(engine, scale, identity_sets, conditioning, args.batch_size, bar)
-        elif args.judge == "likelihood":
-            from .option_likelihood import answer_by_likelihood
-
-            answers = answer_by_likelihood(engine, scale, identity_sets, conditioning, args.batch_size, bar)
+        if args.judge in LOCAL_JUDGES:
+            answers = LOCAL_JUDGES[args.judge](engine, scale, identity_sets, conditioning, args.batch_size, bar)
         else:
             answers = judge.answer(engine, scale, identity_sets, conditioning, args.batch_size, bar)
     return report(args, engine, scale, answers, identity_sets)
