@@ -31,10 +31,8 @@ if __package__ in (None, ""):
 from hirpf.base_model import EMBEDDED
 from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.engine import Engine
-from hirpf.eval.option_likelihood import answer_by_likelihood
-from hirpf.eval.questionnaire import REFERENCE, factor_scores
+from hirpf.eval.questionnaire import LOCAL_JUDGES, REFERENCE, factor_scores
 from hirpf.eval.recognize import recognize
-from hirpf.eval.statement_likelihood import answer_by_statement
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
@@ -42,7 +40,7 @@ from hirpf.scales import Scale, default_scale
 
 MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.EXPERTS, Conditioning.PROMPT)
 STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
-JUDGES = {"likelihood": answer_by_likelihood, "statement": answer_by_statement}
+JUDGES = ("likelihood", "statement")  # the local judges that need no digits (the 135M model rarely gives one)
 QUESTIONNAIRE_MODES = (Conditioning.EXPERTS_AND_PROMPT, Conditioning.PROMPT)
 
 
@@ -75,7 +73,7 @@ def personality(engine, conditioning: Conditioning, batch_size: int, strength: f
     for trait in scale.factors:
         items = Scale(scale.name, scale.kind, tuple(i for i in scale.items if i.factor == trait))
         sets = [IdentitySet((f"{trait}_{pole}",)).with_strengths(strength) for pole in ("high", "low")]
-        scores = factor_scores(JUDGES[judge](engine, items, sets + [REFERENCE], conditioning, batch_size))
+        scores = factor_scores(LOCAL_JUDGES[judge](engine, items, sets + [REFERENCE], conditioning, batch_size))
         empty = scores[REFERENCE][trait]
         for s in sets:
             pole, shift = s.names[0], scores[s][trait] - empty
@@ -87,7 +85,7 @@ def personality(engine, conditioning: Conditioning, batch_size: int, strength: f
 def profession(engine, conditioning: Conditioning, batch_size: int, judge: str = "likelihood") -> dict:
     scale = default_scale("profession")
     sets = [IdentitySet((p,)) for p in PROFESSIONS] + [REFERENCE]
-    scores = factor_scores(JUDGES[judge](engine, scale, sets, conditioning, batch_size))
+    scores = factor_scores(LOCAL_JUDGES[judge](engine, scale, sets, conditioning, batch_size))
     out = {}
     for s in sets[:-1]:
         own = scores[s][s.profession]
