@@ -24,7 +24,7 @@ import gradio as gr
 import pandas as pd
 
 from hirpf.eval.common import EvalError, identity_sets_from_args
-from hirpf.eval.questionnaire import LOCAL_JUDGES, REFERENCE, default_identity_sets, report
+from hirpf.eval.questionnaire import JUDGE_NAMES, LOCAL_JUDGES, REFERENCE, default_identity_sets, report
 from hirpf.eval.survey import load_survey, survey_distributions, survey_outputs
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
@@ -202,7 +202,7 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
                                  if judge else
                                  f"`interview` needs an OpenAI-compatible endpoint: set {ENV_JUDGE_BASE_URL} (and "
                                  f"{ENV_JUDGE_MODEL}) before starting the app."))
-                judge_choice = gr.Radio([*LOCAL_JUDGES, "interview"], value="logits", label="Judge",
+                judge_choice = gr.Radio(list(JUDGE_NAMES), value="logits", label="Judge",
                                         info=judge_note, elem_id="questionnaire-judge")
                 run_scale = gr.Button("Run questionnaire", variant="primary", elem_id="questionnaire-run")
                 scale_summary = gr.Markdown(elem_id="questionnaire-outcome")
@@ -238,8 +238,8 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
         scale = read_scale(bank, scale_file, items_per_factor)
         sets = read_identity_sets(identity_sets, traits, profession)
         mode = read_conditioning(conditioning)
-        if judge_name not in (*LOCAL_JUDGES, "interview"):
-            raise gr.Error(f"unknown judge {judge_name!r}; choose one of {', '.join([*LOCAL_JUDGES, 'interview'])}",
+        if judge_name not in JUDGE_NAMES:
+            raise gr.Error(f"unknown judge {judge_name!r}; choose one of {', '.join(JUDGE_NAMES)}",
                            title="Judge", print_exception=False)
         if judge_name == "interview" and judge is None:
             raise gr.Error(f"The interview judge is not configured: set {ENV_JUDGE_BASE_URL} (and {ENV_JUDGE_MODEL}) "

@@ -83,6 +83,7 @@ def answer_by_logits(engine, scale: Scale, identity_sets: Sequence[IdentitySet],
 # The judges that need nothing but the model: name -> answer(engine, scale, sets, conditioning, batch_size,
 # bar). The interview judge needs an endpoint and is built from its own settings.
 LOCAL_JUDGES = {"logits": answer_by_logits, "likelihood": answer_by_likelihood, "statement": answer_by_statement}
+JUDGE_NAMES = (*LOCAL_JUDGES, "interview")
 
 
 # --- scoring -------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a scale in our format or a HIS format (default: our bank for the command)")
     parser.add_argument("--items_per_factor", type=int, default=None,
                         help="only the first N items of each factor (quick runs)")
-    parser.add_argument("--judge", choices=[*LOCAL_JUDGES, "interview"], default="logits",
+    parser.add_argument("--judge", choices=JUDGE_NAMES, default="logits",
                         help="logits: next-token probabilities over 1-5 (local); likelihood: the option texts "
                              "scored as the reply (local); statement: the statement's own likelihood as the "
                              "agent's words, against the empty set's (local); interview: the paper's "
