@@ -83,7 +83,7 @@ def training_commands(args: dict, init_runs: list[Path]) -> tuple[list[str], lis
     if not args.get("init_experts"):
         if init_runs:
             raise SystemExit("--init_run is for a run trained with --init_experts; this one started from scratch")
-        return [training_command(args)], []
+        return [*extra_data_commands(args.get("extra_data")), training_command(args)], []
     if not init_runs:
         raise SystemExit(f"the run started from the experts in {args['init_experts']}: pass --init_run with the "
                          "directory of the run that made them (its training_summary.json; oldest first when that "
@@ -95,11 +95,13 @@ def training_commands(args: dict, init_runs: list[Path]) -> tuple[list[str], lis
             raise SystemExit(f"--init_run {path}: " + (
                 "it started from earlier experts: give the runs that made them first, oldest first"
                 if made is None else "it started from scratch, so it cannot follow the runs before it"))
-        commands.append(training_command({**summary["args"], "init_experts": made}))
+        commands += [*extra_data_commands(summary["args"].get("extra_data")),
+                     training_command({**summary["args"], "init_experts": made})]
         summaries.append(summary)
         made = summary["args"]["output_dir"] + ("" if step is None else f"/checkpoint-{step}")
-    commands.append(training_command({**args, "init_experts": made}))
+    commands += [*extra_data_commands(args.get("extra_data")), training_command({**args, "init_experts": made})]
     return commands, summaries
+
 
 
 def previous_rows(directory: Path) -> list[str]:
@@ -219,7 +221,24 @@ def data_lines(args: dict) -> str:
     return (f"`{args['data']}` (read from there, not copied): {report.describe()}. Held out for evaluation: "
             f"{len(held_out)} dialogues ({args['eval_fraction']:.0%}, shuffled with seed {args['seed']}); "
             f"trained on {len(train)}. Dialogues longer than {args['max_length']} tokens lose whole turns "
-            "from the end.")
+            "from the end." + extra_data_line(args.get("extra_data")))
+
+
+def extra_data_line(path: str | None) -> str:
+    if not path:
+        return ""
+    records = sum(1 for line in Path(path).read_text().splitlines() if line.strip())
+    how = ("its command is under Training" if extra_data_commands(path) else
+           "no summary beside it says how it was made")
+    return f" Also trained on `{path}` (`--extra_data`, {records} records, never held out; {how})."
+
+
+def extra_data_commands(path: str | None) -> list[str]:
+    """The command that made a run's `--extra_data`, as its generator left it in `<file>.summary.json`
+    (`training/self_report.py` does): one, or none where there is no such file or command."""
+    summary = Path(path).with_name(Path(path).name + ".summary.json") if path else None
+    command = json.loads(summary.read_text()).get("command") if summary and summary.exists() else None
+    return [command] if command else []
 
 
 def main(argv=None):

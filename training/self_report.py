@@ -1,6 +1,6 @@
 """Self-report training records: an identity set answers statements about itself, as its identities would.
 
-    python training/self_report.py --out runs/self_report.jsonl [--records 480] [--seed 0]
+    python training/self_report.py --out runs/self_report.jsonl [--records 480] [--seed 0] [--formats ...]
 
 Why: the experts learn from dialogues, and dialogues never ask a character how accurately a statement
 describes it, so a questionnaire put to the experts barely moves (shifts under 0.14 on the 1-5 scale). These
@@ -14,10 +14,14 @@ trait and filed under a field for a profession; the answer follows from the set:
 
 Only identities in the set are asked about (a trait the set leaves open has no answer to teach). A record
 holds one to three questions in one of the questionnaire formats the app asks in (option words, a digit) or
-in a conversational one, so nothing teaches one phrasing only. Sets have one to `--max_identities`
-identities, drawn by size (half of them single identities, which is how the banks are put). Records have the
-trainer's format plus `synthesis` (backend `self_report`, job id, seed, statements file and version), and go
-to the trainer as `--extra_data`, never into a held-out split.
+in a conversational one, so nothing teaches one phrasing only. Or, in the `self_description` format, one
+open request of ours to describe itself, answered in the character's own words: a statement keyed toward
+each of its identities (its pole, or its own field), one to three for a single identity. What a rating
+teaches as a number, this teaches as what the character would say. `--formats` picks the formats a file
+draws from. Sets have one to `--max_identities` identities, drawn by size (half of them single identities,
+which is how the banks are put). Records have the trainer's format plus `synthesis` (backend `self_report`,
+job id, seed, format, statements file and version), and go to the trainer as `--extra_data`, never into a
+held-out split. Beside the file, `<out>.summary.json` holds the command that remakes it.
 """
 from __future__ import annotations
 
@@ -37,7 +41,18 @@ from hirpf.identities import PROFESSIONS, TRAITS, IdentitySet, all_combinations,
 from hirpf.labels import SCALE_OPTIONS
 
 STATEMENTS = Path(__file__).resolve().parent / "data" / "self_report_statements.json"
-VERSION = 1
+VERSION = 2  # 2: the self_description format
+# Open requests of ours for the self_description format, none of them a request of the statement judge's
+# (`hirpf.eval.statement_likelihood.STATEMENT_REQUESTS`; a test checks that none shares more than half its
+# content words with one of those).
+SELF_DESCRIPTION_REQUESTS = (
+    "How would your friends describe you?",
+    "Introduce yourself in a few sentences.",
+    "If you had to sum yourself up, what would you say?",
+    "What should I know about you before we start?",
+    "What are you like, honestly?",
+    "Say a little about the way you are.",
+)
 SIZE_WEIGHTS = {1: 0.5, 2: 0.3, 3: 0.2}  # by number of identities; sizes past 3 share the last weight
 
 
@@ -66,15 +81,18 @@ def load_statements(path: Path = STATEMENTS) -> list[Statement]:
     return out
 
 
+def agrees(identities: IdentitySet, statement: Statement) -> bool:
+    """Whether the set would call the statement accurate: keyed toward its pole of that trait, or of its field."""
+    if statement.keyed is None:
+        return statement.subject == identities.profession
+    pole = next(p for p in identities.traits if trait_of(p) == statement.subject)
+    return pole.endswith("_high") == (statement.keyed == "+")
+
+
 def answer_option(identities: IdentitySet, statement: Statement, rng: random.Random) -> int:
     """1..5 (very inaccurate .. very accurate): how the set would rate the statement."""
-    if statement.keyed is None:
-        agrees = statement.subject == identities.profession
-    else:
-        pole = next(p for p in identities.traits if trait_of(p) == statement.subject)
-        agrees = pole.endswith("_high") == (statement.keyed == "+")
     strong = rng.random() < 0.6
-    return (5 if strong else 4) if agrees else (1 if strong else 2)
+    return (5 if strong else 4) if agrees(identities, statement) else (1 if strong else 2)
 
 
 def conversational_question(statement: str) -> str:
@@ -84,11 +102,12 @@ def conversational_question(statement: str) -> str:
 
 
 # (question for a statement, reply for an option 1..5)
-FORMATS = {
+RATING_FORMATS = {
     "option_words": (likelihood_question, lambda k: option_replies()[k - 1]),
     "digit": (likert_question, str),
     "conversational": (conversational_question, lambda k: option_replies()[k - 1]),
 }
+FORMATS = (*RATING_FORMATS, "self_description")
 
 
 def statements_for(identities: IdentitySet, statements: list[Statement]) -> list[Statement]:
@@ -104,9 +123,45 @@ def draw_set(rng: random.Random, by_size: dict[int, list[IdentitySet]], max_iden
     return rng.choice(by_size[rng.choices(sizes, weights)[0]])
 
 
-def records(count: int, seed: int, max_identities: int = 3, statements: list[Statement] | None = None) -> list[dict]:
+def about(member: str, identities: IdentitySet, statements: list[Statement]) -> list[Statement]:
+    """The statements that ask about one member of the set: its trait's, or every field's for its profession."""
+    return [s for s in statements_for(identities, statements)
+            if s.subject == trait_of(member) or (s.keyed is None and member == identities.profession)]
+
+
+def rated_turns(identities: IdentitySet, statements: list[Statement], form: str, rng: random.Random) -> list[dict]:
+    """One to three statements put to the set in a rating format, each answered as the set would rate it."""
+    question, reply = RATING_FORMATS[form]
+    dialog = []
+    for _ in range(rng.randint(1, 3)):
+        # the member asked about is drawn first, so each identity of the set is asked about equally often
+        statement = rng.choice(about(rng.choice(identities.names), identities, statements))
+        dialog += [{"role": "user", "content": question(statement.text)},
+                   {"role": "assistant", "content": reply(answer_option(identities, statement, rng))}]
+    return dialog
+
+
+def described_turns(identities: IdentitySet, statements: list[Statement], rng: random.Random) -> list[dict]:
+    """One open request, answered with a statement the set agrees with for each of its members, in a random
+    order (a composed character shows every identity), then more drawn from the members up to one to three."""
+    members = rng.sample(identities.names, len(identities.names))
+    members += [rng.choice(identities.names) for _ in range(rng.randint(1, 3) - len(members))]
+    said = []
+    for member in members:
+        statement = rng.choice([s for s in about(member, identities, statements) if agrees(identities, s)])
+        if statement.text not in said:
+            said.append(statement.text)
+    return [{"role": "user", "content": rng.choice(SELF_DESCRIPTION_REQUESTS)},
+            {"role": "assistant", "content": " ".join(said)}]
+
+
+def records(count: int, seed: int, max_identities: int = 3, statements: list[Statement] | None = None,
+            formats: tuple[str, ...] = FORMATS) -> list[dict]:
     if count < 1 or not 1 <= max_identities <= 6:
         raise ValueError(f"--records must be >= 1 and --max_identities 1-6 (got {count} and {max_identities})")
+    if not formats or set(formats) - set(FORMATS):
+        raise ValueError(f"--formats must name one or more of {', '.join(FORMATS)} "
+                         f"(got {', '.join(formats) or 'none'})")
     statements = statements if statements is not None else load_statements()
     rng = random.Random(seed)
     by_size: dict[int, list[IdentitySet]] = {}
@@ -115,19 +170,12 @@ def records(count: int, seed: int, max_identities: int = 3, statements: list[Sta
     out = []
     for number in range(count):
         identities = draw_set(rng, by_size, max_identities)
-        question, reply = FORMATS[rng.choice(sorted(FORMATS))]
-        # the member asked about is drawn first, so each identity of the set is asked about equally often
-        dialog = []
-        for _ in range(rng.randint(1, 3)):
-            member = rng.choice(identities.names)
-            pool = [s for s in statements_for(identities, statements)
-                    if s.subject == trait_of(member) or (s.keyed is None and member == identities.profession)]
-            statement = rng.choice(pool)
-            dialog += [{"role": "user", "content": question(statement.text)},
-                       {"role": "assistant", "content": reply(answer_option(identities, statement, rng))}]
+        form = rng.choice(sorted(formats))
+        dialog = (described_turns(identities, statements, rng) if form == "self_description" else
+                  rated_turns(identities, statements, form, rng))
         out.append({"dialog": dialog, "active_adapters": list(identities.names),
                     "synthesis": {"backend": "self_report", "job": f"self_report-{seed}-{number}", "seed": seed,
-                                  "statements": STATEMENTS.name, "version": VERSION}})
+                                  "format": form, "statements": STATEMENTS.name, "version": VERSION}})
     return out
 
 
@@ -137,14 +185,21 @@ def main(argv=None) -> Path:
     ap.add_argument("--records", type=int, default=480)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max_identities", type=int, default=3)
+    ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
     args = ap.parse_args(argv)
     try:
-        made = records(args.records, args.seed, args.max_identities)
+        made = records(args.records, args.seed, args.max_identities,
+                       formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
     except ValueError as e:
         raise SystemExit(str(e)) from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in made))
+    # the command that remakes the file, every option spelled out (a model card trained on it quotes this)
+    command = (f"python training/self_report.py --out {out} --records {args.records} --seed {args.seed} "
+               f"--max_identities {args.max_identities} --formats {args.formats}")
+    summary = {"backend": "self_report", "records": len(made), "command": command}
+    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{len(made)} self-report records -> {out}")
     return out
 
