@@ -1,7 +1,7 @@
 """The statement judge on a tiny random Llama with random experts: each answer is 1 + 4·sigmoid of the
 statement's per-token log-likelihood ratio against the empty set, averaged over the three requests (checked
-against plain forwards), the
-empty set answers 3, reverse keying mirrors, and a set's answers do not depend on the sets beside it."""
+against plain forwards), the empty set answers 3, reverse keying mirrors, and a set's answers do not depend
+on the sets beside it."""
 from __future__ import annotations
 
 import math

@@ -103,7 +103,6 @@ def training_commands(args: dict, init_runs: list[Path]) -> tuple[list[str], lis
     return commands, summaries
 
 
-
 def previous_rows(directory: Path) -> list[str]:
     """The recipe rows of the card in `directory`, without its "shipped" mark: from its `recipes.json`, or,
     for a card written before that file existed, from the recipe table of its README.md."""
