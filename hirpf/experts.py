@@ -36,7 +36,7 @@ GATES = ("softmax", "scaled_softmax", "sigmoid")
 
 
 def _option(default, help_text: str):
-    """A config field with its help text, which the trainer's flags and the README's table read."""
+    """A config field with its help text, which the trainer's flags read."""
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata={"help": help_text})
     return field(default=default, metadata={"help": help_text})

@@ -1,6 +1,6 @@
 """Questionnaire scales: our native JSON format and the two public HIS formats, read into one `Scale`.
 
-Native (ours, documented in the README):
+Native (ours, documented in docs/evaluation.md):
 
     {"name": "...", "kind": "personality", "items": [{"text": "I ...", "factor": "EXT", "keyed": "+"}, ...]}
     {"name": "...", "kind": "profession",  "items": [{"text": "I ...", "profession": "Doctor"}, ...]}

@@ -29,6 +29,7 @@ from app_serving import (
     transcript,
     user_messages,
 )
+from documentation import documentation_text
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +261,7 @@ def test_app_py_exposes_the_blocks_at_module_level(monkeypatch, tiny_base_dir, t
     assert not engine.has_experts and module["settings"].base_model == str(tiny_base_dir)
 
 
-def test_every_setting_the_app_reads_is_documented_in_the_readme():
+def test_every_setting_the_app_reads_is_documented():
     from hirpf.paths import PROJECT_ROOT
 
     # The start-up settings, the data directory's one home, and what the evaluation tabs read.
@@ -272,5 +273,5 @@ def test_every_setting_the_app_reads_is_documented_in_the_readme():
             "--annotation_only"} <= flags
     assert {"HIRPF_HOST", "HIRPF_PORT", "HIRPF_LOAD_IN_8BIT", "HIRPF_DATA_DIR", "HIRPF_ANNOTATION_ONLY",
             "HIRPF_SIGN_IN", "HIRPF_ASSIGNMENT", "HIRPF_ADMIN_PASSWORD"} <= variables
-    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    assert [name for name in sorted(flags | variables) if name not in readme] == []
+    documented = documentation_text()
+    assert [name for name in sorted(flags | variables) if name not in documented] == []

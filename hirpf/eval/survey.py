@@ -2,7 +2,7 @@
 
     python -m hirpf.eval survey --questions hirpf/data/example_survey.json --poles --json
 
-Survey file (ours, documented in the README):
+Survey file (ours, documented in docs/evaluation.md):
 
     {"name": "...", "questions": [
       {"id": "four_day_week", "text": "...", "labels": "digits",
@@ -140,7 +140,7 @@ def survey_outputs(survey: Survey, identity_sets, results: dict, directory: Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--questions", required=True, help="survey file (see the README, or "
+    parser.add_argument("--questions", required=True, help="survey file (see docs/evaluation.md, or "
                                                            "hirpf/data/example_survey.json)")
     add_identity_arguments(parser)
 
