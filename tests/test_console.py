@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
+from importlib.metadata import entry_points
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -28,8 +28,8 @@ def test_every_command_names_a_runnable_module_or_file():
 
 
 def test_the_console_script_is_declared_and_installed():
-    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert declared == {"hirpf": "hirpf.console:main"}
+    installed = entry_points(group="console_scripts", name="hirpf")
+    assert [entry.value for entry in installed] == ["hirpf.console:main"], "run `bash scripts/setup.sh`"
     script = Path(sys.executable).parent / "hirpf"
     assert script.exists(), "the hirpf console script is missing: run `bash scripts/setup.sh` (pip install -e .)"
 
