@@ -52,10 +52,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hirpf.base_model import EMBEDDED
+from hirpf.base_model import EMBEDDED, load_base_model
 from hirpf.dialogues import validate
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, trait_of
 from hirpf.llm_client import ChatClient, EndpointError, MalformedReply
+from hirpf.sampling import Sampling
+from training.local_synthesis import LocalSettings, run_local
 from training.synthesis_records import Job, append_record, finished_jobs, forbidden_words, named_identity
 
 log = logging.getLogger("hirpf.synthesize")
@@ -442,16 +444,13 @@ def main(argv=None) -> dict:
 
 
 def run_local_backend(args, jobs: list[Job]) -> dict:
-    """Check the local settings, load the base model, write the dialogues (the backend is imported here:
-    it imports this module)."""
-    from hirpf.base_model import load_base_model
-    from hirpf.engine import Sampling
-    from training.local_synthesis import LocalSettings, run_local
-
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
-                        top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty)
-    settings = LocalSettings(gamma=args.gamma, sampling=sampling, attempts=args.attempts, batch_size=args.batch_size)
+    """Check the local settings, load the base model, write the dialogues."""
     try:
+        sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            repetition_penalty=args.repetition_penalty)
+        settings = LocalSettings(gamma=args.gamma, sampling=sampling, attempts=args.attempts,
+                                 batch_size=args.batch_size)
         settings.check()
     except ValueError as err:
         raise SystemExit(f"synthesize: {err}") from None
