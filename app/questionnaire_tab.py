@@ -14,7 +14,6 @@ probability distribution over the options, shown as a table and a chart per ques
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,10 +22,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from hirpf.eval.common import EvalError, identity_sets_from_args
-from hirpf.eval.questionnaire import JUDGE_NAMES, LOCAL_JUDGES, REFERENCE, default_identity_sets, report
+from hirpf.eval.common import EvalError, engine_config
+from hirpf.eval.questionnaire import REFERENCE, default_identity_sets, score, write_run
+from hirpf.eval.questionnaire import document as questionnaire_document
+from hirpf.eval.questionnaire_judges import JUDGE_NAMES, answer
 from hirpf.eval.survey import load_survey, survey_distributions, survey_outputs
-from hirpf.identities import IdentitySet
+from hirpf.identities import IdentitySet, single_poles
 from hirpf.prompts import Conditioning
 from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
 
@@ -121,7 +122,7 @@ def read_identity_sets(choice: str, traits, profession) -> list[IdentitySet]:
     if choice == "panel":
         sets = [read_identities(traits, profession)]
     elif choice == "poles":
-        sets = identity_sets_from_args(argparse.Namespace(poles=True))
+        sets = single_poles()
     elif choice == "professions":
         sets = default_identity_sets("profession")
     else:
@@ -238,31 +239,25 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
         scale = read_scale(bank, scale_file, items_per_factor)
         sets = read_identity_sets(identity_sets, traits, profession)
         mode = read_conditioning(conditioning)
-        if judge_name not in JUDGE_NAMES:
-            raise gr.Error(f"unknown judge {judge_name!r}; choose one of {', '.join(JUDGE_NAMES)}",
-                           title="Judge", print_exception=False)
         if judge_name == "interview" and judge is None:
             raise gr.Error(f"The interview judge is not configured: set {ENV_JUDGE_BASE_URL} (and {ENV_JUDGE_MODEL}) "
                            "and restart the app, or use a local judge.", title="Judge", print_exception=False)
         engine = get_engine(slot)
         mode = engine.effective_conditioning(mode)
         bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
+        interview = interview_judge(judge) if judge_name == "interview" else None
         try:
-            if judge_name in LOCAL_JUDGES:
-                results = LOCAL_JUDGES[judge_name](engine, scale, sets, mode, BATCH_SIZE, bar)
-            else:
-                results = interview_judge(judge).answer(engine, scale, sets, mode, BATCH_SIZE, bar)
+            results = answer(judge_name, engine, scale, sets, mode, BATCH_SIZE, bar, interview)
         except EvalError as err:
             raise gr.Error(str(err), title="Questionnaire") from None
-        args = argparse.Namespace(command=COMMAND_OF_KIND[scale.kind], judge=judge_name,
-                                  scale_file=Path(scale_file).name if bank == "upload" else None,
-                                  output_dir=tempfile.mkdtemp(prefix="hirpf-questionnaire-"),
-                                  base_model=engine.model.name_or_path, lora_weights=None, conditioning=mode.value,
-                                  seed=0)
-        document = report(args, engine, scale, results, sets)
+        scored = score(scale, results)
+        config = engine_config(engine, mode, seed=0)
+        folder = Path(tempfile.mkdtemp(prefix="hirpf-questionnaire-"))
+        document = write_run(folder, questionnaire_document(
+            COMMAND_OF_KIND[scale.kind], judge_name, scale, Path(scale_file).name if bank == "upload" else None,
+            results, scored, config), scale, results, scored, sets)
         table = pd.DataFrame([a.row() for a in results])[ANSWER_COLUMNS]
-        downloads = [document["files"][k] for k in ("answers", "scores", "radar")] + \
-                    [str(Path(args.output_dir) / "result.json")]
+        downloads = [document["files"][k] for k in ("answers", "scores", "radar")] + [str(folder / "result.json")]
         return (questionnaire_summary(document), document["files"]["radar"], scores_table(document, scale.factors),
                 table, downloads)
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hirpf.engine import Engine  # noqa: E402
 from hirpf.eval.choices import option_token_ids  # noqa: E402
 from hirpf.eval.common import batches  # noqa: E402
-from hirpf.eval.questionnaire import answer_by_logits, likert_question  # noqa: E402
+from hirpf.eval.digit_logits import answer_by_logits, likert_question  # noqa: E402
 from hirpf.identities import IdentitySet, single_poles  # noqa: E402
 from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
 from hirpf.routing import use_identities  # noqa: E402

@@ -20,9 +20,9 @@ from hirpf.checkpoint import save_experts
 from hirpf.dialogues import IGNORE, Dialogue, tokenize
 from hirpf.engine import Engine, Sampling
 from hirpf.eval.debate import DebateSpec, run_debates, schedule, stream_debate
-from hirpf.eval.judges import JudgeUnavailable, judge_dialogues, slot_accuracy, slot_judge_messages
 from hirpf.eval.recognize import Trial, candidates_for, recognize, score_trials
 from hirpf.eval.situations import Episode, LocalOther, RemoteOther, record, score, simulate, summarize
+from hirpf.eval.slot_judge import JudgeUnavailable, judge_dialogues, slot_accuracy, slot_judge_messages
 from hirpf.experts import ExpertConfig
 from hirpf.identities import ALL_IDENTITIES, IdentitySet
 from hirpf.inject import add_experts, expert_layers
@@ -236,7 +236,7 @@ def test_the_judge_reads_the_anonymized_dialogue_and_returns_six_slots(openai_se
 
 
 def test_the_judge_accepts_his_spellings():
-    from hirpf.eval.judges import parse_slots
+    from hirpf.eval.slot_judge import parse_slots
 
     slots = parse_slots({"agr": "High", "CON": None, "EXT": "low", "EMS": "high", "OPE": "", "Profession": "none"})
     assert slots["NEU"] == "low"
@@ -347,7 +347,7 @@ def test_situation_records_and_scores():
     scenario = load_scenarios()[0]
     episode = Episode(S("AGR_high,Doctor"), scenario, [{"role": "user", "content": "Hi."},
                                                        {"role": "assistant", "content": "Hello!"}])
-    from hirpf.eval.judges import SlotJudgment
+    from hirpf.eval.slot_judge import SlotJudgment
 
     good = record(episode, "hirpf/test", SlotJudgment(dict(GOOD_JUDGMENT)), "judge-model")
     failed = record(episode, "hirpf/test", SlotJudgment(None, "malformed: not JSON"), "judge-model")

@@ -240,7 +240,7 @@ def plain_forward_probabilities(engine, conversation, identities, conditioning, 
 
 def test_batched_answers_equal_one_by_one_and_a_plain_forward(tiny_engine):
     from hirpf.eval.choices import LIKERT_LABELS, choice_probabilities
-    from hirpf.eval.questionnaire import likert_question
+    from hirpf.eval.digit_logits import likert_question
 
     statements = ["I like parties.", "I keep my desk tidy and my calendar full of plans.", "I worry.",
                   "I am at ease with strangers at a long dinner with many courses."]
@@ -273,7 +273,7 @@ def test_labels_must_be_single_tokens(tiny_engine):
 
 
 def test_answer_by_logits_gives_expected_values_per_set_and_item(tiny_engine):
-    from hirpf.eval.questionnaire import answer_by_logits
+    from hirpf.eval.digit_logits import answer_by_logits
 
     scale = default_scale("personality").subset(1)
     answers = answer_by_logits(tiny_engine, scale, [S("EXT_high"), IdentitySet()], Conditioning.EXPERTS_AND_PROMPT)
@@ -455,3 +455,22 @@ def test_cli_errors_name_the_problem(capsys, tmp_path):
     assert code == 2 and out == "" and "broken_scale.json: item 0: 'keyed'" in err
     code, out, err = run_cli(capsys, ["survey", "--questions", str(tmp_path / "missing.json"), "--poles"])
     assert code == 2 and "missing.json" in err
+
+
+def test_every_judge_answers_through_one_registry(tiny_engine):
+    """`questionnaire_judges.answer` is the one dispatch the CLI, the app and evaluate_experts use: a local
+    judge's answers equal its own function's; an unknown judge, or the interview judge with no endpoint, is
+    refused naming the problem."""
+    from hirpf.eval.questionnaire_judges import JUDGE_NAMES, LOCAL_JUDGES, answer
+
+    scale = default_scale("personality").subset(1)
+    sets = [IdentitySet.parse("AGR_low"), IdentitySet()]
+    for name, judge in LOCAL_JUDGES.items():
+        via_registry = answer(name, tiny_engine, scale, sets, Conditioning.EXPERTS_AND_PROMPT, 4)
+        direct = judge(tiny_engine, scale, sets, Conditioning.EXPERTS_AND_PROMPT, 4)
+        assert [a.answer for a in via_registry] == pytest.approx([a.answer for a in direct])
+    assert set(JUDGE_NAMES) == {*LOCAL_JUDGES, "interview"}
+    with pytest.raises(EvalError, match="unknown judge 'oracle'"):
+        answer("oracle", tiny_engine, scale, sets, Conditioning.EXPERTS_AND_PROMPT)
+    with pytest.raises(EvalError, match="endpoint"):
+        answer("interview", tiny_engine, scale, sets, Conditioning.EXPERTS_AND_PROMPT)

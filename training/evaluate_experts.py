@@ -31,7 +31,8 @@ if __package__ in (None, ""):
 from hirpf.base_model import EMBEDDED
 from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.engine import Engine
-from hirpf.eval.questionnaire import LOCAL_JUDGES, REFERENCE, factor_scores
+from hirpf.eval.questionnaire import REFERENCE, factor_scores
+from hirpf.eval.questionnaire_judges import answer
 from hirpf.eval.recognize import recognize
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
 from hirpf.paths import his_file
@@ -73,7 +74,7 @@ def personality(engine, conditioning: Conditioning, batch_size: int, strength: f
     for trait in scale.factors:
         items = Scale(scale.name, scale.kind, tuple(i for i in scale.items if i.factor == trait))
         sets = [IdentitySet((f"{trait}_{pole}",)).with_strengths(strength) for pole in ("high", "low")]
-        scores = factor_scores(LOCAL_JUDGES[judge](engine, items, sets + [REFERENCE], conditioning, batch_size))
+        scores = factor_scores(answer(judge, engine, items, sets + [REFERENCE], conditioning, batch_size))
         empty = scores[REFERENCE][trait]
         for s in sets:
             pole, shift = s.names[0], scores[s][trait] - empty
@@ -85,7 +86,7 @@ def personality(engine, conditioning: Conditioning, batch_size: int, strength: f
 def profession(engine, conditioning: Conditioning, batch_size: int, judge: str = "likelihood") -> dict:
     scale = default_scale("profession")
     sets = [IdentitySet((p,)) for p in PROFESSIONS] + [REFERENCE]
-    scores = factor_scores(LOCAL_JUDGES[judge](engine, scale, sets, conditioning, batch_size))
+    scores = factor_scores(answer(judge, engine, scale, sets, conditioning, batch_size))
     out = {}
     for s in sets[:-1]:
         own = scores[s][s.profession]

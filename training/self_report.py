@@ -35,8 +35,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hirpf.eval.digit_logits import likert_question
 from hirpf.eval.option_likelihood import likelihood_question, option_replies
-from hirpf.eval.questionnaire import likert_question
 from hirpf.identities import PROFESSIONS, TRAITS, IdentitySet, all_combinations, trait_of
 from hirpf.labels import SCALE_OPTIONS
 

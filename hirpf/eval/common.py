@@ -82,9 +82,15 @@ def run_config(args, engine=None) -> dict:
               "lora_weights": str(args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")),
               "conditioning": args.conditioning, "seed": args.seed}
     if engine is not None:
-        config["experts"] = str(getattr(engine.model, "hirpf_expert_dir", None)) if engine.has_experts else None
-        config["conditioning"] = engine.effective_conditioning(Conditioning.parse(args.conditioning)).value
+        config |= engine_config(engine, Conditioning.parse(args.conditioning), args.seed)
     return config
+
+
+def engine_config(engine, conditioning: Conditioning, seed: int) -> dict:
+    """What a loaded engine says about a run: its experts and the conditioning it really applies."""
+    return {"base_model": engine.model.name_or_path,
+            "experts": str(getattr(engine.model, "hirpf_expert_dir", None)) if engine.has_experts else None,
+            "conditioning": engine.effective_conditioning(conditioning).value, "seed": seed}
 
 
 def check_positive(name: str, value: int) -> int:

@@ -3,15 +3,7 @@
     python -m hirpf.eval scale --poles --judge logits --json
     python -m hirpf.eval profession --judge logits --json
 
-Answers come from one of four judges:
-- `logits`: the item is put to the agent as a question about itself; the answer is the expected value of
-  its next-token distribution over the digits 1-5 (local, deterministic, batched).
-- `likelihood`: the five option texts scored as the agent's reply by their length-normalised likelihood,
-  no digits needed (local, deterministic, batched), see `hirpf/eval/option_likelihood.py`.
-- `statement`: no question to answer at all: how much likelier the set makes the agent to say the statement
-  about itself than the empty set does, on the 1-5 scale with the empty set at 3 (local, deterministic,
-  batched), see `hirpf/eval/statement_likelihood.py`.
-- `interview`: the paper's protocol, see `hirpf/eval/interview.py`.
+Answers come from one of the judges in `questionnaire_judges.py` (`--judge`, default `logits`).
 
 Scoring: a reverse-keyed item scores 6 - answer; a factor's score is the mean over its items. `scale`: a
 `_high` pole is a hit when its factor scores above the midpoint 3 and above the empty set (the reference),
@@ -21,18 +13,16 @@ profession agent answers every profession's items; a hit when its own field's me
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
 from ..charts import RadarPanel, radar_chart
 from ..identities import PROFESSIONS, IdentitySet, single_poles
-from ..labels import SCALE_OPTIONS
-from ..prompts import Conditioning
 from ..scales import Scale, ScaleError, default_scale, load_scale
 from .answers import Answer
 from .answers import rounded as _rounded
-from .choices import LIKERT_LABELS, choice_probabilities
 from .common import (
     EvalError,
     add_identity_arguments,
@@ -47,43 +37,11 @@ from .common import (
     write_csv,
     write_json,
 )
-from .option_likelihood import answer_by_likelihood
-from .statement_likelihood import answer_by_statement
+from .questionnaire_judges import DEFAULT_JUDGE, JUDGE_NAMES, answer
 
 MIDPOINT = 3.0
 KIND_OF_COMMAND = {"scale": "personality", "profession": "profession"}
 REFERENCE = IdentitySet()
-
-
-def likert_question(statement: str) -> str:
-    """The logits judge's question. The options come before the statement so that every item of one identity
-    set shares its prompt up to the statement (encoded once, see choices.py); the reply must start with the
-    digit, a single token for the tokenizer."""
-    options = "\n".join(f"{i} = {text}" for i, text in enumerate(SCALE_OPTIONS, 1))
-    return ("Here is a statement a person might make about themselves. How accurately does it describe you? "
-            f"Reply with a single digit:\n{options}\n\nStatement: \"{statement}\"")
-
-
-# --- answering -----------------------------------------------------------------------------------------
-def answer_by_logits(engine, scale: Scale, identity_sets: Sequence[IdentitySet], conditioning: Conditioning,
-                     batch_size: int = 16, bar=None) -> list[Answer]:
-    """Every identity set answers every item; one batched pass over all (set, item) pairs."""
-    pairs = [(s, i) for s in identity_sets for i in range(len(scale.items))]
-    conversations = [[{"role": "user", "content": likert_question(scale.items[i].text)}] for _, i in pairs]
-    probabilities, mass = choice_probabilities(engine, conversations, [s for s, _ in pairs], conditioning,
-                                               LIKERT_LABELS, batch_size, bar)
-    answers = []
-    for (s, i), p, m in zip(pairs, probabilities.tolist(), mass.tolist()):
-        expected = sum(k * pk for k, pk in enumerate(p, 1))
-        detail = {f"p{k}": round(pk, 6) for k, pk in enumerate(p, 1)} | {"option_mass": round(m, 6)}
-        answers.append(Answer(s, i, scale.items[i], expected, detail))
-    return answers
-
-
-# The judges that need nothing but the model: name -> answer(engine, scale, sets, conditioning, batch_size,
-# bar). The interview judge needs an endpoint and is built from its own settings.
-LOCAL_JUDGES = {"logits": answer_by_logits, "likelihood": answer_by_likelihood, "statement": answer_by_statement}
-JUDGE_NAMES = (*LOCAL_JUDGES, "interview")
 
 
 # --- scoring -------------------------------------------------------------------------------------------
@@ -154,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a scale in our format or a HIS format (default: our bank for the command)")
     parser.add_argument("--items_per_factor", type=int, default=None,
                         help="only the first N items of each factor (quick runs)")
-    parser.add_argument("--judge", choices=JUDGE_NAMES, default="logits",
+    parser.add_argument("--judge", choices=JUDGE_NAMES, default=DEFAULT_JUDGE,
                         help="logits: next-token probabilities over 1-5 (local); likelihood: the option texts "
                              "scored as the reply (local); statement: the statement's own likelihood as the "
                              "agent's words, against the empty set's (local); interview: the paper's "
@@ -182,53 +140,72 @@ def run(args) -> dict:
         scale = scale.subset(check_positive("--items_per_factor", args.items_per_factor))
     chosen = args.identities or args.poles or args.combinations or args.sample is not None
     identity_sets = identity_sets_from_args(args, reference=True) if chosen else default_identity_sets(args.command)
+    interview = None
     if args.judge == "interview":
         from .interview import interview_judge_from_args
 
-        judge = interview_judge_from_args(args)  # fails early on a bad endpoint setting, before the model loads
+        interview = interview_judge_from_args(args)  # fails early on a bad endpoint setting, before the model loads
     engine = load_engine(args)
     conditioning = conditioning_for(args, engine)
     total = len(identity_sets) * len(scale.items)
     log.info("%s: %d items x %d identity sets, judge %s, conditioning %s", args.command, len(scale.items),
              len(identity_sets), args.judge, conditioning.value)
     with progress(total, f"{args.command} ({args.judge})") as bar:
-        if args.judge in LOCAL_JUDGES:
-            answers = LOCAL_JUDGES[args.judge](engine, scale, identity_sets, conditioning, args.batch_size, bar)
-        else:
-            answers = judge.answer(engine, scale, identity_sets, conditioning, args.batch_size, bar)
-    return report(args, engine, scale, answers, identity_sets)
+        answers = answer(args.judge, engine, scale, identity_sets, conditioning, args.batch_size, bar, interview)
+    scored = score(scale, answers)
+    result = document(args.command, args.judge, scale, args.scale_file, answers, scored, run_config(args, engine))
+    return write_run(output_dir(args, args.command), result, scale, answers, scored, identity_sets)
 
 
-def report(args, engine, scale: Scale, answers: list[Answer], identity_sets: Sequence[IdentitySet]) -> dict:
-    """The JSON document, and the run's files: answers.csv, scores.csv, result.json, radar.png."""
-    scores = factor_scores(answers)
-    if scale.kind == "personality":
-        per_set, accuracy = direction_accuracy(scores)
-    else:
-        per_set, accuracy = profession_accuracy(scores)
+# --- score -> document -> files ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScaleScores:
+    """A scale's answers scored: factor means per identity set, and the accuracy the scale's kind defines."""
+
+    factors: dict[IdentitySet, dict[str, float | None]]
+    per_set: list[dict]
+    accuracy: float | None
+
+
+def score(scale: Scale, answers: Sequence[Answer]) -> ScaleScores:
+    factors = factor_scores(answers)
+    per_set, accuracy = (direction_accuracy if scale.kind == "personality" else profession_accuracy)(factors)
+    return ScaleScores(factors, per_set, accuracy)
+
+
+def document(command: str, judge: str, scale: Scale, scale_file: str | Path | None, answers: Sequence[Answer],
+             scored: ScaleScores, config: dict) -> dict:
+    """The run's JSON document (without its files): accuracy, per identity set, the judge's figures."""
     failures = sum(a.answer is None for a in answers)
-    document = {"command": args.command, "accuracy": accuracy, "judge": args.judge,
-                "scale": {"name": scale.name, "kind": scale.kind, "items": len(scale.items),
-                          "file": str(args.scale_file) if args.scale_file else "built-in bank"},
-                "identity_sets": per_set, "failed_answers": failures, "config": run_config(args, engine)}
-    document |= judge_figures(answers, scores)
+    result = {"command": command, "accuracy": scored.accuracy, "judge": judge,
+              "scale": {"name": scale.name, "kind": scale.kind, "items": len(scale.items),
+                        "file": str(scale_file) if scale_file else "built-in bank"},
+              "identity_sets": scored.per_set, "failed_answers": failures, "config": config}
+    result |= judge_figures(answers, scored.factors)
     if scale.kind == "profession":
-        judged = [p for p in per_set if "own_field" in p]
-        document["own_field_mean"] = _rounded(mean(p["own_field"] for p in judged)) if judged else None
-        document["other_field_mean"] = _rounded(mean(p["other_field"] for p in judged)) if judged else None
+        judged = [p for p in scored.per_set if "own_field" in p]
+        result["own_field_mean"] = _rounded(mean(p["own_field"] for p in judged)) if judged else None
+        result["other_field_mean"] = _rounded(mean(p["other_field"] for p in judged)) if judged else None
     if failures:
         log.info("%d answers failed (every referee sample malformed); they are left out of the scores", failures)
-    directory = output_dir(args, args.command)
+    return result
+
+
+def write_run(directory: Path, result: dict, scale: Scale, answers: Sequence[Answer], scored: ScaleScores,
+              identity_sets: Sequence[IdentitySet]) -> dict:
+    """Write answers.csv, scores.csv, radar.png (and transcripts.json for the interview judge) and
+    result.json into `directory`; returns the document with their paths under "files"."""
+    directory = Path(directory)
     files = {"answers": write_csv(directory / "answers.csv", [a.row() for a in answers]),
-             "scores": write_csv(directory / "scores.csv", _score_rows(scores, scale.factors)),
-             "radar": _radar(directory / "radar.png", scale, scores, identity_sets)}
+             "scores": write_csv(directory / "scores.csv", _score_rows(scored.factors, scale.factors)),
+             "radar": _radar(directory / "radar.png", scale, scored.factors, identity_sets)}
     if any("transcript" in a.detail for a in answers):
         files["transcripts"] = write_json(directory / "transcripts.json", [
             {"identities": str(a.identities), "item": a.item_index, **a.detail} for a in answers])
-    document["files"] = {k: str(v) for k, v in files.items()}
-    write_json(directory / "result.json", document)
-    log.info("%s accuracy: %s; files in %s", args.command, accuracy, directory)
-    return document
+    result = result | {"files": {k: str(v) for k, v in files.items()}}
+    write_json(directory / "result.json", result)
+    log.info("%s accuracy: %s; files in %s", result["command"], result["accuracy"], directory)
+    return result
 
 
 def judge_figures(answers: Sequence[Answer], scores) -> dict:

@@ -44,7 +44,7 @@ from .common import (
     run_config,
     write_json,
 )
-from .judges import JudgeUnavailable, add_judge_arguments, chat_client, judge_dialogues, slot_accuracy
+from .slot_judge import JudgeUnavailable, add_judge_arguments, chat_client, judge_dialogues, slot_accuracy
 
 # What the other character is told before its first line (ours).
 OPENING_CUE = "(The person described above is now in front of you. Say your opening line to them.)"
