@@ -12,7 +12,7 @@
 
   A tie counts as half a win to each side. Scores are log-strengths centred on mean 0 (a difference of
   d is odds of exp(d) to 1). `prior` adds that many virtual ties between every two conditions, so a
-  condition that never won (or never lost) in a bootstrap resample still gets a finite score; at the
+  condition that never won (or never lost), as happens in bootstrap resamples, still gets a finite score; at the
   default (0.01 of a vote) it moves scores of real data by well under their intervals.
 - `bootstrap_bradley_terry`: 95% percentile intervals from resampling the votes with replacement, as
   Chatbot Arena reports its ratings.
@@ -96,8 +96,9 @@ def bradley_terry(votes: Sequence[Vote], n_items: int, prior: float = 0.01, iter
     array = _vote_array(votes, n_items)
     wins = _wins(array, n_items)
     _check_connected(wins + wins.T)
-    if prior <= 0 and np.any(wins.sum(axis=1) == 0):
-        raise ValueError("a condition never won: its Bradley-Terry score is minus infinity (use prior > 0)")
+    if prior <= 0 and (np.any(wins.sum(axis=1) == 0) or np.any(wins.sum(axis=0) == 0)):
+        raise ValueError("a condition never won or never lost: its Bradley-Terry score is infinite "
+                         "(use prior > 0)")
     return _mm(wins, prior, iterations, tolerance)
 
 

@@ -81,9 +81,9 @@ def test_bootstrap_intervals_cover_the_truth_and_repeat_with_the_seed():
     assert bootstrap_bradley_terry(votes, 4, resamples=300, seed=5) == intervals
 
 
-def test_a_condition_that_never_wins_gets_a_finite_score_only_with_a_prior():
+def test_a_condition_that_never_loses_gets_a_finite_score_only_with_a_prior():
     votes = [Vote(0, 1, 1.0)] * 5 + [Vote(1, 2, 0.5)] * 4
-    with pytest.raises(ValueError, match="never won"):
+    with pytest.raises(ValueError, match="never lost"):
         bradley_terry(votes, 3, prior=0.0)
     scores = bradley_terry(votes, 3)
     assert np.all(np.isfinite(scores)) and scores[0] > scores[2] > scores[1]
