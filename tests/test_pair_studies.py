@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict
 
 import pytest
+from pair_helpers import answer_all, fill_replies
 from sqlalchemy import func, select
 
 from annotation.assignment import AssignmentPolicy
@@ -28,12 +29,6 @@ def counts(database) -> list[int]:  # noqa: F811
     with database.read() as session:
         return [session.scalar(select(func.count()).select_from(m))
                 for m in (PairStudy, PairCondition, PairReply, StudyPair, PairTask)]
-
-
-def fill_replies(database, study: str) -> None:  # noqa: F811
-    """Replies that say who made them, so tests can see which one an annotator was shown."""
-    for item in missing_replies(database, study):
-        store_reply(database, item.reply_id, f"{item.condition.label} {'+'.join(item.identities)} {item.prompt}")
 
 
 def test_conditions_parse_and_bad_ones_are_refused():
@@ -137,16 +132,6 @@ def test_ties_skips_and_edits_follow_the_rules(database):  # noqa: F811
         skip_pair(database, second.task, "unclear", annotator=ada)
     assert next_pair_task(database, "poles", ada) is None
     assert pair_progress(database, "poles", ada) == (2, 2, 0)
-
-
-def answer_all(database, study: str, annotator: str, pick) -> None:  # noqa: F811
-    """Answer every pair of the annotator's queue with `pick(stored reply text a, b) -> "a"|"b"|"tie"`."""
-    while (view := next_pair_task(database, study, annotator, AssignmentPolicy(overlap=3, batch=100))) is not None:
-        with database.read() as session:
-            task = session.scalar(select(PairTask).where(PairTask.public_id == view.task))
-            stored = pick(task.pair.reply_a.text, task.pair.reply_b.text)
-            shown = "tie" if stored == "tie" else ("A" if stored == task.shown_first else "B")
-        answer_pair(database, view.task, shown, annotator=annotator)
 
 
 def test_discrimination_report_gives_accuracy_per_condition_with_intervals(database):  # noqa: F811
