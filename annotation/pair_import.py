@@ -17,10 +17,11 @@ required`), and nothing is stored. Lines end at `\\n` (or `\\r\\n`); blank lines
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from annotation.his_import import HisImportError, read_text
+from annotation.import_files import _json_value
 from annotation.pair_studies import (
     DEFAULT_QUESTIONS,
     MAX_LABEL_CHARS,
@@ -50,16 +51,17 @@ def read_pair_file(path: str | Path, design: str, question: str | None = None,
     if design not in PAIR_DESIGNS:
         raise PairFileError(f"design: unknown {design!r}; expected one of {', '.join(PAIR_DESIGNS)}")
     try:
-        raw = Path(path).read_bytes()
+        decoded = read_text(path)
     except OSError as error:
         raise PairFileError(f"{path}: {error.strerror or error}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise PairFileError(f"{path}: not UTF-8 (byte {error.start})") from None
+    except HisImportError as error:
+        raise PairFileError(str(error)) from None
+    if decoded.damaged:
+        raise PairFileError(f"{path}: broken UTF-8 at byte offset {decoded.damaged[0]}")
     conditions: dict[str, Condition] = {}
     pairs = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    # Not str.splitlines(): JSON text may hold U+2028 and the like unescaped (as annotation.import_files).
+    for number, line in enumerate(decoded.text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -74,10 +76,7 @@ def read_pair_file(path: str | Path, design: str, question: str | None = None,
 
 
 def _record(line: str) -> Mapping[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not JSON: {error.msg} at character {error.pos + 1}") from None
+    record = _json_value(line.removesuffix("\r"))
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     unknown = sorted(set(record) - FIELDS)

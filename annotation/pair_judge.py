@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from annotation.pair_studies import study_row
 from annotation.store import MAX_NAME_CHARS, checked_text
 from db import Database
 from db.models import PairJudgeVote, PairReply, PairStudy, StudyPair
-from hirpf.eval.interview import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_MODEL
+from hirpf.eval.interview import add_endpoint_arguments, endpoint_client
 from hirpf.llm_client import ChatClient, MalformedReply
 
 JUDGE_SYSTEM = ("You compare two replies to the same message for a study of how replies come across. "
@@ -100,22 +99,13 @@ def judge_study(db: Database, study: str, judge: PairJudge) -> dict:
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--judge_base_url", default=None,
-                        help=f"OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL}); "
-                             "key from $OPENAI_API_KEY")
-    parser.add_argument("--judge_model", default=DEFAULT_MODEL)
+    add_endpoint_arguments(parser)
     parser.add_argument("--judge_name", default=None, help="how the report names it (default: llm:<model>)")
-    parser.add_argument("--judge_timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--judge_workers", type=int, default=4, help="pairs in flight at once")
-    parser.add_argument("--judge_cache_dir", default=str(DEFAULT_CACHE),
-                        help="response cache ('none' to switch off); reruns are answered from it")
 
 
 def judge_from_args(args) -> PairJudge:
     if args.judge_workers < 1:
         raise ValueError(f"--judge_workers must be at least 1, got {args.judge_workers}")
-    base_url = args.judge_base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    cache = None if str(args.judge_cache_dir).lower() == "none" else args.judge_cache_dir
-    client = ChatClient(base_url, args.judge_model, timeout=args.judge_timeout, cache_dir=cache)
-    return PairJudge(client, args.judge_name or f"llm:{args.judge_model}", args.judge_workers)
-
+    return PairJudge(endpoint_client(args, args.judge_model), args.judge_name or f"llm:{args.judge_model}",
+                     args.judge_workers)
