@@ -130,6 +130,14 @@ class Dialogue(Base):
     )
 
 
+def task_status_column():
+    """A task's status, stored as the value ("pending", ...) in a VARCHAR(10) and read back as the enum; each
+    table's CHECK (from its migration) is the constraint, so the type adds none of its own."""
+    return mapped_column(Enum(TaskStatus, native_enum=False, create_constraint=False, length=10,
+                              values_callable=lambda statuses: [s.value for s in statuses]),
+                         default=TaskStatus.PENDING)
+
+
 class AnnotationTask(Base):
     """One dialogue in one annotator's queue: its place in their order, and which anonymous speaker
     (X or Y) the role-playing agent is shown as."""
@@ -142,11 +150,7 @@ class AnnotationTask(Base):
     dialogue_id: Mapped[int] = mapped_column(ForeignKey("dialogues.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
     side: Mapped[str] = mapped_column(String(1))
-    # Stored as the value ("pending", ...) in a VARCHAR(10), read back as the enum; the CHECK below (from
-    # migration 1) is the constraint, so the type adds none of its own.
-    status: Mapped[TaskStatus] = mapped_column(
-        Enum(TaskStatus, native_enum=False, create_constraint=False, length=10,
-             values_callable=lambda statuses: [s.value for s in statuses]), default=TaskStatus.PENDING)
+    status: Mapped[TaskStatus] = task_status_column()
     skip_reason: Mapped[Optional[str]] = mapped_column(Text)
     assigned_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -314,9 +318,7 @@ class PairTask(Base):
     pair_id: Mapped[int] = mapped_column(ForeignKey("study_pairs.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
     shown_first: Mapped[str] = mapped_column(String(1))
-    status: Mapped[TaskStatus] = mapped_column(
-        Enum(TaskStatus, native_enum=False, create_constraint=False, length=10,
-             values_callable=lambda statuses: [s.value for s in statuses]), default=TaskStatus.PENDING)
+    status: Mapped[TaskStatus] = task_status_column()
     choice: Mapped[Optional[str]] = mapped_column(String(3))
     skip_reason: Mapped[Optional[str]] = mapped_column(Text)
     seconds: Mapped[Optional[float]] = mapped_column(Float)
