@@ -28,6 +28,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from annotation.store import StoreError, checked_text
+from annotation.study_settings import read_setting, write_setting
 from db import Database
 from db.models import PAIR_DESIGNS, PairCondition, PairReply, PairStudy, StudyPair
 from hirpf.identities import PROFESSIONS, TRAIT_WORDS, TRAITS, IdentityError, IdentitySet, label
@@ -277,3 +278,27 @@ def study_names(db: Database) -> list[str]:
     with db.read() as session:
         return list(session.scalars(select(PairStudy.name).order_by(PairStudy.id)))
 
+
+
+# --- the study annotators are shown -----------------------------------------------------------------------
+ACTIVE_STUDY_KEY = "active_pair_study"  # in `study_settings`: the public id of the study being annotated
+
+
+def activate_study(db: Database, study: str | None) -> None:
+    """Show `study` (a name or public id) to annotators from now on; None: no pair study."""
+    if study is None:
+        write_setting(db, ACTIVE_STUDY_KEY, None)
+        return
+    with db.read() as session:
+        public_id = study_row(session, study).public_id
+    write_setting(db, ACTIVE_STUDY_KEY, public_id)
+
+
+def active_study(db: Database) -> str | None:
+    """The public id of the study annotators are shown, None when none is (or it was deleted)."""
+    public_id = read_setting(db, ACTIVE_STUDY_KEY)
+    if not isinstance(public_id, str):
+        return None
+    with db.read() as session:
+        found = session.scalar(select(PairStudy.public_id).where(PairStudy.public_id == public_id))
+    return found
