@@ -26,6 +26,7 @@ from annotation.pair_studies import (
     DEFAULT_QUESTIONS,
     MAX_LABEL_CHARS,
     MAX_MODEL_CHARS,
+    MAX_QUESTION_CHARS,
     Condition,
     PairStudyError,
     PlannedPair,
@@ -87,7 +88,7 @@ def _record(line: str) -> Mapping[str, Any]:
 
 def _pair(record: Mapping[str, Any], design: str, conditions: dict[str, Condition]) -> PlannedPair:
     prompt = _text(record.get("prompt"), "prompt")
-    question = _text(record.get("question"), "question")
+    question = _text(record.get("question"), "question", limit=MAX_QUESTION_CHARS)
     a, b = (_side(record.get(side), side, prompt, conditions) for side in ("a", "b"))
     expected = record.get("expected")
     if design == "discrimination":
@@ -154,8 +155,8 @@ def _identity_names(value: object, side: str) -> object:
     return value
 
 
-def _text(value: object, what: str, strip: bool = True) -> str:
+def _text(value: object, what: str, strip: bool = True, limit: int | None = None) -> str:
     try:
-        return checked_text(value, what, required=True, strip=strip)
+        return checked_text(value, what, limit, required=True, strip=strip)
     except StoreError as error:
         raise ValueError(str(error)) from None

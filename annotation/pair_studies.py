@@ -37,6 +37,9 @@ from hirpf.prompts import Conditioning
 MAX_LABEL_CHARS = PairCondition.__table__.c.label.type.length
 MAX_MODEL_CHARS = PairCondition.__table__.c.base_model.type.length
 MAX_STUDY_NAME_CHARS = PairStudy.__table__.c.name.type.length
+# A pair's question is part of a unique index; PostgreSQL refuses index rows over about 2700 bytes, so the
+# question is kept well below that (500 characters are at most 2000 bytes of UTF-8).
+MAX_QUESTION_CHARS = 500
 DEFAULT_QUESTIONS = {
     "poles": "Which reply shows more {target}?",
     "professions": "Which speaker sounds more like {target}?",
@@ -187,8 +190,9 @@ def save_study(db: Database, name: str, plan: StudyPlan, *, new_only: bool = Fal
     condition's provenance (a rerun of the same build), else nothing is stored; `new_only` refuses any
     existing study of that name (imports)."""
     name = checked_text(name, "study name", MAX_STUDY_NAME_CHARS, required=True)
-    question = checked_text(plan.question, "question", required=True)
+    question = checked_text(plan.question, "question", MAX_QUESTION_CHARS, required=True)
     for pair in plan.pairs:
+        checked_text(pair.question, "question", MAX_QUESTION_CHARS, required=True)
         for reply in (pair.a, pair.b):
             checked_text(reply.prompt, "prompt", required=True, strip=False)
             if reply.text is not None:

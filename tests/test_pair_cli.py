@@ -152,6 +152,7 @@ def test_import_stores_a_good_file_and_report_and_export_read_it(url, tmp_path, 
     (pair_line(colour="red"), "line 3: colour: unknown field"),
     (pair_line(a__prompt="x"), "line 3: a.prompt: unknown field"),
     (pair_line(question="Which?\x00"), "line 3: question: contains a NUL character"),
+    (pair_line(question="W" * 501), "line 3: question: 501 characters, the limit is 500"),
     ([1, 2], "line 3: expected a JSON object"),
 ])
 def test_a_bad_file_is_refused_naming_line_and_field_and_nothing_is_stored(url, tmp_path, capsys, bad, message):

@@ -182,3 +182,13 @@ def test_preference_report_ranks_conditions_with_bradley_terry(database):  # noq
     assert bt["prompt"]["ties"] == 12
     for row in bt.values():
         assert row["interval"][0] <= row["score"] <= row["interval"][1]
+
+
+def test_the_longest_question_allowed_fits_postgresqls_index_and_a_longer_one_is_refused(database):  # noqa: F811
+    longest = "\U0001F600" * 500  # 2000 bytes of UTF-8, under PostgreSQL's limit for a unique index row
+    save_study(database, "long", plan_pairs("discrimination", poles()[:1], [PROMPT], PROMPTS[:1], question=longest))
+    assert counts(database)[3] == 1
+    with pytest.raises(StoreError, match="501 characters, the limit is 500"):
+        save_study(database, "longer", plan_pairs("discrimination", poles()[:1], [PROMPT], PROMPTS[:1],
+                                                  question=longest + "?"))
+    assert counts(database)[0] == 1
