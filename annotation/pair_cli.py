@@ -3,7 +3,7 @@
     python -m annotation pairs build --name poles --prompts prompts.txt --poles \\
         --condition experts+prompt@1.0 --condition prompt [--lora_weights DIR|default|none ...]
     python -m annotation pairs import pairs.jsonl --name elsewhere --design preference [--ties | --no-ties]
-    python -m annotation pairs report [--study NAME] [--json]
+    python -m annotation pairs report [--study NAME] [--json] [--chart FILE.png]
     python -m annotation pairs export --format csv|jsonl [--study NAME] [--output FILE]
     python -m annotation pairs judge --study NAME [--judge_base_url URL --judge_model M]
 
@@ -59,6 +59,7 @@ def add_pairs_parser(commands, common: argparse.ArgumentParser) -> None:
     reports.add_argument("--study", help="one study (default: every study)")
     reports.add_argument("--json", action="store_true", help="the full report as JSON")
     reports.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (Bradley-Terry)")
+    reports.add_argument("--chart", type=Path, metavar="FILE.png", help="with --study: the humans' result as a chart")
 
     exports = actions.add_parser("export", parents=[common], help="every answer, unblinded")
     exports.add_argument("--format", choices=["csv", "jsonl"], required=True)
@@ -163,15 +164,19 @@ def _import(db, args) -> int:
 
 
 def _report(db, args) -> int:
-    from annotation.pair_report import build_pair_report, format_pair_report
+    from annotation.pair_report import build_pair_report, format_pair_report, pair_chart
     from annotation.pair_studies import study_names
 
+    if args.chart and not args.study:
+        raise ValueError("--chart draws one study: give --study")
     names = [args.study] if args.study else study_names(db)
     reports = [build_pair_report(db, name, resamples=args.resamples) for name in names]
     if args.json:
         print(json.dumps(reports, indent=2, ensure_ascii=False))
     else:
         print("\n".join(format_pair_report(r) for r in reports) or "no pair studies", end="")
+    if args.chart:
+        print(f"chart: {pair_chart(reports[0], args.chart)}", file=sys.stderr)
     return 0
 
 

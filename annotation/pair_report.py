@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from pathlib import Path
 from typing import IO, Iterable
 
 from sqlalchemy import select
@@ -165,6 +166,23 @@ def _number(value) -> str:
 
 def _interval(interval) -> str:
     return "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def pair_chart(report: dict, path) -> Path:
+    """The humans' result as a PNG: accuracy per condition against chance (discrimination), or
+    Bradley-Terry scores around 0 (preference), each with its 95% interval."""
+    from hirpf.charts import interval_chart
+
+    humans, title = report["humans"], f"{report['study']}: {report['humans']['answers']} answers"
+    if report["design"] == "discrimination":
+        rows = humans["accuracy"]
+        return interval_chart(Path(path), list(rows), [r["accuracy"] for r in rows.values()],
+                              [r["interval"] for r in rows.values()], reference=CHANCE,
+                              x_label="accuracy (dashed: chance)", title=title)
+    rows = humans["bradley_terry"]["per_condition"]
+    return interval_chart(Path(path), list(rows), [r.get("score") for r in rows.values()],
+                          [r.get("interval") for r in rows.values()], reference=0.0,
+                          x_label="Bradley-Terry score (log-strength, mean 0)", title=title)
 
 
 # --- export -----------------------------------------------------------------------------------------------

@@ -133,6 +133,11 @@ def test_import_stores_a_good_file_and_report_and_export_read_it(url, tmp_path, 
     assert report["replies"] == {"stored": 6, "needed": 6}
     assert main(["pairs", "report", "--database", url]) == 0
     assert "study elsewhere (discrimination): 3 pairs" in capsys.readouterr().out
+    assert main(["pairs", "report", "--database", url, "--chart", str(tmp_path / "c.png")]) == 2
+    assert "give --study" in capsys.readouterr().err
+    assert main(["pairs", "report", "--database", url, "--study", "elsewhere", "--chart",
+                 str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     out = tmp_path / "answers.csv"
     assert main(["pairs", "export", "--database", url, "--format", "csv", "--output", str(out)]) == 0
     assert list(csv.DictReader(out.open(encoding="utf-8"))) == []  # nobody answered yet

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from annotation.assignment import AssignmentPolicy
 from annotation.pair_generation import missing_replies, reply_counts, store_reply
-from annotation.pair_report import build_pair_report, write_pairs_csv, write_pairs_jsonl
+from annotation.pair_report import build_pair_report, pair_chart, write_pairs_csv, write_pairs_jsonl
 from annotation.pair_studies import PairStudyError, parse_condition, plan_pairs, poles, professions, save_study
 from annotation.pair_tasks import answer_pair, last_answered_pair, next_pair_task, pair_progress, skip_pair
 from annotation.store import Store, StoreError
@@ -23,6 +23,10 @@ from store_helpers import database, database_url, postgres_server  # noqa: F401 
 
 PROMPTS = ["How do you spend a Sunday?", "What do you do when a friend is late?"]
 EXPERTS, PROMPT = parse_condition("experts+prompt@1.0", base_model="embedded", seed=0), parse_condition("prompt")
+
+
+def is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
 
 
 def counts(database) -> list[int]:  # noqa: F811
@@ -134,7 +138,7 @@ def test_ties_skips_and_edits_follow_the_rules(database):  # noqa: F811
     assert pair_progress(database, "poles", ada) == (2, 2, 0)
 
 
-def test_discrimination_report_gives_accuracy_per_condition_with_intervals(database):  # noqa: F811
+def test_discrimination_report_gives_accuracy_per_condition_with_intervals(database, tmp_path):  # noqa: F811
     save_study(database, "poles", plan_pairs("discrimination", poles(), [EXPERTS, PROMPT], PROMPTS))
     fill_replies(database, "poles")
     store = Store(database)
@@ -158,9 +162,10 @@ def test_discrimination_report_gives_accuracy_per_condition_with_intervals(datab
     out = io.StringIO()
     assert write_pairs_jsonl(database, out) == 40
     assert json.loads(out.getvalue().splitlines()[0])["expected"] == "a"
+    assert is_png(pair_chart(report, tmp_path / "poles.png"))
 
 
-def test_preference_report_ranks_conditions_with_bradley_terry(database):  # noqa: F811
+def test_preference_report_ranks_conditions_with_bradley_terry(database, tmp_path):  # noqa: F811
     strong = parse_condition("experts+prompt@1.5")
     plan = plan_pairs("preference", [["AGR_high"], ["EXT_low"], ["Doctor"]], [strong, EXPERTS, PROMPT], PROMPTS)
     assert plan.ties_allowed and plan.pairs[0].question.startswith("Which reply sounds more like a person with")
@@ -175,7 +180,9 @@ def test_preference_report_ranks_conditions_with_bradley_terry(database):  # noq
     store = Store(database)
     answer_all(database, "strengths", store.register_annotator("Ada"), prefer_stronger)
     answer_all(database, "strengths", store.register_annotator("Bo"), lambda a, b: "tie")
-    bt = build_pair_report(database, "strengths", resamples=100)["humans"]["bradley_terry"]["per_condition"]
+    report = build_pair_report(database, "strengths", resamples=100)
+    assert is_png(pair_chart(report, tmp_path / "strengths.png"))
+    bt = report["humans"]["bradley_terry"]["per_condition"]
     scores = [bt[c]["score"] for c in ("experts+prompt@1.5", "experts+prompt@1.0", "prompt")]
     assert scores[0] > scores[1] > scores[2]
     assert bt["experts+prompt@1.5"]["wins"] == 12 and bt["prompt"]["losses"] == 12
