@@ -85,7 +85,7 @@ def run_pairs(db, args) -> int:
 
 
 def _build(db, args) -> int:
-    from annotation.pair_generation import PairBuildJob
+    from annotation.pair_generation import PairBuildJob, check_engine
     from annotation.pair_studies import parse_condition, plan_pairs, poles, professions, save_study
     from hirpf.identities import PROFESSIONS, TRAIT_POLES
     from hirpf.sampling import Sampling
@@ -105,7 +105,6 @@ def _build(db, args) -> int:
     else:  # preference over single identities: each pole or profession on its own
         identities = [[name] for name in (TRAIT_POLES if args.poles else PROFESSIONS)]
     plan = plan_pairs(design, identities, conditions, read_prompts(args.prompts), args.question, args.ties)
-    save_study(db, args.name, plan)
     engines = {}
 
     def engine_for(condition):
@@ -116,6 +115,10 @@ def _build(db, args) -> int:
             engines[key] = Engine.load(condition.base_model, lora_weights=condition.checkpoint,
                                        load_in_8bit=False, dtype="float32")
         return engines[key]
+
+    for condition in conditions:  # a model that cannot serve a condition fails before anything is stored
+        check_engine(condition, engine_for(condition))
+    save_study(db, args.name, plan)
 
     def show(done: int, total: int) -> None:
         print(f"\rreplies {done} of {total}", end="", file=sys.stderr, flush=True)

@@ -62,6 +62,7 @@ def test_a_condition_with_experts_on_a_model_without_them_is_refused(url, prompt
                  "--condition", "experts+prompt@1.0", "--lora_weights", "none",
                  "--base_model", str(tiny_base_dir)]) == 2
     assert "'experts+prompt@1.0' uses experts" in capsys.readouterr().err
+    assert stored(url, PairStudy) == 0  # refused before anything was stored
     assert main(["pairs", "build", "--database", url, "--name", "y", "--prompts", str(prompts), "--poles",
                  "--condition", "prompt", "--condition", "experts", "--lora_weights", "a", "--lora_weights", "b",
                  "--lora_weights", "c"]) == 2
