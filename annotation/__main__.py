@@ -4,6 +4,7 @@
     python -m annotation export --format csv|jsonl [--output FILE]
     python -m annotation report [--json] [--his_open FILE]
     python -m annotation backup DEST [--every SECONDS --keep N]
+    python -m annotation pairs build|import|report|export|judge ...   (blind pairwise studies: pair_cli.py)
 
 Every command takes `--database URL` (default: `DATABASE_URL`, else `data/hirpf.sqlite3`; `HIRPF_DATA_DIR`
 moves the folder). `import` exits 1 when it rejected rows (each reported with its line number on standard
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     backups.add_argument("destination", type=Path, help="a file, or a folder for timestamped files")
     backups.add_argument("--every", type=float, metavar="SECONDS", help="repeat forever at this interval")
     backups.add_argument("--keep", type=int, default=24, help="with --every: newest backups to keep")
+    from annotation.pair_cli import add_pairs_parser
+
+    add_pairs_parser(commands, common)
     args = parser.parse_args(argv)
 
     from annotation.store import Store
@@ -134,7 +138,13 @@ def _backup(store, args) -> int:
         time.sleep(args.every)
 
 
-COMMANDS = {"import": _import, "export": _export, "report": _report, "backup": _backup}
+def _pairs(store, args) -> int:
+    from annotation.pair_cli import run_pairs
+
+    return run_pairs(store.db, args)
+
+
+COMMANDS = {"import": _import, "export": _export, "report": _report, "backup": _backup, "pairs": _pairs}
 
 if __name__ == "__main__":
     sys.exit(main())

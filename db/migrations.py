@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     Column,
     Connection,
@@ -139,6 +140,86 @@ def _study_settings(connection: Connection) -> None:
     metadata.tables["study_settings"].create(connection)
 
 
+def _pair_studies(connection: Connection) -> None:
+    metadata = MetaData()
+    Table("annotators", metadata, Column("id", Integer, primary_key=True))  # for the foreign key only
+    Table("pair_studies", metadata,
+          Column("id", Integer, primary_key=True),
+          Column("public_id", String(32), nullable=False, unique=True),
+          Column("name", String(200), nullable=False, unique=True),
+          Column("design", String(20), nullable=False),
+          Column("question", Text, nullable=False),
+          Column("ties_allowed", Boolean, nullable=False),
+          Column("created_at", Timestamp, nullable=False),
+          CheckConstraint("design IN ('discrimination', 'preference')", name="ck_pair_studies_design"))
+    Table("pair_conditions", metadata,
+          Column("id", Integer, primary_key=True),
+          Column("study_id", Integer, ForeignKey("pair_studies.id", ondelete="CASCADE"), nullable=False),
+          Column("label", String(200), nullable=False),
+          Column("conditioning", String(20)),
+          Column("strength", Float),
+          Column("base_model", String(500)),
+          Column("checkpoint", String(500)),
+          Column("seed", Integer),
+          UniqueConstraint("study_id", "label", name="uq_pair_conditions_study_label"))
+    Table("pair_replies", metadata,
+          Column("id", Integer, primary_key=True),
+          Column("condition_id", Integer, ForeignKey("pair_conditions.id", ondelete="CASCADE"), nullable=False),
+          Column("identities", Json, nullable=False),
+          Column("prompt", Text, nullable=False),
+          Column("key", String(64), nullable=False),
+          Column("text", Text),
+          Column("source_ref", String(500)),
+          Column("created_at", Timestamp, nullable=False),
+          UniqueConstraint("condition_id", "key", name="uq_pair_replies_condition_key"))
+    Table("study_pairs", metadata,
+          Column("id", Integer, primary_key=True),
+          Column("public_id", String(32), nullable=False, unique=True),
+          Column("study_id", Integer, ForeignKey("pair_studies.id", ondelete="CASCADE"), nullable=False),
+          Column("position", Integer, nullable=False),
+          Column("reply_a_id", Integer, ForeignKey("pair_replies.id", ondelete="CASCADE"), nullable=False),
+          Column("reply_b_id", Integer, ForeignKey("pair_replies.id", ondelete="CASCADE"), nullable=False),
+          Column("question", Text, nullable=False),
+          Column("expected", String(1)),
+          UniqueConstraint("study_id", "position", name="uq_study_pairs_study_position"),
+          UniqueConstraint("study_id", "reply_a_id", "reply_b_id", "question", name="uq_study_pairs_content"),
+          CheckConstraint("expected IS NULL OR expected IN ('a', 'b')", name="ck_study_pairs_expected"))
+    Table("pair_tasks", metadata,
+          Column("id", Integer, primary_key=True),
+          Column("public_id", String(32), nullable=False, unique=True),
+          Column("annotator_id", Integer, ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False),
+          Column("pair_id", Integer, ForeignKey("study_pairs.id", ondelete="CASCADE"), nullable=False),
+          Column("position", Integer, nullable=False),
+          Column("shown_first", String(1), nullable=False),
+          Column("status", String(10), nullable=False),
+          Column("choice", String(3)),
+          Column("skip_reason", Text),
+          Column("seconds", Float),
+          Column("edits", Integer, nullable=False),
+          Column("assigned_at", Timestamp, nullable=False),
+          Column("updated_at", Timestamp, nullable=False),
+          UniqueConstraint("annotator_id", "pair_id", name="uq_pair_tasks_annotator_pair"),
+          CheckConstraint("status IN ('pending', 'done', 'skipped')", name="ck_pair_tasks_status"),
+          CheckConstraint("shown_first IN ('a', 'b')", name="ck_pair_tasks_shown_first"),
+          CheckConstraint("choice IS NULL OR choice IN ('a', 'b', 'tie')", name="ck_pair_tasks_choice"),
+          CheckConstraint("(choice IS NULL) = (status <> 'done')", name="ck_pair_tasks_answered"),
+          Index("ix_pair_tasks_queue", "annotator_id", "status", "position"),
+          Index("ix_pair_tasks_pair", "pair_id"))
+    Table("pair_judge_votes", metadata,
+          Column("id", Integer, primary_key=True),
+          Column("pair_id", Integer, ForeignKey("study_pairs.id", ondelete="CASCADE"), nullable=False),
+          Column("judge", String(200), nullable=False),
+          Column("choice", String(3), nullable=False),
+          Column("choice_a_first", String(3)),
+          Column("choice_b_first", String(3)),
+          Column("raw_replies", Json, nullable=False),
+          Column("created_at", Timestamp, nullable=False),
+          UniqueConstraint("pair_id", "judge", name="uq_pair_judge_votes_pair_judge"),
+          CheckConstraint("choice IN ('a', 'b', 'tie')", name="ck_pair_judge_votes_choice"))
+    for name in ("pair_studies", "pair_conditions", "pair_replies", "study_pairs", "pair_tasks", "pair_judge_votes"):
+        metadata.tables[name].create(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "base schema: annotators, dialogues, annotation tasks, annotations", _base_schema),
     Migration(2, "judge predictions", _judge_predictions),
@@ -146,6 +227,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "annotators.resume_code_hash: the secret that resumes a name sign-in", _annotator_resume_code),
     Migration(5, "study settings an admin changes while the app runs (assignment policy, access code)",
               _study_settings),
+    Migration(6, "blind pairwise studies: studies, conditions, replies, pairs, annotators' and judges' answers",
+              _pair_studies),
 )
 LATEST = MIGRATIONS[-1].version
 

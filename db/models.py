@@ -1,8 +1,15 @@
 """The human-evaluation schema (the latest version; `db/migrations.py` builds it step by step).
 
     annotators ─< annotation_tasks >─ dialogues ─< judge_predictions
-                        │
-                   annotations (one per task)
+         │              │
+         │         annotations (one per task)
+         │
+         └─< pair_tasks >─ study_pairs >─ pair_replies >─ pair_conditions >─ pair_studies
+                           study_pairs ─< pair_judge_votes
+
+Pair studies (migration 6): a study's pairs each show one prompt answered twice (two `pair_replies`, each
+made by one of the study's `pair_conditions` under one identity set); annotators answer them in
+`pair_tasks`, LLM judges in `pair_judge_votes`.
 
 Every row people may see through the annotation UI is referenced by `public_id`, a random token that
 says nothing about the dialogue's target, system or source; the integer keys stay inside the database.
@@ -16,6 +23,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Enum,
@@ -32,6 +40,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 KINDS = ("identity", "scale_interview")
 SOURCES = ("app", "file", "simulator")
 SIDES = ("X", "Y")
+PAIR_DESIGNS = ("discrimination", "preference")
+# A pair's two replies in stored order; what the annotator picked is stored in these terms, whichever reply
+# their screen showed first.
+PAIR_SIDES = ("a", "b")
+PAIR_CHOICES = ("a", "b", "tie")
 
 
 class TaskStatus(str, enum.Enum):
@@ -117,6 +130,14 @@ class Dialogue(Base):
     )
 
 
+def task_status_column():
+    """A task's status, stored as the value ("pending", ...) in a VARCHAR(10) and read back as the enum; each
+    table's CHECK (from its migration) is the constraint, so the type adds none of its own."""
+    return mapped_column(Enum(TaskStatus, native_enum=False, create_constraint=False, length=10,
+                              values_callable=lambda statuses: [s.value for s in statuses]),
+                         default=TaskStatus.PENDING)
+
+
 class AnnotationTask(Base):
     """One dialogue in one annotator's queue: its place in their order, and which anonymous speaker
     (X or Y) the role-playing agent is shown as."""
@@ -129,11 +150,7 @@ class AnnotationTask(Base):
     dialogue_id: Mapped[int] = mapped_column(ForeignKey("dialogues.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
     side: Mapped[str] = mapped_column(String(1))
-    # Stored as the value ("pending", ...) in a VARCHAR(10), read back as the enum; the CHECK below (from
-    # migration 1) is the constraint, so the type adds none of its own.
-    status: Mapped[TaskStatus] = mapped_column(
-        Enum(TaskStatus, native_enum=False, create_constraint=False, length=10,
-             values_callable=lambda statuses: [s.value for s in statuses]), default=TaskStatus.PENDING)
+    status: Mapped[TaskStatus] = task_status_column()
     skip_reason: Mapped[Optional[str]] = mapped_column(Text)
     assigned_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -205,6 +222,141 @@ class StudySetting(Base):
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(Json)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class PairStudy(Base):
+    """A blind pairwise study (migration 6). `discrimination`: the same condition, two opposite identities,
+    "which reply is <target>?" with a right answer; `preference`: one identity set under two conditions,
+    "which reply shows <identity> more?"."""
+
+    __tablename__ = "pair_studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    design: Mapped[str] = mapped_column(String(20))
+    # The wording with `{target}` where the pair's target goes (a pair stores its own filled-in question).
+    question: Mapped[str] = mapped_column(Text)
+    ties_allowed: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (CheckConstraint(f"design IN {PAIR_DESIGNS}", name="ck_pair_studies_design"),)
+
+
+class PairCondition(Base):
+    """How a study's replies were made: conditioning, one strength for every identity (None: the
+    default), the model (a base model and its expert checkpoint, or where imported pairs came from), the
+    seed. `label` is how reports name it (`experts+prompt@1.5`); it never reaches an annotator."""
+
+    __tablename__ = "pair_conditions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("pair_studies.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(200))
+    conditioning: Mapped[Optional[str]] = mapped_column(String(20))
+    strength: Mapped[Optional[float]] = mapped_column(Float)
+    base_model: Mapped[Optional[str]] = mapped_column(String(500))
+    checkpoint: Mapped[Optional[str]] = mapped_column(String(500))
+    seed: Mapped[Optional[int]] = mapped_column(Integer)
+
+    __table_args__ = (UniqueConstraint("study_id", "label", name="uq_pair_conditions_study_label"),)
+
+
+class PairReply(Base):
+    """One reply of a condition to a prompt under an identity set; `text` is NULL until generated, so a build
+    stopped half-way resumes from the rows still NULL. Shared by every pair that shows it."""
+
+    __tablename__ = "pair_replies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    condition_id: Mapped[int] = mapped_column(ForeignKey("pair_conditions.id", ondelete="CASCADE"))
+    identities: Mapped[list] = mapped_column(Json)  # canonical names, strengths apart (the condition's)
+    prompt: Mapped[str] = mapped_column(Text)
+    # sha256 of (identities, prompt): one reply per condition, identity set and prompt.
+    key: Mapped[str] = mapped_column(String(64))
+    text: Mapped[Optional[str]] = mapped_column(Text)
+    source_ref: Mapped[Optional[str]] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("condition_id", "key", name="uq_pair_replies_condition_key"),)
+
+
+class StudyPair(Base):
+    """Two replies to one prompt and the question asked about them; `expected` is the right answer of a
+    discrimination pair ("a" or "b"), NULL for preference."""
+
+    __tablename__ = "study_pairs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    study_id: Mapped[int] = mapped_column(ForeignKey("pair_studies.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    reply_a_id: Mapped[int] = mapped_column(ForeignKey("pair_replies.id", ondelete="CASCADE"))
+    reply_b_id: Mapped[int] = mapped_column(ForeignKey("pair_replies.id", ondelete="CASCADE"))
+    question: Mapped[str] = mapped_column(Text)
+    expected: Mapped[Optional[str]] = mapped_column(String(1))
+
+    reply_a: Mapped[PairReply] = relationship(foreign_keys=[reply_a_id])
+    reply_b: Mapped[PairReply] = relationship(foreign_keys=[reply_b_id])
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "position", name="uq_study_pairs_study_position"),
+        UniqueConstraint("study_id", "reply_a_id", "reply_b_id", "question", name="uq_study_pairs_content"),
+        CheckConstraint("expected IS NULL OR expected IN ('a', 'b')", name="ck_study_pairs_expected"),
+    )
+
+
+class PairTask(Base):
+    """One pair in one annotator's queue, with the order their screen shows the replies in (`shown_first`:
+    the stored side shown first, as "A") and, once answered, their choice in stored terms."""
+
+    __tablename__ = "pair_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"))
+    pair_id: Mapped[int] = mapped_column(ForeignKey("study_pairs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    shown_first: Mapped[str] = mapped_column(String(1))
+    status: Mapped[TaskStatus] = task_status_column()
+    choice: Mapped[Optional[str]] = mapped_column(String(3))
+    skip_reason: Mapped[Optional[str]] = mapped_column(Text)
+    seconds: Mapped[Optional[float]] = mapped_column(Float)
+    edits: Mapped[int] = mapped_column(Integer, default=0)
+    assigned_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    pair: Mapped[StudyPair] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("annotator_id", "pair_id", name="uq_pair_tasks_annotator_pair"),
+        CheckConstraint(f"status IN {STATUSES}", name="ck_pair_tasks_status"),
+        CheckConstraint(f"shown_first IN {PAIR_SIDES}", name="ck_pair_tasks_shown_first"),
+        CheckConstraint(f"choice IS NULL OR choice IN {PAIR_CHOICES}", name="ck_pair_tasks_choice"),
+        CheckConstraint("(choice IS NULL) = (status <> 'done')", name="ck_pair_tasks_answered"),
+        Index("ix_pair_tasks_queue", "annotator_id", "status", "position"),
+        Index("ix_pair_tasks_pair", "pair_id"),
+    )
+
+
+class PairJudgeVote(Base):
+    """An LLM judge's answer to a pair, asked in both orders: `choice` is "tie" when the two disagree."""
+
+    __tablename__ = "pair_judge_votes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("study_pairs.id", ondelete="CASCADE"))
+    judge: Mapped[str] = mapped_column(String(200))
+    choice: Mapped[str] = mapped_column(String(3))
+    choice_a_first: Mapped[Optional[str]] = mapped_column(String(3))  # what it said with a shown first
+    choice_b_first: Mapped[Optional[str]] = mapped_column(String(3))
+    raw_replies: Mapped[list] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("pair_id", "judge", name="uq_pair_judge_votes_pair_judge"),
+        CheckConstraint(f"choice IN {PAIR_CHOICES}", name="ck_pair_judge_votes_choice"),
+    )
 
 
 class SchemaMigration(Base):

@@ -134,3 +134,32 @@ def line_chart(path: Path, x: Sequence[float] | None, panels: Sequence[tuple[str
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
+
+
+def interval_chart(path: Path, rows: Sequence[str], values: Sequence[float | None],
+                   intervals: Sequence[Sequence[float] | None], reference: float | None = None,
+                   x_label: str = "", title: str = "") -> Path:
+    """One row per item (a study's conditions): its value as a point with its interval as a bar, and a
+    vertical reference line (chance, or 0 for centred scores). Rows without a value are left empty."""
+    figure = Figure(figsize=(7, max(2.2, 1.2 + 0.45 * len(rows))))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    positions = list(range(len(rows)))[::-1]  # first row at the top
+    for y, value, interval in zip(positions, values, intervals):
+        if value is None:
+            continue
+        if interval is not None:
+            ax.plot(list(interval), [y, y], color="tab:blue", linewidth=2.5, alpha=0.5)
+        ax.plot([value], [y], "o", color="tab:blue")
+    if reference is not None:
+        ax.axvline(reference, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yticks(positions)
+    ax.set_yticklabels(rows, fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(x_label, fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    if title:
+        ax.set_title(textwrap.fill(title, 80), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path

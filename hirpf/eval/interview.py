@@ -150,20 +150,32 @@ class InterviewJudge:
         return majority(votes), votes, failures
 
 
-def add_interview_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("interview judge (--judge interview)")
+def add_endpoint_arguments(group) -> None:
+    """The judge endpoint's settings, shared by every judge on an OpenAI-compatible endpoint (this one, the
+    pair-study judge in `annotation.pair_judge`); `endpoint_client` reads them."""
     group.add_argument("--judge_base_url", default=None,
                        help=f"OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL}); "
                             "key from $OPENAI_API_KEY")
     group.add_argument("--judge_model", default=DEFAULT_MODEL, help="referee model")
+    group.add_argument("--judge_timeout", type=float, default=60.0, help="seconds per request")
+    group.add_argument("--judge_cache_dir", default=str(DEFAULT_CACHE),
+                       help="response cache ('none' to switch off); reruns are answered from it")
+
+
+def endpoint_client(args, model: str) -> ChatClient:
+    base_url = args.judge_base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    cache = None if str(args.judge_cache_dir).lower() == "none" else args.judge_cache_dir
+    return ChatClient(base_url, model, timeout=args.judge_timeout, cache_dir=cache)
+
+
+def add_interview_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("interview judge (--judge interview)")
+    add_endpoint_arguments(group)
     group.add_argument("--interviewer_model", default=None, help="interviewer model (default: --judge_model)")
     group.add_argument("--follow_ups", type=int, default=2, help="follow-up questions per item (default 2)")
     group.add_argument("--referee_samples", type=int, default=5, help="referee samples per item, majority vote")
     group.add_argument("--max_new_tokens", type=int, default=96, help="agent tokens per answer")
-    group.add_argument("--judge_timeout", type=float, default=60.0, help="seconds per request")
     group.add_argument("--judge_workers", type=int, default=4, help="requests in flight at once")
-    group.add_argument("--judge_cache_dir", default=str(DEFAULT_CACHE),
-                       help="response cache ('none' to switch off); reruns are answered from it")
 
 
 def interview_judge_from_args(args) -> InterviewJudge:
@@ -172,12 +184,7 @@ def interview_judge_from_args(args) -> InterviewJudge:
     check_positive("--referee_samples", args.referee_samples)
     check_positive("--max_new_tokens", args.max_new_tokens)
     check_positive("--judge_workers", args.judge_workers)
-    base_url = args.judge_base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    cache = None if str(args.judge_cache_dir).lower() == "none" else args.judge_cache_dir
-
-    def client(model: str) -> ChatClient:
-        return ChatClient(base_url, model, timeout=args.judge_timeout, cache_dir=cache)
-
-    return InterviewJudge(client(args.interviewer_model or args.judge_model), client(args.judge_model),
+    return InterviewJudge(endpoint_client(args, args.interviewer_model or args.judge_model),
+                          endpoint_client(args, args.judge_model),
                           follow_ups=args.follow_ups, samples=args.referee_samples,
                           max_new_tokens=args.max_new_tokens, seed=args.seed, workers=args.judge_workers)
