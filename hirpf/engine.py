@@ -56,14 +56,21 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
+        # Schedulers whose loop thread died and were replaced, and the last one's error (for /model_status).
+        self.scheduler_restarts = 0
+        self.scheduler_failure: BaseException | None = None
 
     def scheduler(self):
         """This engine's one `hirpf.scheduler.Scheduler` (started on first use): callers that share it share
-        its running batch, so concurrent requests decode together. A closed one is replaced."""
+        its running batch, so concurrent requests decode together. A closed one is replaced, and so is one
+        whose loop thread died (counted in `scheduler_restarts`): a dead one is never handed out."""
         with self._scheduler_lock:
             if self._scheduler is None or self._scheduler.closed:
                 from .scheduler import Scheduler  # it imports this module
 
+                if self._scheduler is not None and self._scheduler.failure is not None:
+                    self.scheduler_restarts += 1
+                    self.scheduler_failure = self._scheduler.failure
                 self._scheduler = Scheduler(self)
             return self._scheduler
 

@@ -201,6 +201,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._waiting: deque[_Row] = deque()
         self._closed = False
+        self.failure: BaseException | None = None  # what killed the loop thread, if it died
         # Only the loop thread touches the running rows, their cache and the step's routing.
         self._rows: list[_Row] = []
         self._batch = PaddedBatchCache()
@@ -222,6 +223,8 @@ class Scheduler:
         identities = IdentitySet.parse(identities)
         conditioning = Conditioning.parse(conditioning)
         sampling = sampling or Sampling()
+        if stop_event is not None and not isinstance(stop_event, threading.Event):
+            raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
         sampler = RowSampler(sampling, device=self.device)
         messages = self.engine.chat_messages(history, identities, conditioning)
         prompt = self.engine.encode([messages])["input_ids"]
@@ -229,7 +232,9 @@ class Scheduler:
         row = _Row(prompt, expert_identities(identities, conditioning), sampler, sampling.max_new_tokens, stream)
         with self._wake:
             if self._closed:
-                raise SchedulerClosed("the scheduler is closed")
+                raise SchedulerClosed("the scheduler is closed" if self.failure is None else
+                                      f"the scheduler's loop died ({self.failure!r}); Engine.scheduler() starts "
+                                      "a new one")
             self._waiting.append(row)
             self._wake.notify()
         return stream
@@ -255,7 +260,8 @@ class Scheduler:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once it serves no more: closed, or its loop thread died (`failure` says why)."""
+        return self._closed or self.failure is not None or not self._thread.is_alive()
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the loop; unfinished requests end with `SchedulerClosed`."""
@@ -266,44 +272,87 @@ class Scheduler:
 
     # --- the loop --------------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not (self._closed or self._waiting or self._rows):
-                    self._wake.wait()
-                if self._closed:
-                    break
-                # A request stopped while it waited for a slot ends now, not when a slot frees.
-                given_up = [r for r in self._waiting if r.stream.stop_event.is_set()]
-                if given_up:
-                    self._waiting = deque(r for r in self._waiting if not r.stream.stop_event.is_set())
-                joining = []
-                while self._waiting and len(self._rows) + len(joining) < self.max_batch:
-                    joining.append(self._waiting.popleft())
-            for row in given_up:
-                row.stream._finish("stopped")
-            try:
-                with torch.no_grad():
-                    if joining:
-                        self._admit(joining)
-                    self._leave_stopped()
-                    if self._rows:
-                        self._step()
-            except Exception as err:  # a failure of the batch as a whole: its rows end with it
-                log.exception("scheduler step failed")
-                self._fail_all(err)
-        closed = SchedulerClosed("the scheduler was closed before this reply finished")
+        """Supervised: an exception fails the rows it concerns (the joining ones at admission, the running ones
+        at a step) and the loop goes on. If the thread dies all the same, every request it holds ends with
+        the error, submit refuses new ones, and `Engine.scheduler()` starts a fresh scheduler."""
+        try:
+            while self._serve_once():
+                pass
+        except BaseException as err:
+            log.exception("the scheduler's loop died")
+            self.failure = err
+        finally:
+            self._end_all(self.failure)
+
+    def _serve_once(self) -> bool:
+        """Admit what waits, then one decode step; False once closed."""
         with self._wake:
+            while not (self._closed or self._waiting or self._rows):
+                self._wake.wait()
+            if self._closed:
+                return False
+            # A request stopped while it waited for a slot ends now, not when a slot frees.
+            self._waiting = deque(self._still_wanted(self._waiting))
+            joining = []
+            while self._waiting and len(self._rows) + len(joining) < self.max_batch:
+                joining.append(self._waiting.popleft())
+        try:
+            with torch.no_grad():
+                self._admit(joining)
+        except Exception as err:  # a failure of admission as a whole: the joining requests end with it
+            log.exception("admitting %d requests failed", len(joining))
+            for row in joining:
+                if not row.stream.done and row not in self._rows:
+                    row.stream._finish("error", err)
+        try:
+            with torch.no_grad():
+                self._leave_stopped()
+                if self._rows:
+                    self._step()
+        except Exception as err:  # a failure of the batch as a whole: its rows end with it
+            log.exception("scheduler step failed")
+            self._fail_all(err)
+        return True
+
+    def _end_all(self, failure: BaseException | None) -> None:
+        """The loop is over: every request still held ends, with `failure` if the loop died."""
+        error = failure or SchedulerClosed("the scheduler was closed before this reply finished")
+        with self._wake:
+            self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
         for row in waiting + self._rows:
-            row.stream._finish("error", closed)
+            if not row.stream.done:
+                row.stream._finish("error", error)
         self._rows, self._batch = [], PaddedBatchCache()
+
+    @staticmethod
+    def _exit_reason(row: _Row) -> str | None:
+        """"stopped" if the row's caller stopped it; "error" if its stop flag fails (the row is finished with
+        that error here: it alone ends); None while it is wanted."""
+        try:
+            return "stopped" if row.stream.stop_event.is_set() else None
+        except Exception as err:
+            log.warning("a request's stop flag failed: %s", err)
+            row.stream._finish("error", err)
+            return "error"
+
+    def _still_wanted(self, rows) -> list[_Row]:
+        """The rows nobody stopped; the others end here."""
+        kept = []
+        for row in rows:
+            reason = self._exit_reason(row)
+            if reason == "stopped":
+                row.stream._finish("stopped")
+            elif reason is None:
+                kept.append(row)
+        return kept
 
     def _admit(self, rows: list[_Row]) -> None:
         """Prefill the waiting requests together, each under its own identity set, and add them to the batch.
         On a CPU a short prefill costs about what a decode step does (both read every weight once), so the
         requests that arrive together are prefilled in one forward. If that forward fails, each is tried alone,
         so that a request that breaks fails by itself."""
-        rows = [r for r in rows if not self._given_up(r)]
+        rows = self._still_wanted(rows)
         if len(rows) > 1:
             try:
                 prefilled = self._prefill(rows)
@@ -321,13 +370,6 @@ class Scheduler:
                 row.stream._finish("error", err)
                 continue
             self._join(row, cache, logits)
-
-    @staticmethod
-    def _given_up(row: _Row) -> bool:
-        if row.stream.stop_event.is_set():
-            row.stream._finish("stopped")
-            return True
-        return False
 
     def _prefill(self, rows: list[_Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
         """One forward over the rows' prompts, each continuing the longest prefix the store holds for it;
@@ -424,7 +466,9 @@ class Scheduler:
         self._remove(ended)
 
     def _leave_stopped(self) -> None:
-        self._remove({i: "stopped" for i, r in enumerate(self._rows) if r.stream.stop_event.is_set()})
+        reasons = {i: self._exit_reason(r) for i, r in enumerate(self._rows)}
+        # A stopped row's sequence goes to the prefix store; a row whose stop flag failed has already ended.
+        self._remove({i: reason if reason == "stopped" else None for i, reason in reasons.items() if reason})
 
     def _remove(self, ended: dict[int, str | None]) -> None:
         """Take the rows at the indices of `ended` out of the batch (finishing them with their reason)."""
