@@ -84,6 +84,7 @@ class ReplyStream:
         self.tokenizer, self.stop_event = tokenizer, stop_event
         self.token_ids: list[int] = []  # generated so far (an end-of-sequence token is not kept)
         self.finish_reason: str | None = None  # "eos", "length", "stopped", or "error"
+        self.left_out = 0  # earlier turns of the history left out to fit the context (hirpf.context_limit)
         self.error: BaseException | None = None
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
@@ -218,17 +219,20 @@ class Scheduler:
     def submit(self, history: Sequence[Message], identities: "IdentitySet | str",
                conditioning: "Conditioning | str" = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
                stop_event: threading.Event | None = None) -> ReplyStream:
-        """Queue one reply to `history`; returns its stream at once. A bad identity set, conditioning or
-        sampling setting raises here (IdentityError / ValueError) and touches nothing else."""
+        """Queue one reply to `history` (its newest turns that fit the context); returns its stream at once.
+        A bad identity set, conditioning or sampling setting, or a newest message too long for the context,
+        raises here (IdentityError / ValueError / ContextLimitError) and touches nothing else."""
         identities = IdentitySet.parse(identities)
         conditioning = Conditioning.parse(conditioning)
         sampling = sampling or Sampling()
         if stop_event is not None and not isinstance(stop_event, threading.Event):
             raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
         sampler = RowSampler(sampling, device=self.device)
-        messages = self.engine.chat_messages(history, identities, conditioning)
+        fitted = self.engine.fit_history(history, identities, conditioning, sampling.max_new_tokens)
+        messages = self.engine.chat_messages(fitted.history, identities, conditioning)
         prompt = self.engine.encode([messages])["input_ids"]
         stream = ReplyStream(self.tokenizer, stop_event or threading.Event())
+        stream.left_out = fitted.left_out
         row = _Row(prompt, expert_identities(identities, conditioning), sampler, sampling.max_new_tokens, stream)
         with self._wake:
             if self._closed:
