@@ -15,7 +15,9 @@ loop thread owns the model's decoding: it admits waiting requests while the batc
 under its own identity set (`Scheduler._prefill`), then runs one decode step for all rows. A prompt that
 begins as an earlier request's sequence did under the same identity rows (the identity prompt; in a chat,
 the whole conversation so far) is prefilled only from where they part (`hirpf.prefix_cache`): on a CPU the
-prefill of a joining request is what the running rows and its own first token wait for. The step's
+prefill of a joining request is what the running rows and its own first token wait for. A prompt longer than
+`HIRPF_PREFILL_CHUNK` tokens (default 256) is prefilled a chunk per decode step instead, so the running rows
+keep streaming while it joins (`Scheduler._prefill_one_chunk`). The step's
 identity rows are the running rows' sets, in batch order; a `Routing` is built again whenever rows join or
 leave (the expert layers cache masks and plans by content, so that is cheap). Every row picks its token
 with its own settings and its own seeded generator (`hirpf.row_sampling`). Each caller reads its reply
@@ -55,6 +57,8 @@ from .settings import whole_number_setting
 
 ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8
+ENV_PREFILL_CHUNK = "HIRPF_PREFILL_CHUNK"
+DEFAULT_PREFILL_CHUNK = 256
 log = logging.getLogger(__name__)
 _LIVE: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 
@@ -69,6 +73,12 @@ def _close_all() -> None:
 def max_batch_setting() -> int:
     """`HIRPF_MAX_BATCH` (default 8): rows decoded together; later requests wait in a queue."""
     return whole_number_setting(ENV_MAX_BATCH, DEFAULT_MAX_BATCH, minimum=1)
+
+
+def prefill_chunk_setting() -> int:
+    """`HIRPF_PREFILL_CHUNK` (default 256): a prompt longer than this is prefilled this many tokens at a time,
+    one chunk between decode steps, so the running rows keep streaming while it joins; 0 turns it off."""
+    return whole_number_setting(ENV_PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK, minimum=0, meaning_of_minimum=" (0: off)")
 
 
 class SchedulerClosed(RuntimeError):
@@ -181,10 +191,20 @@ class _Row:
         return "length" if self.generated >= self.max_new_tokens else None
 
 
+class _PartialPrefill:
+    """A long prompt being prefilled a chunk at a time: its cache so far and how many tokens it holds."""
+
+    def __init__(self, row: _Row):
+        self.row = row
+        self.cache: DynamicCache | None = None  # made at its first chunk (from the prefix store if it can)
+        self.done = 0
+
+
 class Scheduler:
     """Owns the engine's decoding: one loop thread, one running batch of up to `max_batch` rows."""
 
-    def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None):
+    def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
+                 prefill_chunk: int | None = None):
         self.engine, self.model, self.tokenizer = engine, engine.model, engine.tokenizer
         self.max_batch = max_batch_setting() if max_batch is None else max_batch
         if self.max_batch < 1:
@@ -195,6 +215,9 @@ class Scheduler:
         # Earlier sequences' keys and values, by identity rows. They belong to these expert weights: code that
         # changes the weights in place must call `prefixes.clear()` (as it calls `forget_weights`).
         self.prefixes = PrefixCache(prefix_cache_mb * 2**20)
+        self.prefill_chunk = prefill_chunk_setting() if prefill_chunk is None else prefill_chunk
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be 0 (off) or more, got {self.prefill_chunk}")
         eos = self.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else eos)
@@ -207,6 +230,7 @@ class Scheduler:
         self._rows: list[_Row] = []
         self._batch = PaddedBatchCache()
         self._routing: Routing | None = None
+        self._partial: deque[_PartialPrefill] = deque()  # long prompts being prefilled a chunk per step
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.widest_batch = 0  # the most rows one step decoded
         self.prefills = 0  # prefill forwards run
@@ -291,22 +315,24 @@ class Scheduler:
     def _serve_once(self) -> bool:
         """Admit what waits, then one decode step; False once closed."""
         with self._wake:
-            while not (self._closed or self._waiting or self._rows):
+            while not (self._closed or self._waiting or self._rows or self._partial):
                 self._wake.wait()
             if self._closed:
                 return False
             # A request stopped while it waited for a slot ends now, not when a slot frees.
             self._waiting = deque(self._still_wanted(self._waiting))
             joining = []
-            while self._waiting and len(self._rows) + len(joining) < self.max_batch:
+            while self._waiting and len(self._rows) + len(self._partial) + len(joining) < self.max_batch:
                 joining.append(self._waiting.popleft())
         try:
             with torch.no_grad():
                 self._admit(joining)
+                self._prefill_one_chunk()
         except Exception as err:  # a failure of admission as a whole: the joining requests end with it
             log.exception("admitting %d requests failed", len(joining))
+            partial = {id(p.row) for p in self._partial}
             for row in joining:
-                if not row.stream.done and row not in self._rows:
+                if not row.stream.done and row not in self._rows and id(row) not in partial:
                     row.stream._finish("error", err)
         try:
             with torch.no_grad():
@@ -324,10 +350,10 @@ class Scheduler:
         with self._wake:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
-        for row in waiting + self._rows:
+        for row in waiting + [p.row for p in self._partial] + self._rows:
             if not row.stream.done:
                 row.stream._finish("error", error)
-        self._rows, self._batch = [], PaddedBatchCache()
+        self._rows, self._batch, self._partial = [], PaddedBatchCache(), deque()
 
     @staticmethod
     def _exit_reason(row: _Row) -> str | None:
@@ -357,6 +383,9 @@ class Scheduler:
         requests that arrive together are prefilled in one forward. If that forward fails, each is tried alone,
         so that a request that breaks fails by itself."""
         rows = self._still_wanted(rows)
+        if self.prefill_chunk:  # a long prompt is prefilled a chunk per step instead (`_prefill_one_chunk`)
+            self._partial.extend(_PartialPrefill(r) for r in rows if r.prompt.shape[1] > self.prefill_chunk)
+            rows = [r for r in rows if r.prompt.shape[1] <= self.prefill_chunk]
         if len(rows) > 1:
             try:
                 prefilled = self._prefill(rows)
@@ -374,6 +403,43 @@ class Scheduler:
                 row.stream._finish("error", err)
                 continue
             self._join(row, cache, logits)
+
+    def _prefill_one_chunk(self) -> None:
+        """The next `prefill_chunk` tokens of the oldest long prompt being prefilled (vLLM's chunked prefill):
+        the running rows wait for one chunk per step, not for the whole prompt. It continues the longest
+        prefix the store holds for it; once its whole prompt is in, it joins the batch. A failure ends it alone."""
+        if not self._partial:
+            return
+        partial = self._partial[0]
+        row = partial.row
+        if self._exit_reason(row) is not None:  # stopped while it was being prefilled
+            if not row.stream.done:
+                row.stream._finish("stopped")
+            self._partial.popleft()
+            return
+        try:
+            if partial.cache is None:
+                hit = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config)
+                partial.cache, partial.done = hit if hit else (DynamicCache(config=self.model.config), 0)
+            end = min(partial.done + self.prefill_chunk, row.prompt.shape[1])
+            with use_identities([row.identities]):
+                out = self.model(input_ids=row.prompt[:, partial.done:end],
+                                 attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
+                                 position_ids=torch.arange(partial.done, end, device=self.device)[None],
+                                 past_key_values=partial.cache, use_cache=True, logits_to_keep=1)
+            self.prefills += 1
+        except Exception as err:  # this request alone fails
+            log.warning("request failed at a chunk of its prefill: %s", err)
+            row.stream._finish("error", err)
+            self._partial.popleft()
+            return
+        partial.done = end
+        if end < row.prompt.shape[1]:
+            return
+        self._partial.popleft()
+        cache = partial.cache
+        self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in cache.layers])
+        self._join(row, cache, out.logits[:, -1])
 
     def _prefill(self, rows: list[_Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
         """One forward over the rows' prompts, each continuing the longest prefix the store holds for it;

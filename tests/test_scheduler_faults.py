@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from test_scheduler import EIGHT_SETS, HISTORIES, PausingSampler, alone, submit_with
+from test_scheduler import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
 
 import hirpf.batch_cache as batch_cache
 from app.model_slot import ModelSlot
@@ -14,11 +14,6 @@ from hirpf.engine import Engine, Sampling
 from hirpf.scheduler import Scheduler
 
 LONG = Sampling(max_new_tokens=16, do_sample=False)
-
-
-def held_sampler():
-    """A PausingSampler class with its own events (the loop holds at the row's fifth token until resumed)."""
-    return type("Held", (PausingSampler,), {"reached": threading.Event(), "resume": threading.Event()})
 
 
 class FailsOnCall:
