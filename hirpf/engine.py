@@ -115,11 +115,14 @@ class Engine:
                     max_new_tokens: int) -> FittedHistory:
         """The newest turns of `history` that fit the context with our system message and `max_new_tokens`
         (ContextLimitError if the newest alone cannot)."""
-        turns = [m for m in history if m["role"] != "system"]
+        system, *turns = self.chat_messages(history, identities, conditioning)
+        return self.fit_turns([system], turns, max_new_tokens)
 
+    def fit_turns(self, system: Sequence[Message], turns: Sequence[Message], max_new_tokens: int) -> FittedHistory:
+        """The newest of `turns` that fit the context after the `system` messages (always kept)."""
         def prompt_tokens(kept):
-            text = self.tokenizer.apply_chat_template(self.chat_messages(kept, identities, conditioning),
-                                                      tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(list(system) + list(kept), tokenize=False,
+                                                      add_generation_prompt=True)
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
         return fit_history(turns, prompt_tokens, self.context_limit, max_new_tokens)

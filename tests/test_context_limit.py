@@ -14,6 +14,7 @@ from hirpf.cli import main as cli_main
 from hirpf.context_limit import ContextLimitError, context_limit
 from hirpf.engine import Engine, Sampling
 from hirpf.eval.choices import choice_probabilities
+from hirpf.eval.situations import generate_without_identity
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
 from hirpf.scheduler import Scheduler
@@ -94,6 +95,18 @@ def test_the_evaluations_refuse_a_question_that_cannot_fit(small_engine):
     with pytest.raises(ContextLimitError, match=str(CONTEXT)):
         choice_probabilities(small_engine, [[{"role": "user", "content": LONG_MESSAGE}]], [DOCTOR], MODE,
                              labels=["1", "2"])
+
+
+def test_the_situation_tests_other_character_keeps_its_own_system_message(small_engine):
+    """It brings its own system message (not an identity's): that one is kept, and the newest turns that fit."""
+    system = [{"role": "system", "content": "You are the patient's neighbour."}]
+    turns = long_chat(21)
+    fitted = small_engine.fit_turns(system, turns, SAMPLING.max_new_tokens)
+    assert fitted.left_out > 0
+    assert generate_without_identity(small_engine, [system + turns], SAMPLING) == \
+        generate_without_identity(small_engine, [system + fitted.history], SAMPLING)
+    with pytest.raises(ContextLimitError, match=str(CONTEXT)):
+        generate_without_identity(small_engine, [system + [{"role": "user", "content": LONG_MESSAGE}]], SAMPLING)
 
 
 def test_hirpf_max_context_lowers_the_limit_only(monkeypatch, small_engine):
