@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import gradio as gr
 
+from hirpf.context_limit import ContextLimitError
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
@@ -97,11 +98,16 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
             yield render(record), record
             raise gr.Error(str(err), title="Model") from None
         mode = engine.effective_conditioning(mode)  # without experts, identities act through the prompt only
-        turn = dict(turn, conditioning=mode.value)
+        try:  # the newest turns that fit the model's context; the caption says how many were left out
+            fitted = engine.fit_history(model_history(record), identities, mode, sampling.max_new_tokens)
+        except ContextLimitError as err:
+            yield render(record), record
+            raise gr.Error(str(err), title="Message too long", print_exception=False) from None
+        turn = dict(turn, conditioning=mode.value, left_out=fitted.left_out, context=engine.context_limit)
         began = time.perf_counter()
         with stops.armed(request.session_hash if request else None) as handle:
             try:
-                reply = serving.source(engine).stream(model_history(record), identities, mode, sampling, handle.event)
+                reply = serving.source(engine).stream(fitted.history, identities, mode, sampling, handle.event)
                 with closing(reply) as chunks:
                     for text in paced(chunks):
                         turn = dict(turn, content=text, seconds=time.perf_counter() - began,

@@ -77,4 +77,13 @@ class ModelSlot:
         if self._error is not None:
             return f"The {self.description} failed to load: {self._error}"
         took = f" (loaded in {self.seconds:.1f} s)" if self.seconds is not None else ""
-        return f"Model ready: {self.description}{took}."
+        return f"Model ready: {self.description}{took}.{_restarts(self._engine)}"
+
+
+def _restarts(engine) -> str:
+    """Said out loud when the engine's reply scheduler had to be restarted (its loop thread died)."""
+    restarts = getattr(engine, "scheduler_restarts", 0)
+    if not restarts:
+        return ""
+    times = "once" if restarts == 1 else f"{restarts} times"
+    return f" The reply scheduler restarted {times} after a failure (last: {engine.scheduler_failure!r})."

@@ -44,6 +44,8 @@ def caption(turn: dict) -> dict:
     details = f"identities: {names} · conditioning: {turn['conditioning']}"
     if turn.get("seed") is not None:
         details += f" · seed {turn['seed']}"
+    if turn.get("left_out"):
+        details += f" · {turn['left_out']} earlier turns left out (context {turn['context']} tokens)"
     return {
         "role": "assistant",
         "content": details,

@@ -38,17 +38,22 @@ class PaddedBatchCache:
         return 0 if self.mask is None else self.mask.shape[1]
 
     def add(self, row_cache: DynamicCache, length: int) -> None:
-        """Append a row prefilled alone (`row_cache` holds `length` tokens, batch 1) as the last row."""
+        """Append a row prefilled alone (`row_cache` holds `length` tokens, batch 1) as the last row.
+
+        All-or-nothing: every new tensor is built before any is swapped in, so a failure half way (an
+        allocation error when a long prompt joins a full machine) leaves the running rows' cache as it was and
+        fails only the joining request. The price: old and new tensors live together for a moment."""
         _check_layers(row_cache)
         row_mask = torch.ones(1, length, dtype=torch.long, device=_device(row_cache))
         if self.cache is None:
             self.cache, self.mask = row_cache, row_mask
             return
         width = max(self.columns, length)
-        for mine, theirs in zip(self.cache.layers, row_cache.layers):
-            mine.keys = torch.cat([pad_left(mine.keys, width), pad_left(theirs.keys, width)])
-            mine.values = torch.cat([pad_left(mine.values, width), pad_left(theirs.values, width)])
-        self.mask = torch.cat([pad_left(self.mask, width), pad_left(row_mask, width)])
+        joined = [(torch.cat([pad_left(mine.keys, width), pad_left(theirs.keys, width)]),
+                   torch.cat([pad_left(mine.values, width), pad_left(theirs.values, width)]))
+                  for mine, theirs in zip(self.cache.layers, row_cache.layers)]
+        mask = torch.cat([pad_left(self.mask, width), pad_left(row_mask, width)])
+        self._swap_in(joined, mask)
 
     def keep(self, indices: list[int]) -> None:
         """Keep only the rows at `indices` (in that order); cut columns that are padding in all of them."""
@@ -59,10 +64,15 @@ class PaddedBatchCache:
         mask = self.mask.index_select(0, index)
         # Left padding is a prefix of zeros in every row: the shortest prefix can go.
         drop = int((mask.cumsum(dim=1) == 0).sum(dim=1).min())
-        self.mask = mask[:, drop:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, drop:]
-            layer.values = layer.values.index_select(0, index)[:, :, drop:]
+        kept = [(layer.keys.index_select(0, index)[:, :, drop:], layer.values.index_select(0, index)[:, :, drop:])
+                for layer in self.cache.layers]
+        self._swap_in(kept, mask[:, drop:])  # all-or-nothing, as in `add`
+
+    def _swap_in(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
+        """Replace every layer's keys and values and the mask; nothing here allocates, so nothing fails half way."""
+        for layer, (keys, values) in zip(self.cache.layers, layers):
+            layer.keys, layer.values = keys, values
+        self.mask = mask
 
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention mask `[rows, columns + 1]`, position ids `[rows, 1]`) for decoding one token per row;

@@ -132,8 +132,9 @@ def export(args) -> int:
 def chat(args) -> int:
     if args.cuda_devices is not None:  # must happen before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_devices
+    from .context_limit import ContextLimitError
     from .engine import Engine, Sampling
-    from .identities import IdentityError, IdentitySet
+    from .identities import IdentitySet
     from .prompts import Conditioning
 
     if args.mode == "single" and not args.user_prompt:
@@ -145,7 +146,10 @@ def chat(args) -> int:
     try:
         report = IdentitySet.sanitize(args.active_adapter_names)
         identities = report.identities.with_strengths(args.strength)
-    except IdentityError as err:  # malformed list syntax or strengths; unknown names are only dropped
+        sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, seed=args.seed)
+    except ValueError as err:  # malformed identities or strengths (unknown names are only dropped), or sampling
         print(f"error: {err}", file=sys.stderr)
         return 2
     base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
@@ -165,9 +169,6 @@ def chat(args) -> int:
     else:
         print("experts: no expert checkpoint given; identities act through the prompt only", file=sys.stderr)
         conditioning = engine.effective_conditioning(conditioning)
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                        top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                        num_beams=args.num_beams, seed=args.seed)
 
     history: list[dict] = []
     turns = 1 if args.mode == "single" else args.max_turns
@@ -184,7 +185,18 @@ def chat(args) -> int:
             if not user:
                 continue
         history.append({"role": "user", "content": user})
-        reply = _print_streamed(_reply_stream(engine, history, identities, conditioning, sampling),
+        try:  # the newest turns that fit the model's context
+            fitted = engine.fit_history(history, identities, conditioning, sampling.max_new_tokens)
+        except ContextLimitError as err:
+            print(f"error: {err}", file=sys.stderr)
+            history.pop()
+            if args.mode == "single":
+                return 2
+            continue
+        if fitted.left_out:
+            print(f"({fitted.left_out} earlier turns left out: the model's context is {engine.context_limit} tokens)",
+                  file=sys.stderr)
+        reply = _print_streamed(_reply_stream(engine, fitted.history, identities, conditioning, sampling),
                                 prefix="agent> " if args.mode == "multi" else "")
         history.append({"role": "assistant", "content": reply})
     return 0

@@ -7,6 +7,7 @@ a time; concurrent seeded calls in one process share that generator.
 """
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 from .base_model import EMBEDDED, load_base_model
 from .checkpoint import load_experts
+from .context_limit import FittedHistory, context_limit, fit_history
 from .fast_inference import decode_dtype_setting, set_decode_dtype
 from .identities import IdentitySet
 from .inject import expert_config
@@ -24,6 +26,7 @@ from .prompts import Conditioning, expert_identities, system_message
 from .routing import use_identities
 from .sampling import Message, Sampling
 
+log = logging.getLogger(__name__)
 SHIPPED_EXPERTS = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-experts"
 
 
@@ -56,14 +59,21 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
+        # Schedulers whose loop thread died and were replaced, and the last one's error (for /model_status).
+        self.scheduler_restarts = 0
+        self.scheduler_failure: BaseException | None = None
 
     def scheduler(self):
         """This engine's one `hirpf.scheduler.Scheduler` (started on first use): callers that share it share
-        its running batch, so concurrent requests decode together. A closed one is replaced."""
+        its running batch, so concurrent requests decode together. A closed one is replaced, and so is one
+        whose loop thread died (counted in `scheduler_restarts`): a dead one is never handed out."""
         with self._scheduler_lock:
             if self._scheduler is None or self._scheduler.closed:
                 from .scheduler import Scheduler  # it imports this module
 
+                if self._scheduler is not None and self._scheduler.failure is not None:
+                    self.scheduler_restarts += 1
+                    self.scheduler_failure = self._scheduler.failure
                 self._scheduler = Scheduler(self)
             return self._scheduler
 
@@ -95,6 +105,27 @@ class Engine:
         """Our system message followed by the conversation (any system turns in it are replaced)."""
         turns = [{"role": m["role"], "content": m["content"]} for m in history if m["role"] != "system"]
         return [{"role": "system", "content": system_message(identities, conditioning)}] + turns
+
+    @property
+    def context_limit(self) -> int:
+        """Tokens one request may span, prompt and reply (`hirpf.context_limit`)."""
+        return context_limit(self.model.config)
+
+    def fit_history(self, history: Sequence[Message], identities: IdentitySet, conditioning: Conditioning,
+                    max_new_tokens: int) -> FittedHistory:
+        """The newest turns of `history` that fit the context with our system message and `max_new_tokens`
+        (ContextLimitError if the newest alone cannot)."""
+        system, *turns = self.chat_messages(history, identities, conditioning)
+        return self.fit_turns([system], turns, max_new_tokens)
+
+    def fit_turns(self, system: Sequence[Message], turns: Sequence[Message], max_new_tokens: int) -> FittedHistory:
+        """The newest of `turns` that fit the context after the `system` messages (always kept)."""
+        def prompt_tokens(kept):
+            text = self.tokenizer.apply_chat_template(list(system) + list(kept), tokenize=False,
+                                                      add_generation_prompt=True)
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        return fit_history(turns, prompt_tokens, self.context_limit, max_new_tokens)
 
     def encode(self, conversations: Sequence[Sequence[Message]]) -> dict:
         texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
@@ -172,6 +203,13 @@ class Engine:
                  else [Conditioning.parse(c) for c in conditioning])
         if len(modes) != len(identities):
             raise ValueError(f"{len(identities)} identity sets but {len(modes)} conditionings")
+        # Each row keeps the newest turns that fit the context (hirpf.context_limit).
+        fitted = [self.fit_history(h, s, c, sampling.max_new_tokens) for h, s, c in zip(histories, identities, modes)]
+        for row, fit in enumerate(fitted):
+            if fit.left_out:
+                log.info("row %d: %d earlier turns left out to fit the context of %d tokens", row, fit.left_out,
+                         self.context_limit)
+        histories = [fit.history for fit in fitted]
         batch = self.encode([self.chat_messages(h, s, c) for h, s, c in zip(histories, identities, modes)])
         kwargs = sampling.generate_kwargs()
         if stop_event is not None:

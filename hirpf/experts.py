@@ -183,7 +183,9 @@ class ExpertLinear(nn.Module):
     def mixing_weights(self, logits: torch.Tensor, chosen: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         """w `[rows, ..., E]` from router logits `[rows, ..., E]` and the rows' chosen `[rows, E]` and strengths."""
         row_view = (chosen.shape[0],) + (1,) * (logits.dim() - 2) + (chosen.shape[1],)
-        chosen, strength = chosen.view(row_view), strength.view(row_view).to(logits.dtype)
+        # The rows are host tensors (hirpf.routing); the logits live on the model's device.
+        chosen = chosen.view(row_view).to(logits.device)
+        strength = strength.view(row_view).to(logits.device, logits.dtype)
         weights = []
         for start, stop in self.group_bounds:
             picked = chosen[..., start:stop]

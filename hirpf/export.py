@@ -82,7 +82,7 @@ def mean_gates(model: nn.Module, tokenizer, identities: IdentitySet, dialogues: 
             x = args[0][0, positions[0]].to(layer.lora_A.dtype)  # [tokens, in]
             logits = layer.router(x) if layer.router is not None else x.new_zeros(x.shape[0], layer.num_experts)
             w = layer.mixing_weights(logits[None], chosen, strength)[0]  # [tokens, E]
-            sums[name] += w.sum(dim=0).double()
+            sums[name] += w.sum(dim=0).double().cpu()  # the sums stay on the host; w is on the model's device
         return hook
 
     handles = [layer.register_forward_pre_hook(record(name, layer)) for name, layer in layers.items()]

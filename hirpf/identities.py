@@ -308,8 +308,12 @@ def _strength_in_range(value, what: str) -> float:
 
 
 def _strength_number(value, what: str) -> float:
+    """A number (text such as "1.5" too); `True`/`False` are refused (not a strength anyone means), and -0
+    becomes 0 (one set, one key: `Routing.key` compares the bytes)."""
+    if isinstance(value, bool):
+        raise IdentityError(f"the strength of {what} must be a number, got {value!r}")
     try:
-        return float(value)
+        return float(value) + 0.0
     except (TypeError, ValueError):
         raise IdentityError(f"the strength of {what} must be a number, got {value!r}") from None
 

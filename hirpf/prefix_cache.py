@@ -71,7 +71,7 @@ class PrefixCache:
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         if not self.budget_bytes or nbytes > self.budget_bytes or tokens.numel() == 0:
             return
-        key = (identity_key, tokens.numpy().tobytes())
+        key = (identity_key, tokens.cpu().numpy().tobytes())  # the tokens live on the model's device
         with self._lock:
             for other_key, other in list(self._entries.items()):
                 if other_key[0] == identity_key and _common_prefix(other.tokens, tokens) == other.tokens.numel():

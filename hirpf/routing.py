@@ -40,7 +40,7 @@ class Routing:
             chosen = active_from_pairs(rows)
             strength = torch.full(chosen.shape, DEFAULT_STRENGTH, dtype=torch.float64)
         elif isinstance(rows, torch.Tensor):
-            chosen = rows.to(torch.bool)
+            chosen = rows.to("cpu", torch.bool)  # built on the host, as from identity sets (see `rows`)
             if chosen.dim() != 2 or chosen.shape[1] != len(ALL_IDENTITIES):
                 raise ValueError(f"identity rows must be [batch, {len(ALL_IDENTITIES)}] booleans or [batch, 6, 2] "
                                  f"(group, expert) pairs, got {tuple(rows.shape)}")
@@ -53,7 +53,8 @@ class Routing:
             strength = torch.stack([s.strength_vector() for s in sets])
         self.chosen = chosen  # [batch, 13] bool, inventory order
         self.strength = strength  # [batch, 13] float64: each chosen identity's strength (1 elsewhere)
-        self.key = (tuple(chosen.shape), chosen.numpy().tobytes(), strength.numpy().tobytes())
+        # A key of host bytes: rows given as a tensor may live on the model's device.
+        self.key = (tuple(chosen.shape), chosen.cpu().numpy().tobytes(), strength.cpu().numpy().tobytes())
         any_chosen = chosen.any(dim=1, keepdim=True)
         strongest = strength.masked_fill(~chosen, 0.0).amax(dim=1, keepdim=True)
         # [batch, 14]: the identities, then the shared slot (see the module doc), in `EXPERT_SLOTS` order.

@@ -21,21 +21,17 @@ from .sampling import Sampling
 
 
 class RowSampler:
-    """Next-token choice for one request. Construction checks the settings (a ValueError names a bad one)."""
+    """Next-token choice for one request (the settings were checked when the `Sampling` was made)."""
 
     def __init__(self, sampling: Sampling, device: torch.device | str = "cpu"):
         if sampling.num_beams != 1:
             raise ValueError(f"the scheduler decodes one sequence per request; num_beams={sampling.num_beams} "
                              "needs Engine.generate")
-        if sampling.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}")
         sample = sampling.do_sample
         self.penalty = (RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)
                         if sampling.repetition_penalty != 1.0 else None)
         self.temperature = (TemperatureLogitsWarper(sampling.temperature)
                             if sample and sampling.temperature != 1.0 else None)
-        if sample and sampling.top_k < 0:
-            raise ValueError(f"top_k must be 0 (off) or positive, got {sampling.top_k}")
         self.top_k = sampling.top_k if sample else 0
         self.top_p = TopPLogitsWarper(sampling.top_p) if sample and sampling.top_p < 1.0 else None
         self.do_sample = sample

@@ -15,7 +15,9 @@ loop thread owns the model's decoding: it admits waiting requests while the batc
 under its own identity set (`Scheduler._prefill`), then runs one decode step for all rows. A prompt that
 begins as an earlier request's sequence did under the same identity rows (the identity prompt; in a chat,
 the whole conversation so far) is prefilled only from where they part (`hirpf.prefix_cache`): on a CPU the
-prefill of a joining request is what the running rows and its own first token wait for. The step's
+prefill of a joining request is what the running rows and its own first token wait for. A prompt longer than
+`HIRPF_PREFILL_CHUNK` tokens (default 256) is prefilled a chunk per decode step instead, so the running rows
+keep streaming while it joins (`Scheduler._prefill_one_chunk`). The step's
 identity rows are the running rows' sets, in batch order; a `Routing` is built again whenever rows join or
 leave (the expert layers cache masks and plans by content, so that is cheap). Every row picks its token
 with its own settings and its own seeded generator (`hirpf.row_sampling`). Each caller reads its reply
@@ -55,6 +57,8 @@ from .settings import whole_number_setting
 
 ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8
+ENV_PREFILL_CHUNK = "HIRPF_PREFILL_CHUNK"
+DEFAULT_PREFILL_CHUNK = 256
 log = logging.getLogger(__name__)
 _LIVE: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 
@@ -71,6 +75,12 @@ def max_batch_setting() -> int:
     return whole_number_setting(ENV_MAX_BATCH, DEFAULT_MAX_BATCH, minimum=1)
 
 
+def prefill_chunk_setting() -> int:
+    """`HIRPF_PREFILL_CHUNK` (default 256): a prompt longer than this is prefilled this many tokens at a time,
+    one chunk between decode steps, so the running rows keep streaming while it joins; 0 turns it off."""
+    return whole_number_setting(ENV_PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK, minimum=0, meaning_of_minimum=" (0: off)")
+
+
 class SchedulerClosed(RuntimeError):
     """The scheduler was closed before this request finished."""
 
@@ -84,6 +94,7 @@ class ReplyStream:
         self.tokenizer, self.stop_event = tokenizer, stop_event
         self.token_ids: list[int] = []  # generated so far (an end-of-sequence token is not kept)
         self.finish_reason: str | None = None  # "eos", "length", "stopped", or "error"
+        self.left_out = 0  # earlier turns of the history left out to fit the context (hirpf.context_limit)
         self.error: BaseException | None = None
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
@@ -180,10 +191,20 @@ class _Row:
         return "length" if self.generated >= self.max_new_tokens else None
 
 
+class _PartialPrefill:
+    """A long prompt being prefilled a chunk at a time: its cache so far and how many tokens it holds."""
+
+    def __init__(self, row: _Row):
+        self.row = row
+        self.cache: DynamicCache | None = None  # made at its first chunk (from the prefix store if it can)
+        self.done = 0
+
+
 class Scheduler:
     """Owns the engine's decoding: one loop thread, one running batch of up to `max_batch` rows."""
 
-    def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None):
+    def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
+                 prefill_chunk: int | None = None):
         self.engine, self.model, self.tokenizer = engine, engine.model, engine.tokenizer
         self.max_batch = max_batch_setting() if max_batch is None else max_batch
         if self.max_batch < 1:
@@ -194,6 +215,9 @@ class Scheduler:
         # Earlier sequences' keys and values, by identity rows. They belong to these expert weights: code that
         # changes the weights in place must call `prefixes.clear()` (as it calls `forget_weights`).
         self.prefixes = PrefixCache(prefix_cache_mb * 2**20)
+        self.prefill_chunk = prefill_chunk_setting() if prefill_chunk is None else prefill_chunk
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be 0 (off) or more, got {self.prefill_chunk}")
         eos = self.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else eos)
@@ -201,10 +225,12 @@ class Scheduler:
         self._wake = threading.Condition()
         self._waiting: deque[_Row] = deque()
         self._closed = False
+        self.failure: BaseException | None = None  # what killed the loop thread, if it died
         # Only the loop thread touches the running rows, their cache and the step's routing.
         self._rows: list[_Row] = []
         self._batch = PaddedBatchCache()
         self._routing: Routing | None = None
+        self._partial: deque[_PartialPrefill] = deque()  # long prompts being prefilled a chunk per step
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.widest_batch = 0  # the most rows one step decoded
         self.prefills = 0  # prefill forwards run
@@ -217,19 +243,26 @@ class Scheduler:
     def submit(self, history: Sequence[Message], identities: "IdentitySet | str",
                conditioning: "Conditioning | str" = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
                stop_event: threading.Event | None = None) -> ReplyStream:
-        """Queue one reply to `history`; returns its stream at once. A bad identity set, conditioning or
-        sampling setting raises here (IdentityError / ValueError) and touches nothing else."""
+        """Queue one reply to `history` (its newest turns that fit the context); returns its stream at once.
+        A bad identity set, conditioning or sampling setting, or a newest message too long for the context,
+        raises here (IdentityError / ValueError / ContextLimitError) and touches nothing else."""
         identities = IdentitySet.parse(identities)
         conditioning = Conditioning.parse(conditioning)
         sampling = sampling or Sampling()
+        if stop_event is not None and not isinstance(stop_event, threading.Event):
+            raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
         sampler = RowSampler(sampling, device=self.device)
-        messages = self.engine.chat_messages(history, identities, conditioning)
+        fitted = self.engine.fit_history(history, identities, conditioning, sampling.max_new_tokens)
+        messages = self.engine.chat_messages(fitted.history, identities, conditioning)
         prompt = self.engine.encode([messages])["input_ids"]
         stream = ReplyStream(self.tokenizer, stop_event or threading.Event())
+        stream.left_out = fitted.left_out
         row = _Row(prompt, expert_identities(identities, conditioning), sampler, sampling.max_new_tokens, stream)
         with self._wake:
             if self._closed:
-                raise SchedulerClosed("the scheduler is closed")
+                raise SchedulerClosed("the scheduler is closed" if self.failure is None else
+                                      f"the scheduler's loop died ({self.failure!r}); Engine.scheduler() starts "
+                                      "a new one")
             self._waiting.append(row)
             self._wake.notify()
         return stream
@@ -255,7 +288,8 @@ class Scheduler:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once it serves no more: closed, or its loop thread died (`failure` says why)."""
+        return self._closed or self.failure is not None or not self._thread.is_alive()
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the loop; unfinished requests end with `SchedulerClosed`."""
@@ -266,44 +300,92 @@ class Scheduler:
 
     # --- the loop --------------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not (self._closed or self._waiting or self._rows):
-                    self._wake.wait()
-                if self._closed:
-                    break
-                # A request stopped while it waited for a slot ends now, not when a slot frees.
-                given_up = [r for r in self._waiting if r.stream.stop_event.is_set()]
-                if given_up:
-                    self._waiting = deque(r for r in self._waiting if not r.stream.stop_event.is_set())
-                joining = []
-                while self._waiting and len(self._rows) + len(joining) < self.max_batch:
-                    joining.append(self._waiting.popleft())
-            for row in given_up:
-                row.stream._finish("stopped")
-            try:
-                with torch.no_grad():
-                    if joining:
-                        self._admit(joining)
-                    self._leave_stopped()
-                    if self._rows:
-                        self._step()
-            except Exception as err:  # a failure of the batch as a whole: its rows end with it
-                log.exception("scheduler step failed")
-                self._fail_all(err)
-        closed = SchedulerClosed("the scheduler was closed before this reply finished")
+        """Supervised: an exception fails the rows it concerns (the joining ones at admission, the running ones
+        at a step) and the loop goes on. If the thread dies all the same, every request it holds ends with
+        the error, submit refuses new ones, and `Engine.scheduler()` starts a fresh scheduler."""
+        try:
+            while self._serve_once():
+                pass
+        except BaseException as err:
+            log.exception("the scheduler's loop died")
+            self.failure = err
+        finally:
+            self._end_all(self.failure)
+
+    def _serve_once(self) -> bool:
+        """Admit what waits, then one decode step; False once closed."""
         with self._wake:
+            while not (self._closed or self._waiting or self._rows or self._partial):
+                self._wake.wait()
+            if self._closed:
+                return False
+            # A request stopped while it waited for a slot ends now, not when a slot frees.
+            self._waiting = deque(self._still_wanted(self._waiting))
+            joining = []
+            while self._waiting and len(self._rows) + len(self._partial) + len(joining) < self.max_batch:
+                joining.append(self._waiting.popleft())
+        try:
+            with torch.no_grad():
+                self._admit(joining)
+                self._prefill_one_chunk()
+        except Exception as err:  # a failure of admission as a whole: the joining requests end with it
+            log.exception("admitting %d requests failed", len(joining))
+            partial = {id(p.row) for p in self._partial}
+            for row in joining:
+                if not row.stream.done and row not in self._rows and id(row) not in partial:
+                    row.stream._finish("error", err)
+        try:
+            with torch.no_grad():
+                self._leave_stopped()
+                if self._rows:
+                    self._step()
+        except Exception as err:  # a failure of the batch as a whole: its rows end with it
+            log.exception("scheduler step failed")
+            self._fail_all(err)
+        return True
+
+    def _end_all(self, failure: BaseException | None) -> None:
+        """The loop is over: every request still held ends, with `failure` if the loop died."""
+        error = failure or SchedulerClosed("the scheduler was closed before this reply finished")
+        with self._wake:
+            self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
-        for row in waiting + self._rows:
-            row.stream._finish("error", closed)
-        self._rows, self._batch = [], PaddedBatchCache()
+        for row in waiting + [p.row for p in self._partial] + self._rows:
+            if not row.stream.done:
+                row.stream._finish("error", error)
+        self._rows, self._batch, self._partial = [], PaddedBatchCache(), deque()
+
+    @staticmethod
+    def _exit_reason(row: _Row) -> str | None:
+        """"stopped" if the row's caller stopped it; "error" if its stop flag fails (the row is finished with
+        that error here: it alone ends); None while it is wanted."""
+        try:
+            return "stopped" if row.stream.stop_event.is_set() else None
+        except Exception as err:
+            log.warning("a request's stop flag failed: %s", err)
+            row.stream._finish("error", err)
+            return "error"
+
+    def _still_wanted(self, rows) -> list[_Row]:
+        """The rows nobody stopped; the others end here."""
+        kept = []
+        for row in rows:
+            reason = self._exit_reason(row)
+            if reason == "stopped":
+                row.stream._finish("stopped")
+            elif reason is None:
+                kept.append(row)
+        return kept
 
     def _admit(self, rows: list[_Row]) -> None:
         """Prefill the waiting requests together, each under its own identity set, and add them to the batch.
         On a CPU a short prefill costs about what a decode step does (both read every weight once), so the
         requests that arrive together are prefilled in one forward. If that forward fails, each is tried alone,
         so that a request that breaks fails by itself."""
-        rows = [r for r in rows if not self._given_up(r)]
+        rows = self._still_wanted(rows)
+        if self.prefill_chunk:  # a long prompt is prefilled a chunk per step instead (`_prefill_one_chunk`)
+            self._partial.extend(_PartialPrefill(r) for r in rows if r.prompt.shape[1] > self.prefill_chunk)
+            rows = [r for r in rows if r.prompt.shape[1] <= self.prefill_chunk]
         if len(rows) > 1:
             try:
                 prefilled = self._prefill(rows)
@@ -322,12 +404,42 @@ class Scheduler:
                 continue
             self._join(row, cache, logits)
 
-    @staticmethod
-    def _given_up(row: _Row) -> bool:
-        if row.stream.stop_event.is_set():
-            row.stream._finish("stopped")
-            return True
-        return False
+    def _prefill_one_chunk(self) -> None:
+        """The next `prefill_chunk` tokens of the oldest long prompt being prefilled (vLLM's chunked prefill):
+        the running rows wait for one chunk per step, not for the whole prompt. It continues the longest
+        prefix the store holds for it; once its whole prompt is in, it joins the batch. A failure ends it alone."""
+        if not self._partial:
+            return
+        partial = self._partial[0]
+        row = partial.row
+        if self._exit_reason(row) is not None:  # stopped while it was being prefilled
+            if not row.stream.done:
+                row.stream._finish("stopped")
+            self._partial.popleft()
+            return
+        try:
+            if partial.cache is None:
+                hit = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config)
+                partial.cache, partial.done = hit if hit else (DynamicCache(config=self.model.config), 0)
+            end = min(partial.done + self.prefill_chunk, row.prompt.shape[1])
+            with use_identities([row.identities]):
+                out = self.model(input_ids=row.prompt[:, partial.done:end],
+                                 attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
+                                 position_ids=torch.arange(partial.done, end, device=self.device)[None],
+                                 past_key_values=partial.cache, use_cache=True, logits_to_keep=1)
+            self.prefills += 1
+        except Exception as err:  # this request alone fails
+            log.warning("request failed at a chunk of its prefill: %s", err)
+            row.stream._finish("error", err)
+            self._partial.popleft()
+            return
+        partial.done = end
+        if end < row.prompt.shape[1]:
+            return
+        self._partial.popleft()
+        cache = partial.cache
+        self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in cache.layers])
+        self._join(row, cache, out.logits[:, -1])
 
     def _prefill(self, rows: list[_Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
         """One forward over the rows' prompts, each continuing the longest prefix the store holds for it;
@@ -424,7 +536,9 @@ class Scheduler:
         self._remove(ended)
 
     def _leave_stopped(self) -> None:
-        self._remove({i: "stopped" for i, r in enumerate(self._rows) if r.stream.stop_event.is_set()})
+        reasons = {i: self._exit_reason(r) for i, r in enumerate(self._rows)}
+        # A stopped row's sequence goes to the prefix store; a row whose stop flag failed has already ended.
+        self._remove({i: reason if reason == "stopped" else None for i, reason in reasons.items() if reason})
 
     def _remove(self, ended: dict[int, str | None]) -> None:
         """Take the rows at the indices of `ended` out of the batch (finishing them with their reason)."""

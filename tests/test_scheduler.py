@@ -99,6 +99,11 @@ class PausingSampler(RowSampler):
         return super().next_token(ids, logits)
 
 
+def held_sampler():
+    """A PausingSampler class with its own events (the loop holds at the row's fifth token until resumed)."""
+    return type("Held", (PausingSampler,), {"reached": threading.Event(), "resume": threading.Event()})
+
+
 class FailingSampler(RowSampler):
     """Fails at its fourth token: an error inside the loop that belongs to one row."""
 
@@ -176,7 +181,7 @@ def test_a_request_that_breaks_a_joint_prefill_fails_alone(exact_engine, schedul
     seen = {t for h, s, e in zip(HISTORIES, EIGHT_SETS, expected) for t in e + exact_engine.encode(
         [exact_engine.chat_messages(h, s, Conditioning.EXPERTS_AND_PROMPT)])["input_ids"][0].tolist()}
     token = next(t for t in bad_prompt.tolist() if t not in seen)
-    Held = type("Held", (PausingSampler,), {"reached": threading.Event(), "resume": threading.Event()})
+    Held = held_sampler()
     holding = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0], sampling=GREEDY)
     assert Held.reached.wait(120)
     monkeypatch.setattr(scheduler, "model", BreaksOnToken(scheduler.model, token))

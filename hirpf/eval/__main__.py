@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 
+from ..context_limit import ContextLimitError
 from .common import EvalError, add_common_arguments
 
 # command -> (module, one-line help). Modules are imported lazily (see module docstring).
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         parser = build_parser(command if command in COMMANDS else None)
         args = parser.parse_args(argv)
         document = load_command(args.command).run(args)
-    except EvalError as err:
+    except (EvalError, ContextLimitError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

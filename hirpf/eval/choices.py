@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from ..context_limit import check_fits
 from ..identities import IdentitySet
 from ..prompts import Conditioning, expert_identities
 from ..routing import use_identities
@@ -78,10 +79,15 @@ def choice_probabilities(engine, conversations: Sequence[Sequence[dict]], identi
     return probabilities, mass
 
 
-def _prompt_ids(engine, conversation, identities: IdentitySet, conditioning: Conditioning) -> list[int]:
+def _prompt_ids(engine, conversation, identities: IdentitySet, conditioning: Conditioning,
+                new_tokens: int = 1) -> list[int]:
+    """The prompt's token ids; refused (ContextLimitError) if it and the `new_tokens` read after it do not
+    fit the model's context."""
     messages = engine.chat_messages(conversation, identities, conditioning)
     text = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return engine.tokenizer.encode(text, add_special_tokens=False)
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    check_fits(len(ids), new_tokens, engine.context_limit, what="the question with the system prompt")
+    return ids
 
 
 def _shared_prefix_length(rows: list[list[int]]) -> int:

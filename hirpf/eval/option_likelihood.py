@@ -56,7 +56,8 @@ def option_distribution(engine, conversations: Sequence[Sequence[dict]], identit
     reply_ids = [engine.tokenizer.encode(r, add_special_tokens=False) for r in replies]
     if not all(reply_ids):
         raise EvalError(f"every option needs at least one token, got {list(replies)}")
-    prompts = [_prompt_ids(engine, c, s, conditioning) for c, s in zip(conversations, identities)]
+    longest = max(map(len, reply_ids))  # every option is read after the prompt: the longest must fit too
+    prompts = [_prompt_ids(engine, c, s, conditioning, longest) for c, s in zip(conversations, identities)]
     groups: dict[IdentitySet, list[int]] = {}
     for i, s in enumerate(identities):
         groups.setdefault(s, []).append(i)

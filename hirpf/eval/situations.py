@@ -115,7 +115,12 @@ class RemoteOther:
 def generate_without_identity(engine: Engine, conversations: Sequence[list[dict]], sampling: Sampling) -> list[str]:
     """Continue conversations that bring their own system message on the plain base model. `Engine.generate`
     writes the identity system message itself, which is right for agents and wrong for the other character."""
-    batch = engine.encode(conversations)
+    fitted = []  # each keeps its system message and its newest turns that fit the context
+    for conversation in conversations:
+        system = [m for m in conversation if m["role"] == "system"]
+        turns = [m for m in conversation if m["role"] != "system"]
+        fitted.append(system + engine.fit_turns(system, turns, sampling.max_new_tokens).history)
+    batch = engine.encode(fitted)
     if sampling.seed is not None:
         set_seed(sampling.seed)
     with torch.no_grad(), use_identities([IdentitySet()] * len(conversations)):

@@ -1,0 +1,77 @@
+"""Chunked prefill: a long prompt joins the running batch a chunk per decode step, so the running rows keep
+streaming while it is prefilled, and every reply is the one the unchunked path gives."""
+from __future__ import annotations
+
+import pytest
+from test_scheduler import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
+
+from hirpf.engine import Sampling
+from hirpf.prompts import Conditioning
+from hirpf.scheduler import Scheduler, prefill_chunk_setting
+
+GREEDY = Sampling(max_new_tokens=12, do_sample=False)
+LONG = [{"role": "user", "content": "Tell me about hospitals, nurses and the night shift in a big city. " * 8}]
+CHUNK = 32
+
+
+def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch):
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
+    steps_while_prefilling = []
+    step = scheduler._step
+
+    def counting_step():
+        if scheduler._partial:
+            steps_while_prefilling.append(scheduler._partial[0].done)
+        step()
+
+    monkeypatch.setattr(scheduler, "_step", counting_step)
+    try:
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
+                              sampling=Sampling(max_new_tokens=40, do_sample=False))
+        assert Held.reached.wait(120)
+        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
+        messages = exact_engine.chat_messages(LONG, EIGHT_SETS[2], Conditioning.EXPERTS_AND_PROMPT)
+        length = exact_engine.encode([messages])["input_ids"].shape[1]
+        Held.resume.set()
+        joiner.result(timeout=300)
+        running.result(timeout=300)
+    finally:
+        scheduler.close()
+    chunks = -(-length // CHUNK)
+    # A decode step of the running row after each chunk but the last (the last one joins the batch).
+    assert steps_while_prefilling == [CHUNK * i for i in range(1, chunks)]
+    assert joiner.token_ids == alone(exact_engine, LONG, EIGHT_SETS[2], GREEDY)
+    assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0],
+                                      Sampling(max_new_tokens=40, do_sample=False))
+
+
+def test_chunks_continue_a_stored_prefix_and_reply_as_unchunked(exact_engine):
+    chunked = Scheduler(exact_engine, max_batch=2, prefix_cache_mb=16, prefill_chunk=CHUNK)
+    whole = Scheduler(exact_engine, max_batch=2, prefix_cache_mb=16, prefill_chunk=0)
+    try:
+        replies = {}
+        for name, scheduler in (("chunked", chunked), ("whole", whole)):
+            first = scheduler.submit(LONG, EIGHT_SETS[1], sampling=GREEDY)
+            first.result(timeout=300)
+            second_turn = LONG + [{"role": "assistant", "content": first.text}, HISTORIES[4][0]]
+            second = scheduler.submit(second_turn, EIGHT_SETS[1], sampling=GREEDY)
+            second.result(timeout=300)
+            replies[name] = (first.token_ids, second.token_ids)
+            assert scheduler.prefixes.hits == 1
+        assert chunked.prefills > whole.prefills  # it did chunk
+    finally:
+        chunked.close()
+        whole.close()
+    assert replies["chunked"] == replies["whole"]
+    assert replies["chunked"][0] == alone(exact_engine, LONG, EIGHT_SETS[1], GREEDY)
+
+
+def test_prefill_chunk_setting(monkeypatch):
+    monkeypatch.delenv("HIRPF_PREFILL_CHUNK", raising=False)
+    assert prefill_chunk_setting() == 256
+    monkeypatch.setenv("HIRPF_PREFILL_CHUNK", "0")
+    assert prefill_chunk_setting() == 0
+    monkeypatch.setenv("HIRPF_PREFILL_CHUNK", "-3")
+    with pytest.raises(ValueError, match="HIRPF_PREFILL_CHUNK"):
+        prefill_chunk_setting()

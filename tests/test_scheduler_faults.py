@@ -1,0 +1,114 @@
+"""Faults in the scheduler stay with the requests they concern: a join that fails half way fails the joiner
+alone, a failure in the loop ends only its rows and the loop goes on, and a loop thread that dies all the same
+is replaced at the next request (and said so in the model's status line)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from test_scheduler import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
+
+import hirpf.batch_cache as batch_cache
+from app.model_slot import ModelSlot
+from hirpf.engine import Engine, Sampling
+from hirpf.scheduler import Scheduler
+
+LONG = Sampling(max_new_tokens=16, do_sample=False)
+
+
+class FailsOnCall:
+    """`pad_left`, except that its `n`-th call from now raises as an allocation would."""
+
+    def __init__(self, n: int):
+        self.calls, self.n, self.pad_left = 0, n, batch_cache.pad_left
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("out of memory (injected)")
+        return self.pad_left(*args)
+
+
+def test_a_join_that_fails_half_way_fails_only_the_joiner(exact_engine, monkeypatch):
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0)  # no store: only add() pads
+    try:
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0], sampling=LONG)
+        assert Held.reached.wait(120)
+        # The joiner's add pads keys and values of the first layer (4 calls), then fails in the second.
+        monkeypatch.setattr(batch_cache, "pad_left", FailsOnCall(5))
+        joiner = scheduler.submit(HISTORIES[1], EIGHT_SETS[1], sampling=LONG)
+        Held.resume.set()
+        with pytest.raises(RuntimeError, match="injected"):
+            joiner.result(timeout=300)
+        assert running.result(timeout=300) is not None and running.finish_reason == "length"
+        assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0], LONG)
+    finally:
+        scheduler.close()
+
+
+class BreaksInTheLoop(threading.Event):
+    """A stop flag that works for its caller and fails when the loop thread asks it."""
+
+    def is_set(self):
+        if threading.current_thread().name == "hirpf-scheduler":
+            raise RuntimeError("this stop flag broke")
+        return super().is_set()
+
+
+def test_a_failure_in_the_loop_ends_only_its_row_and_the_loop_goes_on(exact_engine, monkeypatch):
+    scheduler = Scheduler(exact_engine, max_batch=4)
+    try:
+        with pytest.raises(TypeError, match="stop_event"):
+            scheduler.submit(HISTORIES[0], EIGHT_SETS[0], sampling=LONG, stop_event=True)  # refused at once
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0], sampling=LONG)
+        assert Held.reached.wait(120)
+        broken = scheduler.submit(HISTORIES[1], EIGHT_SETS[1], sampling=LONG, stop_event=BreaksInTheLoop())
+        Held.resume.set()
+        with pytest.raises(RuntimeError, match="stop flag broke"):
+            broken.result(timeout=300)
+        assert running.result(timeout=300) is not None
+        assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0], LONG)
+        later = scheduler.submit(HISTORIES[2], EIGHT_SETS[2], sampling=LONG)
+        later.result(timeout=300)
+        assert later.token_ids == alone(exact_engine, HISTORIES[2], EIGHT_SETS[2], LONG)
+    finally:
+        scheduler.close()
+
+
+class BreaksAtDecode:
+    """The model, except that a decode step (one new token per row) raises."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, input_ids, **kwargs):
+        if input_ids.shape[1] == 1:
+            raise RuntimeError("the decode step broke")
+        return self.model(input_ids=input_ids, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_a_dead_loop_is_replaced_by_the_next_request_and_the_status_says_so(exact_engine, monkeypatch):
+    engine = Engine(exact_engine.model, exact_engine.tokenizer)
+    first = engine.scheduler()
+    monkeypatch.setattr(first, "model", BreaksAtDecode(first.model))
+    killer = RuntimeError("the failure handler broke too")
+
+    def fail_all(err):
+        raise killer  # the step's failure cannot be handled: the loop thread dies
+
+    monkeypatch.setattr(first, "_fail_all", fail_all)
+    doomed = first.submit(HISTORIES[0], EIGHT_SETS[0], sampling=LONG)
+    with pytest.raises(RuntimeError, match="broke too"):
+        doomed.result(timeout=120)  # ends with the error, does not hang
+    second = engine.scheduler()
+    assert second is not first and first.closed and engine.scheduler_restarts == 1
+    reply = second.submit(HISTORIES[1], EIGHT_SETS[1], sampling=LONG)
+    reply.result(timeout=300)
+    assert reply.token_ids == alone(exact_engine, HISTORIES[1], EIGHT_SETS[1], LONG)
+    assert repr(killer) in ModelSlot.ready(engine).status()
+    second.close()
