@@ -1,8 +1,8 @@
 """The Human evaluation and Evaluation admin tabs driven as a client would: `gradio_client` against the app on
 loopback (tiny random engine; these tabs never run it), each test with its own SQLite data directory.
 
-Annotator calls pass the browser-stored sign-in (`gr.BrowserState`) explicitly as `annotator`, as the page
-does; admin calls rely on the session's server-side unlock, as the page does.
+Annotator calls pass the browser-stored sign-in (its session token and name) explicitly as `annotator`, as the
+page does; admin calls rely on the session's server-side unlock, as the page does.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import func, select
 
+from annotation import sessions
 from app.build import build_app
 from app.services import open_store, policy_from_text, send_to_evaluation
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
@@ -103,11 +104,17 @@ def resume_code(screen: Screen) -> str:
     return found.group(1)
 
 
-def admin_download(url: str, markdown: str, cookie: str) -> str:
+def admin_cookies(url: str, claim: str) -> httpx.Cookies:
+    """The admin session's cookie, as the page gets it: the one-time claim from unlocking, posted back."""
+    response = httpx.post(url + "hirpf/admin/cookie", content=claim)
+    assert response.status_code == 204, response.text
+    return response.cookies
+
+
+def admin_download(url: str, markdown: str, cookies: httpx.Cookies) -> str:
     """The file behind an admin download link, fetched with the admin session's cookie."""
     link = re.search(r"\]\((hirpf/download/[^)]+)\)", markdown).group(1)
-    name, token = cookie.split(";")[0].split("=", 1)
-    response = httpx.get(url + link, cookies={name: token})
+    response = httpx.get(url + link, cookies=cookies)
     assert response.status_code == 200, response.text
     return response.text
 
@@ -286,7 +293,7 @@ def test_the_admin_loads_a_file_and_watches_progress(tiny_engine, tmp_path, app_
         assert count_dialogues(tmp_path) == 0
 
         opened = admin.predict(password_attempt=PASSWORD, api_name="/admin_open")
-        cookie = opened[-1]
+        cookie = admin_cookies(url, opened[-1])
         assert "**0** identity dialogues" in opened[1]
         report, _, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl",
                                            api_name="/admin_import")
@@ -339,13 +346,15 @@ def test_hugging_face_sign_in_on_a_space(tiny_engine, tmp_path, app_env):
     assert {"annotate-hf-login", "admin-hf-login"} <= ids and "admin-password" in ids
     profile = gr.OAuthProfile({"name": "Ada Lovelace", "preferred_username": "ada", "profile": "", "picture": ""})
     screen = event_function(demo, "annotation_resume")(None, profile=profile)
-    who = next(v for v in screen.values() if isinstance(v, dict) and "annotator" in v)
+    who = next(v for v in screen.values() if isinstance(v, dict) and "token" in v)
     assert who["name"] == "Ada Lovelace"
-    with open_store(tmp_path).db.read() as session:
-        assert session.scalar(select(Annotator.external_id).where(Annotator.public_id == who["annotator"])) == "hf:ada"
+    store = open_store(tmp_path)
+    with store.db.read() as session:
+        assert session.scalar(select(Annotator.external_id).where(
+            Annotator.public_id == sessions.annotator_of(store.db, who["token"]))) == "hf:ada"
     open_admin = event_function(demo, "admin_open")
-    opened = open_admin(None, profile=gr.OAuthProfile({**profile, "preferred_username": "alice"})).values()
-    assert any(isinstance(v, str) and v.startswith("hirpf_admin_") for v in opened)  # the admin session's cookie
+    opened = open_admin(None, profile=gr.OAuthProfile({**profile, "preferred_username": "alice"}))
+    assert any(isinstance(v, str) and demo.hirpf_downloads.redeem(v) for v in opened.values())  # a cookie claim
     with pytest.raises(gr.Error, match="may not open the admin view"):
         open_admin("", profile=profile)
 
