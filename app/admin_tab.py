@@ -15,6 +15,7 @@ off every queue, so a guesser never delays the real admin.
 from __future__ import annotations
 
 import hmac
+import html
 import io
 import json
 import os
@@ -317,7 +318,9 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
             result = import_file(store(), path, None if file_kind == "auto" else file_kind,
                                  (file_encoding or "").strip() or None)
         except (StoreError, ValueError, OSError) as err:
-            raise gr.Error(str(err).replace(str(path), Path(path).name), title=TITLE, print_exception=False) from None
+            # Gradio shows an error's message as HTML; the file's name and rows are anybody's text.
+            raise gr.Error(html.escape(str(err).replace(str(path), Path(path).name)), title=TITLE,
+                           print_exception=False) from None
         text = result.describe().replace(str(path), Path(path).name)
         forget_upload(path)
         return {import_result: code_block(text), upload: None, **progress_screen()}
