@@ -10,10 +10,10 @@ sign-in (and the study's access code to join, when the admin set one), or a Hugg
 OAuth is on. A sign-in opens a session (`annotation.sessions`): the browser's localStorage keeps its random,
 expiring token and the name shown, so closing and reopening the page resumes at the next item; sign-out
 ends the session and empties that storage. Every event names the annotator by that token only: the
-annotator's id never leaves the server, and an id from an export signs nobody in. It is read by the page's load
-event itself (its `js` hands the stored value to the server function): `gr.BrowserState` reads storage after
-that event has sent its inputs, so a resume through it depends on a race. Events are plain database calls:
-no model queue, `queue=False`.
+annotator's id never leaves the server, and an id from an export signs nobody in. The stored sign-in is
+read by the page's load event itself (its `js` hands the stored value to the server function):
+`gr.BrowserState` reads storage after that event has sent its inputs, so a resume through it depends on a
+race. Events are plain database calls: no model queue, `queue=False`.
 
 `python -m app.annotation_tab [--port P] [--data_dir DIR]` serves this tab on its own.
 """
