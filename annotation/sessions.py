@@ -21,7 +21,7 @@ from db.models import Annotator, AnnotatorSession, utcnow
 from .store import StoreError
 
 SESSION_TTL = timedelta(hours=12)  # a working day; then the name and resume code sign in again
-MAX_TOKEN_CHARS = 100  # a token is 43; anything much longer is not one (and is not hashed)
+MAX_TOKEN_CHARS = 100  # a token is 64; anything much longer is not one (and is not hashed)
 
 
 class SessionEnded(StoreError):
@@ -39,7 +39,8 @@ def _aware(moment: datetime) -> datetime:
 
 def start(db: Database, annotator: str, ttl: timedelta = SESSION_TTL) -> str:
     """A new session token for the annotator with public id `annotator`; their earlier sessions end."""
-    token = secrets.token_urlsafe(32)
+    # Hex: 256 random bits that can spell no word (no identity name ever shows up in what a browser holds).
+    token = secrets.token_hex(32)
     now = utcnow()
 
     def run(session: Session) -> None:
