@@ -105,9 +105,14 @@ def failure(err: Exception) -> gr.Error:
     return gr.Error(str(err), title=TITLE, print_exception=False)
 
 
-def resume_code_note(code: str) -> str:
-    return (f"**Your resume code: `{code}`.** Write it down now: it is shown only this once. With your name it "
-            "lets you continue later, on any browser; nobody else can sign in as you without it.")
+RESUME_CODE_TEXT = """### Write down your resume code
+It is shown **only this once** and cannot be recovered. With your name it lets you continue later, on any
+browser; nobody else can sign in as you without it. Copy it (the button at the right of the box) or write it
+down, then confirm to start."""
+NOTHING_ASSIGNED_TEXT = ("**No dialogues are waiting for you yet.** Your place is kept: come back later and sign "
+                         "in with your name and resume code, or ask the study's organiser when dialogues arrive.")
+ALL_DONE_TEXT = ("**All done: there is nothing left for you to label.** Thank you! Come back later in case new "
+                 "dialogues arrive.")
 
 
 def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
@@ -123,6 +128,15 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
     identity = gr.JSON(visible=False, elem_id="annotate-signed-in")  # {"token": ..., "name": ...} or None
     # Server side, per page: which task is on screen and since when (for the time spent on it).
     session = gr.State({})
+    # At the top of the tab, so that it cannot be missed: the one-time resume code, which must be confirmed
+    # before the first task shows. Emptied on confirming: the page keeps the code no longer than that.
+    with gr.Column(visible=False, elem_id="annotate-code-banner") as code_banner:
+        gr.Markdown(RESUME_CODE_TEXT)
+        with gr.Row(equal_height=True):
+            resume_code = gr.Textbox(label="Your resume code", interactive=False, buttons=["copy"], scale=3,
+                                     elem_id="annotate-resume-code")
+            acknowledge = gr.Button("I have written it down", variant="primary", scale=1,
+                                    elem_id="annotate-code-ack")
     with gr.Column(elem_id="annotate-sign-in") as sign_in_box:
         gr.Markdown(SIGN_IN_TEXT)
         with gr.Column(visible=mode == "name", elem_id="annotate-name-sign-in"):
@@ -139,7 +153,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
     with gr.Column(visible=False, elem_id="annotate-work") as work_box:
         with gr.Row(equal_height=True):
             header = gr.Markdown(elem_id="annotate-header")
-            back = gr.Button("Edit my last answer", size="sm", scale=0, elem_id="annotate-back")
+            back = gr.Button("Edit my last answer", size="sm", scale=0, visible=False, elem_id="annotate-back")
             sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
         prompt = gr.Markdown(elem_id="annotate-prompt")
         with gr.Column(elem_id="annotate-task-box") as task_box:
@@ -164,14 +178,14 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
             gr.Markdown(SHORTCUTS_HELP)
 
     screen = [identity, sign_in_box, work_box, header, prompt, task_box, transcript, *slot_inputs, scale_input,
-              comment, skip_reason, message, task, session]
+              comment, skip_reason, message, task, session, code_banner, resume_code, back]
 
     def store() -> Store:
         return open_store(data_dir)
 
     def signed_out(note: str = "") -> dict:
         return {identity: None, sign_in_box: gr.Column(visible=True), work_box: gr.Column(visible=False),
-                task: "", message: note, session: {}}
+                task: "", message: note, session: {}, code_banner: gr.Column(visible=False), resume_code: ""}
 
     def annotator_of(who: Mapping | None) -> str:
         """The annotator whose live session the browser's sign-in holds; SessionEnded otherwise."""
@@ -179,15 +193,15 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
 
     def show(who: Mapping, view: TaskView | None, note: str = "", editing: bool = False) -> dict:
         """The screen for `view` (None: nothing left to do)."""
-        done, assigned = (view.progress if view else store().progress(annotator_of(who)))[:2]
+        done, assigned, skipped = view.progress if view else store().progress(annotator_of(who))
         out = {sign_in_box: gr.Column(visible=False), work_box: gr.Column(visible=True),
                header: f"Signed in as **{markdown_text(who.get('name') or '')}** · Progress: **{done} of "
                        f"{assigned}** done", message: note, skip_reason: "",
-               session: {"task": view and view.task, "since": time.time()}}
+               session: {"task": view and view.task, "since": time.time()},
+               back: gr.Button(visible=done > skipped)}  # only once there is an answer to go back to
         if view is None:
-            out.update({prompt: "**All done: there is nothing left for you to label.** Thank you! Come back later "
-                                "in case new dialogues arrive.", task_box: gr.Column(visible=False), task: "",
-                        transcript: ""})
+            out.update({prompt: ALL_DONE_TEXT if assigned else NOTHING_ASSIGNED_TEXT,
+                        task_box: gr.Column(visible=False), task: "", transcript: ""})
             return out
         agent = view.agent
         answer = view.answer
@@ -233,7 +247,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
         """Sign in with a name and a code (first time: the study's access code, if it has one; then the
         resume code you were given), or, when signed in to Hugging Face on the Space, as that account; shows
         the first pending task."""
-        note = ""
+        fresh = None
         try:
             if profile is not None:
                 shown_name = profile.name or profile.username
@@ -255,15 +269,20 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
                                      else str(refused)) from None
                 per_name.succeeded(target)
                 annotator = signed.annotator
-                note = resume_code_note(signed.new_resume_code) if signed.new_resume_code else ""
+                fresh = signed.new_resume_code
             token = sessions.start(store().db, annotator)  # ends the annotator's earlier session, if any
         except (StoreError, Throttled) as err:
             raise failure(err) from None
         who = {"token": token, "name": shown_name}
         screen = next_screen(who)
-        if note:
-            screen[message] = note
+        if fresh and screen.get(identity, who):  # the task waits until the code is confirmed
+            screen.update({code_banner: gr.Column(visible=True), resume_code: fresh,
+                           task_box: gr.Column(visible=False)})
         return {identity: who, code_box: "", **screen}
+
+    def confirm_resume_code(task_id: str | None = None) -> dict:
+        """The annotator has the code: hide it (and empty it) and show the task, if there is one."""
+        return {code_banner: gr.Column(visible=False), resume_code: "", task_box: gr.Column(visible=bool(task_id))}
 
     def forget_sign_in(annotator: dict | None = None) -> dict:
         """End the session and forget the sign-in in this browser (the annotator's work stays stored)."""
@@ -352,6 +371,8 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
                  api_name="annotation_submit", **events)
     skip.click(skip_task, [identity, task, skip_reason], api_name="annotation_skip", **events)
     back.click(edit_last, [identity], api_name="annotation_edit_last", **events)
+    acknowledge.click(confirm_resume_code, [task], [code_banner, resume_code, task_box], queue=False,
+                      show_progress="hidden", api_visibility="private")
     return {"identity": identity, "slots": slot_inputs, "scale": scale_input, "submit": submit, "task": task}
 
 

@@ -90,6 +90,18 @@ def test_an_annotator_signs_in_and_labels_with_the_keyboard(page, data_dir):
     page.locator("#annotate-name textarea").fill("Ada")
     page.locator("#annotate-name textarea").press("Enter")
     expect(header(page)).to_contain_text("Signed in as Ada · Progress: 0 of 3 done")
+    # The one-time resume code: at the top of the tab, with a copy button, and confirmed before the task.
+    banner = page.locator("#annotate-code-banner")
+    expect(banner).to_be_visible()
+    expect(page.locator("#annotate-resume-code textarea")).to_have_value(re.compile(r"^\w{4}-\w{4}-\w{4}$"))
+    expect(banner.get_by_role("button", name=re.compile("copy", re.I))).to_be_visible()
+    assert banner.bounding_box()["y"] < header(page).bounding_box()["y"] < 1000 - banner.bounding_box()["height"]
+    expect(page.locator("#annotate-task-box")).to_be_hidden()
+    expect(page.locator("#annotate-back")).to_be_hidden()  # no answer to go back to yet
+    screenshot(page, "annotate-resume-code")
+    page.locator("#annotate-code-ack").click()
+    expect(banner).to_be_hidden()
+    expect(page.locator("#annotate-resume-code textarea")).to_have_count(0)
     expect(transcript(page).locator(".turn")).to_have_count(4)
     transcript(page).click()  # the keys go to the page, not to a text box
     for key in "hlnnhn":
@@ -100,6 +112,7 @@ def test_an_annotator_signs_in_and_labels_with_the_keyboard(page, data_dir):
     page.keyboard.press("Enter")
     expect(header(page)).to_contain_text("Progress: 1 of 3 done")
     expect(page.locator("#annotate-message")).to_contain_text("Saved.")
+    expect(page.locator("#annotate-back")).to_be_visible()
     assert checked(page) == dict.fromkeys(SLOTS)  # a fresh form for the next dialogue
 
 
@@ -174,7 +187,12 @@ def test_the_browser_keeps_no_code_password_id_or_admin_cookie(page, data_dir):
     page.locator("#annotate-name textarea").fill("Grace")
     page.locator("#annotate-name textarea").press("Enter")
     expect(header(page)).to_contain_text("Signed in as Grace")
-    code = re.search(r"resume code: ([A-Z0-9-]{14})", page.locator("#annotate-message").inner_text()).group(1)
+    code = page.locator("#annotate-resume-code textarea").input_value()
+    page.locator("#annotate-code-ack").click()
+    # Nothing assigned to her (Ada has every dialogue): an empty state that says what to do, not "all done".
+    expect(page.locator("#annotate-prompt")).to_contain_text("come back later")
+    expect(page.locator("#annotate-prompt")).not_to_contain_text("All done")
+    expect(page.locator("#annotate-back")).to_be_hidden()
     page.locator("#annotate-sign-out").click()
     expect(page.locator("#annotate-name textarea")).to_be_visible()
     page.wait_for_function("() => localStorage.getItem('hirpf-annotator') === null")
