@@ -230,6 +230,9 @@ def test_scale_interviews_take_one_of_five_options(tiny_engine, tmp_path, app_en
             c.predict(annotator=screen.who, task_id=screen.task, api_name="/annotation_submit")
         with pytest.raises(AppError, match="not in the list of choices"):
             c.predict(annotator=screen.who, task_id=screen.task, option=6, api_name="/annotation_submit")
+        with pytest.raises(AppError, match="^agreeableness, profession: this statement task"):
+            c.predict(annotator=screen.who, task_id=screen.task, option=4, agreeableness="high", profession="none",
+                      api_name="/annotation_submit")
         done = Screen.of(c.predict(annotator=screen.who, task_id=screen.task, option=4,
                                    api_name="/annotation_submit"), screen.who)
         assert "nothing left" in done.prompt and "1 of 1" in done.header
