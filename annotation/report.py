@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from annotation.agreement import inter_annotator_agreement, option_agreement, slot_agreement
+from annotation.pseudonyms import Pseudonyms
 from annotation.store import IMPORTED_PREFIX
 from db import Database
 from db.models import KINDS, Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction, TaskStatus
@@ -98,7 +99,8 @@ def _load(database: Database) -> tuple[list[_Answer], dict[int, dict[str, JudgeP
                    Dialogue.target, Dialogue.target_option, Annotation.slots, Annotation.option)
             .select_from(Annotation).join(AnnotationTask).join(Annotator).join(Dialogue)
             .order_by(Annotation.id)).all()
-        answers = [_Answer(annotator=r[0], annotator_name=r[1], dialogue=r[2], kind=r[3], system=r[4],
+        pseudonyms = Pseudonyms()  # the report names annotators by pseudonyms of its own, never their ids
+        answers = [_Answer(annotator=pseudonyms(r[0]), annotator_name=r[1], dialogue=r[2], kind=r[3], system=r[4],
                            target=slots_from_identities(IdentitySet.parse(r[5])) if r[3] == "identity" else None,
                            target_option=r[6], slots=r[7], option=r[8]) for r in rows]
         judges: dict[int, dict[str, JudgePrediction]] = defaultdict(dict)

@@ -103,8 +103,10 @@ def sign_in_by_name(store: Store, name: str, code: str | None) -> NameSignIn:
         found = _by_external_id(store.db, external)  # somebody claimed the name a moment earlier
     public_id, code_hash = found
     if code_hash is None:
-        raise SignInRefused("This name was registered before resume codes existed: continue in the browser "
-                            "where you started (a code is shown there), or sign in with another name.")
+        # Its browser once held the annotator's id, which is no credential any more (ids appear in old
+        # exports); so nothing can hand this name a code, and nobody can resume it.
+        raise SignInRefused("This name was registered before resume codes existed and cannot be resumed: sign "
+                            "in with another name (the answers already given stay stored).")
     if not code_matches(code, code_hash):
         raise SignInRefused("This name is taken. If it is yours, type the resume code you were given in the "
                             "Code box; if you are new, choose another name." if not normalized_code(code) else

@@ -279,13 +279,16 @@ class Store:
         return self.db.write(run)
 
     def skip(self, task: str, reason: str, annotator: str | None = None) -> None:
-        """Set a pending task aside with a reason (required); it no longer counts towards the item's cap."""
+        """Set a pending task aside with a reason (required); it no longer counts towards the item's cap. A
+        task is skipped once: a second skip is refused."""
         reason = checked_text(reason, "skip reason", MAX_REASON_CHARS, required=True)
 
         def run(session: Session) -> None:
             found = _task(session, task, annotator)
             if found.status == TaskStatus.DONE:
                 raise StoreError("this task is answered; edit the answer instead of skipping it")
+            if found.status == TaskStatus.SKIPPED:  # the first reason stands: it is what the admin reads
+                raise StoreError("this task is already skipped (its first reason is kept)")
             found.status, found.skip_reason, found.updated_at = TaskStatus.SKIPPED, reason, utcnow()
 
         self.db.write(run)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import selectinload
 
 from annotation.import_files import read_import_file
+from annotation.pseudonyms import Pseudonyms
 from annotation.records import DialogueRecord
 from annotation.store import Store, StoreError
 from db.models import AnnotationTask, Dialogue, TaskStatus
@@ -94,23 +95,25 @@ def _printable(reason: str) -> str:
 
 # --- export ---------------------------------------------------------------------------------------------
 def export_rows(store: Store) -> Iterator[dict]:
-    """One nested record per answered or skipped task, unblinded: annotator, dialogue (target, system,
-    source, original transcript), the answer, and every judge's prediction for the dialogue."""
+    """One nested record per answered or skipped task, unblinded: annotator (by a pseudonym of this export,
+    never their id), dialogue (target, system, source, original transcript), the answer, and every judge's
+    prediction for the dialogue."""
     with store.db.read() as session:
         tasks = session.scalars(
             select(AnnotationTask).where(AnnotationTask.status != TaskStatus.PENDING)
             .options(selectinload(AnnotationTask.annotator), selectinload(AnnotationTask.annotation),
                      selectinload(AnnotationTask.dialogue).selectinload(Dialogue.judge_predictions))
             .order_by(AnnotationTask.dialogue_id, AnnotationTask.annotator_id))
+        pseudonyms = Pseudonyms()  # one export, one set of annotator pseudonyms
         for task in tasks:
-            yield _export_record(task)
+            yield _export_record(task, pseudonyms)
 
 
-def _export_record(task: AnnotationTask) -> dict:
+def _export_record(task: AnnotationTask, pseudonyms: Pseudonyms) -> dict:
     d, a, answer = task.dialogue, task.annotator, task.annotation
     target = IdentitySet.parse(d.target)
     return {
-        "annotator": {"id": a.public_id, "display_name": a.display_name, "external_id": a.external_id},
+        "annotator": {"id": pseudonyms(a.public_id), "display_name": a.display_name, "external_id": a.external_id},
         "task": {"id": task.public_id, "position": task.position, "side": task.side, "status": task.status,
                  "skip_reason": task.skip_reason},
         "dialogue": {"id": d.public_id, "kind": d.kind, "source": d.source, "system": d.system,

@@ -15,6 +15,7 @@ off every queue, so a guesser never delays the real admin.
 from __future__ import annotations
 
 import hmac
+import html
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from hirpf.labels import SLOTS
 
 from .admin_downloads import AdminDownloads, Download
 from .assets import asset
+from .markup import code_block, table_cell
 from .services import (
     SLOT_TITLES,
     apply_policy,
@@ -103,7 +105,8 @@ def _scale_line(name: str, figures: dict) -> str:
 
 
 def report_markdown(report: dict) -> str:
-    """The agreement report as tables: humans vs targets, vs the LLM judges, and between annotators."""
+    """The agreement report as tables: humans vs targets, vs the LLM judges, and between annotators. Names
+    (annotators', judges') come from people and files: each is one escaped cell, plain text."""
     target, judge, inter = report["human_vs_target"], report["human_vs_judge"], report["inter_annotator"]
     counts = report["counts"]
     lines = [f"**{counts['annotations']}** answers from **{counts['annotators']}** annotators (imported label sets "
@@ -115,13 +118,13 @@ def report_markdown(report: dict) -> str:
     lines += [f"| **All six** (exact match {_figure(o['exact_match'], True)}) | {_figure(o['accuracy'], True)} | "
               f"{_figure(o['kappa'])} | {o['n']} |", "", "| Annotator | Accuracy | Exact match | Dialogues |",
               "|---|---|---|---|"]
-    lines += [f"| {a['display_name']} | {_figure(a['overall']['accuracy'], True)} | "
+    lines += [f"| {table_cell(a['display_name'])} | {_figure(a['overall']['accuracy'], True)} | "
               f"{_figure(a['overall']['exact_match'], True)} | {a['overall']['n']} |"
               for a in target["per_annotator"].values()]
     lines += ["", _scale_line("Scale interviews vs the expected option", target["scale"]), "",
               "#### Human vs LLM judge", "| Judge | Accuracy | mean κ | Exact match | Pairs |",
               "|---|---|---|---|---|"]
-    lines += [f"| {name} | {_figure(f['overall']['accuracy'], True)} | {_figure(f['overall']['kappa'])} | "
+    lines += [f"| {table_cell(name)} | {_figure(f['overall']['accuracy'], True)} | {_figure(f['overall']['kappa'])} | "
               f"{_figure(f['overall']['exact_match'], True)} | {f['overall']['n']} |"
               for name, f in judge["per_judge"].items()] or ["| (no judge predictions) | | | | |"]
     lines += ["", _scale_line("Scale interviews vs the judges", judge["scale"]), "",
@@ -234,8 +237,9 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
                 export_format = gr.Radio(["csv", "jsonl"], value="csv", label="Format", elem_id="admin-format")
                 export = gr.Button("Export", elem_id="admin-export-button")
             export_file = gr.Markdown(elem_id="admin-export-file")
-    # The admin session's cookie, handed to the page once at unlock and stored by set_admin_cookie.js.
-    session_cookie = gr.Textbox(visible=False, elem_id="admin-session")
+    # A one-time claim, handed to the page at unlock, that set_admin_cookie.js trades for the admin session's
+    # cookie (set by the server, HttpOnly): the page never holds the session's token.
+    cookie_claim = gr.Textbox(visible=False, elem_id="admin-session")
 
     def store():
         return open_store(data_dir)
@@ -284,7 +288,7 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
         token = downloads.open_session()
         return {unlocked: token, lock_box: gr.Column(visible=False), panel: gr.Column(visible=True), password: "",
                 **progress_screen(), **policy_fields(store().policy), **sign_in_fields(),
-                session_cookie: downloads.cookie_for(token)}
+                cookie_claim: downloads.claim_for(token)}
 
     def sign_in_fields() -> dict:
         return {sign_in_note: sign_in_markdown(mode, access_code_required(store().db)), access_code: ""}
@@ -314,10 +318,12 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
             result = import_file(store(), path, None if file_kind == "auto" else file_kind,
                                  (file_encoding or "").strip() or None)
         except (StoreError, ValueError, OSError) as err:
-            raise gr.Error(str(err).replace(str(path), Path(path).name), title=TITLE, print_exception=False) from None
+            # Gradio shows an error's message as HTML; the file's name and rows are anybody's text.
+            raise gr.Error(html.escape(str(err).replace(str(path), Path(path).name)), title=TITLE,
+                           print_exception=False) from None
         text = result.describe().replace(str(path), Path(path).name)
         forget_upload(path)
-        return {import_result: "```\n" + text + "\n```", upload: None, **progress_screen()}
+        return {import_result: code_block(text), upload: None, **progress_screen()}
 
     def set_policy(token: str | None, new_overlap: float, new_cap: float, new_shared: float, new_batch: float,
                    new_seed: float) -> dict:
@@ -360,8 +366,8 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
     screen = [counts, progress_table]
     # Off every queue: a refusal is answered at once, so guesses neither wait for nor hold up anybody.
     gr.on([unlock.click, password.submit], open_admin, [password],
-          [unlocked, lock_box, panel, password, *screen, *policy_inputs, sign_in_note, access_code, session_cookie],
-          api_name="admin_open", queue=False).then(None, [session_cookie], None, js=asset("set_admin_cookie.js"))
+          [unlocked, lock_box, panel, password, *screen, *policy_inputs, sign_in_note, access_code, cookie_claim],
+          api_name="admin_open", queue=False).then(None, [cookie_claim], None, js=asset("set_admin_cookie.js"))
     set_code.click(change_access_code, [unlocked, access_code], [sign_in_note, access_code],
                    api_name="admin_access_code")
     refresh.click(refresh_progress, [unlocked], screen, api_name="admin_progress")

@@ -7,11 +7,13 @@ with a value, and element ids are generic (`slot-1` ... `slot-6`, `slot-scale`, 
 
 Signing in takes a secret (`annotation.sign_in`): a name plus the resume code shown once at the first
 sign-in (and the study's access code to join, when the admin set one), or a Hugging Face account where
-OAuth is on. The sign-in (the annotator's opaque id, itself unguessable, and name) is kept in the browser's
-localStorage, so closing and reopening the page resumes at the next item. It is read by the page's load
-event itself (its `js` hands the stored value to the server function): `gr.BrowserState` reads storage after
-that event has sent its inputs, so a resume through it depends on a race. Events are plain database calls:
-no model queue, `queue=False`.
+OAuth is on. A sign-in opens a session (`annotation.sessions`): the browser's localStorage keeps its random,
+expiring token and the name shown, so closing and reopening the page resumes at the next item; sign-out
+ends the session and empties that storage. Every event names the annotator by that token only: the
+annotator's id never leaves the server, and an id from an export signs nobody in. The stored sign-in is
+read by the page's load event itself (its `js` hands the stored value to the server function):
+`gr.BrowserState` reads storage after that event has sent its inputs, so a resume through it depends on a
+race. Events are plain database calls: no model queue, `queue=False`.
 
 `python -m app.annotation_tab [--port P] [--data_dir DIR]` serves this tab on its own.
 """
@@ -24,12 +26,14 @@ from typing import Mapping, Sequence
 
 import gradio as gr
 
-from annotation.sign_in import SignInRefused, claim_resume_code, sign_in_by_name
+from annotation import sessions
+from annotation.sign_in import NAME_PREFIX, SignInRefused, sign_in_by_name
 from annotation.store import MAX_COMMENT_CHARS, NotFound, Store, StoreError, TaskView, last_answered
 from hirpf.identities import PROFESSIONS
 from hirpf.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
 
 from .assets import asset
+from .markup import markdown_text
 from .services import EVALUATION_TITLE as TITLE
 from .services import SLOT_TITLES, oauth_configured, open_store, sign_in_mode, start_policy
 from .standalone import main, tab_app
@@ -39,6 +43,9 @@ SLOT_IDS = {slot: f"slot-{i}" for i, slot in enumerate(SLOTS, start=1)}
 SCALE_ID = "slot-scale"
 TRAIT_CHOICES = [("High", "high"), ("Low", "low"), ("Neither", NONE)]
 PROFESSION_CHOICES = [(p, p) for p in PROFESSIONS] + [("None of these", NONE)]
+# The submit endpoint's parameter for each slot, as an error names it.
+SLOT_PARAMETERS = dict(zip(SLOTS, ("agreeableness", "conscientiousness", "extraversion", "neuroticism", "openness",
+                                   "profession")))
 SCALE_CHOICES = [(f"{i}. {text.capitalize()}", i) for i, text in enumerate(SCALE_OPTIONS, start=1)]
 
 MAX_DISPLAY_NAME = 100
@@ -76,15 +83,11 @@ def transcript_html(turns: Sequence[Mapping], agent: str) -> str:
                    for t in turns)
 
 
-def markdown_text(value: str) -> str:
-    """User-supplied text shown inside Markdown, read as plain text."""
-    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>~" else c for c in value)
-
-
-def signed_in_as(who: Mapping | None) -> str | None:
-    """The annotator id from the browser's stored sign-in, None when signed out."""
-    if isinstance(who, Mapping) and isinstance(who.get("annotator"), str) and who["annotator"]:
-        return who["annotator"]
+def session_token(who: Mapping | None) -> str | None:
+    """The session token of the browser's stored sign-in, None when signed out (or stored by a version
+    before sessions, which kept the annotator's id: that is no credential any more)."""
+    if isinstance(who, Mapping) and isinstance(who.get("token"), str) and who["token"]:
+        return who["token"]
     return None
 
 
@@ -102,21 +105,38 @@ def failure(err: Exception) -> gr.Error:
     return gr.Error(str(err), title=TITLE, print_exception=False)
 
 
-def resume_code_note(code: str) -> str:
-    return (f"**Your resume code: `{code}`.** Write it down now: it is shown only this once. With your name it "
-            "lets you continue later, on any browser; nobody else can sign in as you without it.")
+RESUME_CODE_TEXT = """### Write down your resume code
+It is shown **only this once** and cannot be recovered. With your name it lets you continue later, on any
+browser; nobody else can sign in as you without it. Copy it (the button at the right of the box) or write it
+down, then confirm to start."""
+NOTHING_ASSIGNED_TEXT = ("**No dialogues are waiting for you yet.** Your place is kept: come back later and sign "
+                         "in with your name and resume code, or ask the study's organiser when dialogues arrive.")
+ALL_DONE_TEXT = ("**All done: there is nothing left for you to label.** Thank you! Come back later in case new "
+                 "dialogues arrive.")
 
 
 def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
                          throttle: Throttle | None = None) -> dict:
     """Lay out the annotator's view inside the current Blocks and wire its events (to `demo.load` too).
-    `throttle`: backoff for wrong codes, per client (default: 5 attempts, then 15 minutes)."""
+    `throttle`: backoff for wrong codes per client address (default: 5 failures within 15 minutes lock it out
+    for 15 minutes); the same lockout counts failures per name, without the backoff, so that somebody else's
+    wrong guesses delay an annotator only once they reach the lockout."""
     start_policy()  # a bad setting stops the start, not the first annotator
     mode = sign_in_mode()
     throttle = throttle or Throttle(lockout_after=5)
-    identity = gr.JSON(visible=False, elem_id="annotate-signed-in")  # {"annotator": id, "name": ...} or None
-    # Server side, per page: whose task is on screen and since when (for the time spent on it).
+    per_name = Throttle(base_delay_s=0.0, lockout_after=throttle.lockout_after, lockout_s=throttle.lockout_s)
+    identity = gr.JSON(visible=False, elem_id="annotate-signed-in")  # {"token": ..., "name": ...} or None
+    # Server side, per page: which task is on screen and since when (for the time spent on it).
     session = gr.State({})
+    # At the top of the tab, so that it cannot be missed: the one-time resume code, which must be confirmed
+    # before the first task shows. Emptied on confirming: the page keeps the code no longer than that.
+    with gr.Column(visible=False, elem_id="annotate-code-banner") as code_banner:
+        gr.Markdown(RESUME_CODE_TEXT)
+        with gr.Row(equal_height=True):
+            resume_code = gr.Textbox(label="Your resume code", interactive=False, buttons=["copy"], scale=3,
+                                     elem_id="annotate-resume-code")
+            acknowledge = gr.Button("I have written it down", variant="primary", scale=1,
+                                    elem_id="annotate-code-ack")
     with gr.Column(elem_id="annotate-sign-in") as sign_in_box:
         gr.Markdown(SIGN_IN_TEXT)
         with gr.Column(visible=mode == "name", elem_id="annotate-name-sign-in"):
@@ -133,7 +153,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
     with gr.Column(visible=False, elem_id="annotate-work") as work_box:
         with gr.Row(equal_height=True):
             header = gr.Markdown(elem_id="annotate-header")
-            back = gr.Button("Edit my last answer", size="sm", scale=0, elem_id="annotate-back")
+            back = gr.Button("Edit my last answer", size="sm", scale=0, visible=False, elem_id="annotate-back")
             sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
         prompt = gr.Markdown(elem_id="annotate-prompt")
         with gr.Column(elem_id="annotate-task-box") as task_box:
@@ -158,27 +178,30 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
             gr.Markdown(SHORTCUTS_HELP)
 
     screen = [identity, sign_in_box, work_box, header, prompt, task_box, transcript, *slot_inputs, scale_input,
-              comment, skip_reason, message, task, session]
+              comment, skip_reason, message, task, session, code_banner, resume_code, back]
 
     def store() -> Store:
         return open_store(data_dir)
 
     def signed_out(note: str = "") -> dict:
         return {identity: None, sign_in_box: gr.Column(visible=True), work_box: gr.Column(visible=False),
-                task: "", message: note, session: {}}
+                task: "", message: note, session: {}, code_banner: gr.Column(visible=False), resume_code: ""}
+
+    def annotator_of(who: Mapping | None) -> str:
+        """The annotator whose live session the browser's sign-in holds; SessionEnded otherwise."""
+        return sessions.annotator_of(store().db, session_token(who))
 
     def show(who: Mapping, view: TaskView | None, note: str = "", editing: bool = False) -> dict:
         """The screen for `view` (None: nothing left to do)."""
-        annotator = signed_in_as(who)
-        done, assigned = (view.progress if view else store().progress(annotator))[:2]
+        done, assigned, skipped = view.progress if view else store().progress(annotator_of(who))
         out = {sign_in_box: gr.Column(visible=False), work_box: gr.Column(visible=True),
                header: f"Signed in as **{markdown_text(who.get('name') or '')}** · Progress: **{done} of "
                        f"{assigned}** done", message: note, skip_reason: "",
-               session: {"annotator": annotator, "task": view and view.task, "since": time.time()}}
+               session: {"task": view and view.task, "since": time.time()},
+               back: gr.Button(visible=done > skipped)}  # only once there is an answer to go back to
         if view is None:
-            out.update({prompt: "**All done: there is nothing left for you to label.** Thank you! Come back later "
-                                "in case new dialogues arrive.", task_box: gr.Column(visible=False), task: "",
-                        transcript: ""})
+            out.update({prompt: ALL_DONE_TEXT if assigned else NOTHING_ASSIGNED_TEXT,
+                        task_box: gr.Column(visible=False), task: "", transcript: ""})
             return out
         agent = view.agent
         answer = view.answer
@@ -202,21 +225,19 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
 
     def next_screen(who: Mapping, note: str = "") -> dict:
         try:
-            return show(who, store().next_task(signed_in_as(who)), note)
-        except NotFound:  # the database no longer knows this browser's annotator
+            return show(who, store().next_task(annotator_of(who)), note)
+        except sessions.SessionEnded:
+            return signed_out("Your sign-in has ended (signed out, signed in elsewhere, or expired); please "
+                              "sign in again with your name and resume code.")
+        except NotFound:  # the database no longer knows this session's annotator
             return signed_out("Your sign-in is no longer known here; please sign in again.")
 
     def resume(annotator: dict | None = None, profile: gr.OAuthProfile | None = None) -> dict:
-        """When the page opens: continue where the stored sign-in left off (a Hugging Face login signs in by
-        itself)."""
-        if signed_in_as(annotator):
-            who = {"annotator": annotator["annotator"], "name": str(annotator.get("name") or "")}
-            screen = next_screen(who)
-            # A name annotator from before resume codes gets one here, in the browser that holds the sign-in.
-            fresh = claim_resume_code(store().db, who["annotator"]) if screen.get(identity, who) else None
-            if fresh:
-                screen[message] = resume_code_note(fresh)
-            return {identity: who, **screen}
+        """When the page opens: continue where the stored sign-in (a session token) left off (a Hugging Face
+        login signs in by itself)."""
+        if session_token(annotator):
+            who = {"token": annotator["token"], "name": str(annotator.get("name") or "")}
+            return {identity: who, **next_screen(who)}
         if profile is not None:
             return sign_in(None, None, profile)
         return {task: gr.skip()}  # the page starts signed out (an empty dict would read as one output value)
@@ -226,7 +247,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
         """Sign in with a name and a code (first time: the study's access code, if it has one; then the
         resume code you were given), or, when signed in to Hugging Face on the Space, as that account; shows
         the first pending task."""
-        note = ""
+        fresh = None
         try:
             if profile is not None:
                 shown_name = profile.name or profile.username
@@ -235,52 +256,76 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
                 raise StoreError("This study signs in with Hugging Face accounts only.")
             else:
                 shown_name = display_name(name)
-                client = client_of(request)
+                # Failures count against the address and against the name tried, and only the name's own
+                # success clears its count: a correct sign-in as oneself resets nothing for another name.
+                client, target = client_of(request), NAME_PREFIX + shown_name.casefold()
                 throttle.check(client)
+                per_name.check(target, subject="for this name")
                 try:
                     signed = sign_in_by_name(store(), shown_name, code)
                 except SignInRefused as refused:
-                    left = throttle.failed(client)
+                    left = min(throttle.failed(client), per_name.failed(target))
                     raise StoreError(f"{refused} ({left} attempts left before a lockout.)" if left < 3
                                      else str(refused)) from None
-                throttle.succeeded(client)
+                per_name.succeeded(target)
                 annotator = signed.annotator
-                note = resume_code_note(signed.new_resume_code) if signed.new_resume_code else ""
+                fresh = signed.new_resume_code
+            token = sessions.start(store().db, annotator)  # ends the annotator's earlier session, if any
         except (StoreError, Throttled) as err:
             raise failure(err) from None
-        who = {"annotator": annotator, "name": shown_name}
+        who = {"token": token, "name": shown_name}
         screen = next_screen(who)
-        if note:
-            screen[message] = note
+        if fresh and screen.get(identity, who):  # the task waits until the code is confirmed
+            screen.update({code_banner: gr.Column(visible=True), resume_code: fresh,
+                           task_box: gr.Column(visible=False)})
         return {identity: who, code_box: "", **screen}
 
-    def forget_sign_in() -> dict:
-        """Forget the sign-in in this browser (the annotator's work stays stored)."""
+    def confirm_resume_code(task_id: str | None = None) -> dict:
+        """The annotator has the code: hide it (and empty it) and show the task, if there is one."""
+        return {code_banner: gr.Column(visible=False), resume_code: "", task_box: gr.Column(visible=bool(task_id))}
+
+    def forget_sign_in(annotator: dict | None = None) -> dict:
+        """End the session and forget the sign-in in this browser (the annotator's work stays stored)."""
+        sessions.end(store().db, session_token(annotator))
         return signed_out("Signed out. Sign in with the same name and your resume code to continue later.")
+
+    def signed_in(annotator: dict | None) -> str:
+        """The annotator of the sign-in an event sent, or the error the page shows."""
+        if not session_token(annotator):
+            raise failure(StoreError("Sign in first."))
+        try:
+            return annotator_of(annotator)
+        except sessions.SessionEnded as ended:
+            raise failure(StoreError(f"Sign in again: {ended}.")) from None
 
     def submit_answer(annotator: dict | None, task_id: str, agreeableness: str | None = None,
                       conscientiousness: str | None = None, extraversion: str | None = None,
                       neuroticism: str | None = None, openness: str | None = None, profession: str | None = None,
                       option: int | None = None, comment_text: str | None = None, state: dict | None = None) -> dict:
         """Answer the task on screen (six slots, or one option for a statement task) and show the next one.
-        Sending the same answer twice stores it once."""
-        if not signed_in_as(annotator):
-            raise failure(StoreError("Sign in first."))
+        Sending the same answer twice stores it once; a field the task does not have is refused by name."""
+        who = signed_in(annotator)
         if not task_id:
             raise failure(StoreError("There is no task on screen to answer."))
         state = state or {}
         seconds = time.time() - state["since"] if state.get("task") == task_id else None
+        values = dict(zip(SLOTS, (agreeableness, conscientiousness, extraversion, neuroticism, openness,
+                                  profession)))
         try:
-            who = signed_in_as(annotator)
             kind = store().task_view(task_id, annotator=who).kind
             if kind == "scale_interview":
+                extra = [slot for slot, v in values.items() if v is not None]
+                if extra:
+                    raise StoreError(f"{', '.join(SLOT_PARAMETERS[s] for s in extra)}: this statement task is "
+                                     "answered with one option; slot labels do not belong to it.")
                 if option is None:
                     raise StoreError("Pick one of the five options first.")
                 result = store().submit(task_id, option=option, comment=comment_text or "", seconds=seconds,
                                         annotator=who)
             else:
-                values = dict(zip(SLOTS, (agreeableness, conscientiousness, extraversion, neuroticism, openness,
-                                          profession)))
+                if option is not None:
+                    raise StoreError("option: this task is answered with the six slots; an option belongs to "
+                                     "statement tasks only.")
                 missing = [SLOT_TITLES[s] for s, v in values.items() if v is None]
                 if missing:
                     raise StoreError(f"Choose a label for every slot; missing: {', '.join(missing)}.")
@@ -293,21 +338,18 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
 
     def skip_task(annotator: dict | None, task_id: str, reason: str | None = None) -> dict:
         """Set the task on screen aside with a reason, and show the next one."""
-        if not signed_in_as(annotator):
-            raise failure(StoreError("Sign in first."))
+        who = signed_in(annotator)
         if not (reason or "").strip():
             raise failure(StoreError("Say why you skip this dialogue (type a reason next to the Skip button)."))
         try:
-            store().skip(task_id, reason, annotator=signed_in_as(annotator))
+            store().skip(task_id, reason, annotator=who)
         except StoreError as err:
             raise failure(err) from None
         return next_screen(annotator, "Skipped.")
 
     def edit_last(annotator: dict | None) -> dict:
         """Show the annotator's last answer again, to change it."""
-        who = signed_in_as(annotator)
-        if not who:
-            raise failure(StoreError("Sign in first."))
+        who = signed_in(annotator)
         try:
             view = last_answered(store(), who)
         except NotFound:
@@ -324,11 +366,13 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
     demo.load(None, js=asset("annotation_shortcuts.js"))
     gr.on([start.click, name.submit, code_box.submit], sign_in, [name, code_box], api_name="annotation_sign_in",
           **signing_in).then(**remember)
-    sign_out.click(forget_sign_in, None, api_name="annotation_sign_out", **events).then(**remember)
+    sign_out.click(forget_sign_in, [identity], api_name="annotation_sign_out", **events).then(**remember)
     submit.click(submit_answer, [identity, task, *slot_inputs, scale_input, comment, session],
                  api_name="annotation_submit", **events)
     skip.click(skip_task, [identity, task, skip_reason], api_name="annotation_skip", **events)
     back.click(edit_last, [identity], api_name="annotation_edit_last", **events)
+    acknowledge.click(confirm_resume_code, [task], [code_banner, resume_code, task_box], queue=False,
+                      show_progress="hidden", api_visibility="private")
     return {"identity": identity, "slots": slot_inputs, "scale": scale_input, "submit": submit, "task": task}
 
 

@@ -1,5 +1,5 @@
 """Serving a built app: Gradio's launch plus what HIRPF adds at launch time (its stylesheet, the admin's
-download route). Its own module so that the full app (`app.build`) and a tab served alone
+routes, run history off). Its own module so that the full app (`app.build`) and a tab served alone
 (`app.standalone`) launch the same way without importing each other."""
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import gradio as gr
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
     """Serve `demo` with its stylesheet (Gradio 6 takes CSS at launch, not in the Blocks) and the admin's
-    download route (added to the FastAPI app Gradio creates at launch). Blocks the thread unless
-    `prevent_thread_lock=True`, as `Blocks.launch` does."""
+    routes (added to the FastAPI app Gradio creates at launch). Blocks the thread unless
+    `prevent_thread_lock=True`, as `Blocks.launch` does.
+
+    Gradio's run history is off, always: it would keep every call's inputs and outputs (resume codes,
+    session tokens, the admin password) in the browser's localStorage and show them at `/gradio_api/runs`.
+    Off, Gradio also deletes whatever an earlier version of the app left there."""
     block = not kwargs.pop("prevent_thread_lock", False)
     result = demo.launch(server_name=host, server_port=port, css=getattr(demo, "hirpf_css", None),
-                         prevent_thread_lock=True, **kwargs)
+                         prevent_thread_lock=True, run_history=False, **kwargs)
     if getattr(demo, "hirpf_downloads", None) is not None:
         demo.hirpf_downloads.install(demo.app)
     if block:

@@ -220,6 +220,20 @@ def _pair_studies(connection: Connection) -> None:
         metadata.tables[name].create(connection)
 
 
+def _annotator_sessions(connection: Connection) -> None:
+    # Hashed (SHA-256 of a 256-bit random token: no salt or slow hash needed), never the token itself.
+    metadata = MetaData()
+    Table("annotators", metadata, Column("id", Integer, primary_key=True))  # for the foreign key only
+    Table("annotator_sessions", metadata,
+          Column("id", Integer, primary_key=True),
+          Column("token_hash", String(64), nullable=False, unique=True),
+          Column("annotator_id", Integer, ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False),
+          Column("created_at", Timestamp, nullable=False),
+          Column("expires_at", Timestamp, nullable=False),
+          Index("ix_annotator_sessions_annotator", "annotator_id"))
+    metadata.tables["annotator_sessions"].create(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "base schema: annotators, dialogues, annotation tasks, annotations", _base_schema),
     Migration(2, "judge predictions", _judge_predictions),
@@ -229,6 +243,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _study_settings),
     Migration(6, "blind pairwise studies: studies, conditions, replies, pairs, annotators' and judges' answers",
               _pair_studies),
+    Migration(7, "annotator sessions: the expiring token a sign-in hands the browser (stored hashed)",
+              _annotator_sessions),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -213,6 +213,22 @@ class JudgePrediction(Base):
     )
 
 
+class AnnotatorSession(Base):
+    """One sign-in of an annotator (migration 6): the browser holds a random token, the database its SHA-256
+    hash. The token, never the annotator's id, is what the annotation API accepts; it ends at `expires_at`,
+    at sign-out, or at the annotator's next sign-in."""
+
+    __tablename__ = "annotator_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_annotator_sessions_annotator", "annotator_id"),)
+
+
 class StudySetting(Base):
     """A setting the admin changes while the app runs, shared by every app process on the database
     (migration 5): the assignment policy, the hashed study access code."""

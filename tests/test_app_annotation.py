@@ -1,8 +1,8 @@
 """The Human evaluation and Evaluation admin tabs driven as a client would: `gradio_client` against the app on
 loopback (tiny random engine; these tabs never run it), each test with its own SQLite data directory.
 
-Annotator calls pass the browser-stored sign-in (`gr.BrowserState`) explicitly as `annotator`, as the page
-does; admin calls rely on the session's server-side unlock, as the page does.
+Annotator calls pass the browser-stored sign-in (its session token and name) explicitly as `annotator`, as the
+page does; admin calls rely on the session's server-side unlock, as the page does.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import func, select
 
+from annotation import sessions
 from app.build import build_app
 from app.services import open_store, policy_from_text, send_to_evaluation
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
@@ -50,6 +51,7 @@ class Screen(NamedTuple):
     skip_reason: str
     message: str
     task: str
+    resume_code: str | None  # the one-time code in the banner at the top (sign-ins only)
 
     @classmethod
     def of(cls, result: tuple, who: dict | None = None) -> Screen:
@@ -60,7 +62,8 @@ class Screen(NamedTuple):
             return unchanged if output is None else output
 
         v = [value(r) for r in result]
-        return cls(value(result[0], who), v[1], v[2], v[3], v[4:10], v[10], v[11], v[12], v[13], v[14])
+        return cls(value(result[0], who), v[1], v[2], v[3], v[4:10], v[10], v[11], v[12], v[13], v[14],
+                   v[15] if len(v) > 15 else None)
 
 
 @pytest.fixture
@@ -98,16 +101,21 @@ def sign_in(c: Client, name: str = "Ada", code: str | None = None) -> Screen:
 
 def resume_code(screen: Screen) -> str:
     """The resume code a first sign-in shows (once)."""
-    found = re.search(r"resume code: `([A-Z0-9-]+)`", screen.message or "")
-    assert found, f"no resume code in {screen.message!r}"
-    return found.group(1)
+    assert re.fullmatch(r"[A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4}", screen.resume_code or ""), screen.resume_code
+    return screen.resume_code
 
 
-def admin_download(url: str, markdown: str, cookie: str) -> str:
+def admin_cookies(url: str, claim: str) -> httpx.Cookies:
+    """The admin session's cookie, as the page gets it: the one-time claim from unlocking, posted back."""
+    response = httpx.post(url + "hirpf/admin/cookie", content=claim)
+    assert response.status_code == 204, response.text
+    return response.cookies
+
+
+def admin_download(url: str, markdown: str, cookies: httpx.Cookies) -> str:
     """The file behind an admin download link, fetched with the admin session's cookie."""
     link = re.search(r"\]\((hirpf/download/[^)]+)\)", markdown).group(1)
-    name, token = cookie.split(";")[0].split("=", 1)
-    response = httpx.get(url + link, cookies={name: token})
+    response = httpx.get(url + link, cookies=cookies)
     assert response.status_code == 200, response.text
     return response.text
 
@@ -178,7 +186,7 @@ def test_an_annotator_labels_skips_edits_and_resumes(tiny_engine, tmp_path, app_
         assert out.who is None and out.task == "" and "Signed out" in out.message
         # Opening the page signed out changes nothing: the sign-in form is what the page starts with.
         assert Screen.of(client(url).predict(annotator=None, api_name="/annotation_resume")) == Screen(
-            None, None, None, None, [None] * 6, None, None, None, None, None)
+            None, None, None, None, [None] * 6, None, None, None, None, None, None)
 
 
 def test_labels_are_checked_before_anything_is_stored(tiny_engine, tmp_path, app_env):
@@ -222,6 +230,9 @@ def test_scale_interviews_take_one_of_five_options(tiny_engine, tmp_path, app_en
             c.predict(annotator=screen.who, task_id=screen.task, api_name="/annotation_submit")
         with pytest.raises(AppError, match="not in the list of choices"):
             c.predict(annotator=screen.who, task_id=screen.task, option=6, api_name="/annotation_submit")
+        with pytest.raises(AppError, match="^agreeableness, profession: this statement task"):
+            c.predict(annotator=screen.who, task_id=screen.task, option=4, agreeableness="high", profession="none",
+                      api_name="/annotation_submit")
         done = Screen.of(c.predict(annotator=screen.who, task_id=screen.task, option=4,
                                    api_name="/annotation_submit"), screen.who)
         assert "nothing left" in done.prompt and "1 of 1" in done.header
@@ -250,7 +261,8 @@ def test_nothing_the_annotator_receives_reveals_targets_or_system(tiny_engine, t
         for secret in everywhere:
             assert secret.lower() not in text.lower(), f"{secret!r} in the {name}"
     # The annotator's responses carry no identity name at all: only X/Y, our text and their own "none"s.
-    received = json.dumps([r._asdict() for r in responses])
+    # (The resume code is random letters: it is left out, or it might spell an identity's code by chance.)
+    received = json.dumps([r._replace(resume_code=None)._asdict() for r in responses])
     forbidden = everywhere + list(ALL_IDENTITIES) + list(ALIASES) + [label(p) for p in TRAIT_POLES] + ["target"]
     for secret in forbidden:
         assert secret.lower() not in received.lower(), f"{secret!r} reached the annotator"
@@ -286,7 +298,7 @@ def test_the_admin_loads_a_file_and_watches_progress(tiny_engine, tmp_path, app_
         assert count_dialogues(tmp_path) == 0
 
         opened = admin.predict(password_attempt=PASSWORD, api_name="/admin_open")
-        cookie = opened[-1]
+        cookie = admin_cookies(url, opened[-1])
         assert "**0** identity dialogues" in opened[1]
         report, _, summary, _ = admin.predict(path=handle_file(str(upload)), file_kind="jsonl",
                                            api_name="/admin_import")
@@ -339,13 +351,15 @@ def test_hugging_face_sign_in_on_a_space(tiny_engine, tmp_path, app_env):
     assert {"annotate-hf-login", "admin-hf-login"} <= ids and "admin-password" in ids
     profile = gr.OAuthProfile({"name": "Ada Lovelace", "preferred_username": "ada", "profile": "", "picture": ""})
     screen = event_function(demo, "annotation_resume")(None, profile=profile)
-    who = next(v for v in screen.values() if isinstance(v, dict) and "annotator" in v)
+    who = next(v for v in screen.values() if isinstance(v, dict) and "token" in v)
     assert who["name"] == "Ada Lovelace"
-    with open_store(tmp_path).db.read() as session:
-        assert session.scalar(select(Annotator.external_id).where(Annotator.public_id == who["annotator"])) == "hf:ada"
+    store = open_store(tmp_path)
+    with store.db.read() as session:
+        assert session.scalar(select(Annotator.external_id).where(
+            Annotator.public_id == sessions.annotator_of(store.db, who["token"]))) == "hf:ada"
     open_admin = event_function(demo, "admin_open")
-    opened = open_admin(None, profile=gr.OAuthProfile({**profile, "preferred_username": "alice"})).values()
-    assert any(isinstance(v, str) and v.startswith("hirpf_admin_") for v in opened)  # the admin session's cookie
+    opened = open_admin(None, profile=gr.OAuthProfile({**profile, "preferred_username": "alice"}))
+    assert any(isinstance(v, str) and demo.hirpf_downloads.redeem(v) for v in opened.values())  # a cookie claim
     with pytest.raises(gr.Error, match="may not open the admin view"):
         open_admin("", profile=profile)
 

@@ -4,6 +4,7 @@ and the admin still work."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 from playwright.sync_api import expect
@@ -62,7 +63,9 @@ def test_the_annotation_only_page_in_a_browser(tmp_path, app_env):
         page.locator("#annotate-name textarea").fill("Ada")
         page.locator("#annotate-start").click()
         expect(page.locator("#annotate-header")).to_contain_text("Signed in as Ada · Progress: 0 of 1 done")
-        expect(page.locator("#annotate-message")).to_contain_text("Your resume code")
+        expect(page.locator("#annotate-resume-code textarea")).to_have_value(re.compile(r"^\w{4}-\w{4}-\w{4}$"))
+        page.locator("#annotate-code-ack").click()
+        expect(page.locator("#annotate-transcript")).to_be_visible()
         assert_blind("page with a task", page.content())
         open_tab(page, "Evaluation admin")
         assert_blind("admin tab", page.content())

@@ -27,6 +27,13 @@ def anchors(page: Path) -> set[str]:
     return {github_slug(m.group(1)) for m in re.finditer(r"^#+ (.*)$", page.read_text(encoding="utf-8"), re.M)}
 
 
+def names_a_file(token: str) -> bool:
+    """Whether a path-like token claims to be a project file: it has an extension, or its folder exists. URL
+    routes (`hirpf/download/<ticket>`, `hirpf/admin/close`) do neither."""
+    token = token.rstrip("./")
+    return "<" not in token and ("." in token.rsplit("/", 1)[-1] or (PROJECT_ROOT / token).parent.is_dir())
+
+
 def exists_in_project(path: str) -> bool:
     """A file or folder, or `module.attribute` (`app/reply_serving.paced`) of an existing module."""
     return (PROJECT_ROOT / path).exists() or (PROJECT_ROOT / path).with_suffix(".py").exists()
@@ -50,9 +57,8 @@ def test_every_relative_link_and_anchor_exists(page):
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
 def test_every_project_path_and_module_named_exists(page):
     text = page.read_text(encoding="utf-8")
-    # A token with "<" is a URL route or a pattern (`hirpf/download/<ticket>`), not a file.
     tokens = re.findall(r"(?<![\w./-])((?:%s)/[\w./<>-]*)" % "|".join(SOURCE_FOLDERS), text)
-    paths = {token.rstrip(".") for token in tokens if "<" not in token}
+    paths = {token.rstrip(".") for token in tokens if names_a_file(token)}
     missing = [p for p in sorted(paths) if not exists_in_project(p)]
     modules = set(re.findall(r"python -m ([a-z_][\w.]*)", text))
     unknown = [m for m in sorted(modules) if m != "pytest" and find_spec(m) is None]

@@ -66,6 +66,9 @@ def test_skip_with_a_reason(database):
     assert store.next_task(annotator).task != view.task
     assert store.progress(annotator) == (1, 3, 1)
     before = snapshot(database)
+    with pytest.raises(StoreError, match="already skipped"):  # a second skip: the first reason stands
+        store.skip(view.task, "changed my reason")
+    assert snapshot(database) == before and store.task_view(view.task).skip_reason == "not in English"
     with pytest.raises(StoreError, match="skipped"):
         store.submit(view.task, slots=DOCTOR)
     assert snapshot(database) == before

@@ -38,6 +38,44 @@ from store_helpers import (
 
 
 # --- reports ----------------------------------------------------------------------------------------------
+def test_exports_and_reports_name_annotators_by_pseudonyms_of_their_own(database):
+    """An annotator's id once signed them in: no export or report prints it. Each names annotators by a
+    pseudonym that holds within the file and changes from one file to the next."""
+    from annotation import sessions
+    from annotation.report import build_report
+    from annotation.store_io import write_csv, write_jsonl
+
+    store = Store(database, AssignmentPolicy(overlap=2))
+    items(store, 2)
+    ada, bo = store.register_annotator("Ada"), store.register_annotator("Bo")
+    for annotator in (ada, bo):
+        for _ in range(2):
+            store.submit(store.next_task(annotator).task, slots=DOCTOR)
+
+    def csv_pseudonyms() -> dict[str, set[str]]:
+        out = io.StringIO()
+        write_csv(store, out)
+        assert ada not in out.getvalue() and bo not in out.getvalue()
+        names: dict[str, set[str]] = {}
+        for row in csv.DictReader(io.StringIO(out.getvalue())):
+            names.setdefault(row["annotator"], set()).add(row["annotator_id"])
+        return names
+
+    first, second = csv_pseudonyms(), csv_pseudonyms()
+    assert all(len(ids) == 1 for ids in first.values())  # stable within one export
+    assert first["Ada"] != first["Bo"] and first["Ada"] != second["Ada"]  # distinct, and per export
+    lines = io.StringIO()
+    write_jsonl(store, lines)
+    assert ada not in lines.getvalue() and bo not in lines.getvalue()
+    report = build_report(database)
+    assert ada not in json.dumps(report) and bo not in json.dumps(report)
+    keys = report["human_vs_target"]["per_annotator"]
+    assert sorted(a["display_name"] for a in keys.values()) == ["Ada", "Bo"]
+    for pseudonym in [*keys, *next(iter(first.values()))]:  # meaningless to the API
+        with pytest.raises(sessions.SessionEnded):
+            sessions.annotator_of(database, pseudonym)
+
+
 def test_the_report_compares_humans_with_targets_judges_and_each_other(database):
     from annotation.report import build_report
 
@@ -68,7 +106,8 @@ def test_the_report_compares_humans_with_targets_judges_and_each_other(database)
         sum(h["AGR"] == t["AGR"] for h, t in pairs) / len(pairs))
     assert report["human_vs_target"]["overall"]["exact_match"] == pytest.approx(
         sum(h == t for h, t in pairs) / len(pairs))
-    assert report["human_vs_target"]["per_annotator"][bo]["overall"]["n"] == 4
+    by_name = {a["display_name"]: a for a in report["human_vs_target"]["per_annotator"].values()}
+    assert by_name["Bo"]["overall"]["n"] == 4
     # Two annotators: Cohen's kappa per slot, on their paired labels.
     order = sorted(assigned(store, ada), key=_index_of(store))
     for slot in ("AGR", "Profession"):
