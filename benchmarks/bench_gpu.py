@@ -13,7 +13,8 @@ imports, on a model cut to `EIGHT_BIT_LAYERS[shape]` layers, saved and loaded as
   through a scheduler of one row (`max_batch=1`: one request at a time, the same code and token count);
   `speedup_8` = batched ÷ serial aggregate tokens/s.
 
-Step times are medians over `STEPS` steps after a warm-up, with `torch.cuda.synchronize()` around each.
+Step times are medians over `STEPS` steps after a warm-up, with `torch.cuda.synchronize()` around each
+(`decode_timing.py`).
 Without CUDA it prints `{"cuda": false, ...}` and measures nothing; `--smoke` instead runs every part on the
 CPU at one layer and a few tokens (what CI does to keep this script working; not figures).
 """
@@ -30,13 +31,15 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from decode_timing import decode_step_seconds  # noqa: E402
 
 from hirpf.engine import Engine  # noqa: E402
 from hirpf.experts import ExpertConfig  # noqa: E402
 from hirpf.identities import IdentitySet  # noqa: E402
 from hirpf.inject import add_experts  # noqa: E402
-from hirpf.routing import Routing, use_identities  # noqa: E402
+from hirpf.routing import Routing  # noqa: E402
 from hirpf.sampling import Sampling  # noqa: E402
 from hirpf.scheduler import Scheduler  # noqa: E402
 
@@ -51,42 +54,13 @@ CONTEXT, STEPS, MAX_NEW_TOKENS = 100, 40, 64
 EIGHT_BIT_LAYERS = {"embedded": None, "llama2-7b": 4}  # None: every layer
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def decode_step_s(model, routing: Routing | None, device: str, batch: int, context: int, steps: int) -> float:
-    """Median seconds of one decode step at `batch` rows over a `context`-token cache (greedy, restarting from
-    the prompt so every step sees the same length)."""
-    ids = torch.randint(4, model.config.vocab_size, (batch, context), device=device)
-
-    def scope():
-        return use_identities(routing) if routing is not None else torch.no_grad()
-
-    times = []
-    with torch.no_grad(), scope():
-        prompt = model(input_ids=ids, use_cache=True)
-        for _ in range(steps + 3):  # the first 3: warm-up
-            past, token = prompt.past_key_values, prompt.logits[:, -1:].argmax(-1)
-            # a fresh copy each time: the step appends to the cache
-            cache = type(past)(config=model.config)
-            for layer, la in enumerate(past.layers):
-                cache.update(la.keys.clone(), la.values.clone(), layer)
-            synchronize(device)
-            start = time.perf_counter()
-            model(input_ids=token, past_key_values=cache, use_cache=True)
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
-
-
-def expert_layers_case(model, device: str, steps: int, context: int) -> dict:
-    """The bare model's batch-8 decode step, then the same with random experts and 8 identity sets."""
-    base_s = decode_step_s(model, None, device, 8, context, steps)
+def expert_layers_case(model, steps: int, context: int) -> dict:
+    """The bare model's batch-8 decode step, then the same with random experts and 8 identity sets (one model
+    in memory: a second 7B copy would not fit beside the first on every GPU)."""
+    base_s = decode_step_seconds({"base": (model, None)}, 8, context, steps)["base"]
     add_experts(model, ExpertConfig(rank=8, dropout=0.0, target_modules=TARGETS))
     randomize_experts(model, scale=0.02)
-    mixed_s = decode_step_s(model.eval(), Routing(MIXED_8), device, 8, context, steps)
+    mixed_s = decode_step_seconds({"mixed": (model.eval(), Routing(MIXED_8))}, 8, context, steps)["mixed"]
     return {"base_step_ms": round(base_s * 1e3, 3), "mixed_8_step_ms": round(mixed_s * 1e3, 3),
             "base_tokens_per_s_8": round(8 / base_s, 1), "mixed_8_tokens_per_s": round(8 / mixed_s, 1),
             "mixed_8_over_base": round(mixed_s / base_s, 3)}
@@ -145,7 +119,7 @@ def measure(shape: str, precision: str, device: str, smoke: bool) -> dict:
             model = random_model(shape, dtype={"float16": torch.float16, "float32": torch.float32}[precision],
                                  device=device, layers=layers)
         row = {"shape": shape, "precision": precision, "layers": model.config.num_hidden_layers,
-               "experts": expert_layers_case(model, device, steps, context),
+               "experts": expert_layers_case(model, steps, context),
                "serving": serving_case(model, device, max_new_tokens)}
     del model
     if device == "cuda":
