@@ -232,3 +232,90 @@ def test_engine_load_applies_and_logs_the_auto_choice(tiny_base_dir, tmp_path, m
     assert decode_dtype_in_use(load()) == "bfloat16"
     monkeypatch.setenv(ENV_DECODE_DTYPE, "model")
     assert decode_dtype_in_use(load()) == "model"
+
+
+def test_in_place_edits_are_seen_after_forget_weights():
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(model)
+    ids, rows = torch.randint(3, 64, (2, 3)), [MIXED[2], MIXED[4]]
+    with torch.no_grad(), use_identities(rows):
+        before = model(ids).logits
+    for layer in expert_layers(model).values():
+        layer.lora_B.data = layer.lora_B.data * 2  # a replaced tensor; its version counter says nothing
+    forget_weights(model)
+    with torch.no_grad(), use_identities(rows):
+        after = model(ids).logits
+    formula, _ = formula_and_fast(model, ids, rows)
+    torch.testing.assert_close(after, formula, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after, before)
+
+
+def test_loading_weights_replaces_the_fast_paths_copies(tmp_path):
+    source = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(source, seed=5)
+    save_experts(source, tmp_path / "other")
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(model, seed=1)
+    ids = torch.randint(3, 64, (1, 4))
+    with torch.no_grad(), use_identities(MIXED[2]):
+        model(ids)  # builds the fast path's copies of the seed-1 weights
+    load_experts(model, tmp_path / "other")
+    with torch.no_grad(), use_identities(MIXED[2]):
+        loaded = model(ids).logits
+        expected = source(ids).logits
+    torch.testing.assert_close(loaded, expected, rtol=0, atol=0)
+
+
+def test_a_training_step_is_seen_by_the_next_evaluation():
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4, dropout=0.0))
+    randomize_experts(model)
+    ids, rows = torch.randint(3, 64, (2, 5)), [MIXED[0], MIXED[2]]
+    with torch.no_grad(), use_identities(rows):
+        model(ids)  # copies of the current weights
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    with use_identities(rows):
+        model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    model.eval()
+    formula, fast = formula_and_fast(model, ids, rows)
+    torch.testing.assert_close(fast, formula, rtol=1e-5, atol=1e-5)
+
+
+def test_moving_to_another_dtype_rebuilds_the_copies():
+    model = add_experts(tiny_llama(), ExpertConfig(rank=4))
+    randomize_experts(model)
+    ids = torch.randint(3, 64, (1, 1))
+    with torch.no_grad(), use_identities(MIXED[2]):
+        model(ids)
+    model.to(torch.float64)
+    with torch.no_grad(), use_identities(MIXED[2]):
+        fast = model(ids).logits
+    formula, _ = formula_and_fast(model, ids, MIXED[2])
+    assert fast.dtype == torch.float64
+    torch.testing.assert_close(fast, formula, rtol=1e-9, atol=1e-9)
+
+
+def test_the_shared_expert_runs_in_every_layer_for_any_set_at_the_strongest_strength():
+    """alternate layout: a profession-only set engages no trait expert, but the shared expert of the trait
+    layers runs; its weight is the row's strongest identity strength; the empty set engages nothing."""
+    model = add_experts(tiny_llama(dtype=torch.float64), ExpertConfig(rank=3, dropout=0.0, shared_expert=True))
+    randomize_experts(model)
+    trait_layer = expert_layers(model)["model.layers.0.self_attn.q_proj"]
+    assert trait_layer.expert_names[-1] == "shared" and trait_layer.group_bounds[-1] == (10, 11)
+    x = torch.randn(2, 3, trait_layer.in_features, dtype=torch.float64)
+    base = trait_layer.base(x)
+
+    def delta(identities):
+        with torch.no_grad(), use_identities(identities):
+            fast = trait_layer(x) - base
+        with torch.enable_grad(), use_identities(identities):
+            formula = trait_layer(x).detach() - base
+        torch.testing.assert_close(fast, formula, rtol=1e-10, atol=1e-12)
+        return formula
+
+    doctor = IdentitySet.parse("Doctor")
+    assert delta(doctor).abs().max() > 0
+    assert torch.equal(delta(IdentitySet.parse("")), torch.zeros_like(base))
+    strongest = IdentitySet.parse("Doctor,OPE_low").with_strengths("Doctor=1.5,OPE_low=0")
+    torch.testing.assert_close(delta(strongest), 1.5 * delta(doctor), rtol=1e-9, atol=1e-12)
