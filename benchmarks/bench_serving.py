@@ -30,14 +30,22 @@ and values (`hirpf.prefix_cache`); every run starts with its store empty, so eac
 is prefilled in full and its later ones find their identity prompt; the hits, misses and reused tokens
 are reported per run.
 
-`HIRPF_DECODE_DTYPE=bfloat16` in the environment runs both paths with bfloat16 batch-decoding copies
-(`hirpf.fast_inference.set_decode_dtype`); the setting is in the document.
+`HIRPF_DECODE_DTYPE` (default `auto`: `hirpf.fast_inference.choose_decode_dtype`) sets the batch-decoding
+copies of both paths; the document gives the setting, what it resolved to (`decode_dtype`) and
+`torch.backends.cpu.get_cpu_capability()` (`cpu_capability`).
+
+Measured in the same run besides: the model's own batch-8 decode throughput, a bare `model(...)` step over a
+100-token cache (`decode_timing.py`), with the experts and the 8 clients' identity sets and without experts
+(`model_decode_8`); and the join case (`--join_tokens`, default 1500): while a prompt of that many tokens
+joins a running batch of 7, the running rows' time between text updates, steady and during the join.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
 `gradio_speedup_8` (the same speedup through the served app with `gradio_client`: `gradio_scheduler` ÷
 `gradio_serial`; null with `--no_gradio`). Targets: speedup_8 >= 3.5, ttft_p95_ratio_8 <= 3,
-gradio_speedup_8 >= 3.
+gradio_speedup_8 >= 3; `serving_efficiency_8` (the scheduler's aggregate tokens/s at 8 clients ÷ the
+experts' bare batch-8 throughput) >= 0.75; `join_itl_p95_ratio` (the running rows' p95 time between updates
+during the join ÷ the steady p95) <= 2.
 """
 from __future__ import annotations
 
