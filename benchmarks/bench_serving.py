@@ -30,14 +30,22 @@ and values (`hirpf.prefix_cache`); every run starts with its store empty, so eac
 is prefilled in full and its later ones find their identity prompt; the hits, misses and reused tokens
 are reported per run.
 
-`HIRPF_DECODE_DTYPE=bfloat16` in the environment runs both paths with bfloat16 batch-decoding copies
-(`hirpf.fast_inference.set_decode_dtype`); the setting is in the document.
+`HIRPF_DECODE_DTYPE` (default `auto`: `hirpf.fast_inference.choose_decode_dtype`) sets the batch-decoding
+copies of both paths; the document gives the setting, what it resolved to (`decode_dtype`) and
+`torch.backends.cpu.get_cpu_capability()` (`cpu_capability`).
+
+Measured in the same run besides: the model's own batch-8 decode throughput, a bare `model(...)` step over a
+100-token cache (`decode_timing.py`), with the experts and the 8 clients' identity sets and without experts
+(`model_decode_8`); and the join case (`--join_tokens`, default 1500): while a prompt of that many tokens
+joins a running batch of 7, the running rows' time between text updates, steady and during the join.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
 `gradio_speedup_8` (the same speedup through the served app with `gradio_client`: `gradio_scheduler` ÷
 `gradio_serial`; null with `--no_gradio`). Targets: speedup_8 >= 3.5, ttft_p95_ratio_8 <= 3,
-gradio_speedup_8 >= 3.
+gradio_speedup_8 >= 3; `serving_efficiency_8` (the scheduler's aggregate tokens/s at 8 clients ÷ the
+experts' bare batch-8 throughput) >= 0.75; `join_itl_p95_ratio` (the running rows' p95 time between updates
+during the join ÷ the steady p95) <= 2.
 """
 from __future__ import annotations
 
@@ -54,11 +62,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
+from decode_timing import decode_step_seconds  # noqa: E402
+
+from hirpf.base_model import load_base_model  # noqa: E402
 from hirpf.engine import Engine, Sampling  # noqa: E402
-from hirpf.fast_inference import ENV_DECODE_DTYPE  # noqa: E402
+from hirpf.fast_inference import decode_dtype_in_use, decode_dtype_setting  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
+from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
+from hirpf.routing import Routing  # noqa: E402
 
 CLIENT_SETS = [IdentitySet.parse(s) for s in (
     "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",
@@ -68,11 +81,18 @@ QUESTIONS = ["What do you do on a Sunday?", "Tell me about your work.", "What is
              "What did you learn this year?", "Do you like to travel?"]
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float | None:
+    """The `q` quantile of `values`, interpolated; None for no values (e.g. no request sent in a window)."""
+    if not values:
+        return None
     ordered = sorted(values)
     k = (len(ordered) - 1) * q
     low, high = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 class SerialQueue:
@@ -228,8 +248,8 @@ def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_
         "clients": clients, "window_s": window_s, "tokens": sum(counted),
         "aggregate_tokens_per_s": round(sum(counted) / window_s, 2),
         "requests_in_window": len(in_window),
-        "ttft_p50_s": round(percentile(in_window, 0.5), 4), "ttft_p95_s": round(percentile(in_window, 0.95), 4),
-        "ramp_ttft_p95_s": round(percentile(ramp, 0.95), 4) if ramp else None,
+        "ttft_p50_s": rounded(percentile(in_window, 0.5)), "ttft_p95_s": rounded(percentile(in_window, 0.95)),
+        "ramp_ttft_p95_s": rounded(percentile(ramp, 0.95)),
         "per_client_tokens_per_s_mean": round(statistics.mean(per_client), 2),
         "per_client_tokens_per_s_min": round(min(per_client), 2),
         "mean_reply_tokens": round(statistics.mean(tokens_at(r["events"], float("inf")) for r in ended), 1)
@@ -237,6 +257,88 @@ def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_
         "prefix_hits_misses_reused_tokens": [now - then for now, then in zip(
             (prefixes.hits, prefixes.misses, prefixes.reused_tokens), before)],
     }
+
+
+def model_decode_throughput(engine: Engine, steps: int) -> dict:
+    """The model's own batch-8 decode throughput, no serving code around it: a bare `model(...)` step over a
+    100-token cache, with the experts and the 8 clients' identity sets (one per row), and without experts
+    (the base model loaded again, alone). The two take turns step by step (`decode_timing.py`)."""
+    bare, _ = load_base_model("embedded", load_in_8bit=False, dtype="float32")
+    rows = Routing([expert_identities(s, Conditioning.EXPERTS_AND_PROMPT) for s in CLIENT_SETS])
+    seconds = decode_step_seconds({"experts_mixed_8": (engine.model, rows), "base": (bare, None)},
+                                  batch=len(CLIENT_SETS), context=100, steps=steps)
+    return {f"{name}_tokens_per_s": round(len(CLIENT_SETS) / s, 2) for name, s in seconds.items()}
+
+
+def long_message(engine: Engine, identities: IdentitySet, tokens: int) -> list[dict]:
+    """A one-message chat whose whole prompt (system message and chat template included) is at least `tokens`
+    tokens: a visitor's long paste."""
+    sentences: list[str] = []
+    while True:
+        history = [{"role": "user", "content": "Please read my notes and tell me what you think. "
+                    + " ".join(sentences)}]
+        length = prompt_length(engine, history, identities)
+        if length >= tokens:
+            return history
+        # about 8 tokens a sentence: add what is missing in one go, then top up
+        sentences += [QUESTIONS[(len(sentences) + i) % len(QUESTIONS)] for i in range(max(1, (tokens - length) // 8))]
+
+
+def prompt_length(engine: Engine, history: list[dict], identities: IdentitySet) -> int:
+    messages = engine.chat_messages(history, identities, Conditioning.EXPERTS_AND_PROMPT)
+    return engine.encode([messages])["input_ids"].shape[1]
+
+
+def join_case(engine: Engine, prompt_tokens: int, running: int, steady_s: float) -> dict:
+    """While a `prompt_tokens`-token prompt joins a running batch of `running` rows, the running rows' time
+    between text updates (what their visitors see), p50 and p95, in the steady state before the join and in
+    the join's window (from its submission to its first token and two steady steps after);
+    `join_itl_p95_ratio` = the join window's p95 ÷ the steady p95."""
+    scheduler = engine.scheduler()
+    scheduler.prefixes.clear()
+    updates: list[list[float]] = [[] for _ in range(running)]
+    history = [{"role": "user", "content": "Tell me a long story about your week, day by day, in detail."}]
+    streams = [scheduler.submit(history, CLIENT_SETS[i], sampling=Sampling(max_new_tokens=400, seed=1 + i))
+               for i in range(running)]
+
+    def consume(i):
+        for _ in streams[i]:
+            updates[i].append(time.perf_counter())
+
+    readers = [threading.Thread(target=consume, args=(i,)) for i in range(running)]
+    for reader in readers:
+        reader.start()
+    while not all(len(u) >= 8 or s.done for u, s in zip(updates, streams)):
+        time.sleep(0.05)  # every row streaming (or already ended)
+    steady_from = time.perf_counter()
+    time.sleep(steady_s)
+    joiner_set = CLIENT_SETS[running % len(CLIENT_SETS)]
+    joiner_history = long_message(engine, joiner_set, prompt_tokens)
+    joined_at = time.perf_counter()
+    joiner = scheduler.submit(joiner_history, joiner_set,
+                              sampling=Sampling(max_new_tokens=8, seed=99))
+    joiner.result(timeout=600)
+    first_token = joiner.first_token_at or time.perf_counter()
+    gaps = [(later, later - earlier) for u in updates for earlier, later in zip(u, u[1:])]
+    steady = [g for at, g in gaps if steady_from <= at - g and at < joined_at]
+    step = percentile(steady, 0.5) or 0.0
+    time.sleep(3 * step)  # two steady steps after the joiner's first token, and a margin
+    gaps = [(later, later - earlier) for u in updates for earlier, later in zip(u, u[1:])]
+    window_end = first_token + 2 * step
+    joining = [g for at, g in gaps if joined_at < at <= window_end]
+    still_running = sum(not s.done for s in streams)
+    for stream in streams:
+        stream.close()
+    for reader in readers:
+        reader.join()
+    result = {"running": running, "prompt_tokens": prompt_length(engine, joiner_history, joiner_set),
+              "steady_s": steady_s,
+              "join_prefill_s": round(first_token - joined_at, 3), "running_rows_left_at_end": still_running,
+              **{f"{name}_itl_p{int(q * 100)}_s": rounded(percentile(gaps, q))
+                 for name, gaps in (("steady", steady), ("join", joining)) for q in (0.5, 0.95)}}
+    result["join_itl_p95_ratio"] = (round(result["join_itl_p95_s"] / result["steady_itl_p95_s"], 3)
+                                    if joining and steady else None)
+    return result
 
 
 def main(argv=None) -> int:
@@ -251,6 +353,9 @@ def main(argv=None) -> int:
                         help="clients arrive spread over this many lone-request durations (0: all at once, a burst)")
     parser.add_argument("--no_gradio", action="store_true", help="the Python API only, not the served app")
     parser.add_argument("--quick", action="store_true", help="a smoke run: clients 1 and 8, a 10 s window, 32 tokens")
+    parser.add_argument("--join_tokens", type=int, default=1500, help="the joining prompt's length (0: no join case)")
+    parser.add_argument("--decode_steps", type=int, default=30,
+                        help="steps timed for the model's own batch-8 decode throughput")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.window, args.max_new_tokens = "1,8", 10.0, 32
@@ -261,6 +366,8 @@ def main(argv=None) -> int:
         print(*a, file=sys.stderr, flush=True)
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
+    model_decode = model_decode_throughput(engine, args.decode_steps)
+    log(f"the model's own batch-8 decode: {model_decode}")
     paths = {"serial": SerialQueue(engine), "scheduler": SchedulerPath(engine)}
     if not args.no_gradio:
         paths["gradio_serial"] = ServedApp(engine, scheduler=False)
@@ -286,6 +393,10 @@ def main(argv=None) -> int:
     for path in paths.values():
         if isinstance(path, ServedApp):
             path.close()
+    join = None
+    if args.join_tokens:
+        join = join_case(engine, args.join_tokens, min(7, batched.scheduler.max_batch - 1), steady_s=3.0)
+        log(f"join: {join}")
     max_batch = batched.scheduler.max_batch
     batched.scheduler.close()
 
@@ -302,23 +413,36 @@ def main(argv=None) -> int:
     gradio_speedup = speedup_at(top, "gradio_serial", "gradio_scheduler")
     ratio = None
     if find("scheduler", 1) and find("scheduler", top):
-        ratio = round(find("scheduler", top)["ttft_p95_s"] / find("scheduler", 1)["ttft_p50_s"], 3)
+        if find("scheduler", top)["ttft_p95_s"] is not None and find("scheduler", 1)["ttft_p50_s"]:
+            ratio = round(find("scheduler", top)["ttft_p95_s"] / find("scheduler", 1)["ttft_p50_s"], 3)
+    efficiency = None
+    if find("scheduler", top):
+        efficiency = round(find("scheduler", top)["aggregate_tokens_per_s"]
+                           / model_decode["experts_mixed_8_tokens_per_s"], 3)
     document = {
         f"speedup_{top}": speedup,
         f"ttft_p95_ratio_{top}": ratio,
         f"gradio_speedup_{top}": gradio_speedup,
-        "targets": {"speedup_8": 3.5, "ttft_p95_ratio_8": 3.0, "gradio_speedup_8": 3.0},
+        f"serving_efficiency_{top}": efficiency,
+        "join_itl_p95_ratio": join["join_itl_p95_ratio"] if join else None,
+        "decode_dtype": decode_dtype_in_use(engine.model),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "targets": {"speedup_8": 3.5, "ttft_p95_ratio_8": 3.0, "gradio_speedup_8": 3.0, "serving_efficiency_8": 0.75,
+                    "join_itl_p95_ratio": 2.0},
+        "model_decode_8": model_decode,
+        "join": join,
         "settings": {"clients": counts, "window_s": args.window, "max_new_tokens": args.max_new_tokens,
                      "torch_threads": args.threads, "max_batch": max_batch, "quick": args.quick,
                      "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3),
-                     "decode_dtype": os.environ.get(ENV_DECODE_DTYPE) or "model"},
+                     "decode_dtype_setting": decode_dtype_setting()},
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "table": table,
     }
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        for key in (f"speedup_{top}", f"ttft_p95_ratio_{top}", f"gradio_speedup_{top}"):
+        for key in (f"speedup_{top}", f"ttft_p95_ratio_{top}", f"gradio_speedup_{top}", f"serving_efficiency_{top}",
+                    "join_itl_p95_ratio", "decode_dtype", "cpu_capability"):
             print(f"{key}: {document[key]}")
     return 0
 

@@ -19,7 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from .base_model import EMBEDDED, load_base_model
 from .checkpoint import load_experts
 from .context_limit import FittedHistory, context_limit, fit_history
-from .fast_inference import decode_dtype_setting, set_decode_dtype
+from .fast_inference import apply_decode_dtype, decode_dtype_setting
 from .identities import IdentitySet
 from .inject import expert_config
 from .prompts import Conditioning, expert_identities, system_message
@@ -81,14 +81,13 @@ class Engine:
     def load(cls, base_model: str = EMBEDDED, lora_weights: str | Path | None = "default",
              load_in_8bit: bool | None = None, dtype: str = "auto") -> "Engine":
         """`lora_weights`: a checkpoint directory, "default" (the shipped experts if any), or None. The
-        experts' decoding copies follow `HIRPF_DECODE_DTYPE` (`hirpf.fast_inference.set_decode_dtype`)."""
+        experts' decoding copies follow `HIRPF_DECODE_DTYPE` (`hirpf.fast_inference.apply_decode_dtype`)."""
         decode_dtype = decode_dtype_setting()  # a bad value fails before minutes of loading
         model, tokenizer = load_base_model(base_model, load_in_8bit=load_in_8bit, dtype=dtype)
         experts = default_experts(base_model) if lora_weights == "default" else lora_weights
         if experts:
             load_experts(model, experts)
-        if decode_dtype is not None:
-            set_decode_dtype(model, decode_dtype)
+        apply_decode_dtype(model, decode_dtype)
         return cls(model, tokenizer)
 
     @property

@@ -9,7 +9,8 @@ mode) a layer hands its input to the `SharedInputProjections` it belongs to, whi
 - resolves, once per call, the masks of the call's identity rows (`MaskTable`, kept process-wide by content)
   and an `InferencePlan` (which weights, which shortcuts), kept across calls per identity rows;
 - for decoding (a few vectors) applies the frozen W and the B matrices as one matmul over
-  `[x, mixed expert activations]` (the fold), optionally from a bfloat16 copy (`set_decode_dtype`).
+  `[x, mixed expert activations]` (the fold), for batches from a bfloat16 copy where that is faster
+  (`HIRPF_DECODE_DTYPE`, `auto` by default: `choose_decode_dtype`; `set_decode_dtype`).
 
 This module owns every cache of the expert layers. Freshness is explicit: the concatenated weight copies and
 the plans built on them are dropped by `forget_weights` (loading weights, entering training mode and moving
@@ -17,8 +18,11 @@ or casting a layer call it; code that edits expert weights in place must call `f
 """
 from __future__ import annotations
 
+import logging
 import os
+import statistics
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -28,7 +32,13 @@ from torch import nn
 
 FOLD_MAX_VECTORS = 16  # fold W and B into one matmul for inputs of up to this many rows x tokens (CPU)
 ENV_DECODE_DTYPE = "HIRPF_DECODE_DTYPE"
-DECODE_DTYPES = {"model": None, "bfloat16": torch.bfloat16}  # None: the layers' own dtype
+DECODE_DTYPES = {"model": None, "bfloat16": torch.bfloat16}  # the forced choices; None: the layers' own dtype
+DECODE_DTYPE_SETTINGS = ("auto", *DECODE_DTYPES)
+# `torch.backends.cpu.get_cpu_capability()` values of CPUs without bfloat16 dot products: there a bfloat16
+# matmul is emulated and a batch decode step measured about 4x slower than float32 (an AVX2 machine, issue 22).
+NO_BFLOAT16_CAPABILITIES = frozenset({"DEFAULT", "NO AVX", "AVX2"})
+BFLOAT16_MIN_GAIN = 0.85  # `auto` takes bfloat16 only when its calibrated time is at most this share of float32's
+log = logging.getLogger(__name__)
 
 
 class LRU:
@@ -72,12 +82,92 @@ def attach(layers: dict, shared_inputs) -> None:
             SharedInputProjections([layer])
 
 
-def decode_dtype_setting() -> torch.dtype | None:
-    """`HIRPF_DECODE_DTYPE`: `model` (default: the folded copies in the layers' own dtype) or `bfloat16`."""
-    raw = os.environ.get(ENV_DECODE_DTYPE, "").strip() or "model"
-    if raw not in DECODE_DTYPES:
-        raise ValueError(f"{ENV_DECODE_DTYPE} must be one of {', '.join(DECODE_DTYPES)}, got {raw!r}")
-    return DECODE_DTYPES[raw]
+def decode_dtype_setting() -> str:
+    """`HIRPF_DECODE_DTYPE`: `auto` (default: bfloat16 copies where this CPU decodes faster with them,
+    `choose_decode_dtype`), `model` (the folded copies in the layers' own dtype) or `bfloat16`."""
+    raw = os.environ.get(ENV_DECODE_DTYPE, "").strip() or "auto"
+    if raw not in DECODE_DTYPE_SETTINGS:
+        raise ValueError(f"{ENV_DECODE_DTYPE} must be one of {', '.join(DECODE_DTYPE_SETTINGS)}, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True)
+class DecodeDtypeChoice:
+    """What a decode-dtype setting resolved to on this machine, and why (logged, and reported by benchmarks)."""
+
+    dtype: torch.dtype | None  # None: the layers' own dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "model" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+
+def choose_decode_dtype(setting: str, model: nn.Module, capability: str | None = None,
+                        calibrate=None) -> DecodeDtypeChoice:
+    """Resolve `setting` (`decode_dtype_setting`) for `model`. `auto` keeps the layers' dtype unless every
+    condition for a gain holds: the fold runs (a CPU), the layers are float32 (a narrower model has nothing to
+    win), the CPU's capability is not one without bfloat16 dot products, and a short calibration of a
+    decode-shaped matmul (`calibrate(in_features, out_features)` -> (float32 s, bfloat16 s); default
+    `calibrate_bfloat16`, about a second) finds bfloat16 faster by the margin `BFLOAT16_MIN_GAIN`.
+    `capability` and `calibrate` are parameters so that the decision can be tested on any machine."""
+    if setting != "auto":
+        return DecodeDtypeChoice(DECODE_DTYPES[setting], f"{ENV_DECODE_DTYPE}={setting}")
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu":
+        return DecodeDtypeChoice(None, f"auto: the model is on {parameter.device.type} (no fold to narrow)")
+    if parameter.dtype != torch.float32:
+        return DecodeDtypeChoice(None, f"auto: the model is already {str(parameter.dtype).removeprefix('torch.')}")
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    if capability in NO_BFLOAT16_CAPABILITIES:
+        return DecodeDtypeChoice(None, f"auto: CPU capability {capability} has no bfloat16 dot products")
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None) or parameter.shape[-1]
+    wide = getattr(config, "intermediate_size", None) or 4 * hidden
+    float32_s, bfloat16_s = (calibrate or calibrate_bfloat16)(hidden, 2 * wide)  # the gate+up fold's shape
+    faster = bfloat16_s <= BFLOAT16_MIN_GAIN * float32_s
+    return DecodeDtypeChoice(torch.bfloat16 if faster else None,
+                             f"auto: CPU capability {capability}, a batch-8 fold matmul took {bfloat16_s * 1e3:.3f} "
+                             f"ms in bfloat16 against {float32_s * 1e3:.3f} ms in float32")
+
+
+def calibrate_bfloat16(in_features: int, out_features: int, rows: int = 8,
+                       budget_s: float = 1.0) -> tuple[float, float]:
+    """Median seconds of one `[rows, in] @ [in, out]` product in float32 and in bfloat16 (with the casts the
+    fold pays), the two taking turns so that the machine's drift reaches both alike."""
+    x = torch.randn(rows, in_features)
+    weight = torch.randn(in_features, out_features) / in_features ** 0.5
+    narrow = weight.to(torch.bfloat16)
+    timings: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    products = {"float32": lambda: torch.mm(x, weight),
+                "bfloat16": lambda: torch.mm(x.to(torch.bfloat16), narrow).float()}
+    for product in products.values():  # warm-up (first-call dispatch, packing)
+        product()
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline or len(timings["float32"]) < 3:
+        for name, product in products.items():
+            start = time.perf_counter()
+            product()
+            timings[name].append(time.perf_counter() - start)
+    return statistics.median(timings["float32"]), statistics.median(timings["bfloat16"])
+
+
+def apply_decode_dtype(model: nn.Module, setting: str) -> DecodeDtypeChoice | None:
+    """Resolve `setting` for `model` and apply it (`set_decode_dtype`); logs the choice. None (and no
+    calibration) when the model has no expert layers."""
+    if not any(getattr(m, "fast_path", None) is not None for m in model.modules()):
+        return None
+    choice = choose_decode_dtype(setting, model)
+    log.info("batch decode dtype: %s (%s)", choice.name, choice.reason)
+    set_decode_dtype(model, choice.dtype)
+    return choice
+
+
+def decode_dtype_in_use(model: nn.Module) -> str:
+    """The dtype the expert layers' batch fold decodes in: `model` (the layers' own) or e.g. `bfloat16`."""
+    dtype = next((m.fast_path.decode_dtype for m in model.modules() if getattr(m, "fast_path", None) is not None),
+                 None)
+    return "model" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def set_decode_dtype(model: nn.Module, dtype: torch.dtype | None) -> None:

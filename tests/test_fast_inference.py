@@ -3,6 +3,8 @@ in float32, float16 and bfloat16, at the embedded model's shapes, for prompts an
 and its caches: weights changed by loading, training or an in-place edit are never served stale."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -10,8 +12,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from hirpf.checkpoint import load_experts, save_experts
 from hirpf.experts import ExpertConfig
 from hirpf.fast_inference import (
+    BFLOAT16_MIN_GAIN,
     ENV_DECODE_DTYPE,
     FOLD_MAX_VECTORS,
+    calibrate_bfloat16,
+    choose_decode_dtype,
+    decode_dtype_in_use,
     decode_dtype_setting,
     forget_weights,
     set_decode_dtype,
@@ -149,12 +155,83 @@ def test_bfloat16_decode_copies_round_only_the_batch_fold_and_can_be_turned_off(
 
 def test_the_decode_dtype_setting(monkeypatch):
     monkeypatch.delenv(ENV_DECODE_DTYPE, raising=False)
-    assert decode_dtype_setting() is None
+    assert decode_dtype_setting() == "auto"
     monkeypatch.setenv(ENV_DECODE_DTYPE, "bfloat16")
-    assert decode_dtype_setting() is torch.bfloat16
+    assert decode_dtype_setting() == "bfloat16"
     monkeypatch.setenv(ENV_DECODE_DTYPE, "int8")
-    with pytest.raises(ValueError, match="HIRPF_DECODE_DTYPE must be one of model, bfloat16, got 'int8'"):
+    with pytest.raises(ValueError, match="HIRPF_DECODE_DTYPE must be one of auto, model, bfloat16, got 'int8'"):
         decode_dtype_setting()
+
+
+def calibration(float32_s: float, bfloat16_s: float):
+    """A stand-in for `calibrate_bfloat16` that reports fixed timings and records that it was asked."""
+    asked = []
+
+    def calibrate(in_features, out_features):
+        asked.append((in_features, out_features))
+        return float32_s, bfloat16_s
+
+    return calibrate, asked
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "NO AVX", "DEFAULT"])
+def test_auto_decodes_in_float32_on_a_cpu_without_bfloat16_dot_products_without_calibrating(capability):
+    calibrate, asked = calibration(1.0, 0.1)  # even a calibration that favours bfloat16 is not consulted
+    choice = choose_decode_dtype("auto", tiny_llama(), capability=capability, calibrate=calibrate)
+    assert choice.dtype is None and choice.name == "model" and capability in choice.reason
+    assert asked == []
+
+
+@pytest.mark.parametrize(("float32_s", "bfloat16_s", "expected"), [
+    (1.0, 0.5, torch.bfloat16), (1.0, BFLOAT16_MIN_GAIN, torch.bfloat16), (1.0, 0.9, None), (1.0, 4.0, None)])
+def test_auto_takes_bfloat16_where_the_calibration_finds_it_faster_by_the_margin(float32_s, bfloat16_s, expected):
+    calibrate, asked = calibration(float32_s, bfloat16_s)
+    model = embedded_shaped_llama(torch.float32)
+    choice = choose_decode_dtype("auto", model, capability="AVX512", calibrate=calibrate)
+    assert choice.dtype is expected
+    assert asked == [(576, 2 * 1536)]  # the gate+up fold of the embedded model's shape
+
+
+def test_auto_keeps_a_narrow_model_and_forced_settings_win():
+    calibrate, asked = calibration(1.0, 0.1)
+    narrow = choose_decode_dtype("auto", tiny_llama(dtype=torch.bfloat16), capability="AVX512", calibrate=calibrate)
+    assert narrow.dtype is None and asked == []
+    model = tiny_llama()
+    assert choose_decode_dtype("bfloat16", model, capability="AVX2", calibrate=calibrate).dtype is torch.bfloat16
+    assert choose_decode_dtype("model", model, capability="AVX512", calibrate=calibrate).dtype is None
+    assert asked == []
+
+
+def test_the_calibration_times_both_products_within_its_budget():
+    start = time.perf_counter()
+    float32_s, bfloat16_s = calibrate_bfloat16(64, 96, budget_s=0.2)
+    assert 0 < float32_s < 0.2 and 0 < bfloat16_s < 0.2
+    assert time.perf_counter() - start < 2.0
+
+
+def test_engine_load_applies_and_logs_the_auto_choice(tiny_base_dir, tmp_path, monkeypatch, caplog):
+    """`Engine.load` resolves `auto` for the loaded experts (the CPU's capability, then the calibration) and
+    logs it; `decode_dtype_in_use` reads it back for the benchmarks."""
+    from transformers import AutoModelForCausalLM
+
+    from hirpf import fast_inference
+    from hirpf.engine import Engine
+
+    save_experts(add_experts(AutoModelForCausalLM.from_pretrained(tiny_base_dir), ExpertConfig(rank=2)), tmp_path)
+
+    def load():
+        return Engine.load(str(tiny_base_dir), lora_weights=tmp_path, load_in_8bit=False, dtype="float32").model
+
+    monkeypatch.delenv(ENV_DECODE_DTYPE, raising=False)
+    monkeypatch.setattr(fast_inference, "calibrate_bfloat16", lambda *_: (1.0, 0.5))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with caplog.at_level("INFO", logger="hirpf.fast_inference"):
+        assert decode_dtype_in_use(load()) == "model"
+    assert any("AVX2" in r.getMessage() for r in caplog.records)  # the choice is logged with its cause
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert decode_dtype_in_use(load()) == "bfloat16"
+    monkeypatch.setenv(ENV_DECODE_DTYPE, "model")
+    assert decode_dtype_in_use(load()) == "model"
 
 
 def test_in_place_edits_are_seen_after_forget_weights():
