@@ -17,14 +17,14 @@ CHUNK = 32
 def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch):
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
     steps_while_prefilling = []
-    step = scheduler._step
+    step = scheduler.runner.step
 
     def counting_step():
-        if scheduler._partial:
-            steps_while_prefilling.append(scheduler._partial[0].done)
-        step()
+        if scheduler.runner.chunked:
+            steps_while_prefilling.append(scheduler.runner.chunked[0].done)
+        return step()
 
-    monkeypatch.setattr(scheduler, "_step", counting_step)
+    monkeypatch.setattr(scheduler.runner, "step", counting_step)
     try:
         Held = held_sampler()
         running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
@@ -59,7 +59,7 @@ def test_chunks_continue_a_stored_prefix_and_reply_as_unchunked(exact_engine):
             second.result(timeout=300)
             replies[name] = (first.token_ids, second.token_ids)
             assert scheduler.prefixes.hits == 1
-        assert chunked.prefills > whole.prefills  # it did chunk
+        assert chunked.runner.prefills > whole.runner.prefills  # it did chunk
     finally:
         chunked.close()
         whole.close()
