@@ -7,8 +7,9 @@
     prefill_next_chunk() ──► … ──► (cache, logits) ──► join(…)     a long prompt, one chunk per step
 
 It knows nothing of queues, stop events or failures: which requests run, when they leave and what happens
-when a call raises is the scheduler's policy (`hirpf.scheduler`). A call that raises leaves the running
-batch as it was (`PaddedBatchCache.add` is all-or-nothing) except where its docstring says otherwise.
+when a call raises is the scheduler's policy (`hirpf.scheduler`). A `join` that raises leaves the running
+batch as it was (`PaddedBatchCache.add` is all-or-nothing); a `step` that raises leaves it unusable, and the
+scheduler ends its rows.
 
 The batch is an ordinary left-padded batch over transformers' `DynamicCache` (`hirpf.batch_cache`), with the
 identity rows of the running requests in batch order (`Routing`, rebuilt when rows join or leave; the expert

@@ -75,3 +75,22 @@ def test_prefill_chunk_setting(monkeypatch):
     monkeypatch.setenv("HIRPF_PREFILL_CHUNK", "-3")
     with pytest.raises(ValueError, match="HIRPF_PREFILL_CHUNK"):
         prefill_chunk_setting()
+
+
+def test_a_long_prompt_whose_sequence_cannot_be_stored_fails_alone_instead_of_waiting_forever(exact_engine,
+                                                                                            monkeypatch):
+    """Its last chunk's store raising used to escape the chunk's own error handling: the request had left the
+    chunked queue and never ended."""
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=16, prefill_chunk=CHUNK)
+
+    def broken_store(*args):
+        raise RuntimeError("the prefix store broke")
+
+    monkeypatch.setattr(scheduler.prefixes, "store", broken_store)
+    try:
+        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
+        with pytest.raises(RuntimeError, match="store broke"):
+            joiner.result(timeout=60)
+        assert joiner.finish_reason == "error"
+    finally:
+        scheduler.close()
