@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TypeVar
 
+from hirpf.reply_stream import ReplySource
 from hirpf.scheduler import max_batch_setting
 
 from .zerogpu import on_zerogpu
@@ -50,8 +51,8 @@ class ReplyServing:
     through_scheduler: bool
     queue: dict  # the reply events' Gradio concurrency settings (concurrency_id, concurrency_limit)
 
-    def source(self, engine):
-        """What streams a reply (`.stream`, `Engine.stream`'s signature): the engine's scheduler or the engine."""
+    def source(self, engine) -> ReplySource:
+        """What streams a reply: the engine's scheduler, or the engine itself."""
         return engine.scheduler() if self.through_scheduler else engine
 
 

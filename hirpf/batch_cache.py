@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .padding import pad_left
+
 
 class PaddedBatchCache:
     """A `DynamicCache` over the running rows plus the `[rows, columns]` attention mask that says which
@@ -74,23 +76,27 @@ class PaddedBatchCache:
             layer.keys, layer.values = keys, values
         self.mask = mask
 
-    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attention mask `[rows, columns + 1]`, position ids `[rows, 1]`) for decoding one token per row;
-        the mask becomes the cache's once the step has run (`advance`)."""
+    @classmethod
+    def prefilled(cls, model, ids: torch.Tensor, mask: torch.Tensor) -> tuple["PaddedBatchCache", torch.Tensor]:
+        """Left-padded prompts (`ids`, `mask` `[rows, columns]`, as `hirpf.padding.left_padded` makes them) run
+        through `model` in one forward: (their batch cache, the logits of each row's last token `[rows, vocab]`).
+        Positions count each row's own tokens from its first real one, as in an unpadded run."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        batch = cls()
+        batch.cache, batch.mask = out.past_key_values, mask
+        return batch, out.logits[:, -1]
+
+    def decode(self, model, tokens: torch.Tensor) -> torch.Tensor:
+        """One decode step: `tokens` `[rows, 1]`, each row's newest token, run through `model` over this cache
+        (which then holds them); the logits of the next token `[rows, vocab]`. The caller enters the rows'
+        identities (`use_identities`) around it, as for any forward."""
         mask = F.pad(self.mask, (0, 1), value=1)
         positions = self.mask.sum(dim=1, keepdim=True)  # each row's own token count: its next position
-        return mask, positions
-
-    def advance(self, step_mask: torch.Tensor) -> None:
-        self.mask = step_mask
-
-
-def pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero-pad the token dimension (dim 2 of keys `[batch, heads, tokens, dim]`, dim 1 of a mask) on the left."""
-    missing = width - (t.shape[2] if t.dim() == 4 else t.shape[1])
-    if missing == 0:
-        return t
-    return F.pad(t, (0, 0, missing, 0)) if t.dim() == 4 else F.pad(t, (missing, 0))
+        out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+                    use_cache=True)
+        self.mask = mask
+        return out.logits[:, -1]
 
 
 def _check_layers(cache: DynamicCache) -> None:

@@ -1,27 +1,27 @@
-"""Serving many requests at once: one decode loop, one batch, a different identity set in every row.
+"""Serving many requests at once, the policy: who waits, who joins the running batch, who leaves it, and
+what a failure ends. The model itself is run by `hirpf.batch_runner.BatchRunner` (prefill, decode step, cache).
 
-    submit() ──► waiting queue ──► prefill ──────────► joins the running batch ──► one token per row per step
-    (caller thread:                (loop thread; those (PaddedBatchCache.add)      under Routing(rows of the
-     validate, tokenize)            waiting, together,                            batch as it is now)
-                                    each its own identity)
-                                                              finished / stopped rows leave at once ──►
-                                                              their slots go to the next waiting request;
-                                                              their tokens and cache go to the prefix store
+    submit() ──► waiting queue ──► admitted ──► runner.prefill ──► runner.join ──► runner.step, each loop turn
+    (caller thread:                (while the     (loop thread;       (first token;     (one token per row)
+     validate, tokenize)            batch has      those admitted      the row joins          │
+                                    room)          together)           the batch)             ▼
+                                                                           rows that ended (eos, length,
+                                                                           stopped, error) leave at once:
+                                                                           their slots go to the next waiting
 
 A request (chat history, identity set with its strengths, conditioning, sampling settings and seed, max new
 tokens, stop event) is checked and tokenized in the caller's thread, so a bad one fails there, alone. The
-loop thread owns the model's decoding: it admits waiting requests while the batch has fewer than
-`max_batch` rows (`HIRPF_MAX_BATCH`, default 8), prefills those admitted together in one forward, each row
-under its own identity set (`Scheduler._prefill`), then runs one decode step for all rows. A prompt that
-begins as an earlier request's sequence did under the same identity rows (the identity prompt; in a chat,
-the whole conversation so far) is prefilled only from where they part (`hirpf.prefix_cache`): on a CPU the
-prefill of a joining request is what the running rows and its own first token wait for. A prompt longer than
-`HIRPF_PREFILL_CHUNK` tokens (default 256) is prefilled a chunk per decode step instead, so the running rows
-keep streaming while it joins (`Scheduler._prefill_one_chunk`). The step's
-identity rows are the running rows' sets, in batch order; a `Routing` is built again whenever rows join or
-leave (the expert layers cache masks and plans by content, so that is cheap). Every row picks its token
-with its own settings and its own seeded generator (`hirpf.row_sampling`). Each caller reads its reply
-from a `ReplyStream`, which yields the whole text so far, as `Engine.stream` does.
+loop thread owns the model's decoding: at every turn it drops waiting requests whose callers stopped them,
+admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`, default 8),
+prefills those admitted together (a prompt longer than `HIRPF_PREFILL_CHUNK` tokens, default 256, a chunk per
+turn instead, so the running rows keep streaming while it joins), takes out the rows whose callers stopped
+them, then runs one decode step for all rows. Each caller reads its reply from a `ReplyStream`
+(`hirpf.reply_stream`), which yields the whole text so far, as `Engine.stream` does.
+
+Faults stay with their requests: a failed joint prefill is retried one request at a time so that only the
+request that breaks it fails; a failure at a request's first token or chunk ends that request; a failure of
+a step ends the running rows; and if the loop thread dies all the same, every request it holds ends with the
+error and `Engine.scheduler()` starts a fresh scheduler.
 
 Why a hand-built batch and not transformers' continuous batching: `generate_batch` / the continuous
 batching manager (transformers 5) packs every request's tokens into one sequence of batch 1 over a paged
@@ -38,19 +38,17 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-import time
 import weakref
 from collections import deque
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
-from transformers import DynamicCache
 
-from .batch_cache import PaddedBatchCache, pad_left
+from .batch_runner import BatchRunner, ChunkedPrefill, Row
 from .identities import IdentitySet
 from .prefix_cache import PrefixCache, prefix_cache_setting
 from .prompts import Conditioning, expert_identities
-from .routing import Routing, use_identities
+from .reply_stream import FinishReason, ReplyStream
 from .row_sampling import RowSampler
 from .sampling import Message, Sampling
 from .settings import whole_number_setting
@@ -85,127 +83,13 @@ class SchedulerClosed(RuntimeError):
     """The scheduler was closed before this request finished."""
 
 
-class ReplyStream:
-    """One request's reply. Iterate it for the whole text so far, each time it grows (as `Engine.stream`);
-    closing it, breaking out of the loop or setting the request's stop event ends the request at the next
-    step. A request that failed raises its error at the end of the iteration (and from `result`)."""
-
-    def __init__(self, tokenizer, stop_event: threading.Event):
-        self.tokenizer, self.stop_event = tokenizer, stop_event
-        self.token_ids: list[int] = []  # generated so far (an end-of-sequence token is not kept)
-        self.finish_reason: str | None = None  # "eos", "length", "stopped", or "error"
-        self.left_out = 0  # earlier turns of the history left out to fit the context (hirpf.context_limit)
-        self.error: BaseException | None = None
-        self.submitted_at = time.perf_counter()
-        self.first_token_at: float | None = None
-        self.finished_at: float | None = None
-        self._changed = threading.Condition()
-
-    # --- the loop thread's side ------------------------------------------------------------------
-    def _push(self, token: int) -> None:
-        with self._changed:
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            self.token_ids.append(token)
-            self._changed.notify_all()
-
-    def _finish(self, reason: str, error: BaseException | None = None) -> None:
-        with self._changed:
-            self.finish_reason, self.error = reason, error
-            self.finished_at = time.perf_counter()
-            self._changed.notify_all()
-
-    # --- the caller's side -----------------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    @property
-    def text(self) -> str:
-        return self.tokenizer.decode(list(self.token_ids), skip_special_tokens=True).strip()
-
-    def __iter__(self) -> Iterator[str]:
-        shown, seen = "", 0
-        try:
-            while True:
-                with self._changed:
-                    while len(self.token_ids) == seen and not self.done:
-                        self._changed.wait()
-                    ids, done = list(self.token_ids), self.done
-                seen = len(ids)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                # A character split across tokens decodes as U+FFFD until its last token arrives.
-                if text.strip() != shown and (done or not text.endswith("\ufffd")):
-                    shown = text.strip()
-                    yield shown
-                if done:
-                    break
-        finally:
-            if not self.done:
-                self.stop_event.set()  # the caller stopped reading: the row leaves the batch
-        if self.error is not None:
-            raise self.error
-
-    def result(self, timeout: float | None = None) -> str:
-        """Wait for the end of the reply and return its text (raises the request's error)."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: self.done, timeout):
-                raise TimeoutError(f"the reply did not finish within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.text
-
-    def close(self) -> None:
-        self.stop_event.set()
-
-
-class _Row:
-    """A request inside the scheduler: its prompt, what the experts see, how it picks tokens."""
-
-    def __init__(self, prompt: torch.Tensor, identities: IdentitySet, sampler: RowSampler, max_new_tokens: int,
-                 stream: ReplyStream):
-        self.prompt, self.identities, self.sampler = prompt, identities, sampler
-        self.identity_key = Routing([identities]).key  # what its keys and values depend on, beside its tokens
-        self.max_new_tokens, self.stream = max_new_tokens, stream
-        # The prompt and every generated token, for the repetition penalty: a buffer filled as it goes.
-        self.ids = torch.zeros(1, prompt.shape[1] + max_new_tokens, dtype=torch.long, device=prompt.device)
-        self.ids[:, :prompt.shape[1]] = prompt
-        self.length = prompt.shape[1]
-
-    @property
-    def generated(self) -> int:
-        return self.length - self.prompt.shape[1]
-
-    @property
-    def last_token(self) -> int:
-        return int(self.ids[0, self.length - 1])
-
-    def choose(self, logits: torch.Tensor, eos_ids: frozenset) -> str | None:
-        """Pick and record the next token from `logits` `[1, vocab]`; the finish reason if this ends the row."""
-        token = self.sampler.next_token(self.ids[:, :self.length], logits)
-        if token in eos_ids:
-            return "eos"
-        self.ids[0, self.length] = token
-        self.length += 1
-        self.stream._push(token)
-        return "length" if self.generated >= self.max_new_tokens else None
-
-
-class _PartialPrefill:
-    """A long prompt being prefilled a chunk at a time: its cache so far and how many tokens it holds."""
-
-    def __init__(self, row: _Row):
-        self.row = row
-        self.cache: DynamicCache | None = None  # made at its first chunk (from the prefix store if it can)
-        self.done = 0
-
-
 class Scheduler:
-    """Owns the engine's decoding: one loop thread, one running batch of up to `max_batch` rows."""
+    """Owns the engine's decoding: one loop thread, one running batch of up to `max_batch` rows (a
+    `ReplySource`: `stream` has `Engine.stream`'s signature)."""
 
     def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
                  prefill_chunk: int | None = None):
-        self.engine, self.model, self.tokenizer = engine, engine.model, engine.tokenizer
+        self.engine, self.tokenizer = engine, engine.tokenizer
         self.max_batch = max_batch_setting() if max_batch is None else max_batch
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
@@ -215,26 +99,18 @@ class Scheduler:
         # Earlier sequences' keys and values, by identity rows. They belong to these expert weights: code that
         # changes the weights in place must call `prefixes.clear()` (as it calls `forget_weights`).
         self.prefixes = PrefixCache(prefix_cache_mb * 2**20)
-        self.prefill_chunk = prefill_chunk_setting() if prefill_chunk is None else prefill_chunk
-        if self.prefill_chunk < 0:
-            raise ValueError(f"prefill_chunk must be 0 (off) or more, got {self.prefill_chunk}")
-        eos = self.model.generation_config.eos_token_id
+        prefill_chunk = prefill_chunk_setting() if prefill_chunk is None else prefill_chunk
+        if prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be 0 (off) or more, got {prefill_chunk}")
+        eos = engine.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
-        self.eos_ids = frozenset([eos] if isinstance(eos, int) else eos)
-        self.device = self.model.device
+        # Only the loop thread touches the runner: the running rows, their cache, the chunked prompts.
+        self.runner = BatchRunner(engine.model, frozenset([eos] if isinstance(eos, int) else eos), self.prefixes,
+                                  prefill_chunk)
         self._wake = threading.Condition()
-        self._waiting: deque[_Row] = deque()
+        self._waiting: deque[Row] = deque()
         self._closed = False
         self.failure: BaseException | None = None  # what killed the loop thread, if it died
-        # Only the loop thread touches the running rows, their cache and the step's routing.
-        self._rows: list[_Row] = []
-        self._batch = PaddedBatchCache()
-        self._routing: Routing | None = None
-        self._partial: deque[_PartialPrefill] = deque()  # long prompts being prefilled a chunk per step
-        self.steps = 0  # decode steps run (for tests and benchmarks)
-        self.widest_batch = 0  # the most rows one step decoded
-        self.prefills = 0  # prefill forwards run
-        self.widest_prefill = 0  # the most requests one prefill forward took
         self._thread = threading.Thread(target=self._loop, name="hirpf-scheduler", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -251,13 +127,13 @@ class Scheduler:
         sampling = sampling or Sampling()
         if stop_event is not None and not isinstance(stop_event, threading.Event):
             raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
-        sampler = RowSampler(sampling, device=self.device)
+        sampler = RowSampler(sampling, device=self.runner.device)
         fitted = self.engine.fit_history(history, identities, conditioning, sampling.max_new_tokens)
         messages = self.engine.chat_messages(fitted.history, identities, conditioning)
         prompt = self.engine.encode([messages])["input_ids"]
         stream = ReplyStream(self.tokenizer, stop_event or threading.Event())
         stream.left_out = fitted.left_out
-        row = _Row(prompt, expert_identities(identities, conditioning), sampler, sampling.max_new_tokens, stream)
+        row = Row(prompt, expert_identities(identities, conditioning), sampler, sampling.max_new_tokens, stream)
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the scheduler is closed" if self.failure is None else
@@ -280,7 +156,7 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return len(self._rows)
+        return len(self.runner.rows)
 
     @property
     def waiting(self) -> int:
@@ -314,31 +190,32 @@ class Scheduler:
 
     def _serve_once(self) -> bool:
         """Admit what waits, then one decode step; False once closed."""
+        runner = self.runner
         with self._wake:
-            while not (self._closed or self._waiting or self._rows or self._partial):
+            while not (self._closed or self._waiting or runner.rows or runner.chunked):
                 self._wake.wait()
             if self._closed:
                 return False
             # A request stopped while it waited for a slot ends now, not when a slot frees.
             self._waiting = deque(self._still_wanted(self._waiting))
             joining = []
-            while self._waiting and len(self._rows) + len(self._partial) + len(joining) < self.max_batch:
+            while self._waiting and runner.occupied + len(joining) < self.max_batch:
                 joining.append(self._waiting.popleft())
         try:
             with torch.no_grad():
                 self._admit(joining)
-                self._prefill_one_chunk()
+                self._continue_chunked_prefill()
         except Exception as err:  # a failure of admission as a whole: the joining requests end with it
             log.exception("admitting %d requests failed", len(joining))
-            partial = {id(p.row) for p in self._partial}
+            chunked = {id(c.row) for c in runner.chunked}
             for row in joining:
-                if not row.stream.done and row not in self._rows and id(row) not in partial:
-                    row.stream._finish("error", err)
+                if not row.stream.done and row not in runner.rows and id(row) not in chunked:
+                    row.stream._finish(FinishReason.ERROR, err)
         try:
             with torch.no_grad():
                 self._leave_stopped()
-                if self._rows:
-                    self._step()
+                if runner.rows:
+                    self._leave(self._outcomes(runner.step()))
         except Exception as err:  # a failure of the batch as a whole: its rows end with it
             log.exception("scheduler step failed")
             self._fail_all(err)
@@ -350,45 +227,26 @@ class Scheduler:
         with self._wake:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
-        for row in waiting + [p.row for p in self._partial] + self._rows:
+        runner = self.runner
+        for row in waiting + [c.row for c in runner.chunked] + runner.rows:
             if not row.stream.done:
-                row.stream._finish("error", error)
-        self._rows, self._batch, self._partial = [], PaddedBatchCache(), deque()
+                row.stream._finish(FinishReason.ERROR, error)
+        runner.clear_batch()
+        runner.chunked.clear()
 
-    @staticmethod
-    def _exit_reason(row: _Row) -> str | None:
-        """"stopped" if the row's caller stopped it; "error" if its stop flag fails (the row is finished with
-        that error here: it alone ends); None while it is wanted."""
-        try:
-            return "stopped" if row.stream.stop_event.is_set() else None
-        except Exception as err:
-            log.warning("a request's stop flag failed: %s", err)
-            row.stream._finish("error", err)
-            return "error"
-
-    def _still_wanted(self, rows) -> list[_Row]:
-        """The rows nobody stopped; the others end here."""
-        kept = []
-        for row in rows:
-            reason = self._exit_reason(row)
-            if reason == "stopped":
-                row.stream._finish("stopped")
-            elif reason is None:
-                kept.append(row)
-        return kept
-
-    def _admit(self, rows: list[_Row]) -> None:
-        """Prefill the waiting requests together, each under its own identity set, and add them to the batch.
+    # --- admission ---------------------------------------------------------------------------------
+    def _admit(self, rows: list[Row]) -> None:
+        """Prefill the admitted requests together, each under its own identity set, and add them to the batch.
         On a CPU a short prefill costs about what a decode step does (both read every weight once), so the
         requests that arrive together are prefilled in one forward. If that forward fails, each is tried alone,
-        so that a request that breaks fails by itself."""
+        so that a request that breaks fails by itself. A long prompt is prefilled a chunk per turn instead."""
         rows = self._still_wanted(rows)
-        if self.prefill_chunk:  # a long prompt is prefilled a chunk per step instead (`_prefill_one_chunk`)
-            self._partial.extend(_PartialPrefill(r) for r in rows if r.prompt.shape[1] > self.prefill_chunk)
-            rows = [r for r in rows if r.prompt.shape[1] <= self.prefill_chunk]
+        runner = self.runner
+        runner.chunked.extend(ChunkedPrefill(r) for r in rows if runner.needs_chunks(r))
+        rows = [r for r in rows if not runner.needs_chunks(r)]
         if len(rows) > 1:
             try:
-                prefilled = self._prefill(rows)
+                prefilled = runner.prefill(rows)
             except Exception as err:
                 log.warning("joint prefill of %d requests failed (%s): prefilling each alone", len(rows), err)
             else:
@@ -397,175 +255,95 @@ class Scheduler:
                 return
         for row in rows:
             try:
-                [(cache, logits)] = self._prefill([row])
+                [(cache, logits)] = runner.prefill([row])
             except Exception as err:  # this request alone fails
                 log.warning("request failed at prefill: %s", err)
-                row.stream._finish("error", err)
+                row.stream._finish(FinishReason.ERROR, err)
                 continue
             self._join(row, cache, logits)
 
-    def _prefill_one_chunk(self) -> None:
-        """The next `prefill_chunk` tokens of the oldest long prompt being prefilled (vLLM's chunked prefill):
-        the running rows wait for one chunk per step, not for the whole prompt. It continues the longest
-        prefix the store holds for it; once its whole prompt is in, it joins the batch. A failure ends it alone."""
-        if not self._partial:
+    def _continue_chunked_prefill(self) -> None:
+        """One chunk of the oldest long prompt being prefilled; it joins once its whole prompt is in. Stopped
+        meanwhile, it ends; a failure ends it alone."""
+        if not self.runner.chunked:
             return
-        partial = self._partial[0]
-        row = partial.row
+        row = self.runner.chunked[0].row
         if self._exit_reason(row) is not None:  # stopped while it was being prefilled
             if not row.stream.done:
-                row.stream._finish("stopped")
-            self._partial.popleft()
+                row.stream._finish(FinishReason.STOPPED)
+            self.runner.chunked.popleft()
             return
         try:
-            if partial.cache is None:
-                hit = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config)
-                partial.cache, partial.done = hit if hit else (DynamicCache(config=self.model.config), 0)
-            end = min(partial.done + self.prefill_chunk, row.prompt.shape[1])
-            with use_identities([row.identities]):
-                out = self.model(input_ids=row.prompt[:, partial.done:end],
-                                 attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
-                                 position_ids=torch.arange(partial.done, end, device=self.device)[None],
-                                 past_key_values=partial.cache, use_cache=True, logits_to_keep=1)
-            self.prefills += 1
+            complete = self.runner.prefill_next_chunk()
         except Exception as err:  # this request alone fails
             log.warning("request failed at a chunk of its prefill: %s", err)
-            row.stream._finish("error", err)
-            self._partial.popleft()
+            row.stream._finish(FinishReason.ERROR, err)
             return
-        partial.done = end
-        if end < row.prompt.shape[1]:
-            return
-        self._partial.popleft()
-        cache = partial.cache
-        self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in cache.layers])
-        self._join(row, cache, out.logits[:, -1])
+        if complete:
+            self._join(*complete)
 
-    def _prefill(self, rows: list[_Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
-        """One forward over the rows' prompts, each continuing the longest prefix the store holds for it;
-        per row, (its cache, batch 1, `length` columns; the logits of its last prompt token).
-
-        Every row feeds the same number of new tokens, `T`, the longest part any row has left to prefill: a
-        row with less left recomputes the end of its stored prefix (its cache is cut to `length - T`), and a
-        row shorter than `T` is padded on the left. So the joint cache is left-padded like the running
-        batch's, and each row's columns end at the right edge:
-
-            row 0  [ pad  c c c | t t t t ]      c: stored prefix, t: computed now
-            row 1  [ c    c c c | c c t t ]      (its last two stored columns recomputed)
-            row 2  [ pad  pad   | pad t t ]      (nothing stored, a 2-token prompt)
-        """
-        found = [self.prefixes.lookup(r.identity_key, r.prompt, self.model.config) for r in rows]
-        lengths = [r.prompt.shape[1] for r in rows]
-        new = max(length - (hit[1] if hit else 0) for length, hit in zip(lengths, found))
-        kept = [max(0, length - new) for length in lengths]  # cached columns each row keeps
-        width = max(kept)
-        cache = DynamicCache(config=self.model.config)
-        if width:
-            like = next(hit[0] for hit in found if hit).layers  # shapes for the rows that keep nothing
-            for layer in range(len(like)):
-                keys, values = [], []
-                for hit, keep in zip(found, kept):  # a row that keeps columns had at least that many stored
-                    stored = hit[0].layers[layer] if keep else like[layer]
-                    keys.append(pad_left(stored.keys[:, :, :keep], width))
-                    values.append(pad_left(stored.values[:, :, :keep], width))
-                cache.update(torch.cat(keys), torch.cat(values), layer)
-        ids = torch.zeros(len(rows), new, dtype=torch.long, device=self.device)
-        mask = torch.zeros(len(rows), width + new, dtype=torch.long, device=self.device)
-        positions = torch.zeros(len(rows), new, dtype=torch.long, device=self.device)
-        for i, (row, length, keep) in enumerate(zip(rows, lengths, kept)):
-            fed = length - keep
-            ids[i, new - fed:] = row.prompt[0, keep:]
-            mask[i, width + new - length:] = 1
-            positions[i, new - fed:] = torch.arange(keep, length, device=self.device)
-        with use_identities([r.identities for r in rows]):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
-        self.prefills += 1
-        self.widest_prefill = max(self.widest_prefill, len(rows))
-        prefilled = []
-        for i, (row, length) in enumerate(zip(rows, lengths)):
-            own = DynamicCache(config=self.model.config)
-            for layer, la in enumerate(cache.layers):
-                # copies: a view would keep the joint tensors alive in the store and in the batch
-                own.update(la.keys[i:i + 1, :, -length:].clone(), la.values[i:i + 1, :, -length:].clone(), layer)
-            # Free to store: the batch never changes these tensors in place, it concatenates into new ones.
-            self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in own.layers])
-            prefilled.append((own, out.logits[i:i + 1, -1]))
-        return prefilled
-
-    def _join(self, row: _Row, cache: DynamicCache, logits: torch.Tensor) -> None:
-        """The row's first token from its prefill's logits; then it joins the batch, unless that ended it."""
+    def _join(self, row: Row, cache, logits: torch.Tensor) -> None:
+        """The row's first token; it joins the batch unless that ended it. A failure ends it alone."""
         try:
-            finished = row.choose(logits, self.eos_ids)
-            if not finished:
-                self._batch.add(cache, row.prompt.shape[1])  # checks the cache before changing the batch
+            finished = self.runner.join(row, cache, logits)
         except Exception as err:  # this request alone fails
             log.warning("request failed at its first token: %s", err)
-            row.stream._finish("error", err)
+            row.stream._finish(FinishReason.ERROR, err)
             return
         if finished:
             row.stream._finish(finished)
-            return
-        self._rows.append(row)
-        self._routing = None
 
-    def _step(self) -> None:
-        """One token for every running row."""
-        rows = self._rows
-        if self._routing is None:
-            self._routing = Routing([r.identities for r in rows])
-        tokens = torch.tensor([[r.last_token] for r in rows], device=self.device)
-        mask, positions = self._batch.step_inputs()
-        with use_identities(self._routing):
-            out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                             past_key_values=self._batch.cache, use_cache=True)
-        self._batch.advance(mask)
-        self.steps += 1
-        self.widest_batch = max(self.widest_batch, len(rows))
-        logits = out.logits[:, -1]
-        ended = {}
-        for i, row in enumerate(rows):
-            try:
-                reason = row.choose(logits[i:i + 1], self.eos_ids)
-            except Exception as err:  # e.g. a NaN the sampler refuses: this row alone ends
-                row.stream._finish("error", err)
-                ended[i] = None
-                continue
-            if reason:
-                ended[i] = reason
-        self._remove(ended)
+    # --- leaving -----------------------------------------------------------------------------------
+    @staticmethod
+    def _exit_reason(row: Row) -> FinishReason | None:
+        """STOPPED if the row's caller stopped it; ERROR if its stop flag fails (the row is finished with that
+        error here: it alone ends); None while it is wanted."""
+        try:
+            return FinishReason.STOPPED if row.stream.stop_event.is_set() else None
+        except Exception as err:
+            log.warning("a request's stop flag failed: %s", err)
+            row.stream._finish(FinishReason.ERROR, err)
+            return FinishReason.ERROR
+
+    def _still_wanted(self, rows) -> list[Row]:
+        """The rows nobody stopped; the others end here."""
+        kept = []
+        for row in rows:
+            reason = self._exit_reason(row)
+            if reason == FinishReason.STOPPED:
+                row.stream._finish(FinishReason.STOPPED)
+            elif reason is None:
+                kept.append(row)
+        return kept
 
     def _leave_stopped(self) -> None:
-        reasons = {i: self._exit_reason(r) for i, r in enumerate(self._rows)}
-        # A stopped row's sequence goes to the prefix store; a row whose stop flag failed has already ended.
-        self._remove({i: reason if reason == "stopped" else None for i, reason in reasons.items() if reason})
+        reasons = {i: self._exit_reason(r) for i, r in enumerate(self.runner.rows)}
+        self._leave({i: reason for i, reason in reasons.items() if reason})
 
-    def _remove(self, ended: dict[int, str | None]) -> None:
-        """Take the rows at the indices of `ended` out of the batch (finishing them with their reason)."""
+    def _outcomes(self, ended: dict[int, FinishReason | Exception]) -> dict[int, FinishReason]:
+        """A step's ended rows by finish reason; a row whose own token choice failed ends here with its error."""
+        reasons = {}
+        for i, outcome in ended.items():
+            if isinstance(outcome, Exception):
+                self.runner.rows[i].stream._finish(FinishReason.ERROR, outcome)
+                outcome = FinishReason.ERROR
+            reasons[i] = outcome
+        return reasons
+
+    def _leave(self, ended: dict[int, FinishReason]) -> None:
+        """The rows at the indices of `ended` leave the batch, finished with their reason (ERROR: already
+        finished with its error). A row that ended well leaves its sequence to the prefix store first, so a
+        caller who reads the end of its reply and asks again finds it there."""
         if not ended:
             return
-        self._store_prefixes([i for i, reason in ended.items() if reason is not None])  # not a failed row's
-        for i, reason in ended.items():
-            if reason is not None:
-                self._rows[i].stream._finish(reason)
-        keep = [i for i in range(len(self._rows)) if i not in ended]
-        self._rows = [self._rows[i] for i in keep]
-        self._batch.keep(keep)
-        self._routing = None
-
-    def _store_prefixes(self, indices) -> None:
-        """Give the leaving rows' sequences (what the cache holds of them: its right-hand columns, the padding
-        cut off) to the prefix store, as copies (a view would keep the whole batch's tensors alive)."""
-        if not self.prefixes.budget_bytes:
-            return
-        for i in indices:
-            row, held = self._rows[i], int(self._batch.mask[i].sum())
-            layers = [(la.keys[i:i + 1, :, -held:].clone(), la.values[i:i + 1, :, -held:].clone())
-                      for la in self._batch.cache.layers]
-            self.prefixes.store(row.identity_key, row.ids[0, :held], layers)
+        finished = {i: reason for i, reason in ended.items() if reason != FinishReason.ERROR}
+        self.runner.store_prefixes(finished)
+        for i, reason in finished.items():
+            self.runner.rows[i].stream._finish(reason)
+        self.runner.keep([i for i in range(len(self.runner.rows)) if i not in ended])
 
     def _fail_all(self, err: BaseException) -> None:
-        for row in self._rows:
+        for row in self.runner.rows:
             if not row.stream.done:
-                row.stream._finish("error", err)
-        self._rows, self._batch, self._routing = [], PaddedBatchCache(), None
+                row.stream._finish(FinishReason.ERROR, err)
+        self.runner.clear_batch()

@@ -59,7 +59,7 @@ def all_arrive_first(scheduler, requests: int):
         return stream
 
     scheduler.submit = counted_submit  # the instance's attribute, read by `scheduler.stream`
-    hook = scheduler.model.register_forward_pre_hook(lambda *_: all_in.wait(60) and None)
+    hook = scheduler.runner.model.register_forward_pre_hook(lambda *_: all_in.wait(60) and None)
     try:
         yield
     finally:
@@ -87,7 +87,7 @@ def test_visitors_chatting_at_once_get_their_own_replies_as_each_alone(exact_url
     with all_arrive_first(scheduler, len(VISITORS)):
         jobs = [c.submit(message=m, **panel(s), **GREEDY, api_name="/chat") for c, (s, m) in zip(visitors, VISITORS)]
         together = [transcript(job.result(timeout=120)) for job in jobs]
-    assert scheduler.widest_batch == len(VISITORS), "the visitors' replies were not decoded in one batch"
+    assert scheduler.runner.widest_batch == len(VISITORS), "the visitors' replies were not decoded in one batch"
     for (identities, _), reply, reply_alone in zip(VISITORS, together, alone):
         assert captions(reply) == [caption_of(identities)], identities
         assert replies(reply) == replies(reply_alone), identities

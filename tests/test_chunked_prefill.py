@@ -17,14 +17,14 @@ CHUNK = 32
 def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch):
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
     steps_while_prefilling = []
-    step = scheduler._step
+    step = scheduler.runner.step
 
     def counting_step():
-        if scheduler._partial:
-            steps_while_prefilling.append(scheduler._partial[0].done)
-        step()
+        if scheduler.runner.chunked:
+            steps_while_prefilling.append(scheduler.runner.chunked[0].done)
+        return step()
 
-    monkeypatch.setattr(scheduler, "_step", counting_step)
+    monkeypatch.setattr(scheduler.runner, "step", counting_step)
     try:
         Held = held_sampler()
         running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
@@ -59,7 +59,7 @@ def test_chunks_continue_a_stored_prefix_and_reply_as_unchunked(exact_engine):
             second.result(timeout=300)
             replies[name] = (first.token_ids, second.token_ids)
             assert scheduler.prefixes.hits == 1
-        assert chunked.prefills > whole.prefills  # it did chunk
+        assert chunked.runner.prefills > whole.runner.prefills  # it did chunk
     finally:
         chunked.close()
         whole.close()
@@ -75,3 +75,22 @@ def test_prefill_chunk_setting(monkeypatch):
     monkeypatch.setenv("HIRPF_PREFILL_CHUNK", "-3")
     with pytest.raises(ValueError, match="HIRPF_PREFILL_CHUNK"):
         prefill_chunk_setting()
+
+
+def test_a_long_prompt_whose_sequence_cannot_be_stored_fails_alone_instead_of_waiting_forever(exact_engine,
+                                                                                            monkeypatch):
+    """Its last chunk's store raising used to escape the chunk's own error handling: the request had left the
+    chunked queue and never ended."""
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=16, prefill_chunk=CHUNK)
+
+    def broken_store(*args):
+        raise RuntimeError("the prefix store broke")
+
+    monkeypatch.setattr(scheduler.prefixes, "store", broken_store)
+    try:
+        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
+        with pytest.raises(RuntimeError, match="store broke"):
+            joiner.result(timeout=60)
+        assert joiner.finish_reason == "error"
+    finally:
+        scheduler.close()

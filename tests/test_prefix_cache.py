@@ -87,7 +87,7 @@ def test_requests_that_arrive_together_are_prefilled_in_one_forward_and_match_al
         Held = type("Held", (PausingSampler,), {"reached": threading.Event(), "resume": threading.Event()})
         holding = submit_with(Held, monkeypatch, scheduler, turns[0][:1], sets[0], sampling=GREEDY)
         assert Held.reached.wait(120)
-        prefills = scheduler.prefills
+        prefills = scheduler.runner.prefills
         requests = [(turns[0], sets[0]), (turns[1], sets[1]), ([{"role": "user", "content": "Ok"}], sets[1]),
                     ([{"role": "user", "content": "Where do you work these days?"}], sets[2])]
         streams = [scheduler.submit(h, s, sampling=GREEDY) for h, s in requests]
@@ -95,7 +95,7 @@ def test_requests_that_arrive_together_are_prefilled_in_one_forward_and_match_al
         for stream, (h, s) in zip(streams + [holding], requests + [(turns[0][:1], sets[0])]):
             stream.result(timeout=300)
             assert stream.token_ids == alone(exact_engine, h, s, GREEDY), str(s)
-        assert scheduler.prefills == prefills + 1 and scheduler.widest_prefill == 4
+        assert scheduler.runner.prefills == prefills + 1 and scheduler.runner.widest_prefill == 4
     finally:
         scheduler.close()
 

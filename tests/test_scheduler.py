@@ -15,6 +15,7 @@ from hirpf.experts import ExpertConfig
 from hirpf.identities import IdentityError, IdentitySet
 from hirpf.inject import add_experts
 from hirpf.prompts import Conditioning
+from hirpf.reply_stream import FinishReason, ReplySource
 from hirpf.routing import use_identities
 from hirpf.row_sampling import RowSampler
 from hirpf.scheduler import Scheduler, max_batch_setting
@@ -47,6 +48,15 @@ def scheduler(exact_engine):
     s.close()
 
 
+def test_the_engine_and_its_scheduler_are_reply_sources_and_say_why_a_reply_ended(exact_engine, scheduler):
+    assert isinstance(exact_engine, ReplySource) and isinstance(scheduler, ReplySource)
+    assert not isinstance(object(), ReplySource)
+    reply = scheduler.stream(HISTORIES[0], EIGHT_SETS[0], sampling=Sampling(max_new_tokens=2, do_sample=False))
+    reply.result(timeout=300)
+    assert reply.finish_reason in (FinishReason.EOS, FinishReason.LENGTH)
+    assert reply.finish_reason == (FinishReason.LENGTH if len(reply.token_ids) == 2 else "eos")  # a str too
+
+
 def test_eight_rows_with_eight_identity_sets_match_each_alone_exactly(exact_engine, scheduler):
     expected = [alone(exact_engine, h, s) for h, s in zip(HISTORIES, EIGHT_SETS)]
     assert len({tuple(e) for e in expected}) == 8  # the identities (and prompts) do change the replies
@@ -54,7 +64,7 @@ def test_eight_rows_with_eight_identity_sets_match_each_alone_exactly(exact_engi
     for stream, want, identities in zip(streams, expected, EIGHT_SETS):
         stream.result(timeout=300)
         assert stream.token_ids == want, str(identities)
-    assert scheduler.widest_batch == 8
+    assert scheduler.runner.widest_batch == 8
 
 
 def test_the_same_prompt_under_eight_sets_keeps_each_rows_identity(exact_engine, scheduler):
@@ -184,7 +194,7 @@ def test_a_request_that_breaks_a_joint_prefill_fails_alone(exact_engine, schedul
     Held = held_sampler()
     holding = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0], sampling=GREEDY)
     assert Held.reached.wait(120)
-    monkeypatch.setattr(scheduler, "model", BreaksOnToken(scheduler.model, token))
+    monkeypatch.setattr(scheduler.runner, "model", BreaksOnToken(scheduler.runner.model, token))
     streams = [scheduler.submit(HISTORIES[i], EIGHT_SETS[i], sampling=GREEDY) for i in (1, 2)]
     bad = scheduler.submit(bad_history, EIGHT_SETS[3], sampling=GREEDY)
     Held.resume.set()
@@ -194,7 +204,7 @@ def test_a_request_that_breaks_a_joint_prefill_fails_alone(exact_engine, schedul
     for stream, want in zip([holding] + streams, expected):
         assert stream.result(timeout=300) is not None and stream.token_ids == want
     assert "joint prefill of 3 requests failed" in caplog.text
-    assert scheduler.prefills == 1 + 2  # the held request's; after the joint one failed, each good one alone
+    assert scheduler.runner.prefills == 1 + 2  # the held request's; after the joint one failed, each good one alone
 
 
 def test_requests_beyond_max_batch_wait_and_still_match(exact_engine):
@@ -204,7 +214,7 @@ def test_requests_beyond_max_batch_wait_and_still_match(exact_engine):
         for stream, history, identities in zip(streams, HISTORIES, EIGHT_SETS):
             stream.result(timeout=300)
             assert stream.token_ids == alone(exact_engine, history, identities)
-        assert scheduler.widest_batch == 3
+        assert scheduler.runner.widest_batch == 3
     finally:
         scheduler.close()
 
@@ -319,7 +329,7 @@ def test_embedded_eight_rows_match_alone_up_to_float32_near_ties(expert_engine):
             stream.result(timeout=600)
     finally:
         scheduler.close()
-    assert scheduler.widest_batch == 8
+    assert scheduler.runner.widest_batch == 8
     differing = []
     for stream, history, identities in zip(streams, HISTORIES, EIGHT_SETS):
         want = alone(expert_engine, history, identities, greedy)

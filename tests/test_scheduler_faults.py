@@ -95,7 +95,7 @@ class BreaksAtDecode:
 def test_a_dead_loop_is_replaced_by_the_next_request_and_the_status_says_so(exact_engine, monkeypatch):
     engine = Engine(exact_engine.model, exact_engine.tokenizer)
     first = engine.scheduler()
-    monkeypatch.setattr(first, "model", BreaksAtDecode(first.model))
+    monkeypatch.setattr(first.runner, "model", BreaksAtDecode(first.runner.model))
     killer = RuntimeError("the failure handler broke too")
 
     def fail_all(err):

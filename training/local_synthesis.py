@@ -15,6 +15,12 @@ generation; larger γ pushes away from what the model would say without the iden
 one batch; a turn that comes out empty, or where the character names its own identity, is resampled up to
 `attempts` times, then the dialogue fails with that reason.
 
+The batch and its decode step are the scheduler's (`hirpf.batch_cache.PaddedBatchCache`: one prefill of the
+left-padded rows, then `decode` once per token). The token choice is not the scheduler's `RowSampler`: that
+one draws among the top-k candidates, this one over the whole vocabulary with the others masked (as
+`generate` does), and the two draw different tokens from one seed; this backend keeps its draws so that a
+run's seed still gives the dialogues it gave before.
+
 Records have the trainer's format plus `synthesis` (job id, backend, base model, γ, seeds, sampling, prompt
 version, creation time, scene, outside topic).
 """
@@ -40,9 +46,11 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from hirpf.batch_cache import PaddedBatchCache
 from hirpf.dialogues import validate
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
+from hirpf.padding import left_padded
 from hirpf.prompts import NEUTRAL_SYSTEM_MESSAGE, identity_system_message
 from training.synthesis_records import Job, append_record, finished_jobs, named_identity
 
@@ -87,16 +95,6 @@ def processors(sampling: Sampling) -> LogitsProcessorList:
     return steps
 
 
-def _left_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def _penalty_history(rows: Sequence[list[int]]) -> torch.Tensor:
     """The rows' tokens for the repetition penalty, left-filled with each row's first token instead of the
     pad token: the penalty counts a token once however often it occurs, so the filler changes nothing,
@@ -123,19 +121,17 @@ def sample_replies(model, tokenizer, prompts: Sequence[list[int]], sampling: Sam
         raise ValueError(f"{n} prompts need {n} generators and {n} neutral prompts")
     rows = list(prompts) + list(neutral or [])
     device = model.device
-    ids, mask = _left_padded(rows, tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask = left_padded(rows, tokenizer.pad_token_id)
     history = _penalty_history(prompts).to(device)
     steps, ends = processors(sampling), end_token_ids(model, tokenizer)
     replies: list[list[int]] = [[] for _ in range(n)]
     ended = torch.zeros(n, dtype=torch.bool)
-    cache = None
     with torch.no_grad():
-        for _ in range(sampling.max_new_tokens):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                        use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        # The scheduler's decode step (`PaddedBatchCache.decode`) over the identity and neutral rows; the
+        # token choice is this backend's own (see the module docstring).
+        batch, logits = PaddedBatchCache.prefilled(model, ids.to(device), mask.to(device))
+        for step in range(sampling.max_new_tokens):
+            logits = logits.float()
             scores = logits[:n] if neutral is None else amplified_logits(logits[:n], logits[n:], gamma)
             if trace is not None:
                 trace.append(scores.clone())
@@ -151,13 +147,12 @@ def sample_replies(model, tokenizer, prompts: Sequence[list[int]], sampling: Sam
                         ended[i] = True
                     else:
                         replies[i].append(int(chosen[i]))
-            if bool(ended.all()):
+            if bool(ended.all()) or step + 1 == sampling.max_new_tokens:
                 break
             chosen = chosen.to(device)
             history = torch.cat([history, chosen[:, None]], dim=1)
-            ids = torch.cat([chosen, chosen])[:, None] if neutral is not None else chosen[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
+            newest = torch.cat([chosen, chosen]) if neutral is not None else chosen  # a pair's rows take one token
+            logits = batch.decode(model, newest[:, None])
     return [(reply, bool(done)) for reply, done in zip(replies, ended)]
 
 

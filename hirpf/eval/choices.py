@@ -18,6 +18,7 @@ from transformers import DynamicCache
 
 from ..context_limit import check_fits
 from ..identities import IdentitySet
+from ..padding import left_padded
 from ..prompts import Conditioning, expert_identities
 from ..routing import use_identities
 from .common import EvalError, batches, check_positive
@@ -101,17 +102,9 @@ def _shared_prefix_length(rows: list[list[int]]) -> int:
     return length
 
 
-def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and their attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
-
-
 def _encode_prefixes(engine, prefixes: list[list[int]], expert_rows: list[IdentitySet]) -> dict:
     """Run the shared prefixes once (one batch); keep each one's keys and values without padding."""
-    ids, mask = _padded(prefixes, engine.tokenizer.pad_token_id)
+    ids, mask = left_padded(prefixes, engine.tokenizer.pad_token_id)
     device = engine.model.device
     with torch.no_grad(), use_identities(expert_rows):
         out = engine.model(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -139,7 +132,7 @@ def logits_after_prefixes(engine, prefixes: dict, prefix_rows: list[int], suffix
     over the suffixes, with each row's prefix keys and values (re-padded on the left) as the cache, each row
     under its own experts."""
     device = engine.model.device
-    ids, suffix_mask = _padded(suffixes, engine.tokenizer.pad_token_id)
+    ids, suffix_mask = left_padded(suffixes, engine.tokenizer.pad_token_id)
     lengths = torch.tensor([prefixes["lengths"][k] for k in prefix_rows])
     width = int(lengths.max())
     cache = DynamicCache([tuple(_gather_left(t, prefix_rows, prefixes["lengths"], width) for t in layer)

@@ -18,11 +18,12 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..engine import Engine, Sampling
 from ..identities import IdentitySet
 from ..prompts import Conditioning
+from ..reply_stream import ReplySource
 from .common import (
     EvalError,
     check_positive,
@@ -36,9 +37,6 @@ from .common import (
     write_json,
 )
 from .situations import add_generation_arguments, sampling_from_args
-
-if TYPE_CHECKING:
-    from ..scheduler import Scheduler
 
 SPEAKERS = ("A", "B")
 SIDES = {"A": "for", "B": "against"}
@@ -178,12 +176,12 @@ class TurnStop(threading.Event):
         return super().is_set() or (self.debate_stop is not None and self.debate_stop.is_set())
 
 
-def stream_debate(model: "Engine | Scheduler", spec: DebateSpec,
+def stream_debate(model: ReplySource, spec: DebateSpec,
                   conditioning: Conditioning = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
                   stop_event: threading.Event | None = None) -> Iterator[Debate]:
     """Play one debate, yielding it as it grows: after each new piece of the current statement (the last turn
-    still growing) and after each finished turn. `model` writes each statement with `stream` (an `Engine`, or
-    its scheduler, `Engine.scheduler()`, whose running batch the statement then joins). Setting `stop_event`
+    still growing) and after each finished turn. `model` writes each statement with `stream`: an `Engine`, or
+    its scheduler (`Engine.scheduler()`), whose running batch the statement then joins. Setting `stop_event`
     stops at the next token; the statement cut short stays in the transcript."""
     check_positive("rounds", spec.rounds)
     sampling = sampling or Sampling()

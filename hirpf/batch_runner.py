@@ -1,0 +1,236 @@
+"""The scheduler's runner: what runs the model for the running batch, one call at a time from the loop thread.
+
+    prefill(rows) ─────────► join(row, cache, logits) ──► step() ──► step() ──► …   keep(indices)
+    (one forward, each row      (its first token; its          (one token for        (rows leave; their
+     under its own identity,     cache joins the batch's)       every running row)    sequences stored first:
+     continuing a stored prefix)                                                      store_prefixes)
+    prefill_next_chunk() ──► … ──► (cache, logits) ──► join(…)     a long prompt, one chunk per step
+
+It knows nothing of queues, stop events or failures: which requests run, when they leave and what happens
+when a call raises is the scheduler's policy (`hirpf.scheduler`). A `join` that raises leaves the running
+batch as it was (`PaddedBatchCache.add` is all-or-nothing); a `step` that raises leaves it unusable, and the
+scheduler ends its rows.
+
+The batch is an ordinary left-padded batch over transformers' `DynamicCache` (`hirpf.batch_cache`), with the
+identity rows of the running requests in batch order (`Routing`, rebuilt when rows join or leave; the expert
+layers cache masks and plans by content, so that is cheap). Every row picks its token with its own settings
+and its own seeded generator (`hirpf.row_sampling`).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+from transformers import DynamicCache
+
+from .batch_cache import PaddedBatchCache
+from .identities import IdentitySet
+from .padding import pad_left
+from .prefix_cache import PrefixCache
+from .reply_stream import FinishReason, ReplyStream
+from .routing import Routing, use_identities
+from .row_sampling import RowSampler
+
+
+class Row:
+    """A request inside the runner: its prompt, what the experts see, how it picks tokens, where they go."""
+
+    def __init__(self, prompt: torch.Tensor, identities: IdentitySet, sampler: RowSampler, max_new_tokens: int,
+                 stream: ReplyStream):
+        self.prompt, self.identities, self.sampler = prompt, identities, sampler
+        self.identity_key = Routing([identities]).key  # what its keys and values depend on, beside its tokens
+        self.max_new_tokens, self.stream = max_new_tokens, stream
+        # The prompt and every generated token, for the repetition penalty: a buffer filled as it goes.
+        self.ids = torch.zeros(1, prompt.shape[1] + max_new_tokens, dtype=torch.long, device=prompt.device)
+        self.ids[:, :prompt.shape[1]] = prompt
+        self.length = prompt.shape[1]
+
+    @property
+    def generated(self) -> int:
+        return self.length - self.prompt.shape[1]
+
+    @property
+    def last_token(self) -> int:
+        return int(self.ids[0, self.length - 1])
+
+    def choose(self, logits: torch.Tensor, eos_ids: frozenset) -> FinishReason | None:
+        """Pick and record the next token from `logits` `[1, vocab]` (it goes to the stream); the finish reason
+        if this ends the row."""
+        token = self.sampler.next_token(self.ids[:, :self.length], logits)
+        if token in eos_ids:
+            return FinishReason.EOS
+        self.ids[0, self.length] = token
+        self.length += 1
+        self.stream._push(token)
+        return FinishReason.LENGTH if self.generated >= self.max_new_tokens else None
+
+
+class ChunkedPrefill:
+    """A long prompt being prefilled a chunk at a time: its cache so far and how many tokens it holds."""
+
+    def __init__(self, row: Row):
+        self.row = row
+        self.cache: DynamicCache | None = None  # made at its first chunk (from the prefix store if it can)
+        self.done = 0
+
+
+class BatchRunner:
+    """The running rows, their batch cache and the long prompts being prefilled a chunk at a time."""
+
+    def __init__(self, model, eos_ids: frozenset, prefixes: PrefixCache, prefill_chunk: int):
+        self.model, self.eos_ids, self.prefixes, self.prefill_chunk = model, eos_ids, prefixes, prefill_chunk
+        self.device = model.device
+        self.rows: list[Row] = []  # in batch order
+        self.batch = PaddedBatchCache()
+        self.routing: Routing | None = None  # the rows' identities; None: rebuild at the next step
+        self.chunked: deque[ChunkedPrefill] = deque()  # oldest first
+        self.steps = 0  # decode steps run (for tests and benchmarks)
+        self.widest_batch = 0  # the most rows one step decoded
+        self.prefills = 0  # prefill forwards run
+        self.widest_prefill = 0  # the most requests one prefill forward took
+
+    @property
+    def occupied(self) -> int:
+        """Rows running or being prefilled in chunks: each holds a place of the batch."""
+        return len(self.rows) + len(self.chunked)
+
+    def needs_chunks(self, row: Row) -> bool:
+        return bool(self.prefill_chunk) and row.prompt.shape[1] > self.prefill_chunk
+
+    # --- prefill ----------------------------------------------------------------------------------
+    def prefill(self, rows: list[Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
+        """One forward over the rows' prompts, each continuing the longest prefix the store holds for it;
+        per row, (its cache, batch 1, `length` columns; the logits of its last prompt token). Each prompt's
+        keys and values go to the prefix store.
+
+        Every row feeds the same number of new tokens, `T`, the longest part any row has left to prefill: a
+        row with less left recomputes the end of its stored prefix (its cache is cut to `length - T`), and a
+        row shorter than `T` is padded on the left. So the joint cache is left-padded like the running
+        batch's, and each row's columns end at the right edge:
+
+            row 0  [ pad  c c c | t t t t ]      c: stored prefix, t: computed now
+            row 1  [ c    c c c | c c t t ]      (its last two stored columns recomputed)
+            row 2  [ pad  pad   | pad t t ]      (nothing stored, a 2-token prompt)
+        """
+        found = [self.prefixes.lookup(r.identity_key, r.prompt, self.model.config) for r in rows]
+        lengths = [r.prompt.shape[1] for r in rows]
+        new = max(length - (hit[1] if hit else 0) for length, hit in zip(lengths, found))
+        kept = [max(0, length - new) for length in lengths]  # cached columns each row keeps
+        width = max(kept)
+        cache = DynamicCache(config=self.model.config)
+        if width:
+            like = next(hit[0] for hit in found if hit).layers  # shapes for the rows that keep nothing
+            for layer in range(len(like)):
+                keys, values = [], []
+                for hit, keep in zip(found, kept):  # a row that keeps columns had at least that many stored
+                    stored = hit[0].layers[layer] if keep else like[layer]
+                    keys.append(pad_left(stored.keys[:, :, :keep], width))
+                    values.append(pad_left(stored.values[:, :, :keep], width))
+                cache.update(torch.cat(keys), torch.cat(values), layer)
+        ids = torch.zeros(len(rows), new, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(rows), width + new, dtype=torch.long, device=self.device)
+        positions = torch.zeros(len(rows), new, dtype=torch.long, device=self.device)
+        for i, (row, length, keep) in enumerate(zip(rows, lengths, kept)):
+            fed = length - keep
+            ids[i, new - fed:] = row.prompt[0, keep:]
+            mask[i, width + new - length:] = 1
+            positions[i, new - fed:] = torch.arange(keep, length, device=self.device)
+        with use_identities([r.identities for r in rows]):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        self.prefills += 1
+        self.widest_prefill = max(self.widest_prefill, len(rows))
+        prefilled = []
+        for i, (row, length) in enumerate(zip(rows, lengths)):
+            own = DynamicCache(config=self.model.config)
+            for layer, la in enumerate(cache.layers):
+                # copies: a view would keep the joint tensors alive in the store and in the batch
+                own.update(la.keys[i:i + 1, :, -length:].clone(), la.values[i:i + 1, :, -length:].clone(), layer)
+            # Free to store: the batch never changes these tensors in place, it concatenates into new ones.
+            self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in own.layers])
+            prefilled.append((own, out.logits[i:i + 1, -1]))
+        return prefilled
+
+    def prefill_next_chunk(self) -> tuple[Row, DynamicCache, torch.Tensor] | None:
+        """The next `prefill_chunk` tokens of the oldest chunked prompt (vLLM's chunked prefill): the running
+        rows wait for one chunk per step, not for the whole prompt. Its first chunk continues the longest prefix
+        the store holds for it. Once its whole prompt is in, it leaves `chunked` and this returns (its row, its
+        cache, the logits of its last prompt token) to join; until then, None. If this raises, it has left."""
+        partial = self.chunked[0]
+        row = partial.row
+        try:
+            if partial.cache is None:
+                hit = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config)
+                partial.cache, partial.done = hit if hit else (DynamicCache(config=self.model.config), 0)
+            end = min(partial.done + self.prefill_chunk, row.prompt.shape[1])
+            with use_identities([row.identities]):
+                out = self.model(input_ids=row.prompt[:, partial.done:end],
+                                 attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
+                                 position_ids=torch.arange(partial.done, end, device=self.device)[None],
+                                 past_key_values=partial.cache, use_cache=True, logits_to_keep=1)
+            self.prefills += 1
+        except Exception:
+            self.chunked.popleft()
+            raise
+        partial.done = end
+        if end < row.prompt.shape[1]:
+            return None
+        self.chunked.popleft()
+        cache = partial.cache
+        self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in cache.layers])
+        return row, cache, out.logits[:, -1]
+
+    # --- the running batch ------------------------------------------------------------------------
+    def join(self, row: Row, cache: DynamicCache, logits: torch.Tensor) -> FinishReason | None:
+        """The row's first token from its prefill's logits; then it joins the batch, unless that token ended
+        it (the reason is returned)."""
+        finished = row.choose(logits, self.eos_ids)
+        if finished:
+            return finished
+        self.batch.add(cache, row.prompt.shape[1])  # checks the cache before changing the batch
+        self.rows.append(row)
+        self.routing = None
+        return None
+
+    def step(self) -> dict[int, FinishReason | Exception]:
+        """One token for every running row; what ended a row, by its index: a finish reason, or the error
+        its own token choice raised (e.g. a NaN the sampler refuses). The ended rows are still in the batch."""
+        rows = self.rows
+        if self.routing is None:
+            self.routing = Routing([r.identities for r in rows])
+        tokens = torch.tensor([[r.last_token] for r in rows], device=self.device)
+        with use_identities(self.routing):
+            logits = self.batch.decode(self.model, tokens)
+        self.steps += 1
+        self.widest_batch = max(self.widest_batch, len(rows))
+        ended: dict[int, FinishReason | Exception] = {}
+        for i, row in enumerate(rows):
+            try:
+                reason = row.choose(logits[i:i + 1], self.eos_ids)
+            except Exception as err:  # this row's alone
+                ended[i] = err
+                continue
+            if reason:
+                ended[i] = reason
+        return ended
+
+    def store_prefixes(self, indices) -> None:
+        """Give these rows' sequences (what the cache holds of them: its right-hand columns, the padding cut
+        off) to the prefix store, as copies (a view would keep the whole batch's tensors alive)."""
+        if not self.prefixes.budget_bytes:
+            return
+        for i in indices:
+            row, held = self.rows[i], int(self.batch.mask[i].sum())
+            layers = [(la.keys[i:i + 1, :, -held:].clone(), la.values[i:i + 1, :, -held:].clone())
+                      for la in self.batch.cache.layers]
+            self.prefixes.store(row.identity_key, row.ids[0, :held], layers)
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only the rows at `indices` (in that order); the others leave the batch."""
+        self.rows = [self.rows[i] for i in indices]
+        self.batch.keep(indices)
+        self.routing = None
+
+    def clear_batch(self) -> None:
+        """Drop every running row and the batch cache (the chunked prompts stay)."""
+        self.rows, self.batch, self.routing = [], PaddedBatchCache(), None
