@@ -25,6 +25,7 @@ from .inject import expert_config
 from .prompts import Conditioning, expert_identities, system_message
 from .routing import use_identities
 from .sampling import Message, Sampling
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 SHIPPED_EXPERTS = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-experts"
@@ -69,8 +70,6 @@ class Engine:
         whose loop thread died (counted in `scheduler_restarts`): a dead one is never handed out."""
         with self._scheduler_lock:
             if self._scheduler is None or self._scheduler.closed:
-                from .scheduler import Scheduler  # it imports this module
-
                 if self._scheduler is not None and self._scheduler.failure is not None:
                     self.scheduler_restarts += 1
                     self.scheduler_failure = self._scheduler.failure
