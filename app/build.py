@@ -1,5 +1,5 @@
 """`build_app`: the whole Gradio app around one model; `build_annotation_app`: the human evaluation alone,
-with no model at all; and `launch`, which serves either.
+with no model at all (`app.launching.launch` serves either).
 
 The model is given as a loaded `Engine`, a `ModelSlot`, or a function that loads one (started in the
 background at once, so the page is usable while the weights load). Streamed replies (chat, regenerate,
