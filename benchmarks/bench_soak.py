@@ -40,11 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from bench_app_startup import free_port, page_answers  # noqa: E402
+from bench_app_startup import cpu_seconds, free_port, page_answers  # noqa: E402
 
 from hirpf.identities import PROFESSIONS, TRAITS  # noqa: E402
 
 MEMORY_GROWTH_TARGET = 0.10
+IDLE_CPU = 0.1  # cores: what an idle server may use (heartbeats), far below one decoding row
 ACTIONS = {  # action: weight in a visitor's mix
     "chat": 30, "stop": 12, "disconnect": 10, "regenerate": 14, "long_paste": 8, "bad_identity": 8,
     "debate": 8, "clear": 5, "debate_stop": 5,
@@ -109,6 +110,14 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_share(pid: int, seconds: float) -> float:
+    """The server's CPU use over `seconds`, in cores: near 0 once no reply is being decoded (so a reply whose
+    visitor disconnected has really ended)."""
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
 
 
 def wait_until_ready(url: str, timeout_s: float) -> str:
@@ -184,6 +193,44 @@ class Tally:
         return sum(n for (_, o), n in self.outcomes.items() if o == outcome)
 
 
+class Conversation:
+    """What one session of a visitor sent, and the seeds of its replies: all that its transcripts may hold."""
+
+    def __init__(self, visitor: int):
+        self.visitor = visitor
+        self.sent: list[tuple[str, bool]] = []  # user messages, (text, surely recorded)
+        self.seeds: set[int] = set()
+
+    def check(self, messages: list[dict], identities: dict | None, seed: int | None) -> None:
+        """Only this session's messages, in order; the last caption has this request's set and seed; every
+        caption's seed is one of this session's. Raises `Crossed`."""
+        own = [m for m, _ in self.sent]
+        users = user_messages(messages)
+        at = 0
+        for message in users:  # a subsequence of what was sent, in order...
+            while at < len(own) and own[at] != message:
+                at += 1
+            if at == len(own):
+                raise Crossed(f"visitor {self.visitor} got a user message not its own (or out of order): "
+                              f"{message[:60]!r}")
+            at += 1
+        missing = [m for m, sure in self.sent if sure and m not in users]  # ...holding every surely recorded one
+        if missing:
+            raise Crossed(f"visitor {self.visitor}'s messages went missing: {missing[0][:60]!r}")
+        details = caption_details(messages)
+        for caption in details:
+            _, caption_seed = caption_identities_and_seed(caption)
+            if caption_seed not in self.seeds:
+                raise Crossed(f"visitor {self.visitor} got a reply with a seed not its own: {caption!r}")
+        if identities is not None:
+            if not details:
+                raise Crossed(f"visitor {self.visitor}'s reply has no caption")
+            names, caption_seed = caption_identities_and_seed(details[-1])
+            expected = sorted(identities.get("traits", []) + identities.get("profession", []))
+            if sorted(names) != expected or caption_seed != seed:
+                raise Crossed(f"visitor {self.visitor} asked for {expected} seed {seed}, got {details[-1]!r}")
+
+
 class Visitor:
     """One `gradio_client` visitor: a session (a conversation) that it drops on a disconnect."""
 
@@ -191,8 +238,7 @@ class Visitor:
         self.number, self.url, self.rng, self.settings, self.tally = number, url, rng, settings, tally
         self.session = 0
         self.client = None
-        self.sent: list[tuple[str, bool]] = []  # this session's user messages, (text, surely recorded)
-        self.seeds: set[int] = set()  # this session's reply seeds
+        self.own = Conversation(number)
         self.requests = 0
         self.new_session()
 
@@ -203,7 +249,7 @@ class Visitor:
             self.client.close()
         self.session += 1
         self.client = Client(self.url, verbose=False, httpx_kwargs={"timeout": 120})
-        self.sent, self.seeds = [], set()
+        self.own = Conversation(self.number)
 
     def tag(self) -> str:
         return f"[v{self.number}.{self.session}.{self.requests}]"
@@ -221,37 +267,6 @@ class Visitor:
     def sampling(self, seed: int) -> dict:
         return {"max_new_tokens": self.settings["max_new_tokens"], "temperature": 0.8, "seed": seed}
 
-    # the checks ---------------------------------------------------------------------------------------------
-
-    def check_transcript(self, messages: list[dict], identities: dict | None, seed: int | None) -> None:
-        """Only this session's messages in order; the last caption is this request's set and seed; every
-        caption's seed is one of this session's."""
-        own = [m for m, _ in self.sent]
-        users = user_messages(messages)
-        at = 0
-        for message in users:  # a subsequence of what was sent, in order...
-            while at < len(own) and own[at] != message:
-                at += 1
-            if at == len(own):
-                raise Crossed(f"visitor {self.number} got a user message not its own (or out of order): "
-                              f"{message[:60]!r}")
-            at += 1
-        missing = [m for m, sure in self.sent if sure and m not in users]  # ...holding every surely recorded one
-        if missing:
-            raise Crossed(f"visitor {self.number}'s messages went missing: {missing[0][:60]!r}")
-        details = caption_details(messages)
-        for caption in details:
-            _, caption_seed = caption_identities_and_seed(caption)
-            if caption_seed not in self.seeds:
-                raise Crossed(f"visitor {self.number} got a reply with a seed not its own: {caption!r}")
-        if identities is not None:
-            if not details:
-                raise Crossed(f"visitor {self.number}'s reply has no caption")
-            names, caption_seed = caption_identities_and_seed(details[-1])
-            expected = sorted(identities.get("traits", []) + identities.get("profession", []))
-            if sorted(names) != expected or caption_seed != seed:
-                raise Crossed(f"visitor {self.number} asked for {expected} seed {seed}, got {details[-1]!r}")
-
     # the actions --------------------------------------------------------------------------------------------
 
     def reply(self, action: str, api_name: str, arguments: dict, message: str | None, identities: dict,
@@ -260,9 +275,9 @@ class Visitor:
         from gradio_client.exceptions import AppError
 
         seed = arguments["seed"]
-        self.seeds.add(seed)
+        self.own.seeds.add(seed)
         if message is not None:
-            self.sent.append((message, interrupt is None))
+            self.own.sent.append((message, interrupt is None))
         timeout = self.settings["reply_timeout"]
         job = self.client.submit(**arguments, api_name=api_name)
         started = time.monotonic()
@@ -282,7 +297,7 @@ class Visitor:
             messages = transcript(job.result(timeout=max(1.0, timeout - (time.monotonic() - started))))
         except AppError as err:
             if message is not None:
-                self.sent[-1] = (message, False)
+                self.own.sent[-1] = (message, False)
             if action == "long_paste" and CONTEXT_ERROR in str(err):
                 return self.tally.add(action, "refused")
             return self.tally.add(action, "unexpected" if "Generation failed" in str(err) else "error", str(err))
@@ -294,11 +309,11 @@ class Visitor:
             self.new_session()
             return self.tally.add(action, "lost", f"{type(err).__name__}: {err}")
         try:
-            self.check_transcript(messages, identities, seed)
+            self.own.check(messages, identities, seed)
         except Crossed as err:
             return self.tally.add(action, "crossed", str(err))
         if message is not None:  # a stop can come before the message was recorded
-            self.sent[-1] = (message, message in user_messages(messages))
+            self.own.sent[-1] = (message, message in user_messages(messages))
         last = replies(messages)[-1] if replies(messages) else ""
         left_out = " earlier turns left out" in (caption_details(messages) or [""])[-1]
         self.tally.add(action, "stopped" if last.endswith("*(stopped)*") else
@@ -317,7 +332,7 @@ class Visitor:
                    interrupt)
 
     def regenerate(self) -> None:
-        if not self.sent:
+        if not self.own.sent:
             return self.chat("chat")
         identities = self.identity_set()
         seed = self.next_seed()
@@ -339,7 +354,7 @@ class Visitor:
         result = self.client.predict(api_name="/clear")
         if transcript(result):
             return self.tally.add("clear", "crossed", f"visitor {self.number}'s cleared chat is not empty")
-        self.sent, self.seeds = [], set()
+        self.own = Conversation(self.number)
         self.tally.add("clear", "finished")
 
     def debate(self, stop: bool) -> None:
@@ -459,6 +474,7 @@ def soak(tiny: bool, minutes: float, visitors: int = 16, seed: int = 0, warmup_s
         load_during = os.getloadavg()
         time.sleep(settle_s)
         rss_after = rss_bytes(pid)
+        idle_cpu = cpu_share(pid, 5.0)
     growth = rss_after / rss_warm - 1
     started = sum(n for (a, o), n in tally.outcomes.items() if a != "bad_identity" and a != "clear")
     summary = {
@@ -475,13 +491,14 @@ def soak(tiny: bool, minutes: float, visitors: int = 16, seed: int = 0, warmup_s
         "rss_after_warmup_mib": round(rss_warm / 2**20, 1), "rss_after_soak_mib": round(rss_after / 2**20, 1),
         "rss_peak_mib": round(peak[0] / 2**20, 1), "memory_growth": round(growth, 4),
         "memory_within_target": growth <= MEMORY_GROWTH_TARGET,
+        "server_cpu_after_settle_cores": round(idle_cpu, 3),  # > IDLE_CPU: something still decoding
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_at_end": [round(x, 2) for x in load_during],
         "cpu_count": os.cpu_count(), "server_log": str(log_path),
     }
     summary["passed"] = (summary["lost"] == summary["crossed"] == summary["unexpected"] == 0
                          and warm.count("lost") == warm.count("crossed") == warm.count("unexpected") == 0
-                         and summary["memory_within_target"])
+                         and summary["memory_within_target"] and idle_cpu < IDLE_CPU)
     return summary
 
 
