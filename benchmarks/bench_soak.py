@@ -80,7 +80,7 @@ def served(tiny: bool, max_context: int | None, log_path: Path):
     """The app in a subprocess on a free loopback port; yields (url, pid). Its output goes to `log_path`."""
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="hirpf-soak-data-")
-    command = ([sys.executable, __file__, "--serve-tiny", str(port), "--data-dir", data_dir] if tiny else
+    command = ([sys.executable, __file__, "--serve_tiny", str(port), "--data_dir", data_dir] if tiny else
                [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--data_dir", data_dir])
     env = dict(os.environ)
     if max_context:
@@ -302,9 +302,7 @@ class Visitor:
                 return self.tally.add(action, "refused")
             return self.tally.add(action, "unexpected" if "Generation failed" in str(err) else "error", str(err))
         except TimeoutError:
-            job.cancel()
-            self.new_session()
-            return self.tally.add(action, "lost", f"no end within {timeout:.0f} s")
+            return self.drop_late(job, action, timeout)
         except Exception as err:  # a broken stream: the reply never ended properly
             self.new_session()
             return self.tally.add(action, "lost", f"{type(err).__name__}: {err}")
@@ -318,6 +316,14 @@ class Visitor:
         left_out = " earlier turns left out" in (caption_details(messages) or [""])[-1]
         self.tally.add(action, "stopped" if last.endswith("*(stopped)*") else
                        "trimmed" if left_out else "finished")
+
+    def drop_late(self, job, action: str, timeout: float) -> None:
+        """A reply with no end in time is lost; the note says whether it was still waiting in the queue (the
+        machine too slow for the crowd) or being generated (a hang, or a very slow model)."""
+        state = job.status().code.value  # IN_QUEUE, PROCESSING, ITERATING, …
+        job.cancel()
+        self.new_session()
+        self.tally.add(action, "lost", f"no end within {timeout:.0f} s (the job was {state})")
 
     def chat(self, action: str) -> None:
         identities = self.identity_set()
@@ -382,9 +388,7 @@ class Visitor:
         except AppError as err:
             return self.tally.add(action, "error", str(err))
         except TimeoutError:
-            job.cancel()
-            self.new_session()
-            return self.tally.add(action, "lost", f"no end within {timeout:.0f} s")
+            return self.drop_late(job, action, timeout)
         except Exception as err:
             self.new_session()
             return self.tally.add(action, "lost", f"{type(err).__name__}: {err}")
@@ -510,15 +514,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of the same mix before measuring RSS")
     parser.add_argument("--settle", type=float, default=20.0, help="idle seconds before each RSS reading")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--reply-timeout", type=float, default=300.0, help="seconds after which a reply is lost")
-    parser.add_argument("--max-context", type=int, default=1024,
+    parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--reply_timeout", type=float, default=300.0, help="seconds after which a reply is lost")
+    parser.add_argument("--max_context", type=int, default=1024,
                         help="HIRPF_MAX_CONTEXT for the server (so long pastes are trimmed or refused cheaply); "
                              "0: the model's own context")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     parser.add_argument("--results", type=Path, help="also write the summary to this file")
-    parser.add_argument("--serve-tiny", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--serve_tiny", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--data_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_tiny:
         serve_tiny(args.serve_tiny, args.data_dir)
