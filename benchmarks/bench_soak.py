@@ -27,6 +27,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def serve_tiny(port: int, data_dir: str) -> None:
 def served(tiny: bool, max_context: int | None, log_path: Path):
     """The app in a subprocess on a free loopback port; yields (url, pid). Its output goes to `log_path`."""
     port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="hirpf-soak-data-")
+    data_dir = tempfile.mkdtemp(prefix="hirpf-soak-data-")  # the annotation database, sent debates
     command = ([sys.executable, __file__, "--serve_tiny", str(port), "--data_dir", data_dir] if tiny else
                [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--data_dir", data_dir])
     env = dict(os.environ)
@@ -102,6 +103,7 @@ def served(tiny: bool, max_context: int | None, log_path: Path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def rss_bytes(pid: int) -> int:
