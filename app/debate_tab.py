@@ -40,7 +40,7 @@ TOPICS = [
     "Cities should ban private cars from their centres.",
     "Working from home should be the default for office jobs.",
     "Schools should replace homework with supervised study time.",
-    "Hospitals should let artificial intelligence make routine diagnoses.",
+    "Hospitals should let AI make routine diagnoses.",
 ]
 MAX_TOPIC_CHARS = 300
 MAX_ROUNDS = 4

@@ -269,12 +269,7 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
         scale = read_scale(bank, scale_file, items_per_factor)
         sets = read_identity_sets(identity_sets, traits, profession)
         mode = read_conditioning(conditioning)
-        if judge_name not in JUDGE_NAMES:
-            raise gr.Error(f"unknown judge {judge_name!r}; choose one of {', '.join(JUDGE_NAMES)}",
-                           title="Judge", print_exception=False)
-        if judge_name == "interview" and judge is None:
-            raise gr.Error(f"The interview judge is not configured: set {ENV_JUDGE_BASE_URL} (and {ENV_JUDGE_MODEL}) "
-                           "and restart the app, or use a local judge.", title="Judge", print_exception=False)
+        # (the judge radio itself refuses a judge it does not offer, the interview judge without an endpoint)
         engine = get_engine(slot)
         mode = engine.effective_conditioning(mode)
         bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
