@@ -53,7 +53,8 @@ def main() -> None:
             page.wait_for_function("() => document.querySelectorAll('#chat-transcript .thought-group').length === 1"
                                    " && !document.querySelector('#chat-transcript .loading-spinner')")
             page.locator("#chat-compare").click()
-            expect(page.locator("#chat-compare-baseline-reply")).to_contain_text("Prompt only")
+            baseline = page.locator("#chat-compare-baseline-reply")
+            expect(baseline).to_contain_text("Prompt only", timeout=REPLY_TIMEOUT_MS)
             args.output.parent.mkdir(parents=True, exist_ok=True)
             page.locator("#tab-chat").screenshot(path=str(args.output))
             browser.close()
