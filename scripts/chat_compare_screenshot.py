@@ -18,8 +18,8 @@ from hirpf.paths import PROJECT_ROOT
 
 IDENTITIES = ["EXT_low", "NEU_high"]
 MESSAGE = "I have to give a talk to two hundred people tomorrow. Any advice?"
-MAX_NEW_TOKENS = 60
-REPLY_TIMEOUT_MS = 600_000  # the embedded model on a busy CPU
+MAX_NEW_TOKENS = 48
+REPLY_TIMEOUT_MS = 1_500_000  # the embedded model on a busy CPU (minutes per reply under load)
 
 
 def main() -> None:

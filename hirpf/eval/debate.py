@@ -6,9 +6,9 @@
 Agent A argues for the motion and B against; A speaks first in every stage. Each agent has its own identity
 set and its own view of the transcript: its own statements are the assistant's turns, the opponent's
 statements (with the moderator's cue for the next stage) arrive as user turns. Every cue ends by restating
-the motion and the agent's side in plain words ("You argue FOR the motion ...: say that you support it"):
-the system message belongs to the identity, and a small model that heard its side once, at the start,
-soon argued the other one (tests/test_debate_stance.py measures how often the side is kept). Many debates run together in
+the motion and the agent's side in plain words ("You argue FOR the motion ...: you support it"): the system
+message belongs to the identity, and a small model that heard its side once, at the start, often argued
+the other one (tests/test_debate_stance.py measures how often the side is kept). Many debates run together in
 one batched pass (`run_debates`): at every step, the current speakers of all debates form one `generate`
 batch, each row under its own identity set. `stream_debate` plays one debate turn by turn for the UI,
 each statement streamed by the engine or by its scheduler (the app's visitors share the scheduler's batch).
