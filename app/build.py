@@ -21,7 +21,7 @@ import gradio as gr
 from .admin_downloads import AdminDownloads, remove_leftover_export_folders
 from .admin_tab import build_admin_tab
 from .annotation_tab import build_annotation_tab
-from .assets import stylesheet
+from .assets import MODEL_TAB_CSS, stylesheet
 from .chat_tab import build_chat_tab
 from .debate_tab import build_debate_tab
 from .model_slot import ModelSlot
@@ -30,7 +30,7 @@ from .reply_serving import reply_serving
 from .services import EVALUATION_TITLE
 from .stop_signals import StopSignals
 
-APP_CSS = ("identity_panel.css",)  # app/assets stylesheets of the whole app
+APP_CSS = MODEL_TAB_CSS  # app/assets stylesheets of the whole app
 MODEL_TABS = ("Chat", "Debate", "Questionnaire")  # the tabs whose actions run the model
 INTRO = (
     "Chat with an agent whose persona is composed from **identity experts**: Big Five trait poles and a "

@@ -20,6 +20,7 @@ from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
 
+from .assets import MODEL_TAB_CSS
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import MAX_NEW_TOKENS, read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
@@ -38,13 +39,38 @@ from .transcript import (
 )
 from .zerogpu import gpu
 
-# Our own openers; each probes a different side of a persona.
+# Our own openers; each probes a different side of a persona. Each fits Gradio's example button, which
+# cuts a text after 60 characters.
 EXAMPLES = [
     "How did you spend last weekend?",
-    "A friend cancelled our plans an hour before we were due to meet. What would you say to them?",
-    "I have to give a talk to two hundred people tomorrow. Any advice?",
+    "A friend cancels an hour before we meet. What do you say?",
+    "I give a talk to two hundred people tomorrow. Any advice?",
     "What does a good working day look like for you?",
 ]
+COMPARING = "*Answering…*"
+
+
+def conditioning_shown(identities: IdentitySet, mode: Conditioning) -> Conditioning:
+    """The conditioning a reply really has: experts at strength 0 add nothing, so a set whose every identity
+    is at 0 is answered (and captioned) by the prompt alone."""
+    if mode is Conditioning.EXPERTS_AND_PROMPT and identities.names and \
+            all(identities.strength(name) == 0 for name in identities.names):
+        return Conditioning.PROMPT
+    return mode
+
+
+def compared_history(message: str, conversation: list) -> list[dict]:
+    """What Compare answers: the conversation so far and the box's message or, with the box empty (Send
+    empties it), the conversation up to its last user message, which is then answered again."""
+    record = list(conversation or [])
+    text = (message or "").strip()
+    if text:
+        return model_history(record) + [{"role": "user", "content": text}]
+    last_user = max((i for i, turn in enumerate(record) if turn["role"] == "user"), default=None)
+    if last_user is None:
+        raise gr.Error("Type a message to compare replies to, or send one first.", title="Compare",
+                       print_exception=False)
+    return model_history(record[:last_user + 1])
 
 
 def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, serving: ReplyServing) -> dict:
@@ -58,7 +84,7 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
                 value=Conditioning.EXPERTS_AND_PROMPT.value, label="Conditioning", elem_id="chat-conditioning",
                 info="how the identities reach the model: expert layers, the system prompt, or both")
             with gr.Accordion("Sampling", open=False, elem_id="chat-sampling"):
-                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens",
+                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, precision=0, label="Max new tokens",
                                            elem_id="chat-max-new-tokens")
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)",
                                         elem_id="chat-temperature")
@@ -71,17 +97,19 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
                                  elem_id="chat-message", lines=1, max_lines=6)
             with gr.Row():
                 send = gr.Button("Send", variant="primary", elem_id="chat-send")
-                stop = gr.Button("Stop", variant="stop", elem_id="chat-stop")
+                stop = gr.Button("Stop", elem_id="chat-stop")  # not red: nothing may be running
                 regenerate = gr.Button("Regenerate", elem_id="chat-regenerate")
                 clear = gr.Button("Clear", elem_id="chat-clear")
             with gr.Row():
                 compare = gr.Button("Compare", elem_id="chat-compare")
                 baseline = gr.Radio([("beside the prompt alone", "prompt"), ("beside no identity at all", "none")],
-                                    value="prompt", show_label=False, elem_id="chat-compare-baseline",
-                                    info="the same message answered twice in one batch, with one seed")
-            with gr.Row(elem_id="chat-comparison"):
-                compared = gr.Markdown(elem_id="chat-compare-identity")
-                compared_baseline = gr.Markdown(elem_id="chat-compare-baseline-reply")
+                                    value="prompt", label="Compare baseline", show_label=False,
+                                    elem_id="chat-compare-baseline",
+                                    info="the message (or the last one sent) answered twice in one batch, one seed")
+            # Shown from a Compare until the settings it answered change.
+            with gr.Row(elem_id="chat-comparison", visible=False) as comparison:
+                compared = gr.Markdown(elem_id="chat-compare-identity", min_height=80)
+                compared_baseline = gr.Markdown(elem_id="chat-compare-baseline-reply", min_height=80)
             gr.Examples(examples=[[e] for e in EXAMPLES], inputs=[message], label="Examples")
     conversation = gr.State([])  # per session: the record with each reply's identity set
     # The strengths go last, so an API call that leaves them out gets each identity at strength 1.
@@ -97,7 +125,8 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
         except ModelLoadError as err:
             yield render(record), record
             raise gr.Error(str(err), title="Model") from None
-        mode = engine.effective_conditioning(mode)  # without experts, identities act through the prompt only
+        # Without experts (or with every one at strength 0) identities act through the prompt only.
+        mode = conditioning_shown(identities, engine.effective_conditioning(mode))
         try:  # the newest turns that fit the model's context; the caption says how many were left out
             fitted = engine.fit_history(model_history(record), identities, mode, sampling.max_new_tokens)
         except ContextLimitError as err:
@@ -123,7 +152,7 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
     def chat(message: str, conversation: list, traits: list[str], profession: list[str], conditioning: str,
              max_new_tokens: float, temperature: float, top_p: float, seed: float = 0, strengths: str = "",
              request: gr.Request = None):
-        """Send `message` to the agent with the given identities (`strengths`: `AGR_low=1.6,Doctor=0.5`, 0 to
+        """Send the message to the agent with the given identities (strengths: e.g. AGR_low=1.6,Doctor=0.5, 0 to
         2, 1 = as trained); streams the transcript as the reply grows."""
         identities = read_identities(traits, profession, strengths=strengths)
         mode = read_conditioning(conditioning)
@@ -155,9 +184,10 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
     def compare_replies(message: str, conversation: list, traits: list[str], profession: list[str],
                         conditioning: str, max_new_tokens: float, temperature: float, top_p: float, seed: float = 0,
                         strengths: str = "", baseline: str = "prompt"):
-        """Answer `message` (after the conversation so far) twice in one batched call with one seed: with the
-        identities as chosen, and with the prompt alone (`baseline="prompt"`) or no identity (`"none"`).
-        Returns the two replies, each under a heading that says how it was made; the conversation is kept."""
+        """Answer the message (after the conversation so far; when empty, the conversation's last user message
+        again) twice in one batched call with one seed: with the identities as chosen, and with the prompt
+        alone (baseline "prompt") or no identity ("none"). Returns the two replies, each under a heading that
+        says how it was made; the conversation is kept."""
         identities = read_identities(traits, profession, strengths=strengths)
         mode = read_conditioning(conditioning)
         sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
@@ -166,15 +196,12 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
         if baseline not in ("prompt", "none"):
             raise gr.Error(f"Compare with 'prompt' or 'none', not {baseline!r}.", title="Compare",
                            print_exception=False)
-        text = (message or "").strip()
-        if not text:
-            raise gr.Error("Type a message to compare replies to.", title="Compare", print_exception=False)
+        history = compared_history(message, conversation)
         try:
             engine = slot.get()
         except ModelLoadError as err:
             raise gr.Error(str(err), title="Model") from None
-        mode = engine.effective_conditioning(mode)
-        history = model_history(list(conversation or [])) + [{"role": "user", "content": text}]
+        mode = conditioning_shown(identities, engine.effective_conditioning(mode))
         against = Conditioning.PROMPT if baseline == "prompt" else None
         try:
             left, right = engine.compare(history, identities, mode, against, sampling)
@@ -203,8 +230,14 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
                        api_name="chat", **serving.queue)
     regenerate_event = regenerate.click(regenerate_reply, [conversation, *identity_inputs, *settings],
                                         [chatbot, conversation], api_name="regenerate", **serving.queue)
-    compare_event = compare.click(compare_replies, [message, conversation, *identity_inputs, *settings, baseline],
-                                  [compared, compared_baseline], api_name="compare", **model_queue)
+    quick = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+    compare_event = compare.click(
+        lambda: (gr.Row(visible=True), COMPARING, COMPARING), None, [comparison, compared, compared_baseline],
+        **quick).then(compare_replies, [message, conversation, *identity_inputs, *settings, baseline],
+                      [compared, compared_baseline], api_name="compare", **model_queue)
+    # An old comparison would be read as the new settings' answer: it goes when they change.
+    gr.on([panel.traits.change, panel.profession.change, panel.strengths.change, conditioning.change,
+           baseline.change, clear.click], lambda: gr.Row(visible=False), None, comparison, **quick)
     running = [chat_event, regenerate_event, compare_event]
     stop.click(stop_reply, [conversation], [chatbot, conversation], cancels=running, queue=False,
                api_name="stop")
@@ -217,7 +250,7 @@ def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
     """The Chat tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
     return tab_app("Chat", lambda demo: build_chat_tab(slot, StopSignals(), MODEL_QUEUE, reply_serving(MODEL_QUEUE)),
-                   css=("identity_panel.css",))
+                   css=MODEL_TAB_CSS)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import gradio as gr
 from hirpf.eval.debate import Debate, DebateSpec, Turn, schedule, stream_debate
 from hirpf.prompts import Conditioning
 
+from .assets import MODEL_TAB_CSS
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
@@ -39,7 +40,7 @@ TOPICS = [
     "Cities should ban private cars from their centres.",
     "Working from home should be the default for office jobs.",
     "Schools should replace homework with supervised study time.",
-    "Hospitals should let artificial intelligence make routine diagnoses.",
+    "Hospitals should let AI make routine diagnoses.",
 ]
 MAX_TOPIC_CHARS = 300
 MAX_ROUNDS = 4
@@ -152,21 +153,22 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
     human evaluation are stored."""
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
-            panel_a = IdentityPanel("debate-a", "Agent A: argues for the motion")
+            # Titles short enough for one line, so the two panels' boxes line up.
+            panel_a = IdentityPanel("debate-a", "Agent A: for")
         with gr.Column(scale=1, min_width=260):
-            panel_b = IdentityPanel("debate-b", "Agent B: argues against the motion")
+            panel_b = IdentityPanel("debate-b", "Agent B: against")
         with gr.Column(scale=2, min_width=320):
             topic = gr.Textbox(label="Motion", placeholder="What the agents debate, e.g. " + TOPICS[0],
                                elem_id="debate-topic", lines=2, max_lines=4)
             gr.Examples(examples=[[t] for t in TOPICS], inputs=[topic], label="Example motions")
-            rounds = gr.Slider(1, MAX_ROUNDS, value=1, step=1, label="Rebuttal rounds", elem_id="debate-rounds",
-                               info="between the opening and the closing statements")
+            rounds = gr.Slider(1, MAX_ROUNDS, value=1, step=1, precision=0, label="Rebuttal rounds",
+                               elem_id="debate-rounds", info="between the opening and the closing statements")
             with gr.Accordion("Generation", open=False, elem_id="debate-generation"):
                 conditioning = gr.Radio(
                     choices=[(CONDITIONING_LABELS[c], c.value) for c in Conditioning],
                     value=Conditioning.EXPERTS_AND_PROMPT.value, label="Conditioning",
                     elem_id="debate-conditioning")
-                max_new_tokens = gr.Slider(8, MAX_STATEMENT_TOKENS, value=96, step=1,
+                max_new_tokens = gr.Slider(8, MAX_STATEMENT_TOKENS, value=96, step=1, precision=0,
                                            label="Max new tokens per statement", elem_id="debate-max-new-tokens")
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)",
                                         elem_id="debate-temperature")
@@ -174,7 +176,7 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (0 = random)", elem_id="debate-seed")
             with gr.Row():
                 start = gr.Button("Start debate", variant="primary", elem_id="debate-start")
-                stop = gr.Button("Stop", variant="stop", elem_id="debate-stop")
+                stop = gr.Button("Stop", elem_id="debate-stop")  # not red: nothing may be running
     status = gr.Markdown(elem_id="debate-status")
     with gr.Row(equal_height=True):
         # One bubble per statement (Gradio would merge an agent's consecutive statements into one).
@@ -202,7 +204,7 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
     def run_debate(topic: str, rounds: float, a_traits: list[str], a_profession: list[str], b_traits: list[str],
                    b_profession: list[str], conditioning: str, max_new_tokens: float, temperature: float,
                    top_p: float, seed: float = 0, request: gr.Request = None):
-        """Debate `topic` between agent A (for) and agent B (against); streams both transcripts, then the
+        """Debate the topic between agent A (for) and agent B (against); streams both transcripts, then the
         transcript files."""
         a = read_identities(a_traits, a_profession, "agent A")
         b = read_identities(b_traits, b_profession, "agent B")
@@ -265,7 +267,7 @@ def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
     slot = model_slot(engine)
     return tab_app("Debate", lambda demo: build_debate_tab(slot, StopSignals(), reply_serving(MODEL_QUEUE),
                                                                    data_dir=data_dir),
-                   css=("identity_panel.css",))
+                   css=MODEL_TAB_CSS)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,13 @@ def summary_line(traits, profession) -> str:
     return f"Speaks as: {identities.describe()}."
 
 
+def box_label(identity: str) -> str:
+    """A checkbox's label: the identity in words, with soft hyphens in the long words so that "High
+    conscientiousness" breaks inside its box in a narrow column instead of running out of it."""
+    words = label(identity).capitalize()
+    return words.replace("conscientiousness", "conscien\u00adtious\u00adness")
+
+
 # Browser-side rules (app/assets/keep_last_*.js), run on each click with no round trip (a server reply arriving
 # after a quicker second click would undo that click). Gradio appends a newly checked value at the end of the
 # group's value, so "keep the last" keeps the box the visitor just checked. (A js-only event returns a list
@@ -70,29 +77,32 @@ class IdentityPanel:
     """Checkboxes for one agent's identities, plus the line that says them in words."""
 
     def __init__(self, name: str = "identity", title: str = "Identity", value: IdentitySet | None = None,
-                 with_strength: bool = False):
+                 with_strength: bool = False, interactive: bool = True):
         self.name = name
         value = value or IdentitySet()
         with gr.Column(elem_id=f"{name}-panel", elem_classes="hirpf-identity-panel"):
             gr.Markdown(f"### {title}")
             self.traits = gr.CheckboxGroup(
-                choices=[(label(p).capitalize(), p) for p in TRAIT_POLES], value=list(value.traits),
+                choices=[(box_label(p), p) for p in TRAIT_POLES], value=list(value.traits),
                 label="Personality: at most one pole per trait", elem_id=f"{name}-traits",
-                elem_classes="hirpf-traits")
+                elem_classes="hirpf-traits", interactive=interactive)
             self.profession = gr.CheckboxGroup(
                 choices=list(PROFESSIONS), value=[value.profession] if value.profession else [],
-                label="Profession: at most one", elem_id=f"{name}-profession")
+                label="Profession: at most one", elem_id=f"{name}-profession", interactive=interactive)
             self.summary = gr.Markdown(summary_line(value.traits, [value.profession] if value.profession else []),
                                        elem_id=f"{name}-summary", elem_classes="hirpf-summary")
             self.sliders = []
             if with_strength:
-                with gr.Group(elem_id=f"{name}-strength"):
+                # A class, not an id: Gradio writes a Group's elem_id on two nested elements.
+                with gr.Group(elem_classes="hirpf-strengths"):
                     for identity in ALL_IDENTITIES:
                         self.sliders.append(gr.Slider(
                             MIN_STRENGTH, MAX_STRENGTH, value=value.strength(identity) if identity in value else 1,
                             step=0.1, label=f"Strength: {label(identity)}", visible=identity in value,
                             info="0 = the prompt alone, 1 = as trained", elem_id=f"{name}-strength-{identity}"))
+            # Hidden, but its label names the input on the API page.
             self.strengths = gr.Textbox(",".join(f"{n}={v:g}" for n, v in value.strengths), visible=False,
+                                        label="Strengths, e.g. AGR_low=1.6,Doctor=0.5 (0 to 2; 1 = as trained)",
                                         elem_id=f"{name}-strengths")
         # `input` fires on the visitor's clicks only, so the rules never fight values set by the server.
         self.traits.input(None, self.traits, self.traits, js=asset("keep_last_pole_per_trait.js"))
@@ -109,6 +119,10 @@ class IdentityPanel:
             gr.on([self.traits.change, self.profession.change] + [s.change for s in self.sliders], strengths_text,
                   self.inputs + self.sliders, self.strengths, queue=False, show_progress="hidden",
                   api_visibility="private")
+
+    def editable(self, yes: bool) -> list:
+        """Updates that make both checkbox groups editable or not (for a caller whose choice ignores them)."""
+        return [gr.update(interactive=yes), gr.update(interactive=yes)]
 
     @property
     def inputs(self) -> list:

@@ -4,6 +4,13 @@ routes, run history off). Its own module so that the full app (`app.build`) and 
 from __future__ import annotations
 
 import gradio as gr
+from fastapi.responses import JSONResponse
+
+# The API page asks every app for its MCP tools and reads any answer but a success as "no MCP server".
+# HIRPF serves none (Gradio's needs the gradio[mcp] extra, which is not installed): it launches with MCP off
+# whatever GRADIO_MCP_SERVER says, and answers that question by saying so, not with a bare "not found".
+MCP_SCHEMA_ROUTE = "/gradio_api/mcp/schema"
+MCP_OFF = "This app serves no MCP tools: it is launched with Gradio's MCP server switched off."
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
@@ -16,7 +23,9 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **
     Off, Gradio also deletes whatever an earlier version of the app left there."""
     block = not kwargs.pop("prevent_thread_lock", False)
     result = demo.launch(server_name=host, server_port=port, css=getattr(demo, "hirpf_css", None),
-                         prevent_thread_lock=True, run_history=False, **kwargs)
+                         prevent_thread_lock=True, run_history=False, mcp_server=False, **kwargs)
+    demo.app.add_api_route(MCP_SCHEMA_ROUTE, lambda: JSONResponse({"detail": MCP_OFF}, status_code=501),
+                           methods=["GET"], include_in_schema=False)
     if getattr(demo, "hirpf_downloads", None) is not None:
         demo.hirpf_downloads.install(demo.app)
     if block:

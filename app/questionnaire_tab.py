@@ -25,12 +25,13 @@ import pandas as pd
 from hirpf.eval.common import EvalError, engine_config
 from hirpf.eval.questionnaire import REFERENCE, default_identity_sets, score, write_run
 from hirpf.eval.questionnaire import document as questionnaire_document
-from hirpf.eval.questionnaire_judges import JUDGE_NAMES, answer
+from hirpf.eval.questionnaire_judges import DEFAULT_JUDGE, JUDGE_NAMES, answer
 from hirpf.eval.survey import load_survey, survey_distributions, survey_outputs
 from hirpf.identities import IdentitySet, single_poles
 from hirpf.prompts import Conditioning
 from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
 
+from .assets import MODEL_TAB_CSS
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning
 from .model_slot import ModelLoadError, ModelSlot
@@ -46,7 +47,24 @@ IDENTITY_CHOICES = [("The panel's identity set", "panel"), ("All ten single pole
 SURVEYS = [("Example survey (ours)", "example"), ("Upload a survey file", "upload")]
 COMMAND_OF_KIND = {"personality": "scale", "profession": "profession"}
 BATCH_SIZE = 16
-ANSWER_COLUMNS = ["identities", "item", "factor", "keyed", "text", "answer", "score"]
+# The page's table shows each item's keyed score only: the judge's raw answer is that score for a
+# +keyed item and 6 minus it for a -keyed one (the `keyed` column says which), and the CSV has both.
+ANSWER_COLUMNS = {"identities": "identities", "factor": "factor", "keyed": "keyed", "text": "statement",
+                  "score": "score"}
+ANSWER_COLUMN_WIDTHS = ["22%", "10%", "10%", "46%", "12%"]
+# The statement judge is the default: with the shipped experts it is the local judge that reads the identities
+# (8 of 10 poles on their side, against 6 for `likelihood`; `logits` is at chance because this small model
+# rarely answers with a digit; README, "Questionnaires and surveys").
+WHY_JUDGE = {
+    "statement": "the default: it asks no question, it measures how much likelier the agent is to say each "
+                 "statement about itself than the empty set is, which is what a small model can show",
+    "likelihood": "the agent's likelihood of each option's words as its answer",
+    "logits": "the digit the agent would answer; a small model rarely answers with a digit, so its scores "
+              "stay near the middle",
+    "interview": "the paper's protocol: an interviewer and a referee model rate the agent's own words",
+}
+EMPTY_RESULT = "*No results yet.* Choose the identity sets and a judge, then press **Run questionnaire**."
+EMPTY_SURVEY = "*No results yet.* Choose the identity sets and a survey, then press **Run survey**."
 ENV_JUDGE_BASE_URL = "HIRPF_JUDGE_BASE_URL"
 ENV_JUDGE_MODEL = "HIRPF_JUDGE_MODEL"
 ENV_JUDGE_CACHE_DIR = "HIRPF_JUDGE_CACHE_DIR"
@@ -158,8 +176,10 @@ def scores_table(document: dict, factors: tuple[str, ...]) -> pd.DataFrame:
 
 def questionnaire_summary(document: dict) -> str:
     scale = document["scale"]
-    lines = [f"**{scale['name']}** ({scale['kind']}, {scale['items']} items, judge `{document['judge']}`, "
-             f"conditioning {document['config']['conditioning']})."]
+    judge = document["judge"]
+    lines = [f"**{scale['name']}** ({scale['kind']}, {scale['items']} items, conditioning "
+             f"{document['config']['conditioning']}).",
+             f"Judge: **{judge}**, {WHY_JUDGE.get(judge, 'as chosen')}."]
     if scale["kind"] == "personality":
         lines.append(f"Direction accuracy (high poles above the midpoint and the empty set, low poles below "
                      f"both): **{document['accuracy'] if document['accuracy'] is not None else 'n/a (no poles)'}**.")
@@ -182,7 +202,8 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
             identity_choice = gr.Radio(IDENTITY_CHOICES, value="poles", label="Identity sets",
                                        info="each is run beside the empty set, the reference",
                                        elem_id="questionnaire-identity-sets")
-            panel = IdentityPanel("questionnaire", "The panel's identity set")
+            # Editable only while the identity choice is the panel's set (the default choice ignores it).
+            panel = IdentityPanel("questionnaire", "The panel's identity set", interactive=False)
             conditioning = gr.Radio(
                 choices=[(CONDITIONING_LABELS[c], c.value) for c in Conditioning],
                 value=Conditioning.EXPERTS_AND_PROMPT.value, label="Conditioning",
@@ -203,32 +224,41 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
                                  if judge else
                                  f"`interview` needs an OpenAI-compatible endpoint: set {ENV_JUDGE_BASE_URL} (and "
                                  f"{ENV_JUDGE_MODEL}) before starting the app."))
-                judge_choice = gr.Radio(list(JUDGE_NAMES), value="logits", label="Judge",
+                # The interview judge is offered only when its endpoint is configured.
+                judges = [name for name in JUDGE_NAMES if name != "interview" or judge is not None]
+                judge_choice = gr.Radio(judges, value=DEFAULT_JUDGE, label="Judge",
                                         info=judge_note, elem_id="questionnaire-judge")
                 run_scale = gr.Button("Run questionnaire", variant="primary", elem_id="questionnaire-run")
-                scale_summary = gr.Markdown(elem_id="questionnaire-outcome")
-                radar = gr.Image(label="Factor scores (blue) against the empty set (grey) and the targets (red)",
-                                 type="filepath", interactive=False, elem_id="questionnaire-radar")
-                scores = gr.Dataframe(label="Scores per identity set", interactive=False,
-                                      elem_id="questionnaire-scores")
-                answers = gr.Dataframe(label="Answers per item", interactive=False, max_height=420,
-                                       elem_id="questionnaire-answers")
-                scale_files = gr.File(label="Downloads (CSV, JSON, PNG)", file_count="multiple", interactive=False,
-                                      elem_id="questionnaire-files")
+                # The run's one progress indicator shows here, where its result will appear.
+                scale_summary = gr.Markdown(EMPTY_RESULT, elem_id="questionnaire-outcome", min_height=60)
+                with gr.Column(visible=False, elem_id="questionnaire-results") as scale_results:
+                    # No label over the image: it would cover the chart's own title and legend.
+                    radar = gr.Image(label="Factor scores", show_label=False, type="filepath", interactive=False,
+                                     elem_id="questionnaire-radar")
+                    scores = gr.Dataframe(label="Scores per identity set", interactive=False, wrap=True,
+                                          elem_id="questionnaire-scores")
+                    answers = gr.Dataframe(label="Answers per item (score toward the factor's high pole, 1-5)",
+                                           headers=list(ANSWER_COLUMNS.values()), interactive=False,
+                                           max_height=420, wrap=True, column_widths=ANSWER_COLUMN_WIDTHS,
+                                           elem_id="questionnaire-answers")
+                    scale_files = gr.File(label="Downloads (CSV, JSON, PNG)", file_count="multiple",
+                                          interactive=False, elem_id="questionnaire-files")
             with gr.Column(visible=False, elem_id="questionnaire-survey-mode") as survey_mode:
                 survey_choice = gr.Radio(SURVEYS, value="example", label="Survey", elem_id="survey-choice")
                 survey_file = gr.File(label="Survey file (JSON): {\"name\", \"questions\": [{\"id\", \"text\", "
                                             "\"options\": [...], \"labels\": \"letters\"|\"digits\"}]}",
                                       file_types=[".json"], type="filepath", visible=False, elem_id="survey-file")
                 run_survey = gr.Button("Run survey", variant="primary", elem_id="survey-run")
-                survey_summary = gr.Markdown(elem_id="survey-summary")
-                # "contain": the wide bar charts whole, not cropped to square thumbnails.
-                charts = gr.Gallery(label="Answer distribution per identity set", columns=1, height="auto",
-                                    object_fit="contain", elem_id="survey-charts")
-                distributions = gr.Dataframe(label="Probability of each option, per identity set", interactive=False,
-                                             max_height=420, elem_id="survey-table")
-                survey_files = gr.File(label="Download (CSV)", file_count="multiple", interactive=False,
-                                       elem_id="survey-files")
+                survey_summary = gr.Markdown(EMPTY_SURVEY, elem_id="survey-summary", min_height=60)
+                with gr.Column(visible=False, elem_id="survey-results") as survey_results:
+                    # "contain": the wide bar charts whole, not cropped to square thumbnails.
+                    charts = gr.Gallery(label="Answer distribution per identity set", columns=1, height="auto",
+                                        object_fit="contain", elem_id="survey-charts")
+                    distributions = gr.Dataframe(label="Probability of each option, per identity set",
+                                                 interactive=False, max_height=420, wrap=True,
+                                                 elem_id="survey-table")
+                    survey_files = gr.File(label="Download (CSV)", file_count="multiple", interactive=False,
+                                           elem_id="survey-files")
 
     @gpu
     def questionnaire(bank: str, items_per_factor: float, identity_sets: str, traits: list[str],
@@ -239,9 +269,7 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
         scale = read_scale(bank, scale_file, items_per_factor)
         sets = read_identity_sets(identity_sets, traits, profession)
         mode = read_conditioning(conditioning)
-        if judge_name == "interview" and judge is None:
-            raise gr.Error(f"The interview judge is not configured: set {ENV_JUDGE_BASE_URL} (and {ENV_JUDGE_MODEL}) "
-                           "and restart the app, or use a local judge.", title="Judge", print_exception=False)
+        # (the judge radio itself refuses a judge it does not offer, the interview judge without an endpoint)
         engine = get_engine(slot)
         mode = engine.effective_conditioning(mode)
         bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
@@ -256,7 +284,7 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
         document = write_run(folder, questionnaire_document(
             COMMAND_OF_KIND[scale.kind], judge_name, scale, Path(scale_file).name if bank == "upload" else None,
             results, scored, config), scale, results, scored, sets)
-        table = pd.DataFrame([a.row() for a in results])[ANSWER_COLUMNS]
+        table = pd.DataFrame([a.row() for a in results])[list(ANSWER_COLUMNS)].rename(columns=ANSWER_COLUMNS)
         downloads = [document["files"][k] for k in ("answers", "scores", "radar")] + [str(folder / "result.json")]
         return (questionnaire_summary(document), document["files"]["radar"], scores_table(document, scale.factors),
                 table, downloads)
@@ -299,16 +327,30 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
     def show_upload(choice: str):
         return gr.File(visible=choice == "upload")
 
+    def hide_results():
+        """A new run's page: the old result goes, so the one progress indicator is not drawn over it."""
+        return "", gr.Column(visible=False)
+
+    def show_results():
+        return gr.Column(visible=True)
+
     identity_inputs = [identity_choice, *panel.inputs]
     hidden = {"queue": False, "show_progress": "hidden", "api_visibility": "undocumented"}
     mode.change(show_mode, mode, [scale_mode, survey_mode], api_name="questionnaire_mode", **hidden)
     bank.change(show_upload, bank, scale_file, api_name="questionnaire_bank", **hidden)
     survey_choice.change(show_upload, survey_choice, survey_file, api_name="survey_source", **hidden)
-    run_scale.click(questionnaire,
-                    [bank, items_per_factor, *identity_inputs, judge_choice, conditioning, scale_file],
-                    [scale_summary, radar, scores, answers, scale_files], api_name="questionnaire", **model_queue)
-    run_survey.click(survey, [survey_choice, *identity_inputs, conditioning, survey_file],
-                     [survey_summary, charts, distributions, survey_files], api_name="survey", **model_queue)
+    private = {**hidden, "api_visibility": "private"}
+    identity_choice.change(lambda choice: panel.editable(choice == "panel"), identity_choice, panel.inputs,
+                           **private)
+    # Clear the old result, run (its one progress indicator on the summary), then show the new result.
+    run_scale.click(hide_results, None, [scale_summary, scale_results], **private).then(
+        questionnaire, [bank, items_per_factor, *identity_inputs, judge_choice, conditioning, scale_file],
+        [scale_summary, radar, scores, answers, scale_files], api_name="questionnaire",
+        show_progress_on=scale_summary, **model_queue).success(show_results, None, scale_results, **private)
+    run_survey.click(hide_results, None, [survey_summary, survey_results], **private).then(
+        survey, [survey_choice, *identity_inputs, conditioning, survey_file],
+        [survey_summary, charts, distributions, survey_files], api_name="survey",
+        show_progress_on=survey_summary, **model_queue).success(show_results, None, survey_results, **private)
     return {"panel": panel, "mode": mode, "radar": radar, "answers": answers, "charts": charts}
 
 
@@ -325,7 +367,7 @@ def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
     """The Questionnaire tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
     return tab_app("Questionnaire", lambda demo: build_questionnaire_tab(slot, MODEL_QUEUE, judge_endpoint_from_env()),
-                   css=("identity_panel.css",))
+                   css=MODEL_TAB_CSS)
 
 
 if __name__ == "__main__":

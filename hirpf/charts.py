@@ -29,18 +29,29 @@ def radar_chart(path: Path, axes: Sequence[str], panels: Sequence[RadarPanel], l
                 high: float = 5.0, title: str = "") -> Path:
     """One polar panel per identity set: its scores (solid), the reference (dashed) and the target poles
     (markers). Only the first MAX_PANELS panels are drawn."""
+    radar_figure(axes, panels, low, high, title).savefig(path, dpi=100)
+    return path
+
+
+def radar_figure(axes: Sequence[str], panels: Sequence[RadarPanel], low: float = 1.0, high: float = 5.0,
+                 title: str = "") -> Figure:
+    """The figure `radar_chart` saves. The first axis points up and the others go clockwise, so no axis
+    label sits straight above or below a panel, where the panel's title or the next row's would be; the
+    title stands clear of the top label."""
     panels = list(panels)
     if len(panels) > MAX_PANELS:
         title = f"{title} (first {MAX_PANELS} of {len(panels)} sets)".strip()
         panels = panels[:MAX_PANELS]
     columns = min(4, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))
-    figure = Figure(figsize=(max(3.2 * columns, 6.4), 3.4 * rows + 0.6))
+    figure = Figure(figsize=(max(3.2 * columns, 6.4), 3.8 * rows + 0.6))
     FigureCanvasAgg(figure)
     angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
     closed = angles + angles[:1]
     for n, panel in enumerate(panels):
         ax = figure.add_subplot(rows, columns, n + 1, projection="polar")
+        ax.set_theta_offset(math.pi / 2)
+        ax.set_theta_direction(-1)
         # The centre sits one unit below the scale's low end, so a target at the low end (a _low pole) still
         # shows on its own axis instead of collapsing into the centre.
         ax.set_ylim(low - (high - low) / 4, high)
@@ -48,7 +59,7 @@ def radar_chart(path: Path, axes: Sequence[str], panels: Sequence[RadarPanel], l
         ax.set_xticklabels(axes, fontsize=8)
         ax.set_yticks([low + (high - low) * f for f in (0, 0.25, 0.5, 0.75)])
         ax.tick_params(axis="y", labelsize=6)
-        ax.set_title(panel.title, fontsize=9, pad=14)
+        ax.set_title(panel.title, fontsize=9, pad=26)
         if panel.reference is not None:
             ax.plot(closed, _closed(panel.reference, low), linestyle="--", color="grey", linewidth=1,
                     label="reference")
@@ -65,8 +76,7 @@ def radar_chart(path: Path, axes: Sequence[str], panels: Sequence[RadarPanel], l
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout(rect=(0, 0.05, 1, 0.97))
-    figure.savefig(path, dpi=100)
-    return path
+    return figure
 
 
 def _closed(values: Sequence[float | None], fill: float) -> list[float]:

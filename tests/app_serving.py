@@ -134,7 +134,13 @@ def browser_page(url: str, ready_selector: str | None = None):
 
 
 def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
+    """Select the tab `name`; on a narrow page, from the "More tabs" menu the tabs that do not fit go to."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.is_visible():
+        tab.click()
+        return
+    page.get_by_label("More tabs").click()
+    page.locator(".overflow-dropdown button", has_text=name).click()
 
 
 def set_slider(page, elem_id: str, value: int, attempts: int = 3) -> None:
@@ -156,9 +162,10 @@ def set_slider(page, elem_id: str, value: int, attempts: int = 3) -> None:
                 raise
 
 
-def screenshot(page, name: str) -> None:
-    """Save the whole page as `artifacts/screenshots/<name>.png` (and check that something was drawn)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+def screenshot(page, name: str, folder: Path = SCREENSHOTS) -> Path:
+    """Save the whole page as `<folder>/<name>.png` (and check that something was drawn)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
+    return path

@@ -127,12 +127,50 @@ def test_compare_answers_with_and_without_the_experts_in_one_call(tiny_url):
     off, prompt_again = c.predict(message="What do you do all day?", traits=["EXT_high"], profession=["Artist"],
                                   strengths="EXT_high=0,Artist=0", **greedy, api_name="/compare")
     assert off.split("\n\n", 1)[1] == prompt_again.split("\n\n", 1)[1] == prompt_only.split("\n\n", 1)[1]
+    assert off.startswith("**Prompt only: an artist with high extraversion")  # and it says so
     _, plain = c.predict(message="What do you do all day?", traits=["EXT_high"], baseline="none", **greedy,
                          api_name="/compare")
     assert plain.startswith("**No identity (plain base model)**")
     with pytest.raises(AppError, match="Type a message"):
         c.predict(message=" ", **greedy, api_name="/compare")
     assert transcript(c.predict(api_name="/clear")) == []  # compare never touched the conversation
+
+
+def test_compare_with_an_empty_box_answers_the_last_message_sent(tiny_url):
+    greedy = {"max_new_tokens": 8, "temperature": 0, "seed": 7, "traits": ["NEU_low"]}
+    c = client(tiny_url)
+    c.predict(message="Where did you grow up?", **greedy, api_name="/chat")
+    c.predict(message="And what was school like?", **greedy, api_name="/chat")  # Send empties the box
+    after_send = c.predict(message="", **greedy, api_name="/compare")
+    # The same as typing that message after the first exchange and comparing.
+    fresh = client(tiny_url)
+    fresh.predict(message="Where did you grow up?", **greedy, api_name="/chat")
+    assert after_send == fresh.predict(message="And what was school like?", **greedy, api_name="/compare")
+
+
+def test_the_api_page_names_every_input_and_types_it(tiny_url):
+    import httpx
+
+    info = httpx.get(f"{tiny_url}gradio_api/info").json()
+    model_tabs = ("/chat", "/regenerate", "/compare", "/stop", "/clear", "/debate", "/debate_stop",
+                  "/debate_send_to_evaluation", "/questionnaire", "/survey")
+    assert set(model_tabs) <= set(info["named_endpoints"])
+    for name in model_tabs:
+        endpoint = info["named_endpoints"][name]
+        for parameter in endpoint["parameters"]:
+            assert not re.fullmatch(r"parameter_\d+", parameter["label"]), (name, parameter["parameter_name"])
+            if parameter["parameter_name"] in ("max_new_tokens", "rounds", "seed", "items_per_factor"):
+                assert parameter["type"]["type"] == "integer", (name, parameter["parameter_name"])
+        # descriptions are shown as plain text: no Markdown code marks
+        assert "`" not in endpoint.get("description", ""), name
+
+
+def test_mcp_is_switched_off_and_says_so(tiny_url):
+    import httpx
+
+    answer = httpx.get(f"{tiny_url}gradio_api/mcp/schema")
+    assert answer.status_code == 501 and "MCP" in answer.json()["detail"]
+    assert httpx.get(f"{tiny_url}config").json()["mcp_server"] is False
 
 
 def test_two_clients_never_see_each_others_conversation(tiny_url):

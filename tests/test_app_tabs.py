@@ -163,19 +163,21 @@ def test_a_short_questionnaire_gives_a_chart_a_table_and_a_csv(embedded_url):
     assert Path(radar).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first_items = load_scale(DATA_DIR / "personality_bank.json").subset(1).items
     rows = table(answers)
-    assert [(r["identities"], r["text"]) for r in rows] == \
-        [(s, item.text) for s in ("EXT_high", "(none)") for item in first_items]
-    assert all(1 <= r["answer"] <= 5 for r in rows)
-    for row, item in zip(rows, first_items * 2):  # the score is the answer toward the factor's high pole
-        assert row["score"] == pytest.approx(row["answer"] if item.keyed > 0 else 6 - row["answer"], abs=1e-3)
+    assert [(r["identities"], r["statement"], r["keyed"]) for r in rows] == \
+        [(s, item.text, "+" if item.keyed > 0 else "-") for s in ("EXT_high", "(none)") for item in first_items]
+    assert all(1 <= r["score"] <= 5 for r in rows)
     per_set = {r["identities"]: r for r in table(scores)}
     assert set(per_set) == {"EXT_high", "(none) (reference)"}
     assert per_set["EXT_high"]["EXT"] == pytest.approx(next(r["score"] for r in rows if r["identities"] == "EXT_high"
                                                             and r["factor"] == "EXT"), abs=1e-3)
     assert per_set["EXT_high"]["poles hit"].startswith("EXT_high ")
     answers_csv = read_csv(next(f for f in files if f.endswith("answers.csv")))
-    assert [(r["identities"], r["text"], float(r["answer"])) for r in answers_csv] == \
-        [(r["identities"], r["text"], pytest.approx(r["answer"], abs=1e-3)) for r in rows]
+    # the page's score is the CSV's answer toward the factor's high pole
+    assert [(r["identities"], r["text"], float(r["score"])) for r in answers_csv] == \
+        [(r["identities"], r["statement"], pytest.approx(r["score"], abs=1e-3)) for r in rows]
+    for line in answers_csv:
+        answer, score = float(line["answer"]), float(line["score"])
+        assert score == pytest.approx(answer if line["keyed"] == "+" else 6 - answer, abs=1e-3)
     assert any(f.endswith("result.json") for f in files)
 
 
@@ -192,12 +194,12 @@ def test_the_profession_bank_for_the_three_professions(tiny_url):
 def test_the_local_judges_that_need_no_digits(tiny_url, judge):
     summary, _, _, answers, _ = client(tiny_url).predict(
         **{**QUESTIONNAIRE, "judge_name": judge}, traits=["CON_low"], profession=[], api_name="/questionnaire")
-    assert f"judge `{judge}`" in summary
+    assert f"Judge: **{judge}**" in summary
     rows = table(answers)
     assert [r["identities"] for r in rows] == ["CON_low"] * 5 + ["(none)"] * 5
-    assert all(1 <= r["answer"] <= 5 for r in rows)
+    assert all(1 <= r["score"] <= 5 for r in rows)
     if judge == "statement":  # each set against the empty set: the empty set itself answers exactly 3
-        assert [r["answer"] for r in rows if r["identities"] == "(none)"] == [3] * 5
+        assert [r["score"] for r in rows if r["identities"] == "(none)"] == [3] * 5
 
 
 def test_an_uploaded_his_scale_file_is_read_as_it_is(tiny_url):
@@ -208,7 +210,7 @@ def test_an_uploaded_his_scale_file_is_read_as_it_is(tiny_url):
         **{**QUESTIONNAIRE, "bank": "upload", "identity_sets": "panel"}, scale_file=handle_file(str(path)),
         profession=["Artist"], api_name="/questionnaire")
     expected = load_scale(path).subset(1).items
-    assert [(r["identities"], r["factor"], r["text"]) for r in table(answers)] == \
+    assert [(r["identities"], r["factor"], r["statement"]) for r in table(answers)] == \
         [(s, item.factor, item.text) for s in ("Artist", "(none)") for item in expected]
 
 
@@ -235,7 +237,8 @@ def test_other_bad_questionnaire_requests_are_named(tiny_url):
         c.predict(**{**QUESTIONNAIRE, "bank": "upload"}, api_name="/questionnaire")
     with pytest.raises(AppError, match="both poles of NEU given"):
         c.predict(**QUESTIONNAIRE, traits=["NEU_high", "NEU_low"], api_name="/questionnaire")
-    with pytest.raises(AppError, match="interview judge is not configured: set HIRPF_JUDGE_BASE_URL"):
+    # without an endpoint the interview judge is not among the choices at all
+    with pytest.raises(AppError, match=r"'interview'.*not in the list of choices: \['logits', 'likelihood', 'stat"):
         c.predict(**{**QUESTIONNAIRE, "judge_name": "interview"}, api_name="/questionnaire")
 
 
@@ -288,8 +291,8 @@ def test_the_interview_judge_runs_when_an_endpoint_is_configured(tiny_engine, op
         summary, _, _, answers, _ = client(url).predict(
             **{**QUESTIONNAIRE, "judge_name": "interview"}, traits=["OPE_low"], api_name="/questionnaire")
     rows = table(answers)
-    assert "judge `interview`" in summary and len(rows) == 2 * 5
-    assert all(r["answer"] == 4 for r in rows)
+    assert "Judge: **interview**" in summary and len(rows) == 2 * 5
+    assert all(r["score"] == (4 if r["keyed"] == "+" else 2) for r in rows)  # every referee answered 4
     assert {r["model"] for r in openai_server.chat_requests} == {"referee-model"}
     # Per item: two follow-up questions from the interviewer and five referee samples.
     referee = [r for r in openai_server.chat_requests if r["messages"][0]["content"] == REFEREE_SYSTEM]

@@ -369,16 +369,21 @@ def test_each_debater_sees_its_own_turns_as_the_assistant():
 
     debate = Debate(DebateSpec("Cats beat dogs", S("AGR_high"), S("Doctor"), rounds=1))
     first = debate.view("A")
-    assert len(first) == 1 and "Cats beat dogs" in first[0]["content"] and "for the motion" in first[0]["content"]
+    assert len(first) == 1 and "Cats beat dogs" in first[0]["content"]
+    assert "for the motion" in first[0]["content"].lower()
     debate.turns.append(Turn("A", "opening", 0, "Cats are clean."))
     b_view = debate.view("B")
-    assert [m["role"] for m in b_view] == ["user"] and "against the motion" in b_view[0]["content"]
+    assert [m["role"] for m in b_view] == ["user"] and "against the motion" in b_view[0]["content"].lower()
     assert "Cats are clean." in b_view[0]["content"]
     debate.turns += [Turn("B", "opening", 0, "Dogs are loyal."), Turn("A", "rebuttal", 1, "Loyalty is overrated.")]
     b_view = debate.view("B")
     assert [m["role"] for m in b_view] == ["user", "assistant", "user"]
     assert b_view[1]["content"] == "Dogs are loyal." and "Loyalty is overrated." in b_view[2]["content"]
     assert "Rebut" in b_view[2]["content"]
+    # every cue restates the motion and the side, after the opponent's words (tests/test_debate_stance.py)
+    last_cue = b_view[2]["content"]
+    assert "Cats beat dogs" in last_cue and last_cue.lower().rindex("against the motion") > \
+        last_cue.index("Loyalty is overrated.")
     assert [s[:2] for s in schedule(1)] == [("A", "opening"), ("B", "opening"), ("A", "rebuttal"),
                                             ("B", "rebuttal"), ("A", "closing"), ("B", "closing")]
 

@@ -21,3 +21,7 @@ def asset(name: str) -> str:
 def stylesheet(*names: str) -> str:
     """Several `.css` assets as one stylesheet (Gradio takes one, at launch)."""
     return "\n".join(asset(name) for name in names)
+
+
+# The stylesheets of the model tabs, alone or in the whole app.
+MODEL_TAB_CSS = ("page.css", "identity_panel.css")

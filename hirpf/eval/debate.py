@@ -5,7 +5,10 @@
 
 Agent A argues for the motion and B against; A speaks first in every stage. Each agent has its own identity
 set and its own view of the transcript: its own statements are the assistant's turns, the opponent's
-statements (with the moderator's cue for the next stage) arrive as user turns. Many debates run together in
+statements (with the moderator's cue for the next stage) arrive as user turns. Every cue ends by restating
+the motion and the agent's side in plain words ("You argue FOR the motion ...: you support it"): the system
+message belongs to the identity, and a small model that heard its side once, at the start, often argued
+the other one (tests/test_debate_stance.py measures how often the side is kept). Many debates run together in
 one batched pass (`run_debates`): at every step, the current speakers of all debates form one `generate`
 batch, each row under its own identity set. `stream_debate` plays one debate turn by turn for the UI,
 each statement streamed by the engine or by its scheduler (the app's visitors share the scheduler's batch).
@@ -40,13 +43,16 @@ from .situations import add_generation_arguments, sampling_from_args
 
 SPEAKERS = ("A", "B")
 SIDES = {"A": "for", "B": "against"}
+STANCES = {"A": "support", "B": "oppose"}  # the verb that says a side's position in the first person
 STAGES = ("opening", "rebuttal", "closing")
-# The moderator's cues (ours).
+# The moderator's cues (ours); {stance} is the speaker's verb, so each cue asks for its side once more.
 CUES = {
-    "opening": "Give your opening statement: your position and your main reasons, in a few sentences.",
-    "rebuttal": "Rebut your opponent's last statement: answer their points directly and strengthen your case, "
-                "in a few sentences.",
-    "closing": "Give your closing statement: sum up why your side should win, in a few sentences.",
+    "opening": "Give your opening statement: say that you {stance} the motion, then give your main reasons, in a "
+               "few sentences.",
+    "rebuttal": "Rebut your opponent's last statement: answer their points directly and show again why you "
+                "{stance} the motion, in a few sentences.",
+    "closing": "Give your closing statement: sum up why you {stance} the motion and why your side should win, in "
+               "a few sentences.",
 }
 
 
@@ -95,21 +101,20 @@ class Debate:
         messages, pending = [], []
         for turn in self.turns:
             if turn.speaker == speaker:
-                messages += [{"role": "user", "content": self._cue(speaker, turn.stage, pending, not messages)},
+                messages += [{"role": "user", "content": self._cue(speaker, turn.stage, pending)},
                              {"role": "assistant", "content": turn.content}]
                 pending = []
             else:
                 pending.append(f"Your opponent's {_stage_name(turn)}: {turn.content}")
         _, stage, _ = self.next_turn()
-        messages.append({"role": "user", "content": self._cue(speaker, stage, pending, not messages)})
+        messages.append({"role": "user", "content": self._cue(speaker, stage, pending)})
         return messages
 
-    def _cue(self, speaker: str, stage: str, opponent: list[str], first: bool) -> str:
-        parts = []
-        if first:
-            parts.append(f"This is a debate on the motion: \"{self.spec.topic}\". You argue {SIDES[speaker]} the "
-                         "motion, in your own voice.")
-        return "\n\n".join(parts + opponent + [CUES[stage]])
+    def _cue(self, speaker: str, stage: str, opponent: list[str]) -> str:
+        # The motion and the side come last, after the opponent's words, where a small model still reads them.
+        side = (f"This is a debate on the motion \"{self.spec.topic}\" You argue {SIDES[speaker].upper()} the "
+                f"motion, in your own voice: you {STANCES[speaker]} it. {CUES[stage].format(stance=STANCES[speaker])}")
+        return "\n\n".join(opponent + [side])
 
     def to_dict(self) -> dict:
         return {"topic": self.spec.topic, "rounds": self.spec.rounds, "finished": self.finished,

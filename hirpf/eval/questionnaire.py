@@ -3,7 +3,7 @@
     python -m hirpf.eval scale --poles --judge logits --json
     python -m hirpf.eval profession --judge logits --json
 
-Answers come from one of the judges in `questionnaire_judges.py` (`--judge`, default `logits`).
+Answers come from one of the judges in `questionnaire_judges.py` (`--judge`, default `statement`).
 
 Scoring: a reverse-keyed item scores 6 - answer; a factor's score is the mean over its items. `scale`: a
 `_high` pole is a hit when its factor scores above the midpoint 3 and above the empty set (the reference),
