@@ -235,9 +235,11 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
         lambda: (gr.Row(visible=True), COMPARING, COMPARING), None, [comparison, compared, compared_baseline],
         **quick).then(compare_replies, [message, conversation, *identity_inputs, *settings, baseline],
                       [compared, compared_baseline], api_name="compare", **model_queue)
-    # An old comparison would be read as the new settings' answer: it goes when they change.
-    gr.on([panel.traits.change, panel.profession.change, panel.strengths.change, conditioning.change,
-           baseline.change, clear.click], lambda: gr.Row(visible=False), None, comparison, **quick)
+    # An old comparison would be read as the new settings' answer: it goes when the visitor changes them.
+    # `input`, not `change`: values the server writes back (the strengths text a box's click recomputes) can
+    # land after the next Compare began on a busy server, and would hide that new comparison.
+    gr.on([panel.traits.input, panel.profession.input, *[s.input for s in panel.sliders], conditioning.input,
+           baseline.input, clear.click], lambda: gr.Row(visible=False), None, comparison, **quick)
     running = [chat_event, regenerate_event, compare_event]
     stop.click(stop_reply, [conversation], [chatbot, conversation], cancels=running, queue=False,
                api_name="stop")

@@ -46,3 +46,16 @@ def test_no_inline_browser_code_or_styles_in_the_tabs():
         assert "=>" not in text and "localStorage.setItem" not in text, path.name  # JavaScript lives in assets
         assert "{ display:" not in text and "border-radius" not in text, path.name
     assert {p.suffix for p in Path(PROJECT_ROOT / "app" / "assets").iterdir()} >= {".js", ".css"}
+
+
+def test_a_comparison_goes_only_when_the_visitor_changes_its_settings(tiny_engine):
+    """The Compare result hides on the visitor's own edits (`input`, clicks), never on a `change` that a
+    value written back by the server sets off: on a busy server the strengths text a box's click recomputes
+    arrived after the next Compare had begun and hid that new comparison (seen with the embedded model)."""
+    from app.chat_tab import standalone_app
+
+    config = standalone_app(tiny_engine).get_config_file()
+    [comparison] = [c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "chat-comparison"]
+    [hide] = [d for d in config["dependencies"] if d["outputs"] == [comparison]]
+    assert {event for _, event in hide["targets"]} <= {"input", "click"}
+    assert len(hide["targets"]) >= 5  # boxes, strengths, conditioning, baseline, Clear
