@@ -27,7 +27,7 @@ from typing import Callable
 
 import gradio as gr
 
-from annotation.pair_generation import PairBuildJob, missing_replies, reply_counts
+from annotation.pair_generation import PairBuildJob, check_engine, missing_replies, reply_counts
 from annotation.pair_import import read_pair_file
 from annotation.pair_report import (
     build_pair_report,
@@ -61,6 +61,10 @@ IDENTITY_CHOICES = [("The ten trait poles", "poles"), ("The professions", "profe
 NO_MODEL_TEXT = ("Building a study generates replies, which needs the model: run the full app (not "
                  "`--annotation_only`) to build one. Importing pairs made elsewhere (JSONL) works here.")
 MAX_NEW_TOKENS = 96
+SECTION_TEXT = ("Blind pairwise studies: two replies to one message, side by side. *Discrimination*: the same "
+                "condition, two opposite identities (is the identity seen?). *Preference*: one identity set under "
+                "two conditions (which setting shows it best?). Conditions look like `experts+prompt@1.0` or "
+                "`prompt`.")
 
 
 def _error(err: Exception | str) -> gr.Error:
@@ -83,11 +87,20 @@ class PairBuilds:
     def db(self):
         return open_store(self.data_dir).db
 
-    def start(self, study: str) -> PairBuildJob:
-        """Generate what `study` lacks on this app's model (the running job, if one is)."""
+    def engine(self):
         if self.slot is None:
             raise PairStudyError(NO_MODEL_TEXT)
-        engine = self.slot.get()
+        return self.slot.get()
+
+    def check(self, conditions) -> None:
+        """Refuse, before anything is stored, a condition this app's model cannot serve (experts it lacks)."""
+        engine = self.engine()
+        for condition in conditions:
+            check_engine(condition, engine)
+
+    def start(self, study: str) -> PairBuildJob:
+        """Generate what `study` lacks on this app's model (the running job, if one is)."""
+        engine = self.engine()
         with self._lock:
             job = self.jobs.get(study)
             if job is None or not job.running:
@@ -172,10 +185,7 @@ def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable
                        offer: Callable[[str, str, str], str]) -> None:
     """The "Pair studies" accordion, inside the admin panel (`unlocked`: the admin session's token)."""
     with gr.Accordion("Pair studies", open=False, elem_id="admin-pairs"):
-        gr.Markdown("Blind pairwise studies: two replies to one message, side by side. *Discrimination*: the "
-                    "same condition, two opposite identities (is the identity seen?). *Preference*: one "
-                    "identity set under two conditions (which setting shows it best?). Conditions look like "
-                    "`experts+prompt@1.0` or `prompt`.")
+        gr.Markdown(SECTION_TEXT)
         with gr.Row():
             name = gr.Textbox(label="Study name", elem_id="admin-pair-name")
             design = gr.Radio(["discrimination", "preference"], value="discrimination", label="Design",
@@ -229,6 +239,7 @@ def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable
     def start_build(token, study_name, design_value, condition_text, identity_choice, sets_text, prompt_text,
                     prompt_path):
         require(token)
+        study_name = " ".join((study_name or "").split())
         try:
             parsed = [parse_condition(text, base_model=builds.model) for text in (condition_text or "").split(",")
                       if text.strip()]
@@ -236,13 +247,13 @@ def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable
                 raise ValueError("conditions: type at least one, e.g. experts+prompt@1.0, prompt")
             plan = plan_pairs(design_value, identity_sets(identity_choice, design_value, sets_text), parsed,
                               prompts_of(prompt_text, prompt_path))
+            builds.check(parsed)
             save_study(builds.db(), study_name, plan)
-            builds.start(study_name.strip())
+            builds.start(study_name)
         except (ValueError, StoreError, OSError) as err:
             raise _error(err) from None
-        return {building: study_name.strip(), poll: gr.Timer(active=True),
-                build_progress: progress_html(*builds.progress(study_name.strip())),
-                **studies(token, study_name.strip())}
+        return {building: study_name, poll: gr.Timer(active=True),
+                build_progress: progress_html(*builds.progress(study_name)), **studies(token, study_name)}
 
     def follow(token, study_name):
         require(token)

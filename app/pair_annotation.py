@@ -128,7 +128,7 @@ def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None, slot
                             seconds=max(0.0, time.time() - started) if started else None)
             except (StoreError, PairStudyError) as error:
                 raise gr.Error(str(error), title=TITLE, print_exception=False) from None
-            return current(who)
+            return current(who, "Saved.")  # a note keeps "Edit my last answer" on screen after the last pair
         return answer
 
     def skip_task(who: Mapping | None, task_id: str, why: str) -> dict:

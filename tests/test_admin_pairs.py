@@ -71,3 +71,13 @@ def test_the_build_control_needs_the_model_app(tiny_engine, tmp_path, monkeypatc
     assert any(c.get("props", {}).get("elem_id") == "admin-pair-no-model"
                for c in annotation_only.get_config_file()["components"])
     assert build_control(build_app(tiny_engine, data_dir=tmp_path))["interactive"] is not False
+
+
+def test_a_condition_the_model_cannot_serve_is_refused_by_name(tiny_base_dir, tmp_path):
+    from hirpf.engine import Engine
+
+    no_experts = Engine.load(str(tiny_base_dir), lora_weights=None, load_in_8bit=False, dtype="float32")
+    builds = PairBuilds(tmp_path, ModelSlot.ready(no_experts, MODEL))
+    with pytest.raises(PairStudyError, match="experts"):
+        builds.check([parse_condition("experts+prompt@1.0", base_model=MODEL)])
+    builds.check([parse_condition("prompt", base_model=MODEL)])
