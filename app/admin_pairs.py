@@ -63,8 +63,7 @@ NO_MODEL_TEXT = ("Building a study generates replies, which needs the model: run
 MAX_NEW_TOKENS = 96
 SECTION_TEXT = ("Blind pairwise studies: two replies to one message, side by side. *Discrimination*: the same "
                 "condition, two opposite identities (is the identity seen?). *Preference*: one identity set under "
-                "two conditions (which setting shows it best?). Conditions look like `experts+prompt@1.0` or "
-                "`prompt`.")
+                "two conditions (which setting shows it best?).")
 
 
 def _error(err: Exception | str) -> gr.Error:
@@ -181,28 +180,36 @@ def chart_html(report: dict) -> str:
            'style="max-width:100%">'
 
 
+def build_form() -> dict:
+    """The build's fields and button (the full app only)."""
+    with gr.Row():
+        name = gr.Textbox(label="Study name", elem_id="admin-pair-name")
+        conditions = gr.Textbox(label="Conditions (comma-separated)", value="experts+prompt@1.0, prompt",
+                                elem_id="admin-pair-conditions")
+    with gr.Row():
+        identities = gr.Radio(IDENTITY_CHOICES, value="poles", label="Identities", elem_id="admin-pair-identities")
+        typed_sets = gr.Textbox(label="Identity sets (one a line, comma-separated)", lines=2,
+                                elem_id="admin-pair-sets")
+    with gr.Row():
+        prompts = gr.Textbox(label="Prompts (one user message a line)", lines=3, elem_id="admin-pair-prompts")
+        prompts_file = gr.File(label="…or a text file of prompts", file_types=[".txt"],
+                               elem_id="admin-pair-prompts-file")
+    button = gr.Button("Build the study", variant="primary", elem_id="admin-pair-build")
+    return {"button": button, "inputs": [name, conditions, identities, typed_sets, prompts, prompts_file]}
+
+
 def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable[[str | None], None],
                        offer: Callable[[str, str, str], str]) -> None:
     """The "Pair studies" accordion, inside the admin panel (`unlocked`: the admin session's token)."""
     with gr.Accordion("Pair studies", open=False, elem_id="admin-pairs"):
         gr.Markdown(SECTION_TEXT)
-        with gr.Row():
-            name = gr.Textbox(label="Study name", elem_id="admin-pair-name")
-            design = gr.Radio(["discrimination", "preference"], value="discrimination", label="Design",
-                              elem_id="admin-pair-design")
-            conditions = gr.Textbox(label="Conditions (comma-separated)", value="experts+prompt@1.0, prompt",
-                                    elem_id="admin-pair-conditions")
-        with gr.Row():
-            identities = gr.Radio(IDENTITY_CHOICES, value="poles", label="Identities", elem_id="admin-pair-identities")
-            typed_sets = gr.Textbox(label="Identity sets (one a line, comma-separated)", lines=2,
-                                    elem_id="admin-pair-sets")
-        with gr.Row():
-            prompts = gr.Textbox(label="Prompts (one user message a line)", lines=3, elem_id="admin-pair-prompts")
-            prompts_file = gr.File(label="…or a text file of prompts", file_types=[".txt"],
-                                   elem_id="admin-pair-prompts-file")
-        build = gr.Button("Build the study" if builds.slot else "Build (needs the model app)", variant="primary",
-                          interactive=builds.slot is not None, elem_id="admin-pair-build")
-        if builds.slot is None:
+        design = gr.Radio(["discrimination", "preference"], value="discrimination", label="Design",
+                          elem_id="admin-pair-design")
+        # Without a model only the note: the annotation-only page names no experts or identity codes at all.
+        form = build_form() if builds.slot is not None else None
+        if form is None:
+            gr.Button("Build (needs the model app)", variant="primary", interactive=False,
+                      elem_id="admin-pair-build")
             gr.Markdown(NO_MODEL_TEXT, elem_id="admin-pair-no-model")
         build_progress = gr.HTML(elem_id="admin-pair-progress")
         poll = gr.Timer(1.0, active=False)
@@ -236,7 +243,7 @@ def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable
         return {study: gr.Dropdown(choices=names, value=selected if selected in names else shown),
                 active_note: f"Annotators see: **{html.escape(shown)}**" if shown else "Annotators see no pair study."}
 
-    def start_build(token, study_name, design_value, condition_text, identity_choice, sets_text, prompt_text,
+    def start_build(token, design_value, study_name, condition_text, identity_choice, sets_text, prompt_text,
                     prompt_path):
         require(token)
         study_name = " ".join((study_name or "").split())
@@ -308,8 +315,9 @@ def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable
         return run
 
     listing = [study, active_note]
-    build.click(start_build, [unlocked, name, design, conditions, identities, typed_sets, prompts, prompts_file],
-                [building, poll, build_progress, *listing], api_name="admin_pair_build")
+    if form is not None:
+        form["button"].click(start_build, [unlocked, design, *form["inputs"]],
+                             [building, poll, build_progress, *listing], api_name="admin_pair_build")
     poll.tick(follow, [unlocked, building], [build_progress, poll], queue=False, show_progress="hidden",
               api_name=False)
     import_button.click(import_pairs, [unlocked, import_file, design], [import_note, *listing],
