@@ -33,6 +33,7 @@ from annotation.store_io import import_file, write_csv, write_jsonl
 from hirpf.labels import SLOTS
 
 from .admin_downloads import AdminDownloads, Download
+from .admin_pairs import PairBuilds, build_pair_section
 from .assets import asset
 from .markup import code_block, table_cell
 from .services import (
@@ -159,10 +160,12 @@ def download_link(link: str, filename: str) -> str:
 
 
 def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | None = None,
-                    downloads: AdminDownloads | None = None, throttle: Throttle | None = None) -> dict:
+                    downloads: AdminDownloads | None = None, throttle: Throttle | None = None,
+                    pair_builds: PairBuilds | None = None) -> dict:
     """Lay out the admin tab inside the current Blocks; without any access configured, only the note.
     `downloads`: where exports are handed out (the app installs its route at launch); `throttle`: the
-    password backoff (injectable for tests)."""
+    password backoff (injectable for tests); `pair_builds`: pair-study builds on the app's model (default:
+    none, as with `--annotation_only`)."""
     access = access or AdminAccess.from_env()
     if not access.enabled:
         gr.Markdown(DISABLED_TEXT, elem_id="admin-disabled")
@@ -237,6 +240,9 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
                 export_format = gr.Radio(["csv", "jsonl"], value="csv", label="Format", elem_id="admin-format")
                 export = gr.Button("Export", elem_id="admin-export-button")
             export_file = gr.Markdown(elem_id="admin-export-file")
+        # `require` and `offer` are defined below, before any event can run.
+        build_pair_section(pair_builds or PairBuilds(data_dir), unlocked, lambda token: require(token),
+                           lambda token, filename, content: offer(token, filename, content))
     # A one-time claim, handed to the page at unlock, that set_admin_cookie.js trades for the admin session's
     # cookie (set by the server, HttpOnly): the page never holds the session's token.
     cookie_claim = gr.Textbox(visible=False, elem_id="admin-session")

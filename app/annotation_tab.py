@@ -19,10 +19,9 @@ race. Events are plain database calls: no model queue, `queue=False`.
 """
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import gradio as gr
 
@@ -32,8 +31,10 @@ from annotation.store import MAX_COMMENT_CHARS, NotFound, Store, StoreError, Tas
 from hirpf.identities import PROFESSIONS
 from hirpf.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
 
+from .annotator_sign_in import session_token
 from .assets import asset
-from .markup import markdown_text
+from .markup import markdown_text, transcript_html
+from .pair_annotation import build_pair_panel, install_pair_shortcuts
 from .services import EVALUATION_TITLE as TITLE
 from .services import SLOT_TITLES, oauth_configured, open_store, sign_in_mode, start_policy
 from .standalone import main, tab_app
@@ -72,25 +73,6 @@ Keys do nothing while you type in a text box, except `Ctrl+Enter`."""
 
 
 # --- what the page shows --------------------------------------------------------------------------------
-def transcript_html(turns: Sequence[Mapping], agent: str) -> str:
-    """The anonymized turns as escaped HTML (dialogue text is stored verbatim, HTML and all); the speaker
-    to judge is marked. Braces are escaped too: the HTML component treats its value as a template."""
-    def text(value: str) -> str:
-        return html.escape(value).replace("{", "&#123;").replace("}", "&#125;").replace("$", "&#36;")
-
-    return "".join(f'<div class="turn {"judged" if t["speaker"] == agent else "other"}">'
-                   f'<span class="who">{text(t["speaker"])}</span><div class="text">{text(t["text"])}</div></div>'
-                   for t in turns)
-
-
-def session_token(who: Mapping | None) -> str | None:
-    """The session token of the browser's stored sign-in, None when signed out (or stored by a version
-    before sessions, which kept the annotator's id: that is no credential any more)."""
-    if isinstance(who, Mapping) and isinstance(who.get("token"), str) and who["token"]:
-        return who["token"]
-    return None
-
-
 def display_name(raw: str | None) -> str:
     name = " ".join(str(raw or "").split())
     if not name:
@@ -151,31 +133,35 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
             gr.Markdown(HF_SIGN_IN_TEXT if mode == "hf" else "Or sign in with your Hugging Face account:")
             gr.LoginButton(elem_id="annotate-hf-login")
     with gr.Column(visible=False, elem_id="annotate-work") as work_box:
-        with gr.Row(equal_height=True):
-            header = gr.Markdown(elem_id="annotate-header")
-            back = gr.Button("Edit my last answer", size="sm", scale=0, visible=False, elem_id="annotate-back")
-            sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
-        prompt = gr.Markdown(elem_id="annotate-prompt")
-        with gr.Column(elem_id="annotate-task-box") as task_box:
-            transcript = gr.HTML(elem_id="annotate-transcript", css_template=asset("annotation_transcript.css"),
-                                 js_on_load=None, padding=True)
-            with gr.Row(elem_id="annotate-slots"):
-                slot_inputs = [gr.Radio(PROFESSION_CHOICES if slot == PROFESSION_SLOT else TRAIT_CHOICES,
-                                        value=None, label=f"{i}. {SLOT_TITLES[slot]}", elem_id=SLOT_IDS[slot],
-                                        min_width=150)
-                               for i, slot in enumerate(SLOTS, start=1)]
-            scale_input = gr.Radio(SCALE_CHOICES, value=None, visible=False, label="Your answer", elem_id=SCALE_ID)
-            comment = gr.Textbox(label="Comment (optional)", lines=2, max_length=MAX_COMMENT_CHARS,
-                                 elem_id="annotate-comment")
-            submit = gr.Button("Submit (Enter)", variant="primary", elem_id="annotate-submit")
+        sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
+        # The slot-task panel; the pair panel (below) shows instead while pairs are left (one at a time).
+        with gr.Column(elem_id="annotate-slot-work") as slot_box:
             with gr.Row(equal_height=True):
-                skip_reason = gr.Textbox(label="Reason for skipping", scale=3, elem_id="annotate-skip-reason",
-                                         placeholder="e.g. the conversation is empty or not in English")
-                skip = gr.Button("Skip this dialogue", scale=1, elem_id="annotate-skip")
-        message = gr.Markdown(elem_id="annotate-message")
-        task = gr.Textbox(visible=False, elem_id="annotate-task")  # the opaque id of the task on screen
-        with gr.Accordion("Keyboard shortcuts", open=False, elem_id="annotate-shortcuts"):
-            gr.Markdown(SHORTCUTS_HELP)
+                header = gr.Markdown(elem_id="annotate-header")
+                back = gr.Button("Edit my last answer", size="sm", scale=0, visible=False, elem_id="annotate-back")
+            prompt = gr.Markdown(elem_id="annotate-prompt")
+            with gr.Column(elem_id="annotate-task-box") as task_box:
+                transcript = gr.HTML(elem_id="annotate-transcript", js_on_load=None, padding=True,
+                                     css_template=asset("annotation_transcript.css"))
+                with gr.Row(elem_id="annotate-slots"):
+                    slot_inputs = [gr.Radio(PROFESSION_CHOICES if slot == PROFESSION_SLOT else TRAIT_CHOICES,
+                                            value=None, label=f"{i}. {SLOT_TITLES[slot]}", elem_id=SLOT_IDS[slot],
+                                            min_width=150)
+                                   for i, slot in enumerate(SLOTS, start=1)]
+                scale_input = gr.Radio(SCALE_CHOICES, value=None, visible=False, label="Your answer",
+                                       elem_id=SCALE_ID)
+                comment = gr.Textbox(label="Comment (optional)", lines=2, max_length=MAX_COMMENT_CHARS,
+                                     elem_id="annotate-comment")
+                submit = gr.Button("Submit (Enter)", variant="primary", elem_id="annotate-submit")
+                with gr.Row(equal_height=True):
+                    skip_reason = gr.Textbox(label="Reason for skipping", scale=3, elem_id="annotate-skip-reason",
+                                             placeholder="e.g. the conversation is empty or not in English")
+                    skip = gr.Button("Skip this dialogue", scale=1, elem_id="annotate-skip")
+            message = gr.Markdown(elem_id="annotate-message")
+            task = gr.Textbox(visible=False, elem_id="annotate-task")  # the opaque id of the task on screen
+            with gr.Accordion("Keyboard shortcuts", open=False, elem_id="annotate-shortcuts"):
+                gr.Markdown(SHORTCUTS_HELP)
+        pairs = build_pair_panel(identity, data_dir, slot_box=slot_box, held=resume_code)
 
     screen = [identity, sign_in_box, work_box, header, prompt, task_box, transcript, *slot_inputs, scale_input,
               comment, skip_reason, message, task, session, code_banner, resume_code, back]
@@ -362,17 +348,18 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
     remember = {"fn": None, "inputs": [identity], "js": asset("remember_sign_in.js")}
     signing_in = {**events, "outputs": [*screen, code_box]}  # a sign-in also empties the code box
     demo.load(resume, [identity], api_name="annotation_resume", js=asset("read_sign_in.js"), **signing_in).then(
-        **remember)
+        **remember).then(**pairs.refresh)
     demo.load(None, js=asset("annotation_shortcuts.js"))
+    install_pair_shortcuts(demo)
     gr.on([start.click, name.submit, code_box.submit], sign_in, [name, code_box], api_name="annotation_sign_in",
-          **signing_in).then(**remember)
+          **signing_in).then(**remember).then(**pairs.refresh)
     sign_out.click(forget_sign_in, [identity], api_name="annotation_sign_out", **events).then(**remember)
     submit.click(submit_answer, [identity, task, *slot_inputs, scale_input, comment, session],
                  api_name="annotation_submit", **events)
     skip.click(skip_task, [identity, task, skip_reason], api_name="annotation_skip", **events)
     back.click(edit_last, [identity], api_name="annotation_edit_last", **events)
     acknowledge.click(confirm_resume_code, [task], [code_banner, resume_code, task_box], queue=False,
-                      show_progress="hidden", api_visibility="private")
+                      show_progress="hidden", api_visibility="private").then(**pairs.refresh)
     return {"identity": identity, "slots": slot_inputs, "scale": scale_input, "submit": submit, "task": task}
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import gradio as gr
 
 from .admin_downloads import AdminDownloads, remove_leftover_export_folders
+from .admin_pairs import PairBuilds
 from .admin_tab import build_admin_tab
 from .annotation_tab import build_annotation_tab
 from .assets import MODEL_TAB_CSS, stylesheet
@@ -79,7 +80,9 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
             with gr.Tab("Human evaluation", id="annotate", elem_id="tab-annotate"):
                 build_annotation_tab(demo, data_dir=data_dir)
             with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
-                build_admin_tab(data_dir=data_dir, downloads=downloads)
+                pair_builds = PairBuilds(data_dir, slot)
+                pair_builds.resume_unfinished()  # what a restart cut short goes on once the model is loaded
+                build_admin_tab(data_dir=data_dir, downloads=downloads, pair_builds=pair_builds)
 
         # The model line shows on the model tabs only: annotators must not learn which model is behind the
         # dialogues they judge.

@@ -1,10 +1,16 @@
 """Annotating a blind pairwise study: the user's message, two replies side by side, one question.
 
-    build_pair_panel(identity, data_dir)   # inside a gr.Blocks; `identity` is the annotation tab's sign-in
+    panel = build_pair_panel(identity, data_dir, slot_box=..., held=...)  # inside the Human evaluation tab
+    event.then(**panel.refresh)   # after whatever changes the sign-in: shows the pair panel or the slot one
 
 The panel shows the study the admin made active (`annotation.pair_studies.activate_study`) to the annotator
-signed in through `identity` (a `gr.JSON` holding `{"annotator": <public id>, ...}`, the Human evaluation
-tab's sign-in). Everything it sends to a browser comes from `annotation.pair_tasks.PairTaskView` (the
+signed in through `identity` (a `gr.JSON` holding `{"token": <session token>, "name": ...}`, the Human
+evaluation tab's sign-in). One panel is on screen at a time: while the annotator has pairs of the active
+study left, the pair panel shows and `slot_box` (the slot-task panel) is hidden; otherwise the reverse. The
+two share keys (`a` picks Artist in a slot task), and each key handler acts only while its panel shows. While
+`held` (the one-time resume code) has a value, neither shows: the code must be confirmed first.
+
+Everything it sends to a browser comes from `annotation.pair_tasks.PairTaskView` (the
 question, the message, the two reply texts in this annotator's order, an opaque task id, their own answer)
 or from what they typed: no condition, identity, model, stored side or study name. Element ids are generic
 (`pair-*`). Keys (`app/assets/pair_shortcuts.js`): `a` / `b` pick a reply, `t` "about the same" where the
@@ -13,6 +19,7 @@ study allows it; nothing while a text box has the focus. Events are plain databa
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -22,12 +29,12 @@ from annotation.pair_studies import PairStudyError, active_study
 from annotation.pair_tasks import PairTaskView, answer_pair, last_answered_pair, next_pair_task, skip_pair
 from annotation.store import NotFound, StoreError
 
-from .annotation_tab import markdown_text, signed_in_as, transcript_html
+from .annotator_sign_in import signed_in_annotator
 from .assets import asset
+from .markup import markdown_text, transcript_html
 from .services import EVALUATION_TITLE as TITLE
 from .services import open_store
 
-NO_STUDY = "There is no pairwise study to annotate at the moment."
 DONE = "**All done: there are no more pairs for you.** Thank you!"
 
 
@@ -36,8 +43,15 @@ def reply_html(text: str, name: str) -> str:
     return transcript_html([{"speaker": name, "text": text}], agent=name)
 
 
-def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None) -> gr.Column:
-    """The panel's components and events; returns its column (hidden until someone is signed in)."""
+@dataclass(frozen=True)
+class PairPanel:
+    column: gr.Column
+    refresh: dict  # the keyword arguments of an event (`.then(**refresh)`) that shows the right panel
+
+
+def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None, slot_box: gr.Column | None = None,
+                     held: gr.Textbox | None = None) -> PairPanel:
+    """The panel's components and events (its column is hidden until someone with pairs left is signed in)."""
     with gr.Column(visible=False, elem_id="pair-work") as work_box:
         with gr.Row():
             header = gr.Markdown(elem_id="pair-header")
@@ -60,12 +74,22 @@ def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None) -> g
         task = gr.Textbox(visible=False, elem_id="pair-task")  # the opaque id of the pair on screen
         since = gr.State(0.0)
     screen = [work_box, header, note, task_box, question, message, first, second, pick_tie, reason, task, since]
+    others = {} if slot_box is None else {slot_box: None}
+    screen += list(others)
+
+    def slots_shown(visible: bool) -> dict:
+        return {box: gr.Column(visible=visible) for box in others}
+
+    def hidden() -> dict:
+        return {work_box: gr.Column(visible=False), task: "", first: "", second: "", message: ""}
 
     def show(view: PairTaskView | None, text: str = "", editing: bool = False) -> dict:
         out = {work_box: gr.Column(visible=True), note: text, reason: "", since: time.time()}
-        if view is None:
+        if view is None:  # nothing (left) to pair: the slot panel takes over, under a note when there is one
+            if not text:
+                return hidden() | slots_shown(True)
             return out | {header: "", task_box: gr.Column(visible=False), task: "", first: "", second: "",
-                          note: f"{text} {DONE}" if text and text != NO_STUDY else text or DONE}
+                          note: f"{text} {DONE}"} | slots_shown(True)
         done, assigned, _ = view.progress
         ask = markdown_text(view.question)
         if editing:
@@ -73,24 +97,30 @@ def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None) -> g
         return out | {header: f"Progress: **{done} of {assigned}** done", task_box: gr.Column(visible=True),
                       question: f"### {ask}", message: f"**The message:** {markdown_text(view.prompt)}",
                       first: reply_html(view.reply_a, "A"), second: reply_html(view.reply_b, "B"),
-                      pick_tie: gr.Button(visible=view.ties_allowed), task: view.task}
+                      pick_tie: gr.Button(visible=view.ties_allowed), task: view.task} | slots_shown(False)
 
-    def current(who: Mapping | None, text: str = "") -> dict:
-        annotator = signed_in_as(who)
+    def annotator_of(who: Mapping | None) -> str | None:
+        return signed_in_annotator(open_store(data_dir).db, who)
+
+    def current(who: Mapping | None, text: str = "", code: str | None = None) -> dict:
+        annotator = annotator_of(who)
         if annotator is None:
-            return {work_box: gr.Column(visible=False), task: ""}
+            return hidden()
         store = open_store(data_dir)
         study = active_study(store.db)
         if study is None:
-            return show(None, NO_STUDY)
+            return show(None)
         try:
-            return show(next_pair_task(store.db, study, annotator, store.policy), text)
+            view = next_pair_task(store.db, study, annotator, store.policy)
         except NotFound:
-            return {work_box: gr.Column(visible=False), task: ""}
+            return hidden()
+        if view is not None and code:  # the resume code is on screen: no task before it is confirmed
+            return hidden() | slots_shown(False)
+        return show(view, text)
 
     def choose(choice: str):
         def answer(who: Mapping | None, task_id: str, started: float) -> dict:
-            annotator = signed_in_as(who)
+            annotator = annotator_of(who)
             if annotator is None or not task_id:
                 raise gr.Error("Sign in first.", title=TITLE, print_exception=False)
             try:
@@ -98,11 +128,11 @@ def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None) -> g
                             seconds=max(0.0, time.time() - started) if started else None)
             except (StoreError, PairStudyError) as error:
                 raise gr.Error(str(error), title=TITLE, print_exception=False) from None
-            return current(who)
+            return current(who, "Saved.")  # a note keeps "Edit my last answer" on screen after the last pair
         return answer
 
     def skip_task(who: Mapping | None, task_id: str, why: str) -> dict:
-        annotator = signed_in_as(who)
+        annotator = annotator_of(who)
         if annotator is None or not task_id:
             raise gr.Error("Sign in first.", title=TITLE, print_exception=False)
         try:
@@ -112,7 +142,7 @@ def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None) -> g
         return current(who, "Skipped.")
 
     def edit_last(who: Mapping | None) -> dict:
-        annotator = signed_in_as(who)
+        annotator = annotator_of(who)
         db = open_store(data_dir).db
         study = active_study(db)
         view = last_answered_pair(db, study, annotator) if annotator and study else None
@@ -121,12 +151,17 @@ def build_pair_panel(identity: gr.JSON, data_dir: str | Path | None = None) -> g
         return show(view, editing=True)
 
     quick = dict(queue=False, show_progress="hidden")
-    identity.change(current, [identity], screen, api_name=False, **quick)
+
+    def refreshed(who: Mapping | None, code: str | None = None) -> dict:
+        return current(who, code=code)
+
+    refresh = dict(fn=refreshed, inputs=[identity, *([held] if held else [])], outputs=screen, api_name=False,
+                   **quick)
     for button, choice in ((pick_a, "A"), (pick_b, "B"), (pick_tie, "tie")):
         button.click(choose(choice), [identity, task, since], screen, api_name=False, **quick)
     skip.click(skip_task, [identity, task, reason], screen, api_name=False, **quick)
     back.click(edit_last, [identity], screen, api_name=False, **quick)
-    return work_box
+    return PairPanel(work_box, refresh)
 
 
 def install_pair_shortcuts(demo: gr.Blocks) -> None:

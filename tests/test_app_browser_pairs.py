@@ -2,8 +2,8 @@
 keyboard, each answer is stored in stored terms with the order they were shown, the last answer can be
 edited, and nothing in the page or `/config` names a condition, identity, model or the study.
 
-The panel is shown in a small page of its own: a hidden sign-in JSON (set here from an annotator id) and
-`app.pair_annotation.build_pair_panel`, as the Human evaluation tab would hold it.
+The panel is shown in a small page of its own: a hidden sign-in JSON (set here from a session token) and
+`app.pair_annotation.build_pair_panel`, as the Human evaluation tab holds it.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+from annotation import sessions
 from annotation.pair_generation import missing_replies, store_reply
 from annotation.pair_studies import activate_study, parse_condition, plan_pairs, poles, save_study
 from app.launching import launch
@@ -45,9 +46,9 @@ def setup(tmp_path_factory):
         annotator = store.register_annotator("Ada")
         with gr.Blocks() as demo:
             identity = gr.JSON(visible=False)
-            who = gr.Textbox(label="annotator", elem_id="harness-annotator")
-            who.submit(lambda a: {"annotator": a, "name": "Ada"}, who, identity)
-            build_pair_panel(identity, data_dir)
+            who = gr.Textbox(label="session token", elem_id="harness-annotator")
+            panel = build_pair_panel(identity, data_dir)
+            who.submit(lambda token: {"token": token, "name": "Ada"}, who, identity).then(**panel.refresh)
             install_pair_shortcuts(demo)
         _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
         try:
@@ -64,7 +65,8 @@ def stored_choices(store) -> list[tuple[str, str | None]]:
 
 def test_an_annotator_answers_by_keyboard_and_edits_the_last_answer(setup):
     page, url, store, annotator = setup
-    page.locator("#harness-annotator textarea, #harness-annotator input").first.fill(annotator)
+    token = sessions.start(store.db, annotator)
+    page.locator("#harness-annotator textarea, #harness-annotator input").first.fill(token)
     page.keyboard.press("Enter")
     header = page.locator("#pair-header")
     expect(header).to_contain_text("0 of 3")
@@ -99,3 +101,4 @@ def test_nothing_on_the_page_or_in_the_config_names_what_is_compared(setup):
         config = json.dumps(json.load(response))
     for secret in SECRETS:
         assert secret not in shown and secret not in config, secret
+
