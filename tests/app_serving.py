@@ -135,11 +135,14 @@ def browser_page(url: str, ready_selector: str | None = None):
 
 def open_tab(page, name: str) -> None:
     """Select the tab `name`; on a narrow page, from the "More tabs" menu the tabs that do not fit go to."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.is_visible():
+    tab, more = page.get_by_role("tab", name=name), page.get_by_label("More tabs")
+    # Wait until the tab bar has rendered (after a reload on a busy machine it takes seconds): the tab itself
+    # or the menu becomes visible; only then is "the tab is not visible" a fact about the page's width.
+    tab.or_(more).filter(visible=True).first.wait_for(timeout=60_000)
+    if tab.is_visible():
         tab.click()
         return
-    page.get_by_label("More tabs").click()
+    more.click()
     page.locator(".overflow-dropdown button", has_text=name).click()
 
 
