@@ -86,7 +86,8 @@ def serve(engine: Engine, max_batch: int, requests: int, max_new_tokens: int) ->
     tokens = sum(len(s.token_ids) for s in streams)
     ttft = [s.first_token_at - s.submitted_at for s in streams if s.first_token_at is not None]
     return {"tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
-            "ttft_p50_s": round(statistics.median(ttft), 4) if ttft else None, "widest_batch": scheduler.widest_batch}
+            "ttft_p50_s": round(statistics.median(ttft), 4) if ttft else None,
+            "widest_batch": scheduler.runner.widest_batch}
 
 
 def serving_case(model, device: str, max_new_tokens: int) -> dict:

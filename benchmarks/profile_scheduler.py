@@ -6,10 +6,11 @@ The embedded model with the shipped experts (the decode dtype `HIRPF_DECODE_DTYP
 default). `--rows` requests with different identity sets arrive together (one joint prefill), each read by a
 client thread as a visitor's stream would be, until they end. Reported from the loop thread's profile:
 
-- `decode_forward_s` / `prefill_forward_s`: the model's forward called by `_step` / by `_prefill`;
-- `step_overhead_s`: everything else in `_step`, split by what it calls (sampling and the row's token
-  bookkeeping in `_Row.choose`, the cache's `step_inputs` / `advance`, a finished row's `_remove`);
-- `prefill_overhead_s`: `_prefill` beyond its forward (prefix lookups and stores, cache copies);
+- `decode_forward_s` / `prefill_forward_s`: the model's forward called by `BatchRunner.step` / by
+  `BatchRunner.prefill` (`hirpf/batch_runner.py`);
+- `step_overhead_s`: everything else in `step`, split by what it calls (sampling and the row's token
+  bookkeeping in `Row.choose`, the cache's `decode`, a finished row's removal);
+- `prefill_overhead_s`: `prefill` beyond its forward (prefix lookups and stores, cache copies);
 - per decode step: the forward's and the overhead's milliseconds.
 
 And, outside the loop thread, what the client threads spend re-decoding their reply's tokens for every update
@@ -72,8 +73,8 @@ def cumulative_from(stats: pstats.Stats, callee: tuple, caller: tuple) -> float:
 
 
 def breakdown(stats: pstats.Stats) -> dict:
-    step = function_key(stats, "_step", "scheduler.py")
-    prefill = function_key(stats, "_prefill", "scheduler.py")
+    step = function_key(stats, "step", "batch_runner.py")
+    prefill = function_key(stats, "prefill", "batch_runner.py")
     call = function_key(stats, "_wrapped_call_impl", "module.py")  # nn.Module.__call__
     steps = stats.stats[step][1]
     step_s, prefill_s = stats.stats[step][3], stats.stats[prefill][3]

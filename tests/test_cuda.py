@@ -60,7 +60,7 @@ def test_the_scheduler_batches_mixed_rows_and_reuses_prefixes_on_the_device(engi
         for stream in streams:
             stream.result(timeout=300)
             assert stream.finish_reason in ("eos", "length"), stream.error
-        assert scheduler.widest_batch > 1
+        assert scheduler.runner.widest_batch > 1
         hits = scheduler.prefixes.hits
         again = scheduler.submit(question(0), SETS[0], sampling=Sampling(max_new_tokens=12, seed=1))
         again.result(timeout=300)
