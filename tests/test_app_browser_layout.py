@@ -16,7 +16,8 @@ from app_serving import CHROMIUM, needs_chromium, open_tab, screenshot, served
 pytestmark = needs_chromium
 
 VIEWPORTS = {"laptop": (1366, 768), "phone": (390, 844)}
-MODEL_TABS = {"Chat": "tab-chat", "Debate": "tab-debate", "Questionnaire": "tab-questionnaire"}
+TABS = {"Chat": "tab-chat", "Debate": "tab-debate", "Questionnaire": "tab-questionnaire",
+        "Human evaluation": "tab-annotate", "Evaluation admin": "tab-admin"}
 
 # Visible elements whose box reaches past their parent's right edge (by more than a pixel) while the parent
 # lets it show (a parent that clips or scrolls is the container doing its job), and the page's own width.
@@ -94,15 +95,15 @@ def open_page(browser, url):
 
 
 @pytest.mark.parametrize("viewport", list(VIEWPORTS))
-def test_every_model_tab_fits_its_screen(open_page, viewport):
+def test_every_tab_fits_its_screen(open_page, viewport):
     page = open_page(viewport)
     assert page.evaluate(DUPLICATE_IDS) == []
-    for tab, root in MODEL_TABS.items():
+    for tab, root in TABS.items():
         open_tab(page, tab)
         expect(page.locator(f"#{root}")).to_be_visible()
         page.wait_for_timeout(500)  # the tab's layout settles
         width, height = VIEWPORTS[viewport]
-        screenshot(page, f"{tab.lower()}-{width}x{height}")
+        screenshot(page, f"{root}-{width}x{height}")
         assert page.evaluate(SPILLS, root) == [], f"{tab} at {viewport} size"
         assert page.evaluate(PLACEHOLDER_HEADERS, root) == [], f"{tab} at {viewport} size"
         assert page.evaluate(CUT_EXAMPLES, root) == [], f"{tab} at {viewport} size"
