@@ -131,3 +131,24 @@ def test_collator_pads_and_stacks(tokenizer):
     n = len(b["input_ids"])
     assert batch["attention_mask"][1, :n].all() and not batch["attention_mask"][1, n:].any()
     assert (batch["labels"][1, n:] == IGNORE).all()
+
+
+def test_a_seeded_share_of_training_dialogues_is_tokenized_for_the_experts_alone(tokenizer):
+    from training.train import tokenized
+
+    dialogues = [validate(GOOD)] * 40
+
+    def experts_only(items):
+        return [
+            "doctor" not in tokenizer.decode(item["input_ids"]).lower().split("<|im_end|>")[0] for item in items]
+
+    assert not any(experts_only(tokenized(dialogues, tokenizer, Conditioning.EXPERTS_AND_PROMPT, 384)))
+    assert all(experts_only(tokenized(dialogues, tokenizer, Conditioning.EXPERTS_AND_PROMPT, 384,
+                                      experts_only_share=1.0)))
+    half = experts_only(tokenized(dialogues, tokenizer, Conditioning.EXPERTS_AND_PROMPT, 384,
+                                  experts_only_share=0.5, seed=3))
+    assert 10 <= sum(half) <= 30
+    assert half == experts_only(tokenized(dialogues, tokenizer, Conditioning.EXPERTS_AND_PROMPT, 384,
+                                          experts_only_share=0.5, seed=3))  # the same draw for the same seed
+    for item in tokenized(dialogues[:4], tokenizer, Conditioning.EXPERTS_AND_PROMPT, 384, experts_only_share=1.0):
+        assert torch.equal(item["identity_pairs"], IdentitySet.parse("Doctor,NEU_low").index_pairs())

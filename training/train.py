@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_switch(ap, "hard_mask", expert["hard_mask"][1] + " (--no_hard_mask)")
     add_switch(ap, "shared_expert", expert["shared_expert"][1], default=expert["shared_expert"][0])
     ap.add_argument("--conditioning", choices=["experts+prompt", "experts"], default="experts+prompt")
+    ap.add_argument("--experts_only_share", type=float, default=0.0,
+                    help="share of training dialogues (drawn per dialogue, seeded by --seed) trained with a neutral "
+                         "system message instead of --conditioning, so that the experts alone must carry their "
+                         "identity (a profession the prompt would otherwise name); the held-out dialogues keep "
+                         "--conditioning. 0 (default): none")
     ap.add_argument("--limit_train_samples", type=int, default=None)
     ap.add_argument("--limit_eval_samples", type=int, default=None)
     ap.add_argument("--eval_steps", type=int, default=100)
@@ -256,10 +261,14 @@ class Throughput(TrainerCallback):
             self.history.append({"step": state.global_step, **logs})
 
 
-def tokenized(dialogues, tokenizer, conditioning, max_length, first_id=0):
+def tokenized(dialogues, tokenizer, conditioning, max_length, first_id=0, experts_only_share=0.0, seed=0):
+    """Each dialogue's training item under `conditioning`, or, for a seeded `experts_only_share` of them,
+    under the experts alone (a neutral system message)."""
     items, dropped = [], 0
+    draw = random.Random(seed)
     for i, d in enumerate(dialogues):
-        item = tokenize(d, tokenizer, conditioning, max_length)
+        experts_only = draw.random() < experts_only_share
+        item = tokenize(d, tokenizer, Conditioning.EXPERTS if experts_only else conditioning, max_length)
         if item is None:
             dropped += 1
             continue
@@ -327,7 +336,10 @@ def main(argv=None) -> dict:
     log.info("data: %s%s", described, extra_described)
     train, evaluation = train[:args.limit_train_samples], evaluation[:args.limit_eval_samples]
     conditioning = Conditioning.parse(args.conditioning)
-    train_items = tokenized(train, tokenizer, conditioning, args.max_length)
+    if not 0.0 <= args.experts_only_share <= 1.0:
+        raise SystemExit(f"--experts_only_share must be between 0 and 1, got {args.experts_only_share}")
+    train_items = tokenized(train, tokenizer, conditioning, args.max_length,
+                            experts_only_share=args.experts_only_share, seed=args.seed)
     eval_items = tokenized(evaluation, tokenizer, conditioning, args.max_length, first_id=len(train))
     if not train_items:
         raise SystemExit("no training samples left")
