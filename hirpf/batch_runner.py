@@ -18,6 +18,7 @@ and its own seeded generator (`hirpf.row_sampling`).
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import torch
@@ -26,6 +27,7 @@ from transformers import DynamicCache
 from .batch_cache import PaddedBatchCache
 from .identities import IdentitySet
 from .padding import pad_left
+from .prefill_pacing import PrefillPacer
 from .prefix_cache import PrefixCache
 from .reply_stream import FinishReason, ReplyStream
 from .routing import Routing, use_identities
@@ -77,8 +79,11 @@ class ChunkedPrefill:
 class BatchRunner:
     """The running rows, their batch cache and the long prompts being prefilled a chunk at a time."""
 
-    def __init__(self, model, eos_ids: frozenset, prefixes: PrefixCache, prefill_chunk: int):
+    def __init__(self, model, eos_ids: frozenset, prefixes: PrefixCache, prefill_chunk: int,
+                 prefill_step_share: float = 0.0):
         self.model, self.eos_ids, self.prefixes, self.prefill_chunk = model, eos_ids, prefixes, prefill_chunk
+        # Chunks of at most `prefill_chunk` tokens, each sized to a share of a decode step's time.
+        self.pacer = PrefillPacer(prefill_chunk, prefill_step_share) if prefill_chunk else None
         self.device = model.device
         self.rows: list[Row] = []  # in batch order
         self.batch = PaddedBatchCache()
@@ -152,22 +157,26 @@ class BatchRunner:
         return prefilled
 
     def prefill_next_chunk(self) -> tuple[Row, DynamicCache, torch.Tensor] | None:
-        """The next `prefill_chunk` tokens of the oldest chunked prompt (vLLM's chunked prefill): the running
-        rows wait for one chunk per step, not for the whole prompt. Its first chunk continues the longest prefix
-        the store holds for it. Once its whole prompt is in, it leaves `chunked` and this returns (its row, its
-        cache, the logits of its last prompt token) to join; until then, None. If this raises, it has left."""
+        """The next chunk of the oldest chunked prompt (vLLM's chunked prefill): the running rows wait for one
+        chunk per step, not for the whole prompt; the pacer sizes the chunk (at most `prefill_chunk` tokens).
+        Its first chunk continues the longest prefix the store holds for it. Once its whole prompt is in, it
+        leaves `chunked` and this returns (its row, its cache, the logits of its last prompt token) to join;
+        until then, None. If this raises, it has left."""
         partial = self.chunked[0]
         row = partial.row
         try:
             if partial.cache is None:
                 hit = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config)
                 partial.cache, partial.done = hit if hit else (DynamicCache(config=self.model.config), 0)
-            end = min(partial.done + self.prefill_chunk, row.prompt.shape[1])
+            end = min(partial.done + self.pacer.next_chunk(rows_running=bool(self.rows)), row.prompt.shape[1])
+            started = time.perf_counter()
             with use_identities([row.identities]):
                 out = self.model(input_ids=row.prompt[:, partial.done:end],
                                  attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
                                  position_ids=torch.arange(partial.done, end, device=self.device)[None],
                                  past_key_values=partial.cache, use_cache=True, logits_to_keep=1)
+            self._finish_device_work()
+            self.pacer.record_chunk(time.perf_counter() - started, end - partial.done)
             self.prefills += 1
         except Exception:
             self.chunked.popleft()
@@ -199,8 +208,12 @@ class BatchRunner:
         if self.routing is None:
             self.routing = Routing([r.identities for r in rows])
         tokens = torch.tensor([[r.last_token] for r in rows], device=self.device)
+        started = time.perf_counter()
         with use_identities(self.routing):
             logits = self.batch.decode(self.model, tokens)
+        if self.pacer is not None:
+            self._finish_device_work()
+            self.pacer.record_step(time.perf_counter() - started)
         self.steps += 1
         self.widest_batch = max(self.widest_batch, len(rows))
         ended: dict[int, FinishReason | Exception] = {}
@@ -213,6 +226,12 @@ class BatchRunner:
             if reason:
                 ended[i] = reason
         return ended
+
+    def _finish_device_work(self) -> None:
+        """Wait for the device's queued work, so that a time measured around a forward is the forward's (a
+        GPU returns before its kernels finish; a CPU finishes in the call)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def store_prefixes(self, indices) -> None:
         """Give these rows' sequences (what the cache holds of them: its right-hand columns, the padding cut

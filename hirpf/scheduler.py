@@ -57,6 +57,8 @@ ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
 DEFAULT_MAX_BATCH = 8
 ENV_PREFILL_CHUNK = "HIRPF_PREFILL_CHUNK"
 DEFAULT_PREFILL_CHUNK = 256
+# A chunk may delay the running rows by half a decode step (`hirpf.prefill_pacing`).
+DEFAULT_PREFILL_STEP_SHARE = 0.5
 log = logging.getLogger(__name__)
 _LIVE: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 
@@ -88,7 +90,7 @@ class Scheduler:
     `ReplySource`: `stream` has `Engine.stream`'s signature)."""
 
     def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
-                 prefill_chunk: int | None = None):
+                 prefill_chunk: int | None = None, prefill_step_share: float = DEFAULT_PREFILL_STEP_SHARE):
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.max_batch = max_batch_setting() if max_batch is None else max_batch
         if self.max_batch < 1:
@@ -106,7 +108,7 @@ class Scheduler:
         eos = self.tokenizer.eos_token_id if eos is None else eos
         # Only the loop thread touches the runner: the running rows, their cache, the chunked prompts.
         self.runner = BatchRunner(engine.model, frozenset([eos] if isinstance(eos, int) else eos), self.prefixes,
-                                  prefill_chunk)
+                                  prefill_chunk, prefill_step_share)
         self._wake = threading.Condition()
         self._waiting: deque[Row] = deque()
         self._closed = False

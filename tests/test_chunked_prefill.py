@@ -6,6 +6,7 @@ import pytest
 from test_scheduler import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
 
 from hirpf.engine import Sampling
+from hirpf.prefill_pacing import PrefillPacer
 from hirpf.prompts import Conditioning
 from hirpf.scheduler import Scheduler, prefill_chunk_setting
 
@@ -15,7 +16,7 @@ CHUNK = 32
 
 
 def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch):
-    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK, prefill_step_share=0)
     steps_while_prefilling = []
     step = scheduler.runner.step
 
@@ -94,3 +95,44 @@ def test_a_long_prompt_whose_sequence_cannot_be_stored_fails_alone_instead_of_wa
         assert joiner.finish_reason == "error"
     finally:
         scheduler.close()
+
+
+class ScriptedPacer(PrefillPacer):
+    """Chunk lengths from a script, and a record of what the runner measured."""
+
+    def __init__(self, script):
+        super().__init__(longest=CHUNK, step_share=0.5)
+        self.script, self.asked, self.chunks, self.steps = list(script), [], [], []
+
+    def next_chunk(self, rows_running):
+        self.asked.append(rows_running)
+        return self.script.pop(0) if self.script else CHUNK
+
+    def record_step(self, seconds):
+        self.steps.append(seconds)
+
+    def record_chunk(self, seconds, tokens):
+        self.chunks.append((seconds, tokens))
+
+
+def test_the_pacer_sizes_each_chunk_from_the_measured_steps_and_chunks(exact_engine, monkeypatch):
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
+    try:
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
+                              sampling=Sampling(max_new_tokens=40, do_sample=False))
+        assert Held.reached.wait(120)  # the loop thread waits in the running row's sampler
+        pacer = scheduler.runner.pacer = ScriptedPacer([5, 11, 3])
+        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
+        messages = exact_engine.chat_messages(LONG, EIGHT_SETS[2], Conditioning.EXPERTS_AND_PROMPT)
+        length = exact_engine.encode([messages])["input_ids"].shape[1]
+        Held.resume.set()
+        joiner.result(timeout=300)
+        running.result(timeout=300)
+    finally:
+        scheduler.close()
+    tokens = [t for _, t in pacer.chunks]
+    assert tokens[:3] == [5, 11, 3] and sum(tokens) == length  # the pacer's sizes, the whole prompt once
+    assert all(seconds > 0 for seconds, _ in pacer.chunks) and pacer.steps and min(pacer.steps) > 0
+    assert all(pacer.asked)  # a row was running while the prompt joined
+    assert joiner.token_ids == alone(exact_engine, LONG, EIGHT_SETS[2], GREEDY)  # chunking changes no token

@@ -1,0 +1,58 @@
+"""Prefill chunks sized by time: a share of a decode step, from measured costs."""
+from __future__ import annotations
+
+import pytest
+
+from hirpf.prefill_pacing import SHORTEST, PrefillPacer
+
+
+def test_with_no_row_running_the_chunk_is_the_longest_allowed():
+    pacer = PrefillPacer(longest=256, step_share=0.5)
+    pacer.record_step(0.1)
+    pacer.record_chunk(1.0, 100)
+    assert pacer.next_chunk(rows_running=False) == 256
+
+
+def test_a_short_first_chunk_measures_before_the_chunks_are_sized():
+    pacer = PrefillPacer(longest=256, step_share=0.5)
+    assert pacer.next_chunk(rows_running=True) == SHORTEST
+    pacer.record_step(0.1)
+    assert pacer.next_chunk(rows_running=True) == SHORTEST  # no chunk measured yet
+
+
+def test_a_chunk_costs_the_share_of_a_step():
+    pacer = PrefillPacer(longest=256, step_share=0.5)
+    pacer.record_step(0.120)
+    pacer.record_chunk(0.016, 16)  # 1 ms a token
+    assert pacer.next_chunk(rows_running=True) == 60  # 0.5 x 120 ms / 1 ms
+    slow = PrefillPacer(longest=256, step_share=0.5)  # a machine where a token costs more than a step
+    slow.record_step(0.1)
+    slow.record_chunk(4.0, 16)
+    assert slow.next_chunk(rows_running=True) == SHORTEST
+    fast = PrefillPacer(longest=256, step_share=0.5)  # a GPU: a step costs more than the longest chunk
+    fast.record_step(0.02)
+    fast.record_chunk(0.0016, 160)
+    assert fast.next_chunk(rows_running=True) == 256
+
+
+def test_the_estimates_follow_a_change_within_a_few_measurements():
+    pacer = PrefillPacer(longest=1024, step_share=1.0)
+    pacer.record_chunk(0.1, 100)
+    for _ in range(3):
+        pacer.record_step(0.1)
+    assert pacer.next_chunk(rows_running=True) == 100
+    for _ in range(8):  # the batch widened: steps take twice as long
+        pacer.record_step(0.2)
+    assert 180 <= pacer.next_chunk(rows_running=True) <= 200
+
+
+def test_a_share_of_zero_gives_fixed_chunks_and_bad_settings_are_refused():
+    pacer = PrefillPacer(longest=64, step_share=0)
+    pacer.record_step(0.1)
+    pacer.record_chunk(10.0, 16)
+    assert pacer.next_chunk(rows_running=True) == 64
+    assert PrefillPacer(longest=8, step_share=0.5).next_chunk(rows_running=True) == 8  # never above the longest
+    with pytest.raises(ValueError, match="longest"):
+        PrefillPacer(longest=0, step_share=0.5)
+    with pytest.raises(ValueError, match="step_share"):
+        PrefillPacer(longest=64, step_share=-1)
