@@ -1,0 +1,97 @@
+"""A light start (issue 23 item 8): `python app.py` serves its page before torch, transformers or peft are
+imported; the model, and they, load in a background thread once the page answers, and a chat request sent
+sooner waits for that load instead of failing."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from app.admin_pairs import PairBuilds
+from app.model_slot import ModelSlot
+from hirpf.paths import PROJECT_ROOT
+
+from app_serving import client, replies, transcript
+
+MODEL_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "safetensors")
+
+# Builds the app as Spaces does (app.py imported, not run), serves it, fetches the page and its config,
+# then reports which of the model's packages the process has imported by then.
+PAGE_ONLY = """
+import json, runpy, sys, urllib.request
+from app.launching import launch
+
+demo = runpy.run_path("app.py", run_name="hirpf_app")["demo"]
+_, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+for path in ("", "config"):
+    with urllib.request.urlopen(url + path, timeout=60) as response:
+        assert response.status == 200, (path, response.status)
+print("imported:", json.dumps(sorted(name for name in sys.argv[1:] if name in sys.modules)))
+demo.close()
+"""
+
+
+def test_the_page_is_served_before_any_model_package_is_imported(tmp_path):
+    environment = dict(os.environ, HIRPF_DATA_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", PAGE_ONLY, *MODEL_PACKAGES], cwd=PROJECT_ROOT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [imported] = [line for line in done.stdout.splitlines() if line.startswith("imported:")]
+    assert json.loads(imported.removeprefix("imported:")) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def page_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_app_py_loads_the_model_after_the_page_and_an_early_chat_waits_for_it(tiny_base_dir, tmp_path):
+    """`python app.py` on the tiny model: the model status (what the page's timer polls, no visitor's page
+    load) reaches ready on its own, so app.py itself started the load; a chat sent at once gets its reply."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    environment = dict(os.environ, HIRPF_BASE_MODEL=str(tiny_base_dir), HIRPF_LORA_WEIGHTS="none",
+                       HIRPF_DATA_DIR=str(tmp_path))
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=PROJECT_ROOT, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not page_answers(url):
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no page after 300 s"
+            time.sleep(0.1)
+        app = client(url)
+        reply = app.submit(message="Hello!", max_new_tokens=4, seed=1, api_name="/chat")  # the model may load
+        while app.predict(api_name="/model_status")[1]["active"]:  # the timer runs until the load has ended
+            assert time.monotonic() < deadline, "the model did not finish loading"
+            time.sleep(0.2)
+        assert replies(transcript(reply.result(timeout=120)))[-1]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_resumed_pair_build_waits_for_the_model_without_starting_its_load(tmp_path):
+    """Pair builds a restart cut short resume once the model is loaded (`build_app` asks at build time): the
+    waiting must not start the load itself, or torch would be imported before the page is served."""
+    loads = []
+    slot = ModelSlot(lambda: loads.append("loaded") or "engine", "test model")
+    resuming = PairBuilds(tmp_path, slot).resume_unfinished()
+    resuming.join(timeout=1.0)
+    assert resuming.is_alive() and loads == [] and not slot.finished
+    assert slot.start().get(timeout=30) == "engine" and loads == ["loaded"]
+    resuming.join(timeout=30)
+    assert not resuming.is_alive()
