@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -15,7 +16,7 @@ from app.admin_pairs import PairBuilds
 from app.model_slot import ModelSlot
 from hirpf.paths import PROJECT_ROOT
 
-from app_serving import client, replies, transcript
+from app_serving import client, replies, served, transcript
 
 MODEL_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "safetensors")
 
@@ -58,9 +59,9 @@ def page_answers(url: str) -> bool:
         return False
 
 
-def test_app_py_loads_the_model_after_the_page_and_an_early_chat_waits_for_it(tiny_base_dir, tmp_path):
-    """`python app.py` on the tiny model: the model status (what the page's timer polls, no visitor's page
-    load) reaches ready on its own, so app.py itself started the load; a chat sent at once gets its reply."""
+def test_app_py_starts_the_model_load_itself_once_the_page_answers(tiny_base_dir, tmp_path):
+    """`python app.py` on the tiny model: with no visitor (no page load, no model request) the load still
+    ends, as the model status the page's timer polls says (its timer stops then); then a chat is answered."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     environment = dict(os.environ, HIRPF_BASE_MODEL=str(tiny_base_dir), HIRPF_LORA_WEIGHTS="none",
@@ -74,14 +75,32 @@ def test_app_py_loads_the_model_after_the_page_and_an_early_chat_waits_for_it(ti
             assert time.monotonic() < deadline, "no page after 300 s"
             time.sleep(0.1)
         app = client(url)
-        reply = app.submit(message="Hello!", max_new_tokens=4, seed=1, api_name="/chat")  # the model may load
-        while app.predict(api_name="/model_status")[1]["active"]:  # the timer runs until the load has ended
-            assert time.monotonic() < deadline, "the model did not finish loading"
+        while app.predict(api_name="/model_status")[1]["active"]:  # the status timer runs while it loads
+            assert time.monotonic() < deadline, "the model load did not end: did app.py start it?"
             time.sleep(0.2)
-        assert replies(transcript(reply.result(timeout=120)))[-1]
+        reply = app.predict(message="Hello!", max_new_tokens=4, seed=1, api_name="/chat")
+        assert replies(transcript(reply))[-1]
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_chat_sent_while_the_model_loads_waits_for_it(tiny_engine):
+    """The first visitor may write before the model is there: the reply's turn shows at once, pending, and
+    the reply follows once the load ends; no error."""
+    loaded = threading.Event()
+    slot = ModelSlot(lambda: loaded.wait(120) and tiny_engine, "tiny random model")
+    with served(slot) as url:
+        job = client(url).submit(message="Hello!", max_new_tokens=4, seed=1, api_name="/chat")
+        deadline = time.monotonic() + 120
+        while not job.outputs():
+            assert time.monotonic() < deadline and not job.done(), "no pending turn while the model loads"
+            time.sleep(0.1)
+        [pending] = [m for m in transcript(job.outputs()[-1]) if m.get("metadata")]
+        assert pending["metadata"]["status"] == "pending" and not slot.finished and not job.done()
+        loaded.set()
+        answered = transcript(job.result(timeout=120))
+    assert replies(answered)[-1] and [m["metadata"]["status"] for m in answered if m.get("metadata")] == ["done"]
 
 
 def test_a_resumed_pair_build_waits_for_the_model_without_starting_its_load(tmp_path):
