@@ -32,7 +32,7 @@ else:
                                                                           settings.lora_weights)
     slot = ModelSlot(load_engine, description=f"{settings.base_model} model with {experts}")
 
-    from app.build import build_app  # imports no torch (tests/test_import_direction.py)
+    from app.build import build_app  # imports no torch (tests/test_app_startup.py)
     from app.launching import launch
 
     demo = build_app(slot, data_dir=settings.data_dir, scheduler=settings.scheduler)

@@ -4,9 +4,9 @@ with no model at all (`app.launching.launch` serves either).
 The model is given as a loaded `Engine`, a function that loads one (started in the background at once, so
 the page is usable while the weights load), or a `ModelSlot`, which its owner starts: `app.py` once the page
 is served, so torch is not imported before it (a visitor's first page load or model request starts it
-otherwise). Streamed replies (chat, regenerate,
-debate statements) go through the engine's scheduler, up to `HIRPF_MAX_BATCH` visitors decoding together
-(`app.reply_serving`; `scheduler=False` or ZeroGPU: one at a time on the model queue). The other model
+otherwise). Streamed replies (chat, regenerate, debate statements) go through the engine's scheduler, up to
+`HIRPF_MAX_BATCH` visitors decoding together (`app.reply_serving`; `scheduler=False` or ZeroGPU: one at a
+time on the model queue). The other model
 actions share one model queue (`concurrency_id="model"`): whatever tab a request comes from, at most
 `model_concurrency` of them run at a time, and the rest wait their turn in order.
 

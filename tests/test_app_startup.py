@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 from app.admin_pairs import PairBuilds
 from app.model_slot import ModelSlot
@@ -101,6 +102,22 @@ def test_a_chat_sent_while_the_model_loads_waits_for_it(tiny_engine):
         loaded.set()
         answered = transcript(job.result(timeout=120))
     assert replies(answered)[-1] and [m["metadata"]["status"] for m in answered if m.get("metadata")] == ["done"]
+
+
+def test_the_app_leaves_a_given_slot_to_its_owner_until_a_page_load(tmp_path):
+    """`build_app(slot)` does not start the load (app.py does once the page answers); the page's load event
+    does, for a server other than app.py's; the status timer only reads."""
+    from app.build import build_app
+
+    loads, engine = [], SimpleNamespace(has_experts=True)  # all the status line asks of a loaded engine
+    slot = ModelSlot(lambda: loads.append("loaded") or engine, "test model")
+    demo = build_app(slot, data_dir=tmp_path)
+    on_timer, on_page_load = (next(f.fn for f in demo.fns.values() if f.api_name == name)
+                              for name in ("model_status", "model_status_on_load"))
+    on_timer()
+    assert not slot.finished and loads == []
+    on_page_load()
+    assert slot.get(timeout=30) is engine and loads == ["loaded"]
 
 
 def test_a_resumed_pair_build_waits_for_the_model_without_starting_its_load(tmp_path):
