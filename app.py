@@ -2,10 +2,11 @@
 [--load_in_8bit] [--data_dir DIR] [--annotation_only] [--no-scheduler]` (each flag also reads an environment
 variable; see app/settings.py).
 
-Hugging Face Spaces runs this file and expects the Blocks at module level as `demo`. The model starts
-loading in a background thread before Gradio is even imported, so the page answers within seconds and
-the first reply waits only for whatever is left of the load. With `--annotation_only` (or
-`HIRPF_ANNOTATION_ONLY=1`) no model is loaded at all: the page is the human evaluation alone.
+Hugging Face Spaces runs this file and expects the Blocks at module level as `demo`. The page is built and
+served before torch and transformers are imported: the model (and they) load in a background thread once
+the page answers, and the first reply waits for that load while the page's status line says so. With
+`--annotation_only` (or `HIRPF_ANNOTATION_ONLY=1`) no model is loaded at all: the page is the human
+evaluation alone.
 """
 import sys
 
@@ -29,12 +30,15 @@ else:
 
     experts = {"default": "the shipped experts", None: "no experts"}.get(settings.lora_weights,
                                                                           settings.lora_weights)
-    slot = ModelSlot(load_engine, description=f"{settings.base_model} model with {experts}").start()
+    slot = ModelSlot(load_engine, description=f"{settings.base_model} model with {experts}")
 
-    from app.build import build_app  # Gradio loads while the model does
+    from app.build import build_app  # imports no torch (tests/test_app_startup.py)
     from app.launching import launch
 
     demo = build_app(slot, data_dir=settings.data_dir, scheduler=settings.scheduler)
 
 if __name__ == "__main__":
-    launch(demo, settings.host, settings.port)
+    launch(demo, settings.host, settings.port, prevent_thread_lock=True)
+    if not settings.annotation_only:
+        slot.start()  # now that the page answers: loading torch sooner would slow the page's own imports
+    demo.block_thread()

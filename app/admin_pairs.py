@@ -115,7 +115,7 @@ class PairBuilds:
             return None
 
         def run() -> None:
-            self.slot.get()
+            self.slot.wait()
             db = self.db()
             for study in study_names(db):
                 missing = missing_replies(db, study)

@@ -1,10 +1,12 @@
 """`build_app`: the whole Gradio app around one model; `build_annotation_app`: the human evaluation alone,
 with no model at all (`app.launching.launch` serves either).
 
-The model is given as a loaded `Engine`, a `ModelSlot`, or a function that loads one (started in the
-background at once, so the page is usable while the weights load). Streamed replies (chat, regenerate,
-debate statements) go through the engine's scheduler, up to `HIRPF_MAX_BATCH` visitors decoding together
-(`app.reply_serving`; `scheduler=False` or ZeroGPU: one at a time on the model queue). The other model
+The model is given as a loaded `Engine`, a function that loads one (started in the background at once, so
+the page is usable while the weights load), or a `ModelSlot`, which its owner starts: `app.py` once the page
+is served, so torch is not imported before it (a visitor's first page load or model request starts it
+otherwise). Streamed replies (chat, regenerate, debate statements) go through the engine's scheduler, up to
+`HIRPF_MAX_BATCH` visitors decoding together (`app.reply_serving`; `scheduler=False` or ZeroGPU: one at a
+time on the model queue). The other model
 actions share one model queue (`concurrency_id="model"`): whatever tab a request comes from, at most
 `model_concurrency` of them run at a time, and the rest wait their turn in order.
 
@@ -50,7 +52,7 @@ def status_line(slot: ModelSlot) -> str:
 
 def as_slot(engine) -> ModelSlot:
     if isinstance(engine, ModelSlot):
-        return engine.start()
+        return engine
     if callable(engine) and not hasattr(engine, "stream"):  # a loader, not an Engine
         return ModelSlot(engine).start()
     return ModelSlot.ready(engine, getattr(engine.model, "hirpf_base_model", "the model"))
@@ -98,9 +100,13 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
         def refresh_status():
             return status_line(slot), gr.Timer(active=not slot.finished)
 
+        def status_on_page_load():
+            slot.start()  # a server other than app.py's may not have started the load; once it has, no-op
+            return refresh_status()
+
         poll.tick(refresh_status, None, [status, poll], queue=False, show_progress="hidden",
                   api_name="model_status")
-        demo.load(refresh_status, None, [status, poll], queue=False, show_progress="hidden",
+        demo.load(status_on_page_load, None, [status, poll], queue=False, show_progress="hidden",
                   api_name="model_status_on_load", api_visibility="undocumented")
     demo.hirpf_slot = slot  # for start-up scripts and tests: wait on or inspect the model load
     demo.hirpf_reply_serving = serving  # for tests and benchmarks: how replies reach the model

@@ -16,9 +16,9 @@ from dataclasses import replace
 import gradio as gr
 
 from hirpf.context_limit import ContextLimitError
-from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
+from hirpf.sampling import Sampling
 
 from .assets import MODEL_TAB_CSS
 from .identity_panel import IdentityPanel, read_identities

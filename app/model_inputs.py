@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from hirpf.engine import Sampling
 from hirpf.prompts import Conditioning
+from hirpf.sampling import Sampling
 
 MAX_NEW_TOKENS = 512
 

@@ -1,8 +1,10 @@
 """The one model of the process, loaded once in a background thread so the page is up before it is.
 
-`ModelSlot(load)` starts `load()` (imports torch and transformers, reads the weights) on a daemon thread;
-model events call `get()`, which waits for it. A failed load is kept and reported to every caller, so a
-broken model directory gives a clear message in the page instead of a dead server.
+`ModelSlot(load).start()` runs `load()` (imports torch and transformers, reads the weights) on a daemon
+thread; model events call `get()`, which waits for it (and starts it if nobody has). `app.py` starts it once
+the page is served: importing torch in one thread slows the page's imports in the other (one interpreter
+lock). A failed load is kept and reported to every caller, so a broken model directory gives a clear
+message in the page instead of a dead server.
 """
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ class ModelSlot:
     def get(self, timeout: float | None = None):
         """The engine, waiting for the load to finish (starting it if nobody has)."""
         self.start()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None):
+        """The engine once the load has finished, without starting it: for work that should follow the load
+        (a build to resume), not start it before the page is served."""
         if not self._done.wait(timeout):
             raise ModelLoadError(f"the {self.description} is still loading after {timeout:.0f} s")
         if self._error is not None:

@@ -86,11 +86,11 @@ def judge_endpoint_from_env() -> JudgeEndpoint | None:
     """The interview judge's endpoint from HIRPF_JUDGE_BASE_URL, HIRPF_JUDGE_MODEL (default: the CLI's) and
     HIRPF_JUDGE_CACHE_DIR (default: the CLI's cache; 'none' switches it off); None when no URL is set. The key,
     if the endpoint needs one, comes from OPENAI_API_KEY."""
-    from hirpf.eval.interview import DEFAULT_CACHE, DEFAULT_MODEL
-
     base_url = os.environ.get(ENV_JUDGE_BASE_URL, "").strip()
     if not base_url:
         return None
+    from hirpf.eval.interview import DEFAULT_CACHE, DEFAULT_MODEL  # imports openai: only when an endpoint is set
+
     cache = os.environ.get(ENV_JUDGE_CACHE_DIR, "").strip() or str(DEFAULT_CACHE)
     return JudgeEndpoint(base_url, os.environ.get(ENV_JUDGE_MODEL, "").strip() or DEFAULT_MODEL,
                          None if cache.lower() == "none" else Path(cache))

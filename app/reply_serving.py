@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, TypeVar
 
 from hirpf.reply_stream import ReplySource
-from hirpf.scheduler import max_batch_setting
+from hirpf.settings import max_batch_setting
 
 from .zerogpu import on_zerogpu
 

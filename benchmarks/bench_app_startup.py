@@ -5,11 +5,13 @@ converted model already cached) and measures from just before the process starts
   page        GET / answers 200 (the page is usable: the panel and the chat work without the model),
   first token the chat API (`/chat` via gradio_client) has streamed the first piece of a reply,
   reply       that reply is complete (8 new tokens).
-The target is a usable page and a responding chat API in under 15 s on the project's CPU machine. The
-machine is shared, so each run also reports the load average and the CPU time the app process had used by
-then (user + system, all threads), which depends far less on the other work than wall time does.
+The page is served before torch and transformers are imported (the model loads once the page answers), so
+the target is on the page: at most 6 s, median of the runs, on the project's 2-core CPU machine; the first
+reply's times stand beside it. The machine is shared, so each run also reports the load average (1 min, at
+its start and its end) and the CPU time the app process had used by then (user + system, all threads),
+which depends far less on the other work than wall time does.
 
-    .venv/bin/python benchmarks/bench_app_startup.py [--runs 3] [--json]
+    .venv/bin/python benchmarks/bench_app_startup.py [--runs 3] [--json] [--results benchmarks/results-startup.json]
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300
+PAGE_TARGET_S = 6.0
 
 
 def free_port() -> int:
@@ -70,8 +73,9 @@ def one_run() -> dict:
             time.sleep(0.05)
         page = time.perf_counter() - began
         page_cpu = cpu_seconds(process.pid)
-        job = Client(url, verbose=False).submit(message="Hello! How are you today?", max_new_tokens=8, seed=1,
-                                                api_name="/chat")
+        # A generous HTTP timeout: while torch loads, the server answers the client's first requests slowly.
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 60})
+        job = client.submit(message="Hello! How are you today?", max_new_tokens=8, seed=1, api_name="/chat")
         first_token = first_token_cpu = None
         for update in job:
             reply = [m for m in update[0] if m["role"] == "assistant" and not m.get("metadata")]
@@ -84,13 +88,15 @@ def one_run() -> dict:
         process.terminate()
         process.wait(timeout=30)
     return {"page_s": round(page, 2), "first_token_s": round(first_token or done, 2), "reply_s": round(done, 2),
-            "page_cpu_s": page_cpu, "first_token_cpu_s": first_token_cpu, "load_average_1min": round(load, 2)}
+            "page_cpu_s": page_cpu, "first_token_cpu_s": first_token_cpu, "load_average_1min": round(load, 2),
+            "load_average_1min_end": round(os.getloadavg()[0], 2)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--results", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args()
     runs = []
     for i in range(args.runs):
@@ -99,11 +105,13 @@ def main() -> int:
             print(f"run {i + 1}: {runs[-1]}", file=sys.stderr)
     summary = {key: round(statistics.median(r[key] for r in runs if r[key] is not None), 2)
                for key in ("page_s", "first_token_s", "reply_s", "page_cpu_s", "first_token_cpu_s")}
-    result = {"runs": runs, "median": summary, "target_s": 15,
-              "meets_target": summary["first_token_s"] < 15 and summary["page_s"] < 15}
+    result = {"runs": runs, "median": summary, "page_target_s": PAGE_TARGET_S,
+              "meets_target": summary["page_s"] <= PAGE_TARGET_S}
+    if args.results:
+        args.results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.json else
-          f"median: page {summary['page_s']} s, chat first token {summary['first_token_s']} s, "
-          f"reply done {summary['reply_s']} s (target: under 15 s); CPU time used by then: page "
+          f"median: page {summary['page_s']} s (target: at most {PAGE_TARGET_S:g} s), chat first token "
+          f"{summary['first_token_s']} s, reply done {summary['reply_s']} s; CPU time used by then: page "
           f"{summary['page_cpu_s']} s, first token {summary['first_token_cpu_s']} s")
     return 0
 

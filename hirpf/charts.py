@@ -1,7 +1,8 @@
 """Charts of evaluation runs as PNG files: radar charts of factor scores, bars of answer distributions.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global figure state), so
-charts can be made from worker threads of the app as well as from the CLI.
+charts can be made from worker threads of the app as well as from the CLI. matplotlib is imported when the
+first chart is drawn, not with this module: the app's page imports the evaluation modules before it serves.
 """
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_PANELS = 12  # a radar chart of more sets would be unreadable; the CSV has them all
 
@@ -44,8 +45,7 @@ def radar_figure(axes: Sequence[str], panels: Sequence[RadarPanel], low: float =
         panels = panels[:MAX_PANELS]
     columns = min(4, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))
-    figure = Figure(figsize=(max(3.2 * columns, 6.4), 3.8 * rows + 0.6))
-    FigureCanvasAgg(figure)
+    figure = agg_figure((max(3.2 * columns, 6.4), 3.8 * rows + 0.6))
     angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
     closed = angles + angles[:1]
     for n, panel in enumerate(panels):
@@ -88,8 +88,7 @@ def distribution_chart(path: Path, rows: Sequence[str], options: Sequence[str],
                        distributions: Sequence[Sequence[float]], title: str = "") -> Path:
     """Horizontal stacked bars: one bar per identity set, the share of each option."""
     height = 1.6 + 0.32 * len(rows) + 0.2 * math.ceil(len(options) / 3)
-    figure = Figure(figsize=(8, max(2.5, height)))
-    FigureCanvasAgg(figure)
+    figure = agg_figure((8, max(2.5, height)))
     ax = figure.add_subplot(1, 1, 1)
     colours = [figure_colour(i, len(options)) for i in range(len(options))]
     left = [0.0] * len(rows)
@@ -112,6 +111,16 @@ def distribution_chart(path: Path, rows: Sequence[str], options: Sequence[str],
     return path
 
 
+def agg_figure(size: tuple[float, float]) -> Figure:
+    """A figure of `size` inches on its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def figure_colour(i: int, n: int):
     """Ordered options get an ordered colour map (a Likert scale reads left to right)."""
     from matplotlib import colormaps
@@ -125,8 +134,7 @@ def line_chart(path: Path, x: Sequence[float] | None, panels: Sequence[tuple[str
     gaps."""
     from matplotlib import colormaps
 
-    figure = Figure(figsize=(6.4 * len(panels), 4.4))
-    FigureCanvasAgg(figure)
+    figure = agg_figure((6.4 * len(panels), 4.4))
     for k, (title, series) in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), k + 1)
         for i, (name, values) in enumerate(series.items()):
@@ -151,8 +159,7 @@ def interval_chart(path: Path, rows: Sequence[str], values: Sequence[float | Non
                    x_label: str = "", title: str = "") -> Path:
     """One row per item (a study's conditions): its value as a point with its interval as a bar, and a
     vertical reference line (chance, or 0 for centred scores). Rows without a value are left empty."""
-    figure = Figure(figsize=(7, max(2.2, 1.2 + 0.45 * len(rows))))
-    FigureCanvasAgg(figure)
+    figure = agg_figure((7, max(2.2, 1.2 + 0.45 * len(rows))))
     ax = figure.add_subplot(1, 1, 1)
     positions = list(range(len(rows)))[::-1]  # first row at the top
     for y, value, interval in zip(positions, values, intervals):

@@ -13,9 +13,10 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
-import torch
+if TYPE_CHECKING:  # the encodings import torch when called: the app's page imports this module before torch
+    import torch
 
 TRAITS = ("AGR", "CON", "EXT", "NEU", "OPE")
 TRAIT_WORDS = {
@@ -171,6 +172,8 @@ class IdentitySet:
     @classmethod
     def from_index_pairs(cls, pairs) -> "IdentitySet":
         """Inverse of `index_pairs`: rows of (group, expert), `[-1, -1]` rows ignored."""
+        import torch
+
         names = []
         for g, e in torch.as_tensor(pairs).tolist():
             if g < 0:
@@ -222,20 +225,28 @@ class IdentitySet:
     # --- encodings ----------------------------------------------------------------------------
     def index_pairs(self) -> torch.Tensor:
         """The HIS training format: a `[6, 2]` long tensor of (group, expert), padded with `[-1, -1]`."""
+        import torch
+
         rows = [expert_index(n) for n in self.names]
         rows += [(-1, -1)] * (MAX_IDENTITIES - len(rows))
         return torch.tensor(rows, dtype=torch.long)
 
     def mask_rows(self) -> dict[str, torch.Tensor]:
         """One boolean row per group: True where that group's expert is chosen."""
+        import torch
+
         return {g: torch.tensor([m in self.names for m in members]) for g, members in GROUPS.items()}
 
     def active_vector(self) -> torch.Tensor:
         """A boolean vector over all 13 experts in inventory order (the mask rows concatenated)."""
+        import torch
+
         return torch.tensor([n in self.names for n in ALL_IDENTITIES])
 
     def strength_vector(self) -> torch.Tensor:
         """Each of the 13 experts' strength in inventory order (the default for identities not chosen)."""
+        import torch
+
         strengths = dict(self.strengths)
         return torch.tensor([strengths.get(n, DEFAULT_STRENGTH) for n in ALL_IDENTITIES], dtype=torch.float64)
 

@@ -51,10 +51,8 @@ from .prompts import Conditioning, expert_identities
 from .reply_stream import FinishReason, ReplyStream
 from .row_sampling import RowSampler
 from .sampling import Message, Sampling
-from .settings import whole_number_setting
+from .settings import max_batch_setting, whole_number_setting
 
-ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
-DEFAULT_MAX_BATCH = 8
 ENV_PREFILL_CHUNK = "HIRPF_PREFILL_CHUNK"
 DEFAULT_PREFILL_CHUNK = 256
 # A chunk may delay the running rows by half a decode step (`hirpf.prefill_pacing`).
@@ -68,11 +66,6 @@ def _close_all() -> None:
     # A loop thread still running while the interpreter shuts down can abort the process inside torch.
     for scheduler in list(_LIVE):
         scheduler.close(timeout=5.0)
-
-
-def max_batch_setting() -> int:
-    """`HIRPF_MAX_BATCH` (default 8): rows decoded together; later requests wait in a queue."""
-    return whole_number_setting(ENV_MAX_BATCH, DEFAULT_MAX_BATCH, minimum=1)
 
 
 def prefill_chunk_setting() -> int:

@@ -17,3 +17,13 @@ def whole_number_setting(name: str, default: int, minimum: int, meaning_of_minim
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}{meaning_of_minimum}, got {value}")
     return value
+
+
+ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
+DEFAULT_MAX_BATCH = 8
+
+
+def max_batch_setting() -> int:
+    """`HIRPF_MAX_BATCH` (default 8): rows the scheduler decodes together; later requests wait in a queue.
+    Here, not in `hirpf.scheduler`, because the app sizes its reply queue with it before torch is imported."""
+    return whole_number_setting(ENV_MAX_BATCH, DEFAULT_MAX_BATCH, minimum=1)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 
 from hirpf.identities import PROFESSIONS, IdentitySet
-from hirpf.scheduler import DEFAULT_MAX_BATCH
+from hirpf.settings import DEFAULT_MAX_BATCH
 
 from app_serving import captions, client, replies, served, transcript
 

@@ -461,11 +461,16 @@ def test_every_judge_answers_through_one_registry(tiny_engine):
     """`questionnaire_judges.answer` is the one dispatch the CLI, the app and evaluate_experts use: a local
     judge's answers equal its own function's; an unknown judge, or the interview judge with no endpoint, is
     refused naming the problem."""
-    from hirpf.eval.questionnaire_judges import JUDGE_NAMES, LOCAL_JUDGES, answer
+    from hirpf.eval.digit_logits import answer_by_logits
+    from hirpf.eval.option_likelihood import answer_by_likelihood
+    from hirpf.eval.questionnaire_judges import JUDGE_NAMES, LOCAL_JUDGES, answer, local_judge
+    from hirpf.eval.statement_likelihood import answer_by_statement
 
     scale = default_scale("personality").subset(1)
     sets = [IdentitySet.parse("AGR_low"), IdentitySet()]
-    for name, judge in LOCAL_JUDGES.items():
+    judges = {"logits": answer_by_logits, "likelihood": answer_by_likelihood, "statement": answer_by_statement}
+    assert {name: local_judge(name) for name in LOCAL_JUDGES} == judges
+    for name, judge in judges.items():
         via_registry = answer(name, tiny_engine, scale, sets, Conditioning.EXPERTS_AND_PROMPT, 4)
         direct = judge(tiny_engine, scale, sets, Conditioning.EXPERTS_AND_PROMPT, 4)
         assert [a.answer for a in via_registry] == pytest.approx([a.answer for a in direct])

@@ -21,6 +21,7 @@ from ..cli import ENV_BASE_MODEL, ENV_LORA_WEIGHTS, _env
 from ..identities import IdentityError, IdentitySet, all_combinations, single_poles
 from ..paths import PROJECT_ROOT
 from ..prompts import Conditioning
+from ..sampling import Sampling
 
 log = logging.getLogger("hirpf.eval")
 DEFAULT_OUTPUT_ROOT = PROJECT_ROOT / "runs" / "eval"
@@ -194,6 +195,21 @@ def identity_sets_from_args(args, reference: bool = False) -> list[IdentitySet]:
                                 combinations=getattr(args, "combinations", None),
                                 sample=getattr(args, "sample", None), seed=getattr(args, "seed", 0),
                                 reference=reference)
+
+
+# --- generation options (situations and debate) ------------------------------------------------------
+def add_generation_arguments(parser, max_new_tokens: int = 96) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="tokens per turn")
+    group.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    group.add_argument("--top_p", type=float, default=0.9)
+    group.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+
+
+def sampling_from_args(args) -> Sampling:
+    check_positive("--max_new_tokens", args.max_new_tokens)
+    return Sampling(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
+                    top_p=args.top_p, seed=args.seed)
 
 
 # --- progress, files ---------------------------------------------------------------------------------

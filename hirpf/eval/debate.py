@@ -21,14 +21,15 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from ..engine import Engine, Sampling
 from ..identities import IdentitySet
 from ..prompts import Conditioning
 from ..reply_stream import ReplySource
+from ..sampling import Sampling
 from .common import (
     EvalError,
+    add_generation_arguments,
     check_positive,
     conditioning_for,
     load_engine,
@@ -37,9 +38,12 @@ from .common import (
     parse_identity_set,
     progress,
     run_config,
+    sampling_from_args,
     write_json,
 )
-from .situations import add_generation_arguments, sampling_from_args
+
+if TYPE_CHECKING:  # the app's debate tab imports this module before torch, which the engine's module imports
+    from ..engine import Engine
 
 SPEAKERS = ("A", "B")
 SIDES = {"A": "for", "B": "against"}

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Sequence
 
-from ..engine import Sampling
 from ..identities import IdentitySet
 from ..labels import SCALE_OPTIONS
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
 from ..paths import PROJECT_ROOT
 from ..prompts import Conditioning
+from ..sampling import Sampling
 from ..scales import Scale
 from ..transcripts import anonymize, as_text, reverse, speaker_of
 from .answers import Answer

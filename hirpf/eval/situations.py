@@ -33,6 +33,7 @@ from ..scenarios import Scenario, ScenarioError, load_scenarios, select
 from ..transcripts import reverse
 from .common import (
     EvalError,
+    add_generation_arguments,
     add_identity_arguments,
     check_positive,
     conditioning_for,
@@ -42,6 +43,7 @@ from .common import (
     output_dir,
     progress,
     run_config,
+    sampling_from_args,
     write_json,
 )
 from .slot_judge import JudgeUnavailable, add_judge_arguments, chat_client, judge_dialogues, slot_accuracy
@@ -202,21 +204,6 @@ def score(records: Sequence[dict]) -> dict:
         "accuracy_by_count": {str(k): slot_accuracy(v) for k, v in sorted(by_count.items())},
         "accuracy_by_scenario": {k: slot_accuracy(v) for k, v in by_scenario.items()},
     }
-
-
-# --- shared generation options (situations and debate) -----------------------------------------------
-def add_generation_arguments(parser, max_new_tokens: int = 96) -> None:
-    group = parser.add_argument_group("generation")
-    group.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="tokens per turn")
-    group.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    group.add_argument("--top_p", type=float, default=0.9)
-    group.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-
-
-def sampling_from_args(args) -> Sampling:
-    check_positive("--max_new_tokens", args.max_new_tokens)
-    return Sampling(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
-                    top_p=args.top_p, seed=args.seed)
 
 
 # --- the command -------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from ..charts import distribution_chart
 from ..paths import read_json_file
-from .choices import choice_probabilities
 from .common import (
     EvalError,
     add_identity_arguments,
@@ -102,6 +101,8 @@ def _question(entry, index: int, path: Path) -> Question:
 def survey_distributions(engine, survey: Survey, identity_sets, conditioning, batch_size: int = 16, bar=None):
     """For each question, each identity set's probabilities over the options: `{question id: [[p, ...] per
     set]}` and the matching option masses."""
+    from .choices import choice_probabilities  # imports torch; the app's page imports this module before it
+
     results = {}
     for question in survey.questions:
         conversations = [[{"role": "user", "content": question.prompt()}]] * len(identity_sets)
