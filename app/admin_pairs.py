@@ -199,8 +199,10 @@ def build_form() -> dict:
 
 
 def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable[[str | None], None],
-                       offer: Callable[[str, str, str], str]) -> None:
-    """The "Pair studies" accordion, inside the admin panel (`unlocked`: the admin session's token)."""
+                       offer: Callable[[str, str, str], str]) -> tuple[Callable[[str | None], dict], list]:
+    """The "Pair studies" accordion, inside the admin panel (`unlocked`: the admin session's token). Returns
+    what the admin tab's unlock adds to its answer: the study list for the session it opened (a function of
+    the token) and the components it fills."""
     with gr.Accordion("Pair studies", open=False, elem_id="admin-pairs"):
         gr.Markdown(SECTION_TEXT)
         design = gr.Radio(["discrimination", "preference"], value="discrimination", label="Design",
@@ -328,6 +330,7 @@ def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable
     report_button.click(report, [unlocked, study], [report_text, chart, export_link], api_name="admin_pair_report")
     export_csv.click(export("csv"), [unlocked, study], [export_link], api_name=False)
     export_jsonl.click(export("jsonl"), [unlocked, study], [export_link], api_name=False)
+    return studies, listing
 
 
 def _public_id(db, name: str) -> str:

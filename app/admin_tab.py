@@ -14,12 +14,9 @@ off every queue, so a guesser never delays the real admin.
 """
 from __future__ import annotations
 
-import hmac
 import html
 import io
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -34,6 +31,7 @@ from hirpf.labels import SLOTS
 
 from .admin_downloads import AdminDownloads, Download
 from .admin_pairs import PairBuilds, build_pair_section
+from .admin_session import PASSWORD_ENV, USERS_ENV, AdminSession
 from .assets import asset
 from .markup import code_block, table_cell
 from .services import (
@@ -48,7 +46,6 @@ from .services import (
 from .standalone import main, tab_app
 from .throttle import Throttle, Throttled, client_of
 
-PASSWORD_ENV, USERS_ENV = "HIRPF_ADMIN_PASSWORD", "HIRPF_ADMIN_USERS"
 TITLE = "Evaluation admin"
 # After each wrong password a client waits 1, 2, 4, ... s; the 10th in a row locks it out for 15 minutes.
 ADMIN_THROTTLE = {"base_delay_s": 1.0, "max_delay_s": 60.0, "lockout_after": 10, "lockout_s": 900.0}
@@ -66,29 +63,6 @@ It shows unblinded results, so it opens only when it is protected. Set one of th
 - `{PASSWORD_ENV}`: a password that opens this tab;
 - `{USERS_ENV}`: Hugging Face usernames, comma-separated, who may open it after signing in (needs
   `hf_oauth: true` in the Space's README front matter)."""
-
-
-@dataclass(frozen=True)
-class AdminAccess:
-    """Who may open the admin tab."""
-
-    password: str | None = None
-    users: frozenset[str] = frozenset()  # Hugging Face usernames, case-folded
-
-    @classmethod
-    def from_env(cls) -> "AdminAccess":
-        users = frozenset(u.strip().casefold() for u in os.environ.get(USERS_ENV, "").split(",") if u.strip())
-        return cls(os.environ.get(PASSWORD_ENV) or None, users)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.password or self.users)
-
-    def admits(self, password: str | None, username: str | None) -> bool:
-        if username and username.casefold() in self.users:
-            return True
-        # Compared in constant time; an empty attempt never matches.
-        return bool(self.password and password) and hmac.compare_digest(password.encode(), self.password.encode())
 
 
 def _figure(x: float | None, percent: bool = False) -> str:
@@ -159,23 +133,20 @@ def download_link(link: str, filename: str) -> str:
             "when this page is closed)")
 
 
-def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | None = None,
-                    downloads: AdminDownloads | None = None, throttle: Throttle | None = None,
-                    pair_builds: PairBuilds | None = None) -> dict:
+def build_admin_tab(data_dir: str | Path | None = None, session: AdminSession | None = None,
+                    throttle: Throttle | None = None, pair_builds: PairBuilds | None = None) -> dict:
     """Lay out the admin tab inside the current Blocks; without any access configured, only the note.
-    `downloads`: where exports are handed out (the app installs its route at launch); `throttle`: the
-    password backoff (injectable for tests); `pair_builds`: pair-study builds on the app's model (default:
-    none, as with `--annotation_only`)."""
-    access = access or AdminAccess.from_env()
+    `session`: the app's admin unlocks (its access rule, and its downloads, where exports are handed out:
+    the app installs their route at launch); `throttle`: the password backoff (injectable for tests);
+    `pair_builds`: pair-study builds on the app's model (default: none, as with `--annotation_only`)."""
+    session = session or AdminSession()
+    access, downloads = session.access, session.downloads
     if not access.enabled:
         gr.Markdown(DISABLED_TEXT, elem_id="admin-disabled")
         return {}
-    downloads = downloads or AdminDownloads()
     throttle = throttle or Throttle(**ADMIN_THROTTLE)
     mode = sign_in_mode()
-    # Server side, per browser session: the admin session's token once unlocked (None before). When Gradio
-    # drops the session (page closed), the token and its download links go with it.
-    unlocked = gr.State(None, delete_callback=downloads.close_session)
+    unlocked = session.token  # server side, per browser session: the admin session's token once unlocked
     policy_now = start_policy()
     with gr.Column(elem_id="admin-lock") as lock_box:
         gr.Markdown("### Evaluation admin\nThis view shows unblinded results. " + (
@@ -241,8 +212,9 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
                 export = gr.Button("Export", elem_id="admin-export-button")
             export_file = gr.Markdown(elem_id="admin-export-file")
         # `require` and `offer` are defined below, before any event can run.
-        build_pair_section(pair_builds or PairBuilds(data_dir), unlocked, lambda token: require(token),
-                           lambda token, filename, content: offer(token, filename, content))
+        pair_studies, pair_listing = build_pair_section(
+            pair_builds or PairBuilds(data_dir), unlocked, lambda token: require(token),
+            lambda token, filename, content: offer(token, filename, content))
     # A one-time claim, handed to the page at unlock, that set_admin_cookie.js trades for the admin session's
     # cookie (set by the server, HttpOnly): the page never holds the session's token.
     cookie_claim = gr.Textbox(visible=False, elem_id="admin-session")
@@ -258,9 +230,7 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
             Path(path).unlink(missing_ok=True)
 
     def require(token: str | None) -> None:
-        if not downloads.is_open(token):
-            raise gr.Error("Open the admin view first (admin password or an allowed Hugging Face account).",
-                           title=TITLE, print_exception=False)
+        session.require(token, TITLE)
 
     def progress_screen() -> dict:
         seen = overview(store().db)
@@ -293,7 +263,7 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
         throttle.succeeded(client)
         token = downloads.open_session()
         return {unlocked: token, lock_box: gr.Column(visible=False), panel: gr.Column(visible=True), password: "",
-                **progress_screen(), **policy_fields(store().policy), **sign_in_fields(),
+                **progress_screen(), **policy_fields(store().policy), **sign_in_fields(), **pair_studies(token),
                 cookie_claim: downloads.claim_for(token)}
 
     def sign_in_fields() -> dict:
@@ -372,7 +342,8 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
     screen = [counts, progress_table]
     # Off every queue: a refusal is answered at once, so guesses neither wait for nor hold up anybody.
     gr.on([unlock.click, password.submit], open_admin, [password],
-          [unlocked, lock_box, panel, password, *screen, *policy_inputs, sign_in_note, access_code, cookie_claim],
+          [unlocked, lock_box, panel, password, *screen, *policy_inputs, sign_in_note, access_code, *pair_listing,
+           cookie_claim],
           api_name="admin_open", queue=False).then(None, [cookie_claim], None, js=asset("set_admin_cookie.js"))
     set_code.click(change_access_code, [unlocked, access_code], [sign_in_note, access_code],
                    api_name="admin_access_code")
@@ -388,7 +359,7 @@ def build_admin_tab(data_dir: str | Path | None = None, access: AdminAccess | No
 def standalone_app(engine=None, data_dir: str | Path | None = None) -> gr.Blocks:
     """The Evaluation admin tab alone (no model: `engine` is ignored), with its download route."""
     downloads = AdminDownloads()
-    demo = tab_app(TITLE, lambda demo: build_admin_tab(data_dir=data_dir, downloads=downloads))
+    demo = tab_app(TITLE, lambda demo: build_admin_tab(data_dir=data_dir, session=AdminSession(downloads=downloads)))
     demo.hirpf_downloads = downloads
     return demo
 

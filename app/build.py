@@ -20,10 +20,12 @@ import gradio as gr
 
 from .admin_downloads import AdminDownloads, remove_leftover_export_folders
 from .admin_pairs import PairBuilds
+from .admin_session import AdminSession
 from .admin_tab import build_admin_tab
 from .annotation_tab import build_annotation_tab
 from .assets import MODEL_TAB_CSS, stylesheet
 from .chat_tab import build_chat_tab
+from .compare_to_study import CompareToStudy
 from .debate_tab import build_debate_tab
 from .model_slot import ModelSlot
 from .questionnaire_tab import build_questionnaire_tab, judge_endpoint_from_env
@@ -70,9 +72,10 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
     with gr.Blocks(title="HIRPF", analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\n{INTRO}")
         status = gr.Markdown(status_line(slot), elem_id="model-status")
+        admin = AdminSession(downloads=downloads)  # the admin tab's unlock, which sending a Compare needs too
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                build_chat_tab(slot, stops, model_queue, serving)
+                build_chat_tab(slot, stops, model_queue, serving, CompareToStudy(data_dir, admin))
             with gr.Tab("Debate", id="debate", elem_id="tab-debate"):
                 build_debate_tab(slot, stops, serving, data_dir=data_dir)
             with gr.Tab("Questionnaire", id="questionnaire", elem_id="tab-questionnaire"):
@@ -82,7 +85,7 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
             with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
                 pair_builds = PairBuilds(data_dir, slot)
                 pair_builds.resume_unfinished()  # what a restart cut short goes on once the model is loaded
-                build_admin_tab(data_dir=data_dir, downloads=downloads, pair_builds=pair_builds)
+                build_admin_tab(data_dir=data_dir, session=admin, pair_builds=pair_builds)
 
         # The model line shows on the model tabs only: annotators must not learn which model is behind the
         # dialogues they judge.
@@ -117,7 +120,7 @@ def build_annotation_app(data_dir: str | Path | None = None, title: str = EVALUA
             with gr.Tab("Human evaluation", id="annotate", elem_id="tab-annotate"):
                 build_annotation_tab(demo, data_dir=data_dir)
             with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
-                build_admin_tab(data_dir=data_dir, downloads=downloads)
+                build_admin_tab(data_dir=data_dir, session=AdminSession(downloads=downloads))
     return served_with(demo, data_dir, downloads)
 
 

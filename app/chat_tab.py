@@ -20,7 +20,9 @@ from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
 
+from .admin_session import AdminSession
 from .assets import MODEL_TAB_CSS
+from .compare_to_study import CompareToStudy, Comparison
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import MAX_NEW_TOKENS, read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
@@ -73,9 +75,11 @@ def compared_history(message: str, conversation: list) -> list[dict]:
     return model_history(record[:last_user + 1])
 
 
-def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, serving: ReplyServing) -> dict:
+def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, serving: ReplyServing,
+                   sender: CompareToStudy) -> dict:
     """Lay out the tab inside the current Blocks and wire its events; returns its main components. Chat and
-    Regenerate are served as `serving` says; Compare waits on `model_queue`."""
+    Regenerate are served as `serving` says; Compare waits on `model_queue`; `sender` sends a Compare result
+    to a pair study."""
     with gr.Row():
         with gr.Column(scale=2, min_width=380):
             panel = IdentityPanel("chat", "Agent identity", with_strength=True)
@@ -107,11 +111,14 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
                                     elem_id="chat-compare-baseline",
                                     info="the message (or the last one sent) answered twice in one batch, one seed")
             # Shown from a Compare until the settings it answered change.
-            with gr.Row(elem_id="chat-comparison", visible=False) as comparison:
-                compared = gr.Markdown(elem_id="chat-compare-identity", min_height=80)
-                compared_baseline = gr.Markdown(elem_id="chat-compare-baseline-reply", min_height=80)
+            with gr.Column(elem_id="chat-comparison", visible=False) as comparison:
+                with gr.Row():
+                    compared = gr.Markdown(elem_id="chat-compare-identity", min_height=80)
+                    compared_baseline = gr.Markdown(elem_id="chat-compare-baseline-reply", min_height=80)
+                sender.lay_out()
             gr.Examples(examples=[[e] for e in EXAMPLES], inputs=[message], label="Examples")
     conversation = gr.State([])  # per session: the record with each reply's identity set
+    last_comparison = gr.State(None)  # per session: the last Compare's `Comparison`, for sending it to a study
     # The strengths go last, so an API call that leaves them out gets each identity at strength 1.
     settings = [conditioning, max_new_tokens, temperature, top_p, seed, panel.strengths]
 
@@ -210,8 +217,9 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
         seed_note = f" · seed {sampling.seed}" if sampling.seed is not None else ""
         right_title = (f"{CONDITIONING_LABELS[Conditioning.PROMPT].capitalize()}: {identities.describe()}" if against
                        else "No identity (plain base model)")
+        made = Comparison(tuple(history), identities, mode, baseline, sampling, (left, right), slot.description)
         return (f"**{CONDITIONING_LABELS[mode].capitalize()}: {identities.describe()}**{seed_note}\n\n{left}",
-                f"**{right_title}**{seed_note}\n\n{right}")
+                f"**{right_title}**{seed_note}\n\n{right}", made)
 
     def stop_reply(conversation: list, request: gr.Request):
         """Stop this session's running reply at the next token; the text so far stays."""
@@ -232,14 +240,15 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
                                         [chatbot, conversation], api_name="regenerate", **serving.queue)
     quick = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
     compare_event = compare.click(
-        lambda: (gr.Row(visible=True), COMPARING, COMPARING), None, [comparison, compared, compared_baseline],
+        lambda: (gr.Column(visible=True), COMPARING, COMPARING), None, [comparison, compared, compared_baseline],
         **quick).then(compare_replies, [message, conversation, *identity_inputs, *settings, baseline],
-                      [compared, compared_baseline], api_name="compare", **model_queue)
+                      [compared, compared_baseline, last_comparison], api_name="compare", **model_queue)
+    sender.wire(compare_event, last_comparison)
     # An old comparison would be read as the new settings' answer: it goes when the visitor changes them.
     # `input`, not `change`: values the server writes back (the strengths text a box's click recomputes) can
     # land after the next Compare began on a busy server, and would hide that new comparison.
     gr.on([panel.traits.input, panel.profession.input, *[s.input for s in panel.sliders], conditioning.input,
-           baseline.input, clear.click], lambda: gr.Row(visible=False), None, comparison, **quick)
+           baseline.input, clear.click], lambda: gr.Column(visible=False), None, comparison, **quick)
     running = [chat_event, regenerate_event, compare_event]
     stop.click(stop_reply, [conversation], [chatbot, conversation], cancels=running, queue=False,
                api_name="stop")
@@ -251,8 +260,12 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
 def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
     """The Chat tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
-    return tab_app("Chat", lambda demo: build_chat_tab(slot, StopSignals(), MODEL_QUEUE, reply_serving(MODEL_QUEUE)),
-                   css=MODEL_TAB_CSS)
+
+    def build(demo: gr.Blocks) -> None:
+        sender = CompareToStudy(data_dir, AdminSession())  # no admin tab here: with admin access set, none sends
+        build_chat_tab(slot, StopSignals(), MODEL_QUEUE, reply_serving(MODEL_QUEUE), sender)
+
+    return tab_app("Chat", build, css=MODEL_TAB_CSS)
 
 
 if __name__ == "__main__":

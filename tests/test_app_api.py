@@ -304,7 +304,7 @@ def test_every_setting_the_app_reads_is_documented():
 
     # The start-up settings, the data directory's one home, and what the evaluation tabs read.
     source = "\n".join((PROJECT_ROOT / path).read_text(encoding="utf-8") for path in (
-        "app/settings.py", "db/engine.py", "app/services.py", "app/admin_tab.py"))
+        "app/settings.py", "db/engine.py", "app/services.py", "app/admin_session.py"))
     flags = set(re.findall(r'add_argument\("(--[a-z_0-9]+)"', source))
     variables = set(re.findall(r'"((?:HIRPF|GRADIO)_[A-Z_0-9]+)"', source))
     assert {"--host", "--port", "--base_model", "--lora_weights", "--load_in_8bit", "--data_dir",
