@@ -2,7 +2,8 @@
 [--load_in_8bit] [--data_dir DIR] [--annotation_only] [--no-scheduler]` (each flag also reads an environment
 variable; see app/settings.py).
 
-Hugging Face Spaces runs this file and expects the Blocks at module level as `demo`. The model starts
+Hugging Face Spaces runs this file and expects the Blocks at module level as `demo` (`built` is the whole
+`BuiltApp`: the Blocks with its stylesheet, admin routes and model slot). The model starts
 loading in a background thread before Gradio is even imported, so the page answers within seconds and
 the first reply waits only for whatever is left of the load. With `--annotation_only` (or
 `HIRPF_ANNOTATION_ONLY=1`) no model is loaded at all: the page is the human evaluation alone.
@@ -17,7 +18,7 @@ if settings.annotation_only:
     from app.build import build_annotation_app
     from app.launching import launch
 
-    demo = build_annotation_app(data_dir=settings.data_dir)
+    built = build_annotation_app(data_dir=settings.data_dir)
 else:
     from app.model_slot import ModelSlot  # light; torch is imported by the loader thread
 
@@ -34,7 +35,8 @@ else:
     from app.build import build_app  # Gradio loads while the model does
     from app.launching import launch
 
-    demo = build_app(slot, data_dir=settings.data_dir, scheduler=settings.scheduler)
+    built = build_app(slot, data_dir=settings.data_dir, scheduler=settings.scheduler)
+demo = built.blocks
 
 if __name__ == "__main__":
-    launch(demo, settings.host, settings.port)
+    launch(built, settings.host, settings.port)

@@ -52,8 +52,8 @@ from annotation.store import StoreError
 from hirpf.identities import PROFESSIONS, TRAIT_POLES
 from hirpf.sampling import Sampling
 
+from .evaluation_store import open_store
 from .markup import code_block
-from .services import open_store
 
 TITLE = "Evaluation admin"
 IDENTITY_CHOICES = [("The ten trait poles", "poles"), ("The professions", "professions"),

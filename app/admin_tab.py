@@ -32,17 +32,11 @@ from hirpf.labels import SLOTS
 from .admin_downloads import AdminDownloads, Download
 from .admin_pairs import PairBuilds, build_pair_section
 from .admin_session import PASSWORD_ENV, USERS_ENV, AdminSession
+from .annotator_sign_in import oauth_configured, sign_in_mode
 from .assets import asset
+from .built_app import BuiltApp
+from .evaluation_store import SLOT_TITLES, apply_policy, open_store, policy_as_text, start_policy
 from .markup import code_block, table_cell
-from .services import (
-    SLOT_TITLES,
-    apply_policy,
-    oauth_configured,
-    open_store,
-    policy_as_text,
-    sign_in_mode,
-    start_policy,
-)
 from .standalone import main, tab_app
 from .throttle import Throttle, Throttled, client_of
 
@@ -356,12 +350,11 @@ def build_admin_tab(data_dir: str | Path | None = None, session: AdminSession | 
     return {"panel": panel, "unlock": unlock}
 
 
-def standalone_app(engine=None, data_dir: str | Path | None = None) -> gr.Blocks:
+def standalone_app(engine=None, data_dir: str | Path | None = None) -> BuiltApp:
     """The Evaluation admin tab alone (no model: `engine` is ignored), with its download route."""
     downloads = AdminDownloads()
-    demo = tab_app(TITLE, lambda demo: build_admin_tab(data_dir=data_dir, session=AdminSession(downloads=downloads)))
-    demo.hirpf_downloads = downloads
-    return demo
+    return tab_app(TITLE, lambda demo: build_admin_tab(data_dir=data_dir, session=AdminSession(downloads=downloads)),
+                   downloads=downloads)
 
 
 if __name__ == "__main__":

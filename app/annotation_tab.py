@@ -31,12 +31,13 @@ from annotation.store import MAX_COMMENT_CHARS, NotFound, Store, StoreError, Tas
 from hirpf.identities import PROFESSIONS
 from hirpf.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
 
-from .annotator_sign_in import session_token
+from .annotator_sign_in import oauth_configured, session_token, sign_in_mode
 from .assets import asset
+from .built_app import BuiltApp
+from .evaluation_store import EVALUATION_TITLE as TITLE
+from .evaluation_store import SLOT_TITLES, open_store, start_policy
 from .markup import markdown_text, transcript_html
 from .pair_annotation import build_pair_panel, install_pair_shortcuts
-from .services import EVALUATION_TITLE as TITLE
-from .services import SLOT_TITLES, oauth_configured, open_store, sign_in_mode, start_policy
 from .standalone import main, tab_app
 from .throttle import Throttle, Throttled, client_of
 
@@ -363,7 +364,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
     return {"identity": identity, "slots": slot_inputs, "scale": scale_input, "submit": submit, "task": task}
 
 
-def standalone_app(engine=None, data_dir: str | Path | None = None) -> gr.Blocks:
+def standalone_app(engine=None, data_dir: str | Path | None = None) -> BuiltApp:
     """The Human evaluation tab alone (it needs no model: `engine` is ignored)."""
     return tab_app(TITLE, lambda demo: build_annotation_tab(demo, data_dir=data_dir))
 

@@ -27,7 +27,7 @@ from hirpf.prompts import Conditioning
 from hirpf.sampling import Sampling
 
 from .admin_session import LOCKED_TEXT, AdminSession
-from .services import open_store
+from .evaluation_store import open_store
 
 TITLE = "Send to a study"
 NO_IDENTITY = "no identity"  # the label of the "beside no identity at all" baseline's condition

@@ -25,11 +25,12 @@ from hirpf.eval.debate import Debate, DebateSpec, Turn, schedule, stream_debate
 from hirpf.prompts import Conditioning
 
 from .assets import MODEL_TAB_CSS
+from .built_app import BuiltApp
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
 from .reply_serving import ReplyServing, paced, reply_serving
-from .services import send_to_evaluation
+from .send_to_evaluation import send_to_evaluation
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
 from .transcript import CONDITIONING_LABELS
@@ -262,7 +263,7 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
             "transcripts": (transcript_a, transcript_b), "files": files, "record": record_state}
 
 
-def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
+def standalone_app(engine=None, data_dir=None) -> BuiltApp:
     """The Debate tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
     return tab_app("Debate", lambda demo: build_debate_tab(slot, StopSignals(), reply_serving(MODEL_QUEUE),

@@ -31,9 +31,9 @@ from annotation.store import NotFound, StoreError
 
 from .annotator_sign_in import signed_in_annotator
 from .assets import asset
+from .evaluation_store import EVALUATION_TITLE as TITLE
+from .evaluation_store import open_store
 from .markup import markdown_text, transcript_html
-from .services import EVALUATION_TITLE as TITLE
-from .services import open_store
 
 DONE = "**All done: there are no more pairs for you.** Thank you!"
 

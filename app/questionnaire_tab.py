@@ -32,6 +32,7 @@ from hirpf.prompts import Conditioning
 from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
 
 from .assets import MODEL_TAB_CSS
+from .built_app import BuiltApp
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning
 from .model_slot import ModelLoadError, ModelSlot
@@ -363,7 +364,7 @@ def interview_judge(endpoint: JudgeEndpoint):
     return InterviewJudge(client, client)
 
 
-def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
+def standalone_app(engine=None, data_dir=None) -> BuiltApp:
     """The Questionnaire tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
     return tab_app("Questionnaire", lambda demo: build_questionnaire_tab(slot, MODEL_QUEUE, judge_endpoint_from_env()),

@@ -11,8 +11,8 @@ import pytest
 from annotation.pair_generation import missing_replies, reply_counts, store_reply
 from annotation.pair_studies import PairStudyError, activate_study, parse_condition, plan_pairs, poles, save_study
 from app.admin_pairs import PairBuilds, identity_sets, prompts_of
+from app.evaluation_store import open_store
 from app.model_slot import ModelSlot
-from app.services import open_store
 
 MODEL = "tiny test model"
 
@@ -60,7 +60,7 @@ def test_typed_identities_and_prompts():
 
 
 def build_control(demo) -> dict:
-    return next(c["props"] for c in demo.get_config_file()["components"]
+    return next(c["props"] for c in demo.blocks.get_config_file()["components"]
                 if c.get("props", {}).get("elem_id") == "admin-pair-build")
 
 
@@ -72,7 +72,7 @@ def test_the_build_control_needs_the_model_app(tiny_engine, tmp_path, monkeypatc
     annotation_only = build_annotation_app(data_dir=tmp_path)
     assert build_control(annotation_only)["interactive"] is False
     assert any(c.get("props", {}).get("elem_id") == "admin-pair-no-model"
-               for c in annotation_only.get_config_file()["components"])
+               for c in annotation_only.blocks.get_config_file()["components"])
     assert build_control(build_app(tiny_engine, data_dir=tmp_path))["interactive"] is not False
 
 
@@ -99,7 +99,7 @@ def test_the_study_list_comes_with_the_unlock(tmp_path, monkeypatch):
     planned(db, "second", MODEL)
     activate_study(db, "second")
     demo = build_annotation_app(data_dir=tmp_path)
-    open_admin = next(f.fn for f in demo.fns.values() if f.api_name == "admin_open")
+    open_admin = next(f.fn for f in demo.blocks.fns.values() if f.api_name == "admin_open")
     opened = open_admin("pw")
     [listed] = [v for v in opened.values() if isinstance(v, gr.Dropdown)]
     assert [choice[1] for choice in listed.choices] == ["first", "second"] and listed.value == "second"
@@ -123,6 +123,6 @@ def test_no_stored_study_reaches_a_visitors_config(tiny_engine, tmp_path, monkey
     # The full app's Chat tab names every identity; the annotation-only app names none.
     for demo, secrets in ((build_app(tiny_engine, data_dir=tmp_path), study),
                           (build_annotation_app(data_dir=tmp_path), study + ["NEU_high", "neuroticism"])):
-        config = json.dumps(demo.get_config_file(), default=repr)  # a State's delete_callback is a function
+        config = json.dumps(demo.blocks.get_config_file(), default=repr)  # a State's delete_callback is a function
         for secret in secrets:
             assert secret not in config, secret

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from app.services import open_store
+from app.evaluation_store import open_store
 from db.models import PairCondition, PairStudy, StudyPair
 
 from app_serving import browser_page, needs_chromium, open_tab, served

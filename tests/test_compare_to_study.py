@@ -18,7 +18,7 @@ from annotation.pair_studies import (
 )
 from annotation.pair_tasks import next_pair_task
 from app.compare_to_study import Comparison, send_comparison
-from app.services import open_store
+from app.evaluation_store import open_store
 from db.models import PairCondition, PairReply, PairStudy, StudyPair
 from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
@@ -32,7 +32,7 @@ MESSAGE = "How do you spend a Sunday?"
 
 @pytest.fixture
 def store_db(database_url, monkeypatch):  # noqa: F811
-    """The app's store (`app.services.open_store`) on a fresh database of each engine."""
+    """The app's store (`app.evaluation_store.open_store`) on a fresh database of each engine."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     return open_store(None).db
 
