@@ -114,7 +114,7 @@ class CompareToStudy:
         names = study_names(open_store(self.data_dir).db, design="preference")
         return {self.row: gr.Row(visible=True), self.study: gr.Dropdown(choices=names), self.note: ""}
 
-    def send_comparison(self, comparison: Comparison | None, study: str | None, token: str | None) -> dict:
+    def send_to_study(self, comparison: Comparison | None, study: str | None, token: str | None) -> dict:
         """Store the last Compare as a pair of a preference study (a new name makes the study)."""
         if not self.admin.may_write(token):
             raise gr.Error(LOCKED_TEXT, title=TITLE, print_exception=False)
@@ -133,5 +133,5 @@ class CompareToStudy:
         outputs = [self.row, self.study, self.note]
         compared.success(self.offer, [self.admin.token], outputs, queue=False, show_progress="hidden",
                          api_visibility="private")
-        self.send.click(self.send_comparison, [comparison, self.study, self.admin.token], [self.study, self.note],
+        self.send.click(self.send_to_study, [comparison, self.study, self.admin.token], [self.study, self.note],
                         api_name="compare_to_study")
