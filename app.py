@@ -2,9 +2,10 @@
 [--load_in_8bit] [--data_dir DIR] [--annotation_only] [--no-scheduler]` (each flag also reads an environment
 variable; see app/settings.py).
 
-Hugging Face Spaces runs this file and expects the Blocks at module level as `demo`. The page is built and
-served before torch and transformers are imported: the model (and they) load in a background thread once
-the page answers, and the first reply waits for that load while the page's status line says so. With
+Hugging Face Spaces runs this file and expects the Blocks at module level as `demo` (`built` is the whole
+`BuiltApp`: the Blocks with its stylesheet, admin routes and model slot). The page is built and served
+before torch and transformers are imported: the model (and they) load in a background thread once the page
+answers, and the first reply waits for that load while the page's status line says so. With
 `--annotation_only` (or `HIRPF_ANNOTATION_ONLY=1`) no model is loaded at all: the page is the human
 evaluation alone.
 """
@@ -18,7 +19,7 @@ if settings.annotation_only:
     from app.build import build_annotation_app
     from app.launching import launch
 
-    demo = build_annotation_app(data_dir=settings.data_dir)
+    built = build_annotation_app(data_dir=settings.data_dir)
 else:
     from app.model_slot import ModelSlot  # light; torch is imported by the loader thread
 
@@ -35,10 +36,11 @@ else:
     from app.build import build_app  # imports no torch (tests/test_app_startup.py)
     from app.launching import launch
 
-    demo = build_app(slot, data_dir=settings.data_dir, scheduler=settings.scheduler)
+    built = build_app(slot, data_dir=settings.data_dir, scheduler=settings.scheduler)
+demo = built.blocks
 
 if __name__ == "__main__":
-    launch(demo, settings.host, settings.port, prevent_thread_lock=True)
+    launch(built, settings.host, settings.port, prevent_thread_lock=True)
     if not settings.annotation_only:
         slot.start()  # now that the page answers: loading torch sooner would slow the page's own imports
     demo.block_thread()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from sqlalchemy import func, or_, select
@@ -172,6 +172,23 @@ def plan_pairs(design: str, identities: Sequence, conditions: Sequence[Condition
                      tuple(conditions), tuple(pairs))
 
 
+def compared_pair_plan(identities: Sequence[str], conditions: tuple[Condition, Condition], prompt: str,
+                       replies: tuple[str, str], source_refs: tuple[str | None, str | None] = (None, None)
+                       ) -> StudyPlan:
+    """One preference pair whose replies were made already (the Chat tab's Compare): `identities` answering
+    `prompt` under the two conditions, with `replies` (and `source_refs`, each reply's provenance beyond its
+    condition) in the conditions' order. The plan `plan_pairs` makes, replies filled in: `save_study` stores
+    it as it stores a build's or an import's."""
+    if not identities:
+        raise ValueError("identities: a preference pair asks which reply sounds more like an identity set; "
+                         "choose at least one identity")
+    plan = plan_pairs("preference", [list(identities)], list(conditions), [prompt])
+    (pair,) = plan.pairs
+    a, b = (replace(side, text=text, source_ref=ref)
+            for side, text, ref in zip((pair.a, pair.b), replies, source_refs))
+    return replace(plan, pairs=(replace(pair, a=a, b=b),))
+
+
 def _discrimination_target(name: str) -> str:
     """What a discrimination question asks about: the trait ("agreeableness") or the profession ("a doctor")."""
     return label(name) if name in PROFESSIONS else TRAIT_WORDS[name.split("_")[0]]
@@ -278,9 +295,13 @@ def study_row(session: Session, name: str) -> PairStudy:
     return study
 
 
-def study_names(db: Database) -> list[str]:
+def study_names(db: Database, design: str | None = None) -> list[str]:
+    """The stored studies' names, oldest first; `design`: of that design only."""
+    query = select(PairStudy.name).order_by(PairStudy.id)
+    if design is not None:
+        query = query.where(PairStudy.design == design)
     with db.read() as session:
-        return list(session.scalars(select(PairStudy.name).order_by(PairStudy.id)))
+        return list(session.scalars(query))
 
 
 

@@ -2,7 +2,7 @@
 annotators, and read its report (issue 25).
 
     builds = PairBuilds(data_dir, slot)            # one per app; `slot`: the app's ModelSlot, None without a model
-    build_pair_section(builds, require, offer)     # inside the unlocked admin panel
+    section = build_pair_section(builds, unlocked, require, offer)   # a PairSection, in the admin panel
 
 A build stores the study's plan at once (`annotation.pair_studies.save_study`) and generates the replies in
 a background thread (`annotation.pair_generation.PairBuildJob`) on the app's model; the page follows it with
@@ -52,8 +52,8 @@ from annotation.store import StoreError
 from hirpf.identities import PROFESSIONS, TRAIT_POLES
 from hirpf.sampling import Sampling
 
+from .evaluation_store import open_store
 from .markup import code_block
-from .services import open_store
 
 TITLE = "Evaluation admin"
 IDENTITY_CHOICES = [("The ten trait poles", "poles"), ("The professions", "professions"),
@@ -198,136 +198,166 @@ def build_form() -> dict:
     return {"button": button, "inputs": [name, conditions, identities, typed_sets, prompts, prompts_file]}
 
 
-def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable[[str | None], None],
-                       offer: Callable[[str, str, str], str]) -> None:
-    """The "Pair studies" accordion, inside the admin panel (`unlocked`: the admin session's token)."""
-    with gr.Accordion("Pair studies", open=False, elem_id="admin-pairs"):
-        gr.Markdown(SECTION_TEXT)
-        design = gr.Radio(["discrimination", "preference"], value="discrimination", label="Design",
-                          elem_id="admin-pair-design")
-        # Without a model only the note: the annotation-only page names no experts or identity codes at all.
-        form = build_form() if builds.slot is not None else None
-        if form is None:
-            gr.Button("Build (needs the model app)", variant="primary", interactive=False,
-                      elem_id="admin-pair-build")
-            gr.Markdown(NO_MODEL_TEXT, elem_id="admin-pair-no-model")
-        build_progress = gr.HTML(elem_id="admin-pair-progress")
-        poll = gr.Timer(1.0, active=False)
-        with gr.Row():
-            import_file = gr.File(label="Import pairs (JSONL)", file_types=[".jsonl"], elem_id="admin-pair-import")
-            import_button = gr.Button("Import as a new study", elem_id="admin-pair-import-button")
-        import_note = gr.Markdown(elem_id="admin-pair-import-note")
-        gr.Markdown("#### Show a study to the annotators, read its report")
-        with gr.Row():
-            study = gr.Dropdown([], label="Study", allow_custom_value=False, elem_id="admin-pair-study")
-            list_studies = gr.Button("Refresh list", size="sm", scale=0, elem_id="admin-pair-list")
-            activate = gr.Button("Show to annotators", elem_id="admin-pair-activate")
-            deactivate = gr.Button("Show none", elem_id="admin-pair-deactivate")
-        active_note = gr.Markdown(elem_id="admin-pair-active")
-        report_button = gr.Button("Report", elem_id="admin-pair-report-button")
-        report_text = gr.Markdown(elem_id="admin-pair-report")
-        chart = gr.HTML(elem_id="admin-pair-chart")
-        with gr.Row():
-            export_csv = gr.Button("Export CSV", size="sm", elem_id="admin-pair-export-csv")
-            export_jsonl = gr.Button("Export JSONL", size="sm", elem_id="admin-pair-export-jsonl")
-        export_link = gr.Markdown(elem_id="admin-pair-export-link")
+class PairSection:
+    """The "Pair studies" accordion of one admin tab: its components (made by `lay_out`, inside the admin
+    panel), its handlers (each checks the admin session's token first: `require`; files go through
+    `offer`), and `wire`. `unlocked`: the admin session's token, a `gr.State`."""
 
-    building = gr.State("")  # the study whose build this page follows
+    def __init__(self, builds: PairBuilds, unlocked: gr.State, require: Callable[[str | None], None],
+                 offer: Callable[[str, str, str], str]):
+        self.builds, self.unlocked, self.require, self.offer = builds, unlocked, require, offer
 
-    def studies(token: str | None, selected: str | None = None) -> dict:
-        require(token)
-        db = builds.db()
+    def lay_out(self) -> None:
+        with gr.Accordion("Pair studies", open=False, elem_id="admin-pairs"):
+            gr.Markdown(SECTION_TEXT)
+            self.design = gr.Radio(["discrimination", "preference"], value="discrimination", label="Design",
+                                   elem_id="admin-pair-design")
+            # Without a model only the note: the annotation-only page names no experts or identity codes at all.
+            self.form = build_form() if self.builds.slot is not None else None
+            if self.form is None:
+                gr.Button("Build (needs the model app)", variant="primary", interactive=False,
+                          elem_id="admin-pair-build")
+                gr.Markdown(NO_MODEL_TEXT, elem_id="admin-pair-no-model")
+            self.build_progress = gr.HTML(elem_id="admin-pair-progress")
+            self.poll = gr.Timer(1.0, active=False)
+            with gr.Row():
+                self.import_file = gr.File(label="Import pairs (JSONL)", file_types=[".jsonl"],
+                                           elem_id="admin-pair-import")
+                self.import_button = gr.Button("Import as a new study", elem_id="admin-pair-import-button")
+            self.import_note = gr.Markdown(elem_id="admin-pair-import-note")
+            gr.Markdown("#### Show a study to the annotators, read its report")
+            with gr.Row():
+                self.study = gr.Dropdown([], label="Study", allow_custom_value=False, elem_id="admin-pair-study")
+                self.list_studies = gr.Button("Refresh list", size="sm", scale=0, elem_id="admin-pair-list")
+                self.activate = gr.Button("Show to annotators", elem_id="admin-pair-activate")
+                self.deactivate = gr.Button("Show none", elem_id="admin-pair-deactivate")
+            self.active_note = gr.Markdown(elem_id="admin-pair-active")
+            self.report_button = gr.Button("Report", elem_id="admin-pair-report-button")
+            self.report_text = gr.Markdown(elem_id="admin-pair-report")
+            self.chart = gr.HTML(elem_id="admin-pair-chart")
+            with gr.Row():
+                self.export_csv = gr.Button("Export CSV", size="sm", elem_id="admin-pair-export-csv")
+                self.export_jsonl = gr.Button("Export JSONL", size="sm", elem_id="admin-pair-export-jsonl")
+            self.export_link = gr.Markdown(elem_id="admin-pair-export-link")
+
+        self.building = gr.State("")  # the study whose build this page follows
+
+    @property
+    def listing(self) -> list:
+        """What `studies` fills: the study list and the line saying which study annotators see."""
+        return [self.study, self.active_note]
+
+    def studies(self, token: str | None, selected: str | None = None) -> dict:
+        self.require(token)
+        db = self.builds.db()
         names = study_names(db)
         active = active_study(db)
         shown = next((n for n in names if _public_id(db, n) == active), None)
-        return {study: gr.Dropdown(choices=names, value=selected if selected in names else shown),
-                active_note: f"Annotators see: **{html.escape(shown)}**" if shown else "Annotators see no pair study."}
+        return {self.study: gr.Dropdown(choices=names, value=selected if selected in names else shown),
+                self.active_note: (f"Annotators see: **{html.escape(shown)}**" if shown
+                                   else "Annotators see no pair study.")}
 
-    def start_build(token, design_value, study_name, condition_text, identity_choice, sets_text, prompt_text,
+    def start_build(self, token, design_value, study_name, condition_text, identity_choice, sets_text, prompt_text,
                     prompt_path):
-        require(token)
+        self.require(token)
         study_name = " ".join((study_name or "").split())
         try:
-            parsed = [parse_condition(text, base_model=builds.model) for text in (condition_text or "").split(",")
-                      if text.strip()]
+            parsed = [parse_condition(text, base_model=self.builds.model)
+                      for text in (condition_text or "").split(",") if text.strip()]
             if not parsed:
                 raise ValueError("conditions: type at least one, e.g. experts+prompt@1.0, prompt")
             plan = plan_pairs(design_value, identity_sets(identity_choice, design_value, sets_text), parsed,
                               prompts_of(prompt_text, prompt_path))
-            builds.check(parsed)
-            save_study(builds.db(), study_name, plan)
-            builds.start(study_name)
+            self.builds.check(parsed)
+            save_study(self.builds.db(), study_name, plan)
+            self.builds.start(study_name)
         except (ValueError, StoreError, OSError) as err:
             raise _error(err) from None
-        return {building: study_name, poll: gr.Timer(active=True),
-                build_progress: progress_html(*builds.progress(study_name)), **studies(token, study_name)}
+        return {self.building: study_name, self.poll: gr.Timer(active=True),
+                self.build_progress: progress_html(*self.builds.progress(study_name)),
+                **self.studies(token, study_name)}
 
-    def follow(token, study_name):
-        require(token)
+    def follow(self, token, study_name):
+        self.require(token)
         if not study_name:
-            return {poll: gr.Timer(active=False)}
-        done, total, state = builds.progress(study_name)
-        return {build_progress: progress_html(done, total, state), poll: gr.Timer(active=state == "running")}
+            return {self.poll: gr.Timer(active=False)}
+        done, total, state = self.builds.progress(study_name)
+        return {self.build_progress: progress_html(done, total, state), self.poll: gr.Timer(active=state == "running")}
 
-    def import_pairs(token, path, design_value):
-        require(token)
+    def import_pairs(self, token, path, design_value):
+        self.require(token)
         if not path:
             raise _error("Choose a JSONL file of pairs first.")
         try:
             plan = read_pair_file(path, design_value)
             name_from_file = Path(path).stem
-            save_study(builds.db(), name_from_file, plan, new_only=True)
+            save_study(self.builds.db(), name_from_file, plan, new_only=True)
         except StoreError as err:
             raise _error(err) from None
-        return {import_note: f"Imported {len(plan.pairs)} pairs as study **{html.escape(name_from_file)}**.",
-                **studies(token, name_from_file)}
+        return {self.import_note: f"Imported {len(plan.pairs)} pairs as study **{html.escape(name_from_file)}**.",
+                **self.studies(token, name_from_file)}
 
-    def show_study(token, study_name):
-        require(token)
+    def show_study(self, token, study_name):
+        self.require(token)
         try:
-            activate_study(builds.db(), study_name or None)
+            activate_study(self.builds.db(), study_name or None)
         except StoreError as err:
             raise _error(err) from None
-        return studies(token, study_name)
+        return self.studies(token, study_name)
 
-    def hide_studies(token):
-        require(token)
-        activate_study(builds.db(), None)
-        return studies(token)
+    def hide_studies(self, token):
+        self.require(token)
+        activate_study(self.builds.db(), None)
+        return self.studies(token)
 
-    def report(token, study_name):
-        require(token)
+    def report(self, token, study_name):
+        self.require(token)
         if not study_name:
             raise _error("Choose a study first.")
         try:
-            found = build_pair_report(builds.db(), study_name)
+            found = build_pair_report(self.builds.db(), study_name)
         except StoreError as err:
             raise _error(err) from None
-        return {report_text: code_block(format_pair_report(found)), chart: chart_html(found),
-                export_link: offer(token, "pair-report.json", json.dumps(found, indent=2, ensure_ascii=False))}
+        return {self.report_text: code_block(format_pair_report(found)), self.chart: chart_html(found),
+                self.export_link: self.offer(token, "pair-report.json",
+                                             json.dumps(found, indent=2, ensure_ascii=False))}
 
-    def export(fmt: str):
+    def export(self, fmt: str):
+        """The handler of one export button: the study's answers as `fmt` (csv or jsonl), a session link."""
         def run(token, study_name):
-            require(token)
+            self.require(token)
             out = io.StringIO(newline="")
-            (write_pairs_csv if fmt == "csv" else write_pairs_jsonl)(builds.db(), out, study_name or None)
-            return {export_link: offer(token, f"pairs.{fmt}", out.getvalue())}
+            (write_pairs_csv if fmt == "csv" else write_pairs_jsonl)(self.builds.db(), out, study_name or None)
+            return {self.export_link: self.offer(token, f"pairs.{fmt}", out.getvalue())}
         return run
 
-    listing = [study, active_note]
-    if form is not None:
-        form["button"].click(start_build, [unlocked, design, *form["inputs"]],
-                             [building, poll, build_progress, *listing], api_name="admin_pair_build")
-    poll.tick(follow, [unlocked, building], [build_progress, poll], queue=False, show_progress="hidden",
-              api_name=False)
-    import_button.click(import_pairs, [unlocked, import_file, design], [import_note, *listing],
-                        api_name="admin_pair_import")
-    list_studies.click(studies, [unlocked], listing, api_name=False)
-    activate.click(show_study, [unlocked, study], listing, api_name="admin_pair_activate")
-    deactivate.click(hide_studies, [unlocked], listing, api_name=False)
-    report_button.click(report, [unlocked, study], [report_text, chart, export_link], api_name="admin_pair_report")
-    export_csv.click(export("csv"), [unlocked, study], [export_link], api_name=False)
-    export_jsonl.click(export("jsonl"), [unlocked, study], [export_link], api_name=False)
+    def wire(self) -> None:
+        token, listing, study, link = self.unlocked, self.listing, self.study, self.export_link
+        if self.form is not None:
+            self.form["button"].click(self.start_build, [token, self.design, *self.form["inputs"]],
+                                      [self.building, self.poll, self.build_progress, *listing],
+                                      api_name="admin_pair_build")
+        self.poll.tick(self.follow, [token, self.building], [self.build_progress, self.poll], queue=False,
+                       show_progress="hidden", api_name=False)
+        self.import_button.click(self.import_pairs, [token, self.import_file, self.design],
+                                 [self.import_note, *listing], api_name="admin_pair_import")
+        self.list_studies.click(self.studies, [token], listing, api_name=False)
+        self.activate.click(self.show_study, [token, study], listing, api_name="admin_pair_activate")
+        self.deactivate.click(self.hide_studies, [token], listing, api_name=False)
+        self.report_button.click(self.report, [token, study], [self.report_text, self.chart, link],
+                                 api_name="admin_pair_report")
+        self.export_csv.click(self.export("csv"), [token, study], [link], api_name=False)
+        self.export_jsonl.click(self.export("jsonl"), [token, study], [link], api_name=False)
+
+
+def build_pair_section(builds: PairBuilds, unlocked: gr.State, require: Callable[[str | None], None],
+                       offer: Callable[[str, str, str], str]) -> PairSection:
+    """The section laid out inside the admin panel and wired; the admin tab's unlock fills its `listing`
+    with `studies`, for the session it opened."""
+    section = PairSection(builds, unlocked, require, offer)
+    section.lay_out()
+    section.wire()
+    return section
 
 
 def _public_id(db, name: str) -> str:

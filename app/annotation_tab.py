@@ -31,12 +31,13 @@ from annotation.store import MAX_COMMENT_CHARS, NotFound, Store, StoreError, Tas
 from hirpf.identities import PROFESSIONS
 from hirpf.labels import NONE, PROFESSION_SLOT, SCALE_OPTIONS, SLOTS, LabelError
 
-from .annotator_sign_in import session_token
+from .annotator_sign_in import oauth_configured, session_token, sign_in_mode
 from .assets import asset
+from .built_app import BuiltApp
+from .evaluation_store import EVALUATION_TITLE as TITLE
+from .evaluation_store import SLOT_TITLES, open_store, start_policy
 from .markup import markdown_text, transcript_html
 from .pair_annotation import build_pair_panel, install_pair_shortcuts
-from .services import EVALUATION_TITLE as TITLE
-from .services import SLOT_TITLES, oauth_configured, open_store, sign_in_mode, start_policy
 from .standalone import main, tab_app
 from .throttle import Throttle, Throttled, client_of
 
@@ -97,97 +98,100 @@ ALL_DONE_TEXT = ("**All done: there is nothing left for you to label.** Thank yo
                  "dialogues arrive.")
 
 
-def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
-                         throttle: Throttle | None = None) -> dict:
-    """Lay out the annotator's view inside the current Blocks and wire its events (to `demo.load` too).
-    `throttle`: backoff for wrong codes per client address (default: 5 failures within 15 minutes lock it out
-    for 15 minutes); the same lockout counts failures per name, without the backoff, so that somebody else's
-    wrong guesses delay an annotator only once they reach the lockout."""
-    start_policy()  # a bad setting stops the start, not the first annotator
-    mode = sign_in_mode()
-    throttle = throttle or Throttle(lockout_after=5)
-    per_name = Throttle(base_delay_s=0.0, lockout_after=throttle.lockout_after, lockout_s=throttle.lockout_s)
-    identity = gr.JSON(visible=False, elem_id="annotate-signed-in")  # {"token": ..., "name": ...} or None
-    # Server side, per page: which task is on screen and since when (for the time spent on it).
-    session = gr.State({})
-    # At the top of the tab, so that it cannot be missed: the one-time resume code, which must be confirmed
-    # before the first task shows. Emptied on confirming: the page keeps the code no longer than that.
-    with gr.Column(visible=False, elem_id="annotate-code-banner") as code_banner:
-        gr.Markdown(RESUME_CODE_TEXT)
-        with gr.Row(equal_height=True):
-            resume_code = gr.Textbox(label="Your resume code", interactive=False, buttons=["copy"], scale=3,
-                                     elem_id="annotate-resume-code")
-            acknowledge = gr.Button("I have written it down", variant="primary", scale=1,
-                                    elem_id="annotate-code-ack")
-    with gr.Column(elem_id="annotate-sign-in") as sign_in_box:
-        gr.Markdown(SIGN_IN_TEXT)
-        with gr.Column(visible=mode == "name", elem_id="annotate-name-sign-in"):
-            gr.Markdown(NAME_SIGN_IN_TEXT)
+class AnnotationTab:
+    """One Human evaluation tab: its components (made by `lay_out`), its handlers (what the annotator's events
+    do: sign in, answer, skip, edit the last answer, sign out), and `wire` (to `demo.load` too). `throttle`:
+    backoff for wrong codes per client address; the same lockout counts failures per name, without the
+    backoff, so that somebody else's wrong guesses delay an annotator only once they reach the lockout."""
+
+    def __init__(self, demo: gr.Blocks, data_dir: str | Path | None, throttle: Throttle):
+        self.demo, self.data_dir, self.throttle = demo, data_dir, throttle
+        self.per_name = Throttle(base_delay_s=0.0, lockout_after=throttle.lockout_after, lockout_s=throttle.lockout_s)
+        self.mode = sign_in_mode()
+
+    def lay_out(self) -> None:
+        self.identity = gr.JSON(visible=False, elem_id="annotate-signed-in")  # {"token": ..., "name": ...} or None
+        # Server side, per page: which task is on screen and since when (for the time spent on it).
+        self.session = gr.State({})
+        # At the top of the tab, so that it cannot be missed: the one-time resume code, which must be confirmed
+        # before the first task shows. Emptied on confirming: the page keeps the code no longer than that.
+        with gr.Column(visible=False, elem_id="annotate-code-banner") as self.code_banner:
+            gr.Markdown(RESUME_CODE_TEXT)
             with gr.Row(equal_height=True):
-                name = gr.Textbox(label="Your name", max_length=MAX_DISPLAY_NAME, scale=3, elem_id="annotate-name",
-                                  placeholder="e.g. Ada, or P07")
-                code_box = gr.Textbox(label="Code", max_length=MAX_CODE_CHARS, scale=2, elem_id="annotate-code",
-                                  type="password", placeholder="resume code, or the study's access code")
-                start = gr.Button("Start annotating", variant="primary", scale=1, elem_id="annotate-start")
-        if oauth_configured():
-            gr.Markdown(HF_SIGN_IN_TEXT if mode == "hf" else "Or sign in with your Hugging Face account:")
-            gr.LoginButton(elem_id="annotate-hf-login")
-    with gr.Column(visible=False, elem_id="annotate-work") as work_box:
-        sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
-        # The slot-task panel; the pair panel (below) shows instead while pairs are left (one at a time).
-        with gr.Column(elem_id="annotate-slot-work") as slot_box:
-            with gr.Row(equal_height=True):
-                header = gr.Markdown(elem_id="annotate-header")
-                back = gr.Button("Edit my last answer", size="sm", scale=0, visible=False, elem_id="annotate-back")
-            prompt = gr.Markdown(elem_id="annotate-prompt")
-            with gr.Column(elem_id="annotate-task-box") as task_box:
-                transcript = gr.HTML(elem_id="annotate-transcript", js_on_load=None, padding=True,
-                                     css_template=asset("annotation_transcript.css"))
-                with gr.Row(elem_id="annotate-slots"):
-                    slot_inputs = [gr.Radio(PROFESSION_CHOICES if slot == PROFESSION_SLOT else TRAIT_CHOICES,
-                                            value=None, label=f"{i}. {SLOT_TITLES[slot]}", elem_id=SLOT_IDS[slot],
-                                            min_width=150)
-                                   for i, slot in enumerate(SLOTS, start=1)]
-                scale_input = gr.Radio(SCALE_CHOICES, value=None, visible=False, label="Your answer",
-                                       elem_id=SCALE_ID)
-                comment = gr.Textbox(label="Comment (optional)", lines=2, max_length=MAX_COMMENT_CHARS,
-                                     elem_id="annotate-comment")
-                submit = gr.Button("Submit (Enter)", variant="primary", elem_id="annotate-submit")
+                self.resume_code = gr.Textbox(label="Your resume code", interactive=False, buttons=["copy"], scale=3,
+                                              elem_id="annotate-resume-code")
+                self.acknowledge = gr.Button("I have written it down", variant="primary", scale=1,
+                                             elem_id="annotate-code-ack")
+        with gr.Column(elem_id="annotate-sign-in") as self.sign_in_box:
+            gr.Markdown(SIGN_IN_TEXT)
+            with gr.Column(visible=self.mode == "name", elem_id="annotate-name-sign-in"):
+                gr.Markdown(NAME_SIGN_IN_TEXT)
                 with gr.Row(equal_height=True):
-                    skip_reason = gr.Textbox(label="Reason for skipping", scale=3, elem_id="annotate-skip-reason",
-                                             placeholder="e.g. the conversation is empty or not in English")
-                    skip = gr.Button("Skip this dialogue", scale=1, elem_id="annotate-skip")
-            message = gr.Markdown(elem_id="annotate-message")
-            task = gr.Textbox(visible=False, elem_id="annotate-task")  # the opaque id of the task on screen
-            with gr.Accordion("Keyboard shortcuts", open=False, elem_id="annotate-shortcuts"):
-                gr.Markdown(SHORTCUTS_HELP)
-        pairs = build_pair_panel(identity, data_dir, slot_box=slot_box, held=resume_code)
+                    self.name_box = gr.Textbox(label="Your name", max_length=MAX_DISPLAY_NAME, scale=3,
+                                               elem_id="annotate-name", placeholder="e.g. Ada, or P07")
+                    self.code_box = gr.Textbox(label="Code", max_length=MAX_CODE_CHARS, scale=2,
+                                               elem_id="annotate-code", type="password",
+                                               placeholder="resume code, or the study's access code")
+                    self.start = gr.Button("Start annotating", variant="primary", scale=1, elem_id="annotate-start")
+            if oauth_configured():
+                gr.Markdown(HF_SIGN_IN_TEXT if self.mode == "hf" else "Or sign in with your Hugging Face account:")
+                gr.LoginButton(elem_id="annotate-hf-login")
+        with gr.Column(visible=False, elem_id="annotate-work") as self.work_box:
+            self.sign_out = gr.Button("Sign out", size="sm", scale=0, elem_id="annotate-sign-out")
+            # The slot-task panel; the pair panel (below) shows instead while pairs are left (one at a time).
+            with gr.Column(elem_id="annotate-slot-work") as self.slot_box:
+                with gr.Row(equal_height=True):
+                    self.header = gr.Markdown(elem_id="annotate-header")
+                    self.back = gr.Button("Edit my last answer", size="sm", scale=0, visible=False,
+                                          elem_id="annotate-back")
+                self.prompt = gr.Markdown(elem_id="annotate-prompt")
+                with gr.Column(elem_id="annotate-task-box") as self.task_box:
+                    self.transcript = gr.HTML(elem_id="annotate-transcript", js_on_load=None, padding=True,
+                                              css_template=asset("annotation_transcript.css"))
+                    with gr.Row(elem_id="annotate-slots"):
+                        self.slot_inputs = [gr.Radio(PROFESSION_CHOICES if slot == PROFESSION_SLOT else TRAIT_CHOICES,
+                                                     value=None, label=f"{i}. {SLOT_TITLES[slot]}",
+                                                     elem_id=SLOT_IDS[slot], min_width=150)
+                                            for i, slot in enumerate(SLOTS, start=1)]
+                    self.scale_input = gr.Radio(SCALE_CHOICES, value=None, visible=False, label="Your answer",
+                                                elem_id=SCALE_ID)
+                    self.comment = gr.Textbox(label="Comment (optional)", lines=2, max_length=MAX_COMMENT_CHARS,
+                                              elem_id="annotate-comment")
+                    self.submit = gr.Button("Submit (Enter)", variant="primary", elem_id="annotate-submit")
+                    with gr.Row(equal_height=True):
+                        self.skip_reason = gr.Textbox(label="Reason for skipping", scale=3,
+                                                      elem_id="annotate-skip-reason",
+                                                      placeholder="e.g. the conversation is empty or not in English")
+                        self.skip = gr.Button("Skip this dialogue", scale=1, elem_id="annotate-skip")
+                self.message = gr.Markdown(elem_id="annotate-message")
+                self.task = gr.Textbox(visible=False, elem_id="annotate-task")  # the opaque id of the task on screen
+                with gr.Accordion("Keyboard shortcuts", open=False, elem_id="annotate-shortcuts"):
+                    gr.Markdown(SHORTCUTS_HELP)
+            self.pairs = build_pair_panel(self.identity, self.data_dir, slot_box=self.slot_box, held=self.resume_code)
 
-    screen = [identity, sign_in_box, work_box, header, prompt, task_box, transcript, *slot_inputs, scale_input,
-              comment, skip_reason, message, task, session, code_banner, resume_code, back]
+    def store(self) -> Store:
+        return open_store(self.data_dir)
 
-    def store() -> Store:
-        return open_store(data_dir)
+    def signed_out(self, note: str = "") -> dict:
+        return {self.identity: None, self.sign_in_box: gr.Column(visible=True),
+                self.work_box: gr.Column(visible=False), self.task: "", self.message: note, self.session: {},
+                self.code_banner: gr.Column(visible=False), self.resume_code: ""}
 
-    def signed_out(note: str = "") -> dict:
-        return {identity: None, sign_in_box: gr.Column(visible=True), work_box: gr.Column(visible=False),
-                task: "", message: note, session: {}, code_banner: gr.Column(visible=False), resume_code: ""}
-
-    def annotator_of(who: Mapping | None) -> str:
+    def annotator_of(self, who: Mapping | None) -> str:
         """The annotator whose live session the browser's sign-in holds; SessionEnded otherwise."""
-        return sessions.annotator_of(store().db, session_token(who))
+        return sessions.annotator_of(self.store().db, session_token(who))
 
-    def show(who: Mapping, view: TaskView | None, note: str = "", editing: bool = False) -> dict:
+    def show(self, who: Mapping, view: TaskView | None, note: str = "", editing: bool = False) -> dict:
         """The screen for `view` (None: nothing left to do)."""
-        done, assigned, skipped = view.progress if view else store().progress(annotator_of(who))
-        out = {sign_in_box: gr.Column(visible=False), work_box: gr.Column(visible=True),
-               header: f"Signed in as **{markdown_text(who.get('name') or '')}** · Progress: **{done} of "
-                       f"{assigned}** done", message: note, skip_reason: "",
-               session: {"task": view and view.task, "since": time.time()},
-               back: gr.Button(visible=done > skipped)}  # only once there is an answer to go back to
+        done, assigned, skipped = view.progress if view else self.store().progress(self.annotator_of(who))
+        out = {self.sign_in_box: gr.Column(visible=False), self.work_box: gr.Column(visible=True),
+               self.header: f"Signed in as **{markdown_text(who.get('name') or '')}** · Progress: **{done} of "
+                            f"{assigned}** done", self.message: note, self.skip_reason: "",
+               self.session: {"task": view and view.task, "since": time.time()},
+               self.back: gr.Button(visible=done > skipped)}  # only once there is an answer to go back to
         if view is None:
-            out.update({prompt: ALL_DONE_TEXT if assigned else NOTHING_ASSIGNED_TEXT,
-                        task_box: gr.Column(visible=False), task: "", transcript: ""})
+            out.update({self.prompt: ALL_DONE_TEXT if assigned else NOTHING_ASSIGNED_TEXT,
+                        self.task_box: gr.Column(visible=False), self.task: "", self.transcript: ""})
             return out
         agent = view.agent
         answer = view.answer
@@ -201,34 +205,34 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
             ask = ("**Editing your last answer.** Submit saves the change, then you continue where you left off."
                    "\n\n" + ask)
         slots = (answer and answer.slots) or {}
-        out.update({prompt: ask, task_box: gr.Column(visible=True), transcript: transcript_html(
-            view.transcript, agent), scale_input: gr.Radio(value=answer and answer.option,
-                                                           visible=view.kind == "scale_interview"),
-            comment: (answer and answer.comment) or "", task: view.task})
-        for slot, component in zip(SLOTS, slot_inputs):
+        out.update({self.prompt: ask, self.task_box: gr.Column(visible=True),
+                    self.transcript: transcript_html(view.transcript, agent),
+                    self.scale_input: gr.Radio(value=answer and answer.option, visible=view.kind == "scale_interview"),
+                    self.comment: (answer and answer.comment) or "", self.task: view.task})
+        for slot, component in zip(SLOTS, self.slot_inputs):
             out[component] = gr.Radio(value=slots.get(slot), visible=view.kind == "identity")
         return out
 
-    def next_screen(who: Mapping, note: str = "") -> dict:
+    def next_screen(self, who: Mapping, note: str = "") -> dict:
         try:
-            return show(who, store().next_task(annotator_of(who)), note)
+            return self.show(who, self.store().next_task(self.annotator_of(who)), note)
         except sessions.SessionEnded:
-            return signed_out("Your sign-in has ended (signed out, signed in elsewhere, or expired); please "
+            return self.signed_out("Your sign-in has ended (signed out, signed in elsewhere, or expired); please "
                               "sign in again with your name and resume code.")
         except NotFound:  # the database no longer knows this session's annotator
-            return signed_out("Your sign-in is no longer known here; please sign in again.")
+            return self.signed_out("Your sign-in is no longer known here; please sign in again.")
 
-    def resume(annotator: dict | None = None, profile: gr.OAuthProfile | None = None) -> dict:
+    def resume(self, annotator: dict | None = None, profile: gr.OAuthProfile | None = None) -> dict:
         """When the page opens: continue where the stored sign-in (a session token) left off (a Hugging Face
         login signs in by itself)."""
         if session_token(annotator):
             who = {"token": annotator["token"], "name": str(annotator.get("name") or "")}
-            return {identity: who, **next_screen(who)}
+            return {self.identity: who, **self.next_screen(who)}
         if profile is not None:
-            return sign_in(None, None, profile)
-        return {task: gr.skip()}  # the page starts signed out (an empty dict would read as one output value)
+            return self.sign_in(None, None, profile)
+        return {self.task: gr.skip()}  # the page starts signed out (an empty dict would read as one output value)
 
-    def sign_in(name: str | None = None, code: str | None = None, profile: gr.OAuthProfile | None = None,
+    def sign_in(self, name: str | None = None, code: str | None = None, profile: gr.OAuthProfile | None = None,
                 request: gr.Request = None) -> dict:
         """Sign in with a name and a code (first time: the study's access code, if it has one; then the
         resume code you were given), or, when signed in to Hugging Face on the Space, as that account; shows
@@ -237,60 +241,61 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
         try:
             if profile is not None:
                 shown_name = profile.name or profile.username
-                annotator = store().register_annotator(shown_name, external_id=HF_PREFIX + profile.username)
-            elif mode != "name":
+                annotator = self.store().register_annotator(shown_name, external_id=HF_PREFIX + profile.username)
+            elif self.mode != "name":
                 raise StoreError("This study signs in with Hugging Face accounts only.")
             else:
                 shown_name = display_name(name)
                 # Failures count against the address and against the name tried, and only the name's own
                 # success clears its count: a correct sign-in as oneself resets nothing for another name.
                 client, target = client_of(request), NAME_PREFIX + shown_name.casefold()
-                throttle.check(client)
-                per_name.check(target, subject="for this name")
+                self.throttle.check(client)
+                self.per_name.check(target, subject="for this name")
                 try:
-                    signed = sign_in_by_name(store(), shown_name, code)
+                    signed = sign_in_by_name(self.store(), shown_name, code)
                 except SignInRefused as refused:
-                    left = min(throttle.failed(client), per_name.failed(target))
+                    left = min(self.throttle.failed(client), self.per_name.failed(target))
                     raise StoreError(f"{refused} ({left} attempts left before a lockout.)" if left < 3
                                      else str(refused)) from None
-                per_name.succeeded(target)
+                self.per_name.succeeded(target)
                 annotator = signed.annotator
                 fresh = signed.new_resume_code
-            token = sessions.start(store().db, annotator)  # ends the annotator's earlier session, if any
+            token = sessions.start(self.store().db, annotator)  # ends the annotator's earlier session, if any
         except (StoreError, Throttled) as err:
             raise failure(err) from None
         who = {"token": token, "name": shown_name}
-        screen = next_screen(who)
-        if fresh and screen.get(identity, who):  # the task waits until the code is confirmed
-            screen.update({code_banner: gr.Column(visible=True), resume_code: fresh,
-                           task_box: gr.Column(visible=False)})
-        return {identity: who, code_box: "", **screen}
+        screen = self.next_screen(who)
+        if fresh and screen.get(self.identity, who):  # the task waits until the code is confirmed
+            screen.update({self.code_banner: gr.Column(visible=True), self.resume_code: fresh,
+                           self.task_box: gr.Column(visible=False)})
+        return {self.identity: who, self.code_box: "", **screen}
 
-    def confirm_resume_code(task_id: str | None = None) -> dict:
+    def confirm_resume_code(self, task_id: str | None = None) -> dict:
         """The annotator has the code: hide it (and empty it) and show the task, if there is one."""
-        return {code_banner: gr.Column(visible=False), resume_code: "", task_box: gr.Column(visible=bool(task_id))}
+        return {self.code_banner: gr.Column(visible=False), self.resume_code: "",
+                self.task_box: gr.Column(visible=bool(task_id))}
 
-    def forget_sign_in(annotator: dict | None = None) -> dict:
+    def forget_sign_in(self, annotator: dict | None = None) -> dict:
         """End the session and forget the sign-in in this browser (the annotator's work stays stored)."""
-        sessions.end(store().db, session_token(annotator))
-        return signed_out("Signed out. Sign in with the same name and your resume code to continue later.")
+        sessions.end(self.store().db, session_token(annotator))
+        return self.signed_out("Signed out. Sign in with the same name and your resume code to continue later.")
 
-    def signed_in(annotator: dict | None) -> str:
+    def signed_in(self, annotator: dict | None) -> str:
         """The annotator of the sign-in an event sent, or the error the page shows."""
         if not session_token(annotator):
             raise failure(StoreError("Sign in first."))
         try:
-            return annotator_of(annotator)
+            return self.annotator_of(annotator)
         except sessions.SessionEnded as ended:
             raise failure(StoreError(f"Sign in again: {ended}.")) from None
 
-    def submit_answer(annotator: dict | None, task_id: str, agreeableness: str | None = None,
+    def submit_answer(self, annotator: dict | None, task_id: str, agreeableness: str | None = None,
                       conscientiousness: str | None = None, extraversion: str | None = None,
                       neuroticism: str | None = None, openness: str | None = None, profession: str | None = None,
                       option: int | None = None, comment_text: str | None = None, state: dict | None = None) -> dict:
         """Answer the task on screen (six slots, or one option for a statement task) and show the next one.
         Sending the same answer twice stores it once; a field the task does not have is refused by name."""
-        who = signed_in(annotator)
+        who = self.signed_in(annotator)
         if not task_id:
             raise failure(StoreError("There is no task on screen to answer."))
         state = state or {}
@@ -298,7 +303,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
         values = dict(zip(SLOTS, (agreeableness, conscientiousness, extraversion, neuroticism, openness,
                                   profession)))
         try:
-            kind = store().task_view(task_id, annotator=who).kind
+            kind = self.store().task_view(task_id, annotator=who).kind
             if kind == "scale_interview":
                 extra = [slot for slot, v in values.items() if v is not None]
                 if extra:
@@ -306,7 +311,7 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
                                      "answered with one option; slot labels do not belong to it.")
                 if option is None:
                     raise StoreError("Pick one of the five options first.")
-                result = store().submit(task_id, option=option, comment=comment_text or "", seconds=seconds,
+                result = self.store().submit(task_id, option=option, comment=comment_text or "", seconds=seconds,
                                         annotator=who)
             else:
                 if option is not None:
@@ -315,55 +320,74 @@ def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
                 missing = [SLOT_TITLES[s] for s, v in values.items() if v is None]
                 if missing:
                     raise StoreError(f"Choose a label for every slot; missing: {', '.join(missing)}.")
-                result = store().submit(task_id, slots=values, comment=comment_text or "", seconds=seconds,
+                result = self.store().submit(task_id, slots=values, comment=comment_text or "", seconds=seconds,
                                         annotator=who)
         except (StoreError, LabelError) as err:
             raise failure(err) from None
         note = {"stored": "Saved.", "edited": "Your change was saved.", "unchanged": "Already saved."}[result.status]
-        return next_screen(annotator, note)
+        return self.next_screen(annotator, note)
 
-    def skip_task(annotator: dict | None, task_id: str, reason: str | None = None) -> dict:
+    def skip_task(self, annotator: dict | None, task_id: str, reason: str | None = None) -> dict:
         """Set the task on screen aside with a reason, and show the next one."""
-        who = signed_in(annotator)
+        who = self.signed_in(annotator)
         if not (reason or "").strip():
             raise failure(StoreError("Say why you skip this dialogue (type a reason next to the Skip button)."))
         try:
-            store().skip(task_id, reason, annotator=who)
+            self.store().skip(task_id, reason, annotator=who)
         except StoreError as err:
             raise failure(err) from None
-        return next_screen(annotator, "Skipped.")
+        return self.next_screen(annotator, "Skipped.")
 
-    def edit_last(annotator: dict | None) -> dict:
+    def edit_last(self, annotator: dict | None) -> dict:
         """Show the annotator's last answer again, to change it."""
-        who = signed_in(annotator)
+        who = self.signed_in(annotator)
         try:
-            view = last_answered(store(), who)
+            view = last_answered(self.store(), who)
         except NotFound:
-            return signed_out("Your sign-in is no longer known here; please sign in again.")
+            return self.signed_out("Your sign-in is no longer known here; please sign in again.")
         if view is None:
             raise failure(StoreError("You have not answered anything yet."))
-        return show(annotator, view, editing=True)
+        return self.show(annotator, view, editing=True)
 
-    events = {"outputs": screen, "queue": False, "show_progress": "hidden"}
-    remember = {"fn": None, "inputs": [identity], "js": asset("remember_sign_in.js")}
-    signing_in = {**events, "outputs": [*screen, code_box]}  # a sign-in also empties the code box
-    demo.load(resume, [identity], api_name="annotation_resume", js=asset("read_sign_in.js"), **signing_in).then(
-        **remember).then(**pairs.refresh)
-    demo.load(None, js=asset("annotation_shortcuts.js"))
-    install_pair_shortcuts(demo)
-    gr.on([start.click, name.submit, code_box.submit], sign_in, [name, code_box], api_name="annotation_sign_in",
-          **signing_in).then(**remember).then(**pairs.refresh)
-    sign_out.click(forget_sign_in, [identity], api_name="annotation_sign_out", **events).then(**remember)
-    submit.click(submit_answer, [identity, task, *slot_inputs, scale_input, comment, session],
-                 api_name="annotation_submit", **events)
-    skip.click(skip_task, [identity, task, skip_reason], api_name="annotation_skip", **events)
-    back.click(edit_last, [identity], api_name="annotation_edit_last", **events)
-    acknowledge.click(confirm_resume_code, [task], [code_banner, resume_code, task_box], queue=False,
-                      show_progress="hidden", api_visibility="private").then(**pairs.refresh)
-    return {"identity": identity, "slots": slot_inputs, "scale": scale_input, "submit": submit, "task": task}
+    def wire(self) -> None:
+        identity, task, pairs = self.identity, self.task, self.pairs
+        screen = [identity, self.sign_in_box, self.work_box, self.header, self.prompt, self.task_box, self.transcript,
+                  *self.slot_inputs, self.scale_input, self.comment, self.skip_reason, self.message, task,
+                  self.session, self.code_banner, self.resume_code, self.back]
+        events = {"outputs": screen, "queue": False, "show_progress": "hidden"}
+        remember = {"fn": None, "inputs": [identity], "js": asset("remember_sign_in.js")}
+        signing_in = {**events, "outputs": [*screen, self.code_box]}  # a sign-in also empties the code box
+        self.demo.load(self.resume, [identity], api_name="annotation_resume", js=asset("read_sign_in.js"),
+                       **signing_in).then(**remember).then(**pairs.refresh)
+        self.demo.load(None, js=asset("annotation_shortcuts.js"))
+        install_pair_shortcuts(self.demo)
+        gr.on([self.start.click, self.name_box.submit, self.code_box.submit], self.sign_in,
+              [self.name_box, self.code_box], api_name="annotation_sign_in",
+              **signing_in).then(**remember).then(**pairs.refresh)
+        self.sign_out.click(self.forget_sign_in, [identity], api_name="annotation_sign_out", **events).then(**remember)
+        self.submit.click(self.submit_answer,
+                          [identity, task, *self.slot_inputs, self.scale_input, self.comment, self.session],
+                          api_name="annotation_submit", **events)
+        self.skip.click(self.skip_task, [identity, task, self.skip_reason], api_name="annotation_skip", **events)
+        self.back.click(self.edit_last, [identity], api_name="annotation_edit_last", **events)
+        self.acknowledge.click(self.confirm_resume_code, [task], [self.code_banner, self.resume_code, self.task_box],
+                               queue=False, show_progress="hidden", api_visibility="private").then(**pairs.refresh)
 
 
-def standalone_app(engine=None, data_dir: str | Path | None = None) -> gr.Blocks:
+def build_annotation_tab(demo: gr.Blocks, data_dir: str | Path | None = None,
+                         throttle: Throttle | None = None) -> dict:
+    """Lay out the annotator's view inside the current Blocks and wire its events (to `demo.load` too).
+    `throttle`: backoff for wrong codes per client address (default: 5 failures within 15 minutes lock it out
+    for 15 minutes), see `AnnotationTab`."""
+    start_policy()  # a bad setting stops the start, not the first annotator
+    tab = AnnotationTab(demo, data_dir, throttle or Throttle(lockout_after=5))
+    tab.lay_out()
+    tab.wire()
+    return {"identity": tab.identity, "slots": tab.slot_inputs, "scale": tab.scale_input, "submit": tab.submit,
+            "task": tab.task}
+
+
+def standalone_app(engine=None, data_dir: str | Path | None = None) -> BuiltApp:
     """The Human evaluation tab alone (it needs no model: `engine` is ignored)."""
     return tab_app(TITLE, lambda demo: build_annotation_tab(demo, data_dir=data_dir))
 

@@ -22,15 +22,18 @@ import gradio as gr
 
 from .admin_downloads import AdminDownloads, remove_leftover_export_folders
 from .admin_pairs import PairBuilds
+from .admin_session import AdminSession
 from .admin_tab import build_admin_tab
 from .annotation_tab import build_annotation_tab
 from .assets import MODEL_TAB_CSS, stylesheet
+from .built_app import BuiltApp
 from .chat_tab import build_chat_tab
+from .compare_to_study import CompareToStudy
 from .debate_tab import build_debate_tab
+from .evaluation_store import EVALUATION_TITLE
 from .model_slot import ModelSlot
 from .questionnaire_tab import build_questionnaire_tab, judge_endpoint_from_env
 from .reply_serving import reply_serving
-from .services import EVALUATION_TITLE
 from .stop_signals import StopSignals
 
 APP_CSS = MODEL_TAB_CSS  # app/assets stylesheets of the whole app
@@ -60,9 +63,10 @@ def as_slot(engine) -> ModelSlot:
 
 def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: str | Path | None = None,
               model_concurrency: int = 1, scheduler: bool = True,
-              title: str = "HIRPF: identity-driven role-playing agents") -> gr.Blocks:
-    """The app's Blocks. `data_dir` is where tabs that store things (human evaluation) keep their data;
-    `scheduler=False` serves streamed replies one at a time on the model queue (`HIRPF_SCHEDULER=0`)."""
+              title: str = "HIRPF: identity-driven role-playing agents") -> BuiltApp:
+    """The app: its Blocks and what serving it needs. `data_dir` is where tabs that store things (human
+    evaluation) keep their data; `scheduler=False` serves streamed replies one at a time on the model queue
+    (`HIRPF_SCHEDULER=0`)."""
     slot = as_slot(engine)
     stops = StopSignals()
     downloads = AdminDownloads()
@@ -72,9 +76,10 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
     with gr.Blocks(title="HIRPF", analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\n{INTRO}")
         status = gr.Markdown(status_line(slot), elem_id="model-status")
+        admin = AdminSession(downloads=downloads)  # the admin tab's unlock, which sending a Compare needs too
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                build_chat_tab(slot, stops, model_queue, serving)
+                build_chat_tab(slot, stops, model_queue, serving, CompareToStudy(data_dir, admin))
             with gr.Tab("Debate", id="debate", elem_id="tab-debate"):
                 build_debate_tab(slot, stops, serving, data_dir=data_dir)
             with gr.Tab("Questionnaire", id="questionnaire", elem_id="tab-questionnaire"):
@@ -84,7 +89,7 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
             with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
                 pair_builds = PairBuilds(data_dir, slot)
                 pair_builds.resume_unfinished()  # what a restart cut short goes on once the model is loaded
-                build_admin_tab(data_dir=data_dir, downloads=downloads, pair_builds=pair_builds)
+                build_admin_tab(data_dir=data_dir, session=admin, pair_builds=pair_builds)
 
         # The model line shows on the model tabs only: annotators must not learn which model is behind the
         # dialogues they judge.
@@ -108,12 +113,10 @@ def build_app(engine: "object | Callable[[], object] | ModelSlot", *, data_dir: 
                   api_name="model_status")
         demo.load(status_on_page_load, None, [status, poll], queue=False, show_progress="hidden",
                   api_name="model_status_on_load", api_visibility="undocumented")
-    demo.hirpf_slot = slot  # for start-up scripts and tests: wait on or inspect the model load
-    demo.hirpf_reply_serving = serving  # for tests and benchmarks: how replies reach the model
-    return served_with(demo, data_dir, downloads, css=stylesheet(*APP_CSS))
+    return BuiltApp(demo, css=stylesheet(*APP_CSS), downloads=downloads, slot=slot, reply_serving=serving)
 
 
-def build_annotation_app(data_dir: str | Path | None = None, title: str = EVALUATION_TITLE) -> gr.Blocks:
+def build_annotation_app(data_dir: str | Path | None = None, title: str = EVALUATION_TITLE) -> BuiltApp:
     """The annotators' and the admin's tabs alone: nothing is loaded, nothing about a model is shown."""
     downloads = AdminDownloads()
     remove_leftover_export_folders()
@@ -123,13 +126,5 @@ def build_annotation_app(data_dir: str | Path | None = None, title: str = EVALUA
             with gr.Tab("Human evaluation", id="annotate", elem_id="tab-annotate"):
                 build_annotation_tab(demo, data_dir=data_dir)
             with gr.Tab("Evaluation admin", id="admin", elem_id="tab-admin"):
-                build_admin_tab(data_dir=data_dir, downloads=downloads)
-    return served_with(demo, data_dir, downloads)
-
-
-def served_with(demo: gr.Blocks, data_dir, downloads: AdminDownloads | None, css: str | None = None) -> gr.Blocks:
-    """Note on `demo` what `launch` needs besides the Blocks: its stylesheet and the admin's download route."""
-    demo.hirpf_data_dir = Path(data_dir) if data_dir is not None else None
-    demo.hirpf_css = css
-    demo.hirpf_downloads = downloads
-    return demo
+                build_admin_tab(data_dir=data_dir, session=AdminSession(downloads=downloads))
+    return BuiltApp(demo, downloads=downloads)

@@ -25,11 +25,12 @@ from hirpf.eval.debate import Debate, DebateSpec, Turn, schedule, stream_debate
 from hirpf.prompts import Conditioning
 
 from .assets import MODEL_TAB_CSS
+from .built_app import BuiltApp
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
 from .reply_serving import ReplyServing, paced, reply_serving
-from .services import send_to_evaluation
+from .send_to_evaluation import send_to_evaluation
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
 from .transcript import CONDITIONING_LABELS
@@ -146,6 +147,76 @@ def write_files(record: DebateRecord) -> list[str]:
     return [str(json_path), str(markdown_path)]
 
 
+def shown(record: DebateRecord | None) -> tuple:
+    """Both transcripts and the status line, for the views."""
+    return side_messages(record, "A"), side_messages(record, "B"), status_line(record)
+
+
+def stop_key(request: gr.Request | None) -> str | None:
+    """This session's debate's stop flag: apart from the chat's, so stopping a debate leaves a reply in the
+    Chat tab running."""
+    return f"{request.session_hash}/debate" if request and request.session_hash else None
+
+
+class DebateHandlers:
+    """The Debate tab's event handlers, around the app's model (`slot`), the sessions' stop flags, how
+    statements are served, and the data folder debates are sent to. `build_debate_tab` lays the tab out and
+    wires these (the model handler through `gpu` at that moment)."""
+
+    def __init__(self, slot: ModelSlot, stops: StopSignals, serving: ReplyServing, data_dir: str | Path | None):
+        self.slot, self.stops, self.serving, self.data_dir = slot, stops, serving, data_dir
+
+    def run_debate(self, topic: str, rounds: float, a_traits: list[str], a_profession: list[str], b_traits: list[str],
+                   b_profession: list[str], conditioning: str, max_new_tokens: float, temperature: float,
+                   top_p: float, seed: float = 0, request: gr.Request = None):
+        """Debate the topic between agent A (for) and agent B (against); streams both transcripts, then the
+        transcript files."""
+        a = read_identities(a_traits, a_profession, "agent A")
+        b = read_identities(b_traits, b_profession, "agent B")
+        spec = DebateSpec(read_topic(topic), a, b, read_rounds(rounds))
+        mode = read_conditioning(conditioning)
+        sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
+        try:
+            engine = self.slot.get()
+        except ModelLoadError as err:
+            raise gr.Error(str(err), title="Model") from None
+        record = DebateRecord(Debate(spec), engine.effective_conditioning(mode), sampling.seed)
+        yield *shown(record), None, record, ""
+        with self.stops.armed(stop_key(request)) as handle:
+            try:
+                with closing(stream_debate(self.serving.source(engine), spec, record.conditioning, sampling,
+                                           handle.event)) as steps:
+                    for debate in paced(steps):
+                        record = replace(record, debate=debate)
+                        yield *shown(record), gr.skip(), record, gr.skip()
+            except Exception as err:  # the model failed: keep and offer what was said so far
+                record = with_files(record, STOPPED)
+                yield *shown(record), list(record.files) or None, record, gr.skip()
+                raise gr.Error(f"Generation failed: {err}", title="Model") from err
+            record = with_files(record, STOPPED if handle.requested or not record.debate.finished else FINISHED)
+        yield *shown(record), list(record.files) or None, record, gr.skip()
+
+    def stop_debate(self, record: DebateRecord | None, request: gr.Request):
+        """Stop this session's debate at the next token; the statements so far stay and can be downloaded."""
+        self.stops.stop(stop_key(request))
+        if record is not None and record.status == RUNNING:
+            record = with_files(record, STOPPED)
+        return *shown(record), (list(record.files) or None) if record else None, record
+
+    def send_debate(self, record: DebateRecord | None) -> str:
+        """Send the last debate to human evaluation (one dialogue per agent); returns what happened, in words."""
+        if record is None or not record.debate.turns:
+            raise gr.Error("Run a debate first: there is no transcript to send.", title="Human evaluation",
+                           print_exception=False)
+        if record.status == RUNNING:
+            raise gr.Error("The debate is still running: wait for it to finish or stop it first.",
+                           title="Human evaluation", print_exception=False)
+        spec = record.debate.spec
+        system = f"hirpf:{self.slot.description} ({record.conditioning.value})"
+        return send_to_evaluation(record.debate.to_dict()["turns"], spec.a, spec.b, system,
+                                  data_dir=self.data_dir)
+
+
 def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
                      data_dir: str | Path | None = None) -> dict:
     """Lay out the tab inside the current Blocks and wire its events; returns its main components.
@@ -193,76 +264,20 @@ def build_debate_tab(slot: ModelSlot, stops: StopSignals, serving: ReplyServing,
     record_state = gr.State(None)  # per session: the DebateRecord
     views = [transcript_a, transcript_b, status]
 
-    def shown(record: DebateRecord | None) -> tuple:
-        return side_messages(record, "A"), side_messages(record, "B"), status_line(record)
-
-    def stop_key(request: gr.Request | None) -> str | None:
-        # Apart from the chat's key: stopping a debate leaves a reply in the Chat tab running.
-        return f"{request.session_hash}/debate" if request and request.session_hash else None
-
-    @gpu
-    def run_debate(topic: str, rounds: float, a_traits: list[str], a_profession: list[str], b_traits: list[str],
-                   b_profession: list[str], conditioning: str, max_new_tokens: float, temperature: float,
-                   top_p: float, seed: float = 0, request: gr.Request = None):
-        """Debate the topic between agent A (for) and agent B (against); streams both transcripts, then the
-        transcript files."""
-        a = read_identities(a_traits, a_profession, "agent A")
-        b = read_identities(b_traits, b_profession, "agent B")
-        spec = DebateSpec(read_topic(topic), a, b, read_rounds(rounds))
-        mode = read_conditioning(conditioning)
-        sampling = read_sampling(max_new_tokens, temperature, top_p, seed)
-        try:
-            engine = slot.get()
-        except ModelLoadError as err:
-            raise gr.Error(str(err), title="Model") from None
-        record = DebateRecord(Debate(spec), engine.effective_conditioning(mode), sampling.seed)
-        yield *shown(record), None, record, ""
-        with stops.armed(stop_key(request)) as handle:
-            try:
-                with closing(stream_debate(serving.source(engine), spec, record.conditioning, sampling,
-                                           handle.event)) as steps:
-                    for debate in paced(steps):
-                        record = replace(record, debate=debate)
-                        yield *shown(record), gr.skip(), record, gr.skip()
-            except Exception as err:  # the model failed: keep and offer what was said so far
-                record = with_files(record, STOPPED)
-                yield *shown(record), list(record.files) or None, record, gr.skip()
-                raise gr.Error(f"Generation failed: {err}", title="Model") from err
-            record = with_files(record, STOPPED if handle.requested or not record.debate.finished else FINISHED)
-        yield *shown(record), list(record.files) or None, record, gr.skip()
-
-    def stop_debate(record: DebateRecord | None, request: gr.Request):
-        """Stop this session's debate at the next token; the statements so far stay and can be downloaded."""
-        stops.stop(stop_key(request))
-        if record is not None and record.status == RUNNING:
-            record = with_files(record, STOPPED)
-        return *shown(record), (list(record.files) or None) if record else None, record
-
-    def send_debate(record: DebateRecord | None) -> str:
-        """Send the last debate to human evaluation (one dialogue per agent); returns what happened, in words."""
-        if record is None or not record.debate.turns:
-            raise gr.Error("Run a debate first: there is no transcript to send.", title="Human evaluation",
-                           print_exception=False)
-        if record.status == RUNNING:
-            raise gr.Error("The debate is still running: wait for it to finish or stop it first.",
-                           title="Human evaluation", print_exception=False)
-        spec = record.debate.spec
-        system = f"hirpf:{slot.description} ({record.conditioning.value})"
-        return send_to_evaluation(record.debate.to_dict()["turns"], spec.a, spec.b, system, data_dir=data_dir)
-
+    handlers = DebateHandlers(slot, stops, serving, data_dir)
     inputs = [topic, rounds, *panel_a.inputs, *panel_b.inputs, conditioning, max_new_tokens, temperature, top_p,
               seed]
-    debate_event = start.click(run_debate, inputs, [*views, files, record_state, sent], api_name="debate",
-                               **serving.queue)
-    stop.click(stop_debate, [record_state], [*views, files, record_state], cancels=[debate_event], queue=False,
-               api_name="debate_stop")
+    debate_event = start.click(gpu(handlers.run_debate), inputs, [*views, files, record_state, sent],
+                               api_name="debate", **serving.queue)
+    stop.click(handlers.stop_debate, [record_state], [*views, files, record_state], cancels=[debate_event],
+               queue=False, api_name="debate_stop")
     # No model work: off the model queue, answered at once even while others generate.
-    send.click(send_debate, [record_state], [sent], queue=False, api_name="debate_send_to_evaluation")
+    send.click(handlers.send_debate, [record_state], [sent], queue=False, api_name="debate_send_to_evaluation")
     return {"panels": (panel_a, panel_b), "topic": topic, "rounds": rounds,
             "transcripts": (transcript_a, transcript_b), "files": files, "record": record_state}
 
 
-def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
+def standalone_app(engine=None, data_dir=None) -> BuiltApp:
     """The Debate tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
     return tab_app("Debate", lambda demo: build_debate_tab(slot, StopSignals(), reply_serving(MODEL_QUEUE),

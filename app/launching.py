@@ -3,8 +3,9 @@ routes, run history off). Its own module so that the full app (`app.build`) and 
 (`app.standalone`) launch the same way without importing each other."""
 from __future__ import annotations
 
-import gradio as gr
 from fastapi.responses import JSONResponse
+
+from .built_app import BuiltApp
 
 # The API page asks every app for its MCP tools and reads any answer but a success as "no MCP server".
 # HIRPF serves none (Gradio's needs the gradio[mcp] extra, which is not installed): it launches with MCP off
@@ -13,8 +14,8 @@ MCP_SCHEMA_ROUTE = "/gradio_api/mcp/schema"
 MCP_OFF = "This app serves no MCP tools: it is launched with Gradio's MCP server switched off."
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
-    """Serve `demo` with its stylesheet (Gradio 6 takes CSS at launch, not in the Blocks) and the admin's
+def launch(app: BuiltApp, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
+    """Serve `app` with its stylesheet (Gradio 6 takes CSS at launch, not in the Blocks) and the admin's
     routes (added to the FastAPI app Gradio creates at launch). Blocks the thread unless
     `prevent_thread_lock=True`, as `Blocks.launch` does.
 
@@ -22,12 +23,13 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **
     session tokens, the admin password) in the browser's localStorage and show them at `/gradio_api/runs`.
     Off, Gradio also deletes whatever an earlier version of the app left there."""
     block = not kwargs.pop("prevent_thread_lock", False)
-    result = demo.launch(server_name=host, server_port=port, css=getattr(demo, "hirpf_css", None),
+    demo = app.blocks
+    result = demo.launch(server_name=host, server_port=port, css=app.css,
                          prevent_thread_lock=True, run_history=False, mcp_server=False, **kwargs)
     demo.app.add_api_route(MCP_SCHEMA_ROUTE, lambda: JSONResponse({"detail": MCP_OFF}, status_code=501),
                            methods=["GET"], include_in_schema=False)
-    if getattr(demo, "hirpf_downloads", None) is not None:
-        demo.hirpf_downloads.install(demo.app)
+    if app.downloads is not None:
+        app.downloads.install(demo.app)
     if block:
         demo.block_thread()
     return result

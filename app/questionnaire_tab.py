@@ -32,6 +32,7 @@ from hirpf.prompts import Conditioning
 from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
 
 from .assets import MODEL_TAB_CSS
+from .built_app import BuiltApp
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning
 from .model_slot import ModelLoadError, ModelSlot
@@ -192,6 +193,94 @@ def questionnaire_summary(document: dict) -> str:
     return "\n\n".join(lines)
 
 
+def show_mode(choice: str):
+    """The chosen mode's column, the other hidden."""
+    return gr.Column(visible=choice == "questionnaire"), gr.Column(visible=choice == "survey")
+
+
+def show_upload(choice: str):
+    """The file field, shown while the choice is an upload."""
+    return gr.File(visible=choice == "upload")
+
+
+def hide_results():
+    """A new run's page: the old result goes, so the one progress indicator is not drawn over it."""
+    return "", gr.Column(visible=False)
+
+
+def show_results():
+    """The finished run's result."""
+    return gr.Column(visible=True)
+
+
+class QuestionnaireHandlers:
+    """The Questionnaire tab's model handlers, around the app's model (`slot`) and the interview judge's
+    endpoint (`judge`, None: only the local judges). `build_questionnaire_tab` lays the tab out and wires
+    these (through `gpu` at that moment)."""
+
+    def __init__(self, slot: ModelSlot, judge: JudgeEndpoint | None):
+        self.slot, self.judge = slot, judge
+
+    def questionnaire(self, bank: str, items_per_factor: float, identity_sets: str, traits: list[str],
+                      profession: list[str], judge_name: str, conditioning: str, scale_file: str | None = None,
+                      progress=gr.Progress()):
+        """Give the scale to the chosen identity sets; returns the summary, the radar chart, the scores, the
+        per-item answers and the run's files (answers.csv, scores.csv, result.json, radar.png)."""
+        scale = read_scale(bank, scale_file, items_per_factor)
+        sets = read_identity_sets(identity_sets, traits, profession)
+        mode = read_conditioning(conditioning)
+        # (the judge radio itself refuses a judge it does not offer, the interview judge without an endpoint)
+        engine = get_engine(self.slot)
+        mode = engine.effective_conditioning(mode)
+        bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
+        interview = interview_judge(self.judge) if judge_name == "interview" else None
+        try:
+            results = answer(judge_name, engine, scale, sets, mode, BATCH_SIZE, bar, interview)
+        except EvalError as err:
+            raise gr.Error(str(err), title="Questionnaire") from None
+        scored = score(scale, results)
+        config = engine_config(engine, mode, seed=0)
+        folder = Path(tempfile.mkdtemp(prefix="hirpf-questionnaire-"))
+        document = write_run(folder, questionnaire_document(
+            COMMAND_OF_KIND[scale.kind], judge_name, scale, Path(scale_file).name if bank == "upload" else None,
+            results, scored, config), scale, results, scored, sets)
+        table = pd.DataFrame([a.row() for a in results])[list(ANSWER_COLUMNS)].rename(columns=ANSWER_COLUMNS)
+        downloads = [document["files"][k] for k in ("answers", "scores", "radar")] + [str(folder / "result.json")]
+        return (questionnaire_summary(document), document["files"]["radar"], scores_table(document, scale.factors),
+                table, downloads)
+
+    def survey(self, survey_source: str, identity_sets: str, traits: list[str], profession: list[str],
+               conditioning: str, survey_file: str | None = None, progress=gr.Progress()):
+        """Put the survey to the chosen identity sets; returns the summary, a chart per question, the table of
+        option probabilities per identity set and the run's files."""
+        if survey_source == "upload":
+            if not survey_file:
+                raise gr.Error("Upload a survey file first (JSON, see the field's label for the format).",
+                               title="File problem", print_exception=False)
+            try:
+                questions = load_survey(survey_file)
+            except EvalError as err:
+                raise file_problem(err, survey_file) from None
+        else:
+            questions = load_survey(EXAMPLE_SURVEY)
+        sets = read_identity_sets(identity_sets, traits, profession)
+        mode = read_conditioning(conditioning)
+        engine = get_engine(self.slot)
+        mode = engine.effective_conditioning(mode)
+        bar = ProgressBar(progress, len(sets) * len(questions.questions),
+                          f"{len(questions.questions)} questions x {len(sets)} sets")
+        results = survey_distributions(engine, questions, sets, mode, BATCH_SIZE, bar)
+        folder = Path(tempfile.mkdtemp(prefix="hirpf-survey-"))
+        summaries, rows, files = survey_outputs(questions, sets, results, folder)
+        charts = [(str(files[f"chart_{q['id']}"]), f"{q['id']}: {q['text']}") for q in summaries]
+        summary = [f"**{questions.name}**: {len(summaries)} questions, {len(sets)} identity sets "
+                   f"(conditioning {mode.value}). Most likely answer per identity set:"]
+        for q in summaries:
+            tops = "; ".join(f"{a['identities']}: {a['top']}" for a in q["answers"])
+            summary.append(f"- *{q['id']}*: {tops}")
+        return "\n".join(summary), charts, pd.DataFrame(rows), [str(files["table"])]
+
+
 def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndpoint | None = None) -> dict:
     """Lay out the tab inside the current Blocks and wire its events; returns its main components.
     `judge`: the interview judge's endpoint (None: only the local judges are offered)."""
@@ -260,80 +349,7 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
                     survey_files = gr.File(label="Download (CSV)", file_count="multiple", interactive=False,
                                            elem_id="survey-files")
 
-    @gpu
-    def questionnaire(bank: str, items_per_factor: float, identity_sets: str, traits: list[str],
-                      profession: list[str], judge_name: str, conditioning: str, scale_file: str | None = None,
-                      progress=gr.Progress()):
-        """Give the scale to the chosen identity sets; returns the summary, the radar chart, the scores, the
-        per-item answers and the run's files (answers.csv, scores.csv, result.json, radar.png)."""
-        scale = read_scale(bank, scale_file, items_per_factor)
-        sets = read_identity_sets(identity_sets, traits, profession)
-        mode = read_conditioning(conditioning)
-        # (the judge radio itself refuses a judge it does not offer, the interview judge without an endpoint)
-        engine = get_engine(slot)
-        mode = engine.effective_conditioning(mode)
-        bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
-        interview = interview_judge(judge) if judge_name == "interview" else None
-        try:
-            results = answer(judge_name, engine, scale, sets, mode, BATCH_SIZE, bar, interview)
-        except EvalError as err:
-            raise gr.Error(str(err), title="Questionnaire") from None
-        scored = score(scale, results)
-        config = engine_config(engine, mode, seed=0)
-        folder = Path(tempfile.mkdtemp(prefix="hirpf-questionnaire-"))
-        document = write_run(folder, questionnaire_document(
-            COMMAND_OF_KIND[scale.kind], judge_name, scale, Path(scale_file).name if bank == "upload" else None,
-            results, scored, config), scale, results, scored, sets)
-        table = pd.DataFrame([a.row() for a in results])[list(ANSWER_COLUMNS)].rename(columns=ANSWER_COLUMNS)
-        downloads = [document["files"][k] for k in ("answers", "scores", "radar")] + [str(folder / "result.json")]
-        return (questionnaire_summary(document), document["files"]["radar"], scores_table(document, scale.factors),
-                table, downloads)
-
-    @gpu
-    def survey(survey_source: str, identity_sets: str, traits: list[str], profession: list[str],
-               conditioning: str, survey_file: str | None = None, progress=gr.Progress()):
-        """Put the survey to the chosen identity sets; returns the summary, a chart per question, the table of
-        option probabilities per identity set and the run's files."""
-        if survey_source == "upload":
-            if not survey_file:
-                raise gr.Error("Upload a survey file first (JSON, see the field's label for the format).",
-                               title="File problem", print_exception=False)
-            try:
-                questions = load_survey(survey_file)
-            except EvalError as err:
-                raise file_problem(err, survey_file) from None
-        else:
-            questions = load_survey(EXAMPLE_SURVEY)
-        sets = read_identity_sets(identity_sets, traits, profession)
-        mode = read_conditioning(conditioning)
-        engine = get_engine(slot)
-        mode = engine.effective_conditioning(mode)
-        bar = ProgressBar(progress, len(sets) * len(questions.questions),
-                          f"{len(questions.questions)} questions x {len(sets)} sets")
-        results = survey_distributions(engine, questions, sets, mode, BATCH_SIZE, bar)
-        folder = Path(tempfile.mkdtemp(prefix="hirpf-survey-"))
-        summaries, rows, files = survey_outputs(questions, sets, results, folder)
-        charts = [(str(files[f"chart_{q['id']}"]), f"{q['id']}: {q['text']}") for q in summaries]
-        summary = [f"**{questions.name}**: {len(summaries)} questions, {len(sets)} identity sets "
-                   f"(conditioning {mode.value}). Most likely answer per identity set:"]
-        for q in summaries:
-            tops = "; ".join(f"{a['identities']}: {a['top']}" for a in q["answers"])
-            summary.append(f"- *{q['id']}*: {tops}")
-        return "\n".join(summary), charts, pd.DataFrame(rows), [str(files["table"])]
-
-    def show_mode(choice: str):
-        return gr.Column(visible=choice == "questionnaire"), gr.Column(visible=choice == "survey")
-
-    def show_upload(choice: str):
-        return gr.File(visible=choice == "upload")
-
-    def hide_results():
-        """A new run's page: the old result goes, so the one progress indicator is not drawn over it."""
-        return "", gr.Column(visible=False)
-
-    def show_results():
-        return gr.Column(visible=True)
-
+    handlers = QuestionnaireHandlers(slot, judge)
     identity_inputs = [identity_choice, *panel.inputs]
     hidden = {"queue": False, "show_progress": "hidden", "api_visibility": "undocumented"}
     mode.change(show_mode, mode, [scale_mode, survey_mode], api_name="questionnaire_mode", **hidden)
@@ -344,11 +360,12 @@ def build_questionnaire_tab(slot: ModelSlot, model_queue: dict, judge: JudgeEndp
                            **private)
     # Clear the old result, run (its one progress indicator on the summary), then show the new result.
     run_scale.click(hide_results, None, [scale_summary, scale_results], **private).then(
-        questionnaire, [bank, items_per_factor, *identity_inputs, judge_choice, conditioning, scale_file],
+        gpu(handlers.questionnaire),
+        [bank, items_per_factor, *identity_inputs, judge_choice, conditioning, scale_file],
         [scale_summary, radar, scores, answers, scale_files], api_name="questionnaire",
         show_progress_on=scale_summary, **model_queue).success(show_results, None, scale_results, **private)
     run_survey.click(hide_results, None, [survey_summary, survey_results], **private).then(
-        survey, [survey_choice, *identity_inputs, conditioning, survey_file],
+        gpu(handlers.survey), [survey_choice, *identity_inputs, conditioning, survey_file],
         [survey_summary, charts, distributions, survey_files], api_name="survey",
         show_progress_on=survey_summary, **model_queue).success(show_results, None, survey_results, **private)
     return {"panel": panel, "mode": mode, "radar": radar, "answers": answers, "charts": charts}
@@ -363,7 +380,7 @@ def interview_judge(endpoint: JudgeEndpoint):
     return InterviewJudge(client, client)
 
 
-def standalone_app(engine=None, data_dir=None) -> gr.Blocks:
+def standalone_app(engine=None, data_dir=None) -> BuiltApp:
     """The Questionnaire tab alone, around `engine` (default: the tiny random model)."""
     slot = model_slot(engine)
     return tab_app("Questionnaire", lambda demo: build_questionnaire_tab(slot, MODEL_QUEUE, judge_endpoint_from_env()),

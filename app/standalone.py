@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import gradio as gr
 
+from .built_app import BuiltApp
 from .model_slot import ModelSlot
+
+if TYPE_CHECKING:
+    from .admin_downloads import AdminDownloads
 
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}  # a tab alone: the full app's queues
 
@@ -22,17 +26,18 @@ def model_slot(engine=None) -> ModelSlot:
     return ModelSlot(tiny_engine, "tiny random model").start()
 
 
-def tab_app(title: str, build: Callable[[gr.Blocks], object], css: tuple[str, ...] = ()) -> gr.Blocks:
-    """A Blocks holding what `build(demo)` lays out, and nothing else; `css`: app/assets stylesheets."""
+def tab_app(title: str, build: Callable[[gr.Blocks], object], css: tuple[str, ...] = (),
+            downloads: "AdminDownloads | None" = None) -> BuiltApp:
+    """A Blocks holding what `build(demo)` lays out, and nothing else; `css`: app/assets stylesheets;
+    `downloads`: the admin's routes, when the tab hands files out."""
     from .assets import stylesheet
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         build(demo)
-    demo.hirpf_css = stylesheet(*css) if css else None
-    return demo
+    return BuiltApp(demo, css=stylesheet(*css) if css else None, downloads=downloads)
 
 
-def main(standalone_app: Callable[..., gr.Blocks], argv: list[str] | None = None) -> None:
+def main(standalone_app: Callable[..., BuiltApp], argv: list[str] | None = None) -> None:
     """Serve `standalone_app(data_dir=...)` on the command line's host and port."""
     from .launching import launch
 

@@ -171,7 +171,7 @@ class ServedApp:
 
     def close(self) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # Gradio prints "Closing server ...": --json owns stdout
-            self.demo.close()
+            self.demo.blocks.close()
         self.data_dir.cleanup()
 
 

@@ -31,8 +31,8 @@ def main() -> None:
         raise SystemExit("Debian's Chromium is needed: apt-get install -y --no-install-recommends chromium")
     from playwright.sync_api import expect, sync_playwright
 
-    demo = build_app(Engine.load("embedded"))
-    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+    built = build_app(Engine.load("embedded"))
+    _, url, _ = launch(built, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -59,7 +59,7 @@ def main() -> None:
             page.locator("#tab-chat").screenshot(path=str(args.output))
             browser.close()
     finally:
-        demo.close()
+        built.blocks.close()
     print(f"wrote {args.output}")
 
 

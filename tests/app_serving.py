@@ -30,12 +30,12 @@ def served(engine, data_dir: str | Path | None = None, **build):
     """The whole app around `engine` on a free loopback port; yields its URL. Tabs that store things
     write under `data_dir` (a temporary folder when None); `build`: more of `build_app`'s arguments."""
     with tempfile.TemporaryDirectory(prefix="hirpf-app-data-") as scratch:
-        demo = build_app(engine, data_dir=data_dir if data_dir is not None else scratch, **build)
-        _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+        built = build_app(engine, data_dir=data_dir if data_dir is not None else scratch, **build)
+        _, url, _ = launch(built, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
         try:
             yield url
         finally:
-            demo.close()
+            built.blocks.close()
 
 
 @contextmanager
@@ -43,12 +43,12 @@ def served_annotation_app(data_dir: str | Path):
     """The annotation-only app (no model) on a free loopback port; yields its URL."""
     from app.build import build_annotation_app
 
-    demo = build_annotation_app(data_dir=data_dir)
-    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+    built = build_annotation_app(data_dir=data_dir)
+    _, url, _ = launch(built, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
     try:
         yield url
     finally:
-        demo.close()
+        built.blocks.close()
 
 
 @contextmanager

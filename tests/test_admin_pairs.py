@@ -3,13 +3,16 @@ app on the same model, a study built on another model is left alone, no model me
 admin types is refused with the field named. Tiny random engine, real SQLite store."""
 from __future__ import annotations
 
+import json
+
+import gradio as gr
 import pytest
 
 from annotation.pair_generation import missing_replies, reply_counts, store_reply
-from annotation.pair_studies import PairStudyError, parse_condition, plan_pairs, poles, save_study
+from annotation.pair_studies import PairStudyError, activate_study, parse_condition, plan_pairs, poles, save_study
 from app.admin_pairs import PairBuilds, identity_sets, prompts_of
+from app.evaluation_store import open_store
 from app.model_slot import ModelSlot
-from app.services import open_store
 
 MODEL = "tiny test model"
 
@@ -57,7 +60,7 @@ def test_typed_identities_and_prompts():
 
 
 def build_control(demo) -> dict:
-    return next(c["props"] for c in demo.get_config_file()["components"]
+    return next(c["props"] for c in demo.blocks.get_config_file()["components"]
                 if c.get("props", {}).get("elem_id") == "admin-pair-build")
 
 
@@ -69,7 +72,7 @@ def test_the_build_control_needs_the_model_app(tiny_engine, tmp_path, monkeypatc
     annotation_only = build_annotation_app(data_dir=tmp_path)
     assert build_control(annotation_only)["interactive"] is False
     assert any(c.get("props", {}).get("elem_id") == "admin-pair-no-model"
-               for c in annotation_only.get_config_file()["components"])
+               for c in annotation_only.blocks.get_config_file()["components"])
     assert build_control(build_app(tiny_engine, data_dir=tmp_path))["interactive"] is not False
 
 
@@ -81,3 +84,45 @@ def test_a_condition_the_model_cannot_serve_is_refused_by_name(tiny_base_dir, tm
     with pytest.raises(PairStudyError, match="experts"):
         builds.check([parse_condition("experts+prompt@1.0", base_model=MODEL)])
     builds.check([parse_condition("prompt", base_model=MODEL)])
+
+
+def test_the_study_list_comes_with_the_unlock(tmp_path, monkeypatch):
+    """Opening the admin view fills the study list (and says which study annotators see) at once: before, it
+    stayed empty until "Refresh list" was clicked."""
+    from app.build import build_annotation_app
+
+    for name in ("DATABASE_URL", "HIRPF_ADMIN_USERS", "OAUTH_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HIRPF_ADMIN_PASSWORD", "pw")
+    db = open_store(tmp_path).db
+    planned(db, "first", MODEL)
+    planned(db, "second", MODEL)
+    activate_study(db, "second")
+    demo = build_annotation_app(data_dir=tmp_path)
+    open_admin = next(f.fn for f in demo.blocks.fns.values() if f.api_name == "admin_open")
+    opened = open_admin("pw")
+    [listed] = [v for v in opened.values() if isinstance(v, gr.Dropdown)]
+    assert [choice[1] for choice in listed.choices] == ["first", "second"] and listed.value == "second"
+
+
+def test_no_stored_study_reaches_a_visitors_config(tiny_engine, tmp_path, monkeypatch):
+    """What `/config` gives any visitor, before any unlock, in the full app and with `--annotation_only`:
+    nothing of a stored (and shown) study: not its name, conditions, identities or prompts. The build form's
+    starting value (`experts+prompt@1.0, prompt`) is the app's own vocabulary, shown on the Chat tab too."""
+    from app.build import build_annotation_app, build_app
+
+    for name in ("DATABASE_URL", "HIRPF_ADMIN_USERS", "OAUTH_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HIRPF_ADMIN_PASSWORD", "pw")
+    db = open_store(tmp_path).db
+    conditions = [parse_condition("experts@1.7", base_model="secret-base-model")]
+    save_study(db, "secret-study-name", plan_pairs("discrimination", [("NEU_high", "NEU_low")], conditions,
+                                                   ["An unguessable prompt 4711?"]))
+    activate_study(db, "secret-study-name")
+    study = ["secret-study-name", "experts@1.7", "secret-base-model", "4711"]
+    # The full app's Chat tab names every identity; the annotation-only app names none.
+    for demo, secrets in ((build_app(tiny_engine, data_dir=tmp_path), study),
+                          (build_annotation_app(data_dir=tmp_path), study + ["NEU_high", "neuroticism"])):
+        config = json.dumps(demo.blocks.get_config_file(), default=repr)  # a State's delete_callback is a function
+        for secret in secrets:
+            assert secret not in config, secret

@@ -20,7 +20,9 @@ from sqlalchemy import func, select
 
 from annotation import sessions
 from app.build import build_app
-from app.services import open_store, policy_from_text, send_to_evaluation
+from app.built_app import BuiltApp
+from app.evaluation_store import open_store, policy_from_text
+from app.send_to_evaluation import send_to_evaluation
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
 from hirpf.labels import SLOTS
@@ -329,8 +331,8 @@ def test_the_admin_loads_a_file_and_watches_progress(tiny_engine, tmp_path, app_
             client(url).predict(api_name="/admin_export")
 
 
-def event_function(demo: gr.Blocks, api_name: str):
-    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+def event_function(built: BuiltApp, api_name: str):
+    return next(f.fn for f in built.blocks.fns.values() if f.api_name == api_name)
 
 
 def test_hugging_face_sign_in_on_a_space(tiny_engine, tmp_path, app_env):
@@ -347,7 +349,7 @@ def test_hugging_face_sign_in_on_a_space(tiny_engine, tmp_path, app_env):
     app_env.setenv("HIRPF_ADMIN_USERS", "Alice, bob")
     seed_dialogues(tmp_path, 1)
     demo = build_app(tiny_engine, data_dir=tmp_path)
-    ids = {block.elem_id for block in demo.blocks.values()}
+    ids = {block.elem_id for block in demo.blocks.blocks.values()}
     assert {"annotate-hf-login", "admin-hf-login"} <= ids and "admin-password" in ids
     profile = gr.OAuthProfile({"name": "Ada Lovelace", "preferred_username": "ada", "profile": "", "picture": ""})
     screen = event_function(demo, "annotation_resume")(None, profile=profile)
@@ -359,7 +361,7 @@ def test_hugging_face_sign_in_on_a_space(tiny_engine, tmp_path, app_env):
             Annotator.public_id == sessions.annotator_of(store.db, who["token"]))) == "hf:ada"
     open_admin = event_function(demo, "admin_open")
     opened = open_admin(None, profile=gr.OAuthProfile({**profile, "preferred_username": "alice"}))
-    assert any(isinstance(v, str) and demo.hirpf_downloads.redeem(v) for v in opened.values())  # a cookie claim
+    assert any(isinstance(v, str) and demo.downloads.redeem(v) for v in opened.values())  # a cookie claim
     with pytest.raises(gr.Error, match="may not open the admin view"):
         open_admin("", profile=profile)
 

@@ -293,9 +293,8 @@ def test_app_py_exposes_the_blocks_at_module_level(monkeypatch, tiny_base_dir, t
     monkeypatch.setenv("HIRPF_LORA_WEIGHTS", "none")
     monkeypatch.setattr(sys, "argv", ["app.py", "--port", "1"])  # ignored: flags are read only as __main__
     module = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "app.py"), run_name="hirpf_app")
-    demo = module["demo"]
-    assert isinstance(demo, gr.Blocks)
-    engine = demo.hirpf_slot.get(timeout=120)
+    assert isinstance(module["demo"], gr.Blocks) and module["demo"] is module["built"].blocks
+    engine = module["built"].slot.get(timeout=120)
     assert not engine.has_experts and module["settings"].base_model == str(tiny_base_dir)
 
 
@@ -304,7 +303,8 @@ def test_every_setting_the_app_reads_is_documented():
 
     # The start-up settings, the data directory's one home, and what the evaluation tabs read.
     source = "\n".join((PROJECT_ROOT / path).read_text(encoding="utf-8") for path in (
-        "app/settings.py", "db/engine.py", "app/services.py", "app/admin_tab.py"))
+        "app/settings.py", "db/engine.py", "app/evaluation_store.py", "app/annotator_sign_in.py",
+        "app/admin_session.py"))
     flags = set(re.findall(r'add_argument\("(--[a-z_0-9]+)"', source))
     variables = set(re.findall(r'"((?:HIRPF|GRADIO)_[A-Z_0-9]+)"', source))
     assert {"--host", "--port", "--base_model", "--lora_weights", "--load_in_8bit", "--data_dir",

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from app.services import open_store
+from app.evaluation_store import open_store
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue
 from hirpf.identities import ALIASES, ALL_IDENTITIES, TRAIT_POLES, IdentitySet, label
 from hirpf.labels import SLOTS
@@ -212,7 +212,7 @@ def test_the_browser_keeps_no_code_password_id_or_admin_cookie(page, data_dir):
 
 def test_hostile_names_show_as_text_on_the_admin_page(page, data_dir):
     from annotation.assignment import AssignmentPolicy
-    from app.services import apply_policy
+    from app.evaluation_store import apply_policy
 
     from app_serving import client
 

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import func, select
 
-from app.services import open_store
+from app.evaluation_store import open_store
 from db.models import PairTask, TaskStatus
 
 from app_serving import browser_page, needs_chromium, open_tab, served

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from annotation.pair_generation import missing_replies, store_reply
 from annotation.pair_studies import activate_study, parse_condition, plan_pairs, poles, save_study
 from app.annotation_tab import standalone_app as annotation_tab_app
+from app.evaluation_store import open_store
 from app.launching import launch
-from app.services import open_store
 from db.models import PairTask
 
 from app_serving import browser_page, needs_chromium
@@ -39,13 +39,13 @@ def tab(tmp_path_factory):
         for item in missing_replies(store.db, STUDY):
             store_reply(store.db, item.reply_id, f"Reply number {item.reply_id}.")
         activate_study(store.db, STUDY)
-        demo = annotation_tab_app(data_dir=data_dir)
-        _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+        built = annotation_tab_app(data_dir=data_dir)
+        _, url, _ = launch(built, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
         try:
             with browser_page(url) as page:
                 yield page, url, store
         finally:
-            demo.close()
+            built.blocks.close()
 
 
 def test_the_tab_shows_pairs_first_then_the_slot_tasks_one_panel_at_a_time(tab):

@@ -18,9 +18,10 @@ from sqlalchemy import select
 from annotation import sessions
 from annotation.pair_generation import missing_replies, store_reply
 from annotation.pair_studies import activate_study, parse_condition, plan_pairs, poles, save_study
+from app.built_app import BuiltApp
+from app.evaluation_store import open_store
 from app.launching import launch
 from app.pair_annotation import build_pair_panel, install_pair_shortcuts
-from app.services import open_store
 from db.models import PairTask
 
 from app_serving import browser_page, needs_chromium, screenshot
@@ -50,7 +51,7 @@ def setup(tmp_path_factory):
             panel = build_pair_panel(identity, data_dir)
             who.submit(lambda token: {"token": token, "name": "Ada"}, who, identity).then(**panel.refresh)
             install_pair_shortcuts(demo)
-        _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+        _, url, _ = launch(BuiltApp(demo), "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
         try:
             with browser_page(url) as page:
                 yield page, url, store, annotator

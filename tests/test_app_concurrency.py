@@ -115,7 +115,7 @@ def test_one_visitors_stop_ends_only_its_reply(exact_url, exact_engine):
 
 
 def concurrency(demo, api_name: str) -> tuple[str, object]:
-    fn = next(f for f in demo.fns.values() if f.api_name == api_name)
+    fn = next(f for f in demo.blocks.fns.values() if f.api_name == api_name)
     return fn.concurrency_id, fn.concurrency_limit
 
 
@@ -131,10 +131,10 @@ def test_reply_events_let_a_batch_of_visitors_reach_the_scheduler(tiny_engine, m
     monkeypatch.setenv("HIRPF_MAX_BATCH", "3")
     demo = build_app(tiny_engine, data_dir=tmp_path)
     assert {concurrency(demo, name) for name in REPLY_EVENTS} == {("scheduler", 3)}
-    assert demo.hirpf_reply_serving.through_scheduler
+    assert demo.reply_serving.through_scheduler
     serial = build_app(tiny_engine, data_dir=tmp_path, scheduler=False)
     assert {concurrency(serial, name) for name in REPLY_EVENTS + STATIC_BATCH_EVENTS} == {("model", 1)}
-    assert not serial.hirpf_reply_serving.through_scheduler
+    assert not serial.reply_serving.through_scheduler
 
 
 def test_streamed_updates_are_paced_and_the_last_one_always_arrives(monkeypatch):

@@ -221,7 +221,7 @@ def test_export_sessions_end_and_old_export_folders_are_removed(tmp_path):
 
 SECOND_PROCESS = """
 import json, sys
-from app.services import open_store
+from app.evaluation_store import open_store
 store = open_store(sys.argv[1])
 annotator = store.register_annotator("Grace", external_id="name:grace")
 store.next_task(annotator)
@@ -256,7 +256,7 @@ def test_an_annotator_id_from_an_export_signs_nobody_in(tiny_engine, tmp_path, a
     import csv
     import io
 
-    from app.services import open_store
+    from app.evaluation_store import open_store
 
     app_env.setenv("HIRPF_ADMIN_PASSWORD", PASSWORD)
     seed_dialogues(tmp_path, 3)

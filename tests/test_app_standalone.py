@@ -19,7 +19,7 @@ def test_each_tab_builds_on_its_own(module, tiny_engine, tmp_path, monkeypatch):
 
     monkeypatch.setenv("HIRPF_ADMIN_PASSWORD", "standalone")
     tab = importlib.import_module(f"app.{module}")
-    demo = tab.standalone_app(engine=tiny_engine, data_dir=tmp_path)
+    demo = tab.standalone_app(engine=tiny_engine, data_dir=tmp_path).blocks
     assert isinstance(demo, gr.Blocks) and demo.fns
     assert not any(isinstance(b, gr.Tab) for b in demo.blocks.values())  # the tab alone, not the app
 
@@ -54,7 +54,7 @@ def test_a_comparison_goes_only_when_the_visitor_changes_its_settings(tiny_engin
     arrived after the next Compare had begun and hid that new comparison (seen with the embedded model)."""
     from app.chat_tab import standalone_app
 
-    config = standalone_app(tiny_engine).get_config_file()
+    config = standalone_app(tiny_engine).blocks.get_config_file()
     [comparison] = [c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "chat-comparison"]
     [hide] = [d for d in config["dependencies"] if d["outputs"] == [comparison]]
     assert {event for _, event in hide["targets"]} <= {"input", "click"}

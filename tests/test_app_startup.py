@@ -30,13 +30,13 @@ PAGE_ONLY = """
 import json, runpy, sys, urllib.request
 from app.launching import launch
 
-demo = runpy.run_path("app.py", run_name="hirpf_app")["demo"]
-_, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+built = runpy.run_path("app.py", run_name="hirpf_app")["built"]
+_, url, _ = launch(built, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
 for path in ("", "config"):
     with urllib.request.urlopen(url + path, timeout=60) as response:
         assert response.status == 200, (path, response.status)
 print("imported:", json.dumps(sorted(name for name in sys.argv[1:] if name in sys.modules)))
-demo.close()
+built.blocks.close()
 """
 
 
@@ -100,7 +100,7 @@ def test_the_app_leaves_a_given_slot_to_its_owner_until_a_page_load(tmp_path):
 
     loads, engine = [], SimpleNamespace(has_experts=True)  # all the status line asks of a loaded engine
     slot = ModelSlot(lambda: loads.append("loaded") or engine, "test model")
-    demo = build_app(slot, data_dir=tmp_path)
+    demo = build_app(slot, data_dir=tmp_path).blocks
     on_timer, on_page_load = (next(f.fn for f in demo.fns.values() if f.api_name == name)
                               for name in ("model_status", "model_status_on_load"))
     on_timer()

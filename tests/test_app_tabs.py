@@ -17,7 +17,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from sqlalchemy import select
 
-from app.services import open_store
+from app.evaluation_store import open_store
 from db.models import Dialogue
 from hirpf.eval.interview import REFEREE_SYSTEM
 from hirpf.eval.survey import load_survey

@@ -68,7 +68,7 @@ def test_on_zerogpu_replies_keep_engine_stream_on_the_model_queue(monkeypatch, t
 
     with_spaces(monkeypatch, fake_spaces([]))
     demo = build_app(tiny_engine, data_dir=tmp_path)
-    assert not demo.hirpf_reply_serving.through_scheduler
-    assert demo.hirpf_reply_serving.source(tiny_engine) is tiny_engine
-    chat = next(f for f in demo.fns.values() if f.api_name == "chat")
+    assert not demo.reply_serving.through_scheduler
+    assert demo.reply_serving.source(tiny_engine) is tiny_engine
+    chat = next(f for f in demo.blocks.fns.values() if f.api_name == "chat")
     assert (chat.concurrency_id, chat.concurrency_limit) == ("model", 1)
