@@ -18,7 +18,6 @@ import hmac
 import html
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from annotation.report import build_report, overview
 from annotation.sign_in import access_code_required, set_access_code
 from annotation.store import StoreError
 from annotation.store_io import import_file, write_csv, write_jsonl
+from hirpf import environment
 from hirpf.labels import SLOTS
 
 from .admin_downloads import AdminDownloads, Download
@@ -77,8 +77,7 @@ class AdminAccess:
 
     @classmethod
     def from_env(cls) -> "AdminAccess":
-        users = frozenset(u.strip().casefold() for u in os.environ.get(USERS_ENV, "").split(",") if u.strip())
-        return cls(os.environ.get(PASSWORD_ENV) or None, users)
+        return cls(environment.HIRPF_ADMIN_PASSWORD, frozenset(u.casefold() for u in environment.HIRPF_ADMIN_USERS))
 
     @property
     def enabled(self) -> bool:

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TypeVar
 
+from hirpf import environment
 from hirpf.reply_stream import ReplySource
-from hirpf.scheduler import max_batch_setting
 
 from .zerogpu import on_zerogpu
 
@@ -59,5 +59,6 @@ class ReplyServing:
 def reply_serving(model_queue: dict, scheduler: bool = True) -> ReplyServing:
     """Through the scheduler when `scheduler` is on and not on ZeroGPU; otherwise on `model_queue`."""
     if scheduler and not on_zerogpu():
-        return ReplyServing(True, {"concurrency_id": SCHEDULER_QUEUE_ID, "concurrency_limit": max_batch_setting()})
+        limit = environment.HIRPF_MAX_BATCH
+        return ReplyServing(True, {"concurrency_id": SCHEDULER_QUEUE_ID, "concurrency_limit": limit})
     return ReplyServing(False, model_queue)

