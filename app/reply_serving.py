@@ -1,7 +1,7 @@
 """How a streamed reply reaches the model: the chat's replies (chat, regenerate) and each debate statement.
 
-Through the engine's scheduler (`hirpf.scheduler`), the default: up to `HIRPF_MAX_BATCH` visitors (default
-8) decode together in one running batch, each row with its own identity set, and Gradio lets that many of
+Through the engine's scheduler (`hirpf.scheduler`), the default: up to `HIRPF_MAX_BATCH` visitors decode
+together in one running batch, each row with its own identity set, and Gradio lets that many of
 these events run at once (their own concurrency group, "scheduler"); later ones queue. A visitor's Stop
 sets its request's stop event, and the scheduler takes that row alone out of the batch.
 
@@ -25,9 +25,9 @@ from hirpf.reply_stream import ReplySource
 from .zerogpu import on_zerogpu
 
 SCHEDULER_QUEUE_ID = "scheduler"
-# A streamed reply reaches the page at most this often. Every update re-sends the whole transcript, and with
-# eight visitors decoding at ~12 tokens/s each, one update per token costs the server (and each browser) more
-# CPU than the model's batched step: five updates a second still read as live typing.
+# A streamed reply reaches the page at most this often. Every update re-sends the whole transcript, so with a
+# full batch of visitors one update per token costs the server (and each browser) more CPU than the model's
+# batched step (the rates behind this: docs/benchmarks.md); five updates a second still read as live typing.
 UPDATE_INTERVAL_S = 0.2
 
 T = TypeVar("T")

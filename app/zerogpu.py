@@ -2,7 +2,7 @@
 otherwise a decorator that changes nothing. Put it on every function that runs the model.
 
 ZeroGPU lends a GPU for at most `duration` seconds a call (its default, 60 s, is short for a debate or an
-all-poles questionnaire): `HIRPF_GPU_DURATION` sets it (seconds, default 180). There the function runs in
+all-poles questionnaire): `HIRPF_GPU_DURATION` sets it (`hirpf.environment`). There the function runs in
 a worker process: Stop cancels the event, but the generation's stop flag lives in the app's process, so a
 cancelled generation may run on in the worker until its token limit (ZeroGPU is not tested here). Each
 call's worker has its own copy of the model, so the engine's scheduler (one running batch shared by the

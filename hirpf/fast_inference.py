@@ -32,7 +32,7 @@ from torch import nn
 FOLD_MAX_VECTORS = 16  # fold W and B into one matmul for inputs of up to this many rows x tokens (CPU)
 DECODE_DTYPES = {"model": None, "bfloat16": torch.bfloat16}  # the forced choices; None: the layers' own dtype
 # `torch.backends.cpu.get_cpu_capability()` values of CPUs without bfloat16 dot products: there a bfloat16
-# matmul is emulated and a batch decode step measured about 4x slower than float32 (an AVX2 machine, issue 22).
+# matmul is emulated and far slower than float32 (measured on an AVX2 machine: docs/benchmarks.md).
 NO_BFLOAT16_CAPABILITIES = frozenset({"DEFAULT", "NO AVX", "AVX2"})
 BFLOAT16_MIN_GAIN = 0.85  # `auto` takes bfloat16 only when its calibrated time is at most this share of float32's
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ what a failure ends. The model itself is run by `hirpf.batch_runner.BatchRunner`
 A request (chat history, identity set with its strengths, conditioning, sampling settings and seed, max new
 tokens, stop event) is checked and tokenized in the caller's thread, so a bad one fails there, alone. The
 loop thread owns the model's decoding: at every turn it drops waiting requests whose callers stopped them,
-admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`, default 8),
-prefills those admitted together (a prompt longer than `HIRPF_PREFILL_CHUNK` tokens, default 256, a chunk per
-turn instead, so the running rows keep streaming while it joins), takes out the rows whose callers stopped
-them, then runs one decode step for all rows. Each caller reads its reply from a `ReplyStream`
-(`hirpf.reply_stream`), which yields the whole text so far, as `Engine.stream` does.
+admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`), prefills
+those admitted together (a prompt longer than `HIRPF_PREFILL_CHUNK` tokens, a chunk per turn instead, so the
+running rows keep streaming while it joins), takes out the rows whose callers stopped them, then runs one
+decode step for all rows. Each caller reads its reply from a `ReplyStream` (`hirpf.reply_stream`), which
+yields the whole text so far, as `Engine.stream` does.
 
 Faults stay with their requests: a failed joint prefill is retried one request at a time so that only the
 request that breaks it fails; a failure at a request's first token or chunk ends that request; a failure of
@@ -30,8 +30,9 @@ batch would give all requests one identity set; carrying a set per token would n
 inside `hirpf.routing` and `hirpf.fast_inference`, as vLLM maps tokens to adapters. Its sampling settings
 are also one per batch, with one random generator. So the batch here is an ordinary left-padded batch over
 transformers' `DynamicCache`, whose per-layer tensors are re-padded and index-selected as rows join and
-leave (`hirpf.batch_cache`). Joining costs one copy of the batch's cache (about 1 ms per 100 cached tokens
-per row on the embedded model); leaving, one index select.
+leave (`hirpf.batch_cache`). Joining costs one copy of the batch's cache, in proportion to the tokens it
+holds, paid once per request rather than on every step; leaving, one index select (the measured cost of a
+join: docs/benchmarks.md).
 """
 from __future__ import annotations
 
