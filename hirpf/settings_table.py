@@ -49,7 +49,7 @@ def markdown() -> str:
              "variable set to blank counts as unset; a bad value stops the command with an error naming the "
              "variable. Where a flag stands before a variable, the flag wins.", ""]
     for group, title in GROUPS.items():
-        lines += [f"## {title}", "", "| Variable | Flag | Value | Default | What it does |", "|---|---|---|---|---|"]
+        lines += [f"## {title}", "", "| Variable | Flag | Form | Default | What it does |", "|---|---|---|---|---|"]
         for s in (s for s in SETTINGS.values() if s.group == group):
             name = " or ".join(f"`{n}`" for n in (s.name, *s.aliases))
             flag = f"`{s.flag}`" if s.flag else ""
