@@ -40,7 +40,7 @@ def add_pairs_parser(commands, common: argparse.ArgumentParser) -> None:
     build.add_argument("--lora_weights", action="append", metavar="DIR",
                        help="expert checkpoint per condition, in --condition order (one for all, or one each); "
                             "'none' for no experts (default: the shipped experts of the embedded model)")
-    add_model_arguments(build, ("base_model",))
+    add_model_arguments(build, ("base_model",))  # --lora_weights above is this command's own
     build.add_argument("--design", choices=["discrimination", "preference"],
                        help=f"{DESIGN_HELP}; default: discrimination for --poles/--professions, else preference")
     build.add_argument("--question", help="the question, {target} where the pair's target goes")

@@ -34,7 +34,10 @@ def flag_help(setting: Setting) -> str:
 def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                         flags: tuple[str, ...] = MODEL_FLAGS) -> None:
     """Add the model flags named in `flags` (by default all of them). Their argparse defaults are None, so
-    that `model_options` can tell a flag given from one left to the environment."""
+    that `model_options` can tell a flag given from one left to the environment; the parser remembers which
+    it added (`model_flags`), so that a command's own option of the same name (a list of --lora_weights, one
+    per condition) is left to the command."""
+    parser.set_defaults(model_flags=tuple(flags))
     for name in flags:
         if name == "dtype":
             parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (checked by "
@@ -46,13 +49,22 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
             parser.add_argument(f"--{name}", default=None, help=flag_help(BACKED_FLAGS[name]))
 
 
+def flag_default(parser: argparse.ArgumentParser, dest: str):
+    """What `dest` holds when its flag is not given and no variable is set: for a model flag its setting's
+    default (its argparse default is None), else argparse's. For commands rebuilt from recorded arguments."""
+    if dest in BACKED_FLAGS and dest in (parser.get_default("model_flags") or ()):
+        return BACKED_FLAGS[dest].default
+    return parser.get_default(dest)
+
+
 def model_options(args: argparse.Namespace) -> ModelOptions:
-    """The model a command's flags (those it added) and the environment describe."""
+    """The model that a command's model flags (those `add_model_arguments` added) and the environment describe."""
+    flags = getattr(args, "model_flags", ())
     values = {}
     for name, setting in BACKED_FLAGS.items():
-        given = getattr(args, name, None)
+        given = getattr(args, name, None) if name in flags else None
         if given is None or given == "":
             values[name] = setting.value()
         else:  # a flag is read as its variable is ('none' for no experts)
             values[name] = given if isinstance(given, bool) else environment.read_as(setting.name, given)
-    return ModelOptions(**values, dtype=getattr(args, "dtype", "auto"))
+    return ModelOptions(**values, dtype=getattr(args, "dtype", "auto") if "dtype" in flags else "auto")

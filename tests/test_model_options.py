@@ -73,3 +73,17 @@ def test_eight_bit_flag_wins_over_the_variable(parser, monkeypatch):
     monkeypatch.setenv("HIRPF_LOAD_IN_8BIT", "yes")
     assert model_options(built.parse_args(required)).load_in_8bit is True
     assert model_options(built.parse_args([*required, "--no-load_in_8bit"])).load_in_8bit is False
+
+
+def test_the_model_card_command_names_the_base_model_only_when_it_was_not_the_default(monkeypatch):
+    """The trainer's --base_model default moved from argparse (None now) to the settings table; the card's
+    reproducing command must still leave out a default base model (the shipped card's commands have none)."""
+    import json
+
+    from hirpf.paths import PROJECT_ROOT
+    from training.model_card import training_command
+
+    monkeypatch.delenv("HIRPF_BASE_MODEL", raising=False)
+    shipped = json.loads((PROJECT_ROOT / "models" / "smollm2-135m-experts" / "training_summary.json").read_text())
+    assert "--base_model" not in training_command(shipped["args"])
+    assert "--base_model other/model" in training_command({**shipped["args"], "base_model": "other/model"})
