@@ -188,9 +188,10 @@ _SETTINGS = [
     Setting("HIRPF_JUDGE_BASE_URL", None, TEXT, "judges",
             "the app's interview judge: an OpenAI-compatible endpoint; unset: the app offers no interview judge"),
     Setting("HIRPF_JUDGE_MODEL", "gpt-4o-mini", TEXT, "judges",
-            "the interview judge's model in the app, and the eval commands' default --judge_model"),
+            "the interview judge's model in the app (the eval commands' --judge_model has the same default)"),
     Setting("HIRPF_JUDGE_CACHE_DIR", PROJECT_ROOT / ".cache" / "llm", OR_NONE, "judges",
-            "the judges' response cache ('none': off), the eval commands' default --judge_cache_dir"),
+            "the app's judge response cache ('none': off; the eval commands' --judge_cache_dir has the same "
+            "default)"),
     Setting("OPENAI_BASE_URL", None, TEXT, "judges",
             "the eval and synthesis commands' endpoint when no --judge_base_url / --base_url is given; unset: "
             "OpenAI's"),
