@@ -1,6 +1,6 @@
 """Serve the HIRPF app: `python app.py [--host H] [--port P] [--base_model M] [--lora_weights DIR|none]
 [--load_in_8bit] [--data_dir DIR] [--annotation_only] [--no-scheduler]` (each flag also reads an environment
-variable; see app/settings.py).
+variable; see app/launch_options.py and docs/configuration.md).
 
 Hugging Face Spaces runs this file and expects the Blocks at module level as `demo` (`built` is the whole
 `BuiltApp`: the Blocks with its stylesheet, admin routes and model slot). The page is built and served
@@ -11,9 +11,9 @@ evaluation alone.
 """
 import sys
 
-from app.settings import settings_from
+from app.launch_options import launch_options
 
-settings = settings_from(sys.argv[1:] if __name__ == "__main__" else [])
+settings = launch_options(sys.argv[1:] if __name__ == "__main__" else [])
 
 if settings.annotation_only:
     from app.build import build_annotation_app

@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from hirpf.model_options import add_model_arguments, model_options
+
 DESIGN_HELP = "discrimination (two opposite identities, one condition) or preference (two conditions)"
 
 
@@ -38,7 +40,7 @@ def add_pairs_parser(commands, common: argparse.ArgumentParser) -> None:
     build.add_argument("--lora_weights", action="append", metavar="DIR",
                        help="expert checkpoint per condition, in --condition order (one for all, or one each); "
                             "'none' for no experts (default: the shipped experts of the embedded model)")
-    build.add_argument("--base_model", default="embedded", help="'embedded', a local path or a hub id")
+    add_model_arguments(build, ("base_model",))  # --lora_weights above is this command's own
     build.add_argument("--design", choices=["discrimination", "preference"],
                        help=f"{DESIGN_HELP}; default: discrimination for --poles/--professions, else preference")
     build.add_argument("--question", help="the question, {target} where the pair's target goes")
@@ -95,7 +97,8 @@ def _build(db, args) -> int:
         raise ValueError(f"--lora_weights: give one for every condition or one per condition "
                          f"({len(args.condition)}), not {len(weights)}")
     weights = weights * len(args.condition) if len(weights) == 1 else weights
-    conditions = [parse_condition(text, base_model=args.base_model, checkpoint=_checkpoint(args.base_model, w),
+    base_model = model_options(args).base_model
+    conditions = [parse_condition(text, base_model=base_model, checkpoint=_checkpoint(base_model, w),
                                   seed=args.seed) for text, w in zip(args.condition, weights)]
     design = args.design or ("preference" if args.identities else "discrimination")
     if args.identities:

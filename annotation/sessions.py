@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from db.engine import Database
+from db.connection import Database
 from db.models import Annotator, AnnotatorSession, utcnow
 
 from .store import StoreError

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.engine import Database
+from db.connection import Database
 from db.models import Annotator
 
 from .store import MAX_NAME_CHARS, Store, StoreError, checked_text

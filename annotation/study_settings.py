@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.engine import Database
+from db.connection import Database
 from db.models import StudySetting, utcnow
 
 from .assignment import AssignmentPolicy

@@ -9,10 +9,11 @@ study", which writes to the annotation store.
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass
 
 import gradio as gr
+
+from hirpf import environment
 
 from .admin_downloads import AdminDownloads
 
@@ -29,8 +30,7 @@ class AdminAccess:
 
     @classmethod
     def from_env(cls) -> "AdminAccess":
-        users = frozenset(u.strip().casefold() for u in os.environ.get(USERS_ENV, "").split(",") if u.strip())
-        return cls(os.environ.get(PASSWORD_ENV) or None, users)
+        return cls(environment.HIRPF_ADMIN_PASSWORD, frozenset(u.casefold() for u in environment.HIRPF_ADMIN_USERS))
 
     @property
     def enabled(self) -> bool:

@@ -10,9 +10,9 @@ from gradio.utils import get_space
 
 from annotation import sessions
 from db import Database
+from hirpf import environment
 
 SIGN_IN_ENV = "HIRPF_SIGN_IN"
-SIGN_IN_MODES = ("name", "hf")  # name: names with resume codes (and accounts where OAuth is on); hf: accounts only
 
 
 def session_token(who: Mapping | None) -> str | None:
@@ -39,9 +39,7 @@ def oauth_configured() -> bool:
 
 def sign_in_mode() -> str:
     """`HIRPF_SIGN_IN`: "name" (default) or "hf" (Hugging Face accounts only, which needs OAuth)."""
-    mode = os.environ.get(SIGN_IN_ENV, "").strip().lower() or "name"
-    if mode not in SIGN_IN_MODES:
-        raise ValueError(f"{SIGN_IN_ENV}={mode!r}: use one of {', '.join(SIGN_IN_MODES)}")
+    mode = environment.HIRPF_SIGN_IN  # name or hf, checked there
     if mode == "hf" and not oauth_configured():
         raise ValueError(f"{SIGN_IN_ENV}=hf needs Hugging Face sign-in (`hf_oauth: true` on a Space)")
     return mode

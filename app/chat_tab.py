@@ -23,14 +23,7 @@ from hirpf.sampling import Sampling
 from .admin_session import AdminSession
 from .assets import MODEL_TAB_CSS
 from .built_app import BuiltApp
-from .compare_to_study import CompareToStudy, Comparison
-from .identity_panel import IdentityPanel, read_identities
-from .model_inputs import MAX_NEW_TOKENS, read_conditioning, read_sampling
-from .model_slot import ModelLoadError, ModelSlot
-from .reply_serving import ReplyServing, paced, reply_serving
-from .standalone import MODEL_QUEUE, main, model_slot, tab_app
-from .stop_signals import StopSignals
-from .transcript import (
+from .chat_transcript import (
     CONDITIONING_LABELS,
     DONE,
     STOPPED,
@@ -40,6 +33,13 @@ from .transcript import (
     render,
     user_turn,
 )
+from .compare_to_study import CompareToStudy, Comparison
+from .identity_panel import IdentityPanel, read_identities
+from .model_inputs import MAX_NEW_TOKENS, read_conditioning, read_sampling
+from .model_slot import ModelLoadError, ModelSlot
+from .reply_serving import ReplyServing, paced, reply_serving
+from .standalone import MODEL_QUEUE, main, model_slot, tab_app
+from .stop_signals import StopSignals
 from .zerogpu import gpu
 
 # Our own openers; each probes a different side of a persona. Each fits Gradio's example button, which

@@ -26,6 +26,7 @@ from hirpf.prompts import Conditioning
 
 from .assets import MODEL_TAB_CSS
 from .built_app import BuiltApp
+from .chat_transcript import CONDITIONING_LABELS
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning, read_sampling
 from .model_slot import ModelLoadError, ModelSlot
@@ -33,7 +34,6 @@ from .reply_serving import ReplyServing, paced, reply_serving
 from .send_to_evaluation import send_to_evaluation
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
 from .stop_signals import StopSignals
-from .transcript import CONDITIONING_LABELS
 from .zerogpu import gpu
 
 # Our own motions; each gives identities something to pull on.

@@ -7,14 +7,14 @@ admin applies one.
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 from annotation.assignment import AssignmentPolicy
 from annotation.store import Store
 from annotation.study_settings import store_policy, stored_policy
-from db.engine import Database, database_url
+from db.connection import Database, database_url
+from hirpf import environment
 from hirpf.identities import TRAIT_WORDS
 from hirpf.labels import PROFESSION_SLOT
 
@@ -58,7 +58,7 @@ _POLICY_KEYS = {"overlap": "overlap", "cap": "cap", "shared": "shared_fraction",
 
 def start_policy() -> AssignmentPolicy:
     """`HIRPF_ASSIGNMENT`, the policy until an admin applies one."""
-    return policy_from_text(os.environ.get(POLICY_ENV, ""))
+    return policy_from_text(environment.HIRPF_ASSIGNMENT)
 
 
 def policy_from_text(text: str) -> AssignmentPolicy:

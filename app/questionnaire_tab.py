@@ -14,7 +14,6 @@ probability distribution over the options, shown as a table and a chart per ques
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from hirpf import environment
 from hirpf.eval.common import EvalError, engine_config
 from hirpf.eval.questionnaire import REFERENCE, default_identity_sets, score, write_run
 from hirpf.eval.questionnaire import document as questionnaire_document
@@ -33,11 +33,11 @@ from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
 
 from .assets import MODEL_TAB_CSS
 from .built_app import BuiltApp
+from .chat_transcript import CONDITIONING_LABELS
 from .identity_panel import IdentityPanel, read_identities
 from .model_inputs import read_conditioning
 from .model_slot import ModelLoadError, ModelSlot
 from .standalone import MODEL_QUEUE, main, model_slot, tab_app
-from .transcript import CONDITIONING_LABELS
 from .zerogpu import gpu
 
 EXAMPLE_SURVEY = DATA_DIR / "example_survey.json"
@@ -68,7 +68,6 @@ EMPTY_RESULT = "*No results yet.* Choose the identity sets and a judge, then pre
 EMPTY_SURVEY = "*No results yet.* Choose the identity sets and a survey, then press **Run survey**."
 ENV_JUDGE_BASE_URL = "HIRPF_JUDGE_BASE_URL"
 ENV_JUDGE_MODEL = "HIRPF_JUDGE_MODEL"
-ENV_JUDGE_CACHE_DIR = "HIRPF_JUDGE_CACHE_DIR"
 SCALE_FORMATS = ("our format {\"name\", \"kind\": \"personality\"|\"profession\", \"items\": [...]}, or a HIS list of "
                  "{factor, polarity, content} or {question, profession} items")
 
@@ -87,14 +86,11 @@ def judge_endpoint_from_env() -> JudgeEndpoint | None:
     """The interview judge's endpoint from HIRPF_JUDGE_BASE_URL, HIRPF_JUDGE_MODEL (default: the CLI's) and
     HIRPF_JUDGE_CACHE_DIR (default: the CLI's cache; 'none' switches it off); None when no URL is set. The key,
     if the endpoint needs one, comes from OPENAI_API_KEY."""
-    base_url = os.environ.get(ENV_JUDGE_BASE_URL, "").strip()
+    base_url = environment.HIRPF_JUDGE_BASE_URL
     if not base_url:
         return None
-    from hirpf.eval.interview import DEFAULT_CACHE, DEFAULT_MODEL  # imports openai: only when an endpoint is set
-
-    cache = os.environ.get(ENV_JUDGE_CACHE_DIR, "").strip() or str(DEFAULT_CACHE)
-    return JudgeEndpoint(base_url, os.environ.get(ENV_JUDGE_MODEL, "").strip() or DEFAULT_MODEL,
-                         None if cache.lower() == "none" else Path(cache))
+    cache = environment.HIRPF_JUDGE_CACHE_DIR
+    return JudgeEndpoint(base_url, environment.HIRPF_JUDGE_MODEL, None if cache is None else Path(cache))
 
 
 class ProgressBar:

@@ -1,7 +1,7 @@
 """How a streamed reply reaches the model: the chat's replies (chat, regenerate) and each debate statement.
 
-Through the engine's scheduler (`hirpf.scheduler`), the default: up to `HIRPF_MAX_BATCH` visitors (default
-8) decode together in one running batch, each row with its own identity set, and Gradio lets that many of
+Through the engine's scheduler (`hirpf.scheduler`), the default: up to `HIRPF_MAX_BATCH` visitors decode
+together in one running batch, each row with its own identity set, and Gradio lets that many of
 these events run at once (their own concurrency group, "scheduler"); later ones queue. A visitor's Stop
 sets its request's stop event, and the scheduler takes that row alone out of the batch.
 
@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TypeVar
 
+from hirpf import environment
 from hirpf.reply_stream import ReplySource
-from hirpf.settings import max_batch_setting
 
 from .zerogpu import on_zerogpu
 
 SCHEDULER_QUEUE_ID = "scheduler"
-# A streamed reply reaches the page at most this often. Every update re-sends the whole transcript, and with
-# eight visitors decoding at ~12 tokens/s each, one update per token costs the server (and each browser) more
-# CPU than the model's batched step: five updates a second still read as live typing.
+# A streamed reply reaches the page at most this often. Every update re-sends the whole transcript, so with a
+# full batch of visitors one update per token costs the server (and each browser) more CPU than the model's
+# batched step (the rates behind this: docs/benchmarks.md); five updates a second still read as live typing.
 UPDATE_INTERVAL_S = 0.2
 
 T = TypeVar("T")
@@ -59,5 +59,6 @@ class ReplyServing:
 def reply_serving(model_queue: dict, scheduler: bool = True) -> ReplyServing:
     """Through the scheduler when `scheduler` is on and not on ZeroGPU; otherwise on `model_queue`."""
     if scheduler and not on_zerogpu():
-        return ReplyServing(True, {"concurrency_id": SCHEDULER_QUEUE_ID, "concurrency_limit": max_batch_setting()})
+        limit = environment.HIRPF_MAX_BATCH
+        return ReplyServing(True, {"concurrency_id": SCHEDULER_QUEUE_ID, "concurrency_limit": limit})
     return ReplyServing(False, model_queue)

@@ -2,7 +2,7 @@
 otherwise a decorator that changes nothing. Put it on every function that runs the model.
 
 ZeroGPU lends a GPU for at most `duration` seconds a call (its default, 60 s, is short for a debate or an
-all-poles questionnaire): `HIRPF_GPU_DURATION` sets it (seconds, default 180). There the function runs in
+all-poles questionnaire): `HIRPF_GPU_DURATION` sets it (`hirpf.environment`). There the function runs in
 a worker process: Stop cancels the event, but the generation's stop flag lives in the app's process, so a
 cancelled generation may run on in the worker until its token limit (ZeroGPU is not tested here). Each
 call's worker has its own copy of the model, so the engine's scheduler (one running batch shared by the
@@ -11,28 +11,12 @@ visitors) cannot live there: on ZeroGPU replies stream through `Engine.stream`, 
 """
 from __future__ import annotations
 
-import os
+from hirpf import environment
 
 try:
     import spaces
 except ImportError:  # not on Spaces: plain CPU or a dedicated GPU
     spaces = None
-
-DEFAULT_GPU_DURATION_S = 180
-
-
-def gpu_duration() -> int:
-    raw = os.environ.get("HIRPF_GPU_DURATION", "").strip()
-    if not raw:
-        return DEFAULT_GPU_DURATION_S
-    try:
-        seconds = int(raw)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise ValueError(f"HIRPF_GPU_DURATION must be a positive number of seconds, got {raw!r}")
-    return seconds
-
 
 def on_zerogpu() -> bool:
     """True where `gpu` hands functions to ZeroGPU (the `spaces` package is importable)."""
@@ -40,4 +24,4 @@ def on_zerogpu() -> bool:
 
 
 def gpu(fn):
-    return spaces.GPU(duration=gpu_duration())(fn) if on_zerogpu() else fn
+    return spaces.GPU(duration=environment.HIRPF_GPU_DURATION)(fn) if on_zerogpu() else fn

@@ -66,9 +66,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from decode_timing import decode_step_seconds  # noqa: E402
 
+from hirpf import environment  # noqa: E402
 from hirpf.base_model import load_base_model  # noqa: E402
 from hirpf.engine import Engine, Sampling  # noqa: E402
-from hirpf.fast_inference import decode_dtype_in_use, decode_dtype_setting  # noqa: E402
+from hirpf.fast_inference import decode_dtype_in_use  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
 from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
 from hirpf.routing import Routing  # noqa: E402
@@ -434,7 +435,7 @@ def main(argv=None) -> int:
         "settings": {"clients": counts, "window_s": args.window, "max_new_tokens": args.max_new_tokens,
                      "torch_threads": args.threads, "max_batch": max_batch, "quick": args.quick,
                      "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3),
-                     "decode_dtype_setting": decode_dtype_setting()},
+                     "decode_dtype_setting": environment.HIRPF_DECODE_DTYPE},
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "table": table,
     }

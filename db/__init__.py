@@ -5,6 +5,6 @@
     with database.read() as session: ...  # reads run concurrently
     database.write(lambda session: ...)   # every write goes through here: one transaction, one writer
 """
-from db.engine import Database, database_url
+from db.connection import Database, database_url
 
 __all__ = ["Database", "database_url"]

@@ -1,17 +1,13 @@
-"""`python -m hirpf chat|prepare|export`: talk to an identity-composed agent from the terminal; export one
-identity set as a plain PEFT LoRA adapter."""
+"""`python -m hirpf chat|prepare|export|settings`: talk to an identity-composed agent from the terminal;
+export one identity set as a plain PEFT LoRA adapter; print the settings (`hirpf.environment`)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-ENV_BASE_MODEL = ("HIRPF_BASE_MODEL", "HIS_BASE_MODEL")
-ENV_LORA_WEIGHTS = ("HIRPF_LORA_WEIGHTS", "HIS_LORA_WEIGHTS")
-
-
-def _env(names: tuple[str, ...], default):
-    return next((os.environ[n] for n in names if os.environ.get(n)), default)
+from .environment import SettingError
+from .model_options import add_model_arguments, model_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,15 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--strength", default=None,
                       help="strength of chosen identities, 0 to 2 (1 = as trained, 0 = the prompt alone): "
                            "AGR_low=1.6,Doctor=0.5, or one number for all")
-    chat.add_argument("--lora_weights", default=None,
-                      help="expert checkpoint directory; 'none' for no experts (default: $HIRPF_LORA_WEIGHTS, "
-                           "else the shipped experts of the embedded model when present)")
-    chat.add_argument("--base_model", default=None,
-                      help="'embedded' (SmolLM2-135M-Instruct), a local path or a hub id "
-                           "(default: $HIRPF_BASE_MODEL or embedded)")
-    chat.add_argument("--load_in_8bit", action=argparse.BooleanOptionalAction, default=None,
-                      help="bitsandbytes 8-bit base (default: on when CUDA is available)")
-    chat.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    add_model_arguments(chat)
     chat.add_argument("--cuda_devices", default=None, help="CUDA_VISIBLE_DEVICES for this run, e.g. 0 or 0,1")
     chat.add_argument("--conditioning", default="experts+prompt", choices=["experts+prompt", "experts", "prompt"],
                       help="how identities reach the model")
@@ -69,18 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibrate on the trainer's held-out split of --data (0: all of it)")
     export.add_argument("--split_seed", type=int, default=42, help="the trainer's split seed")
     export.add_argument("--limit", type=int, default=32, help="calibrate on at most this many dialogues")
-    export.add_argument("--lora_weights", default=None, help="expert checkpoint (default: as for chat)")
-    export.add_argument("--base_model", default=None, help="as for chat")
+    add_model_arguments(export, ("base_model", "lora_weights"))  # exported in float32, never 8-bit
+
+    settings = sub.add_parser("settings", help="print every setting with its value now and where it came from")
+    settings.add_argument("--markdown", action="store_true",
+                          help="print the table of docs/configuration.md instead (the page is generated from it)")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "prepare":
-        return prepare()
-    if args.command == "export":
-        return export(args)
-    return chat(args)
+    commands = {"prepare": lambda _: prepare(), "export": export, "settings": settings, "chat": chat}
+    try:
+        return commands[args.command](args)
+    except SettingError as err:  # a bad environment variable, named
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def prepare() -> int:
@@ -90,6 +82,13 @@ def prepare() -> int:
     print(f"embedded model: {path}")
     print(f"source GGUF: {find_gguf()}")
     return 0
+
+
+def settings(args) -> int:
+    from .settings_table import bad_settings, markdown, text_table
+
+    print(markdown() if args.markdown else text_table())
+    return 2 if bad_settings() and not args.markdown else 0  # a deployment can check its settings with it
 
 
 def export(args) -> int:
@@ -116,10 +115,9 @@ def export(args) -> int:
         if 0 < args.held_out_fraction < 1:
             _, dialogues = holdout_split(dialogues, args.held_out_fraction, args.split_seed)
         dialogues = dialogues[:args.limit]
-    base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
-    lora = args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")
+    model = model_options(args)
     try:
-        engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=False, dtype="float32")
+        engine = Engine.load(model.base_model, lora_weights=model.lora_weights, load_in_8bit=False, dtype="float32")
         path = export_identity_set(engine.model, engine.tokenizer, identities, args.output, args.gate, dialogues)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -152,15 +150,14 @@ def chat(args) -> int:
     except ValueError as err:  # malformed identities or strengths (unknown names are only dropped), or sampling
         print(f"error: {err}", file=sys.stderr)
         return 2
-    base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
-    lora = args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")
-    lora = None if str(lora).lower() == "none" else lora
+    model = model_options(args)
     conditioning = Conditioning.parse(args.conditioning)
     print(report.describe() if not identities.strengths else f"{report.describe()}; strengths {identities}",
           file=sys.stderr)
 
     try:
-        engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=args.load_in_8bit, dtype=args.dtype)
+        engine = Engine.load(model.base_model, lora_weights=model.lora_weights, load_in_8bit=model.load_in_8bit,
+                             dtype=model.dtype)
     except (OSError, ValueError) as err:  # a missing or mismatched model or checkpoint (CheckpointError too)
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """`hirpf COMMAND ...`: the one console script (`pip install -e .`), each command its `python -m` twin.
 
     hirpf chat | prepare | export ...     python -m hirpf chat | prepare | export ...
+    hirpf settings [--markdown]           python -m hirpf settings [--markdown]
     hirpf eval COMMAND ...                python -m hirpf.eval COMMAND ...
     hirpf train ...                       python -m training.train ...
     hirpf synthesize ...                  python -m training.synthesize ...
@@ -23,6 +24,7 @@ COMMANDS = {
     "chat": ("hirpf", "chat with an agent composed from identities"),
     "prepare": ("hirpf", "install and convert the embedded model now; print where it lives"),
     "export": ("hirpf", "write one identity set as a plain PEFT LoRA adapter"),
+    "settings": ("hirpf", "every setting (environment variable) with its value now and where it came from"),
     "eval": ("hirpf.eval", "questionnaires, surveys, recognition, situations, debates"),
     "train": ("training.train", "train the identity experts (the sidecar trainer)"),
     "synthesize": ("training.synthesize", "synthesize identity dialogues for training"),

@@ -15,10 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from . import environment
 from .sampling import Message
-from .settings import whole_number_setting
-
-ENV_MAX_CONTEXT = "HIRPF_MAX_CONTEXT"
 
 
 class ContextLimitError(ValueError):
@@ -29,10 +27,9 @@ def context_limit(config) -> int:
     """Tokens a request may span (prompt + new tokens): the model's positions, or `HIRPF_MAX_CONTEXT` when
     that is smaller (a larger setting cannot lift the model's own limit)."""
     model_limit = getattr(config, "max_position_embeddings", None)
-    setting = whole_number_setting(ENV_MAX_CONTEXT, 0, minimum=2, meaning_of_minimum=" (unset: the model's)")
-    limits = [n for n in (model_limit, setting) if n]
+    limits = [n for n in (model_limit, environment.HIRPF_MAX_CONTEXT) if n]
     if not limits:
-        raise ValueError(f"the model's config has no max_position_embeddings: set {ENV_MAX_CONTEXT}")
+        raise ValueError("the model's config has no max_position_embeddings: set HIRPF_MAX_CONTEXT")
     return min(limits)
 
 

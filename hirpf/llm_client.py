@@ -36,6 +36,8 @@ from typing import TypeVar
 
 import openai
 
+from . import environment
+
 T = TypeVar("T")
 # The SDK insists on a key; local servers ignore the one it sends when none is set.
 PLACEHOLDER_KEY = "none"
@@ -89,7 +91,7 @@ class ChatClient:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 5, cache_dir: str | Path | None = None):
         self.base_url, self.model = base_url.rstrip("/"), model
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")  # local servers: none
+        self.api_key = api_key if api_key is not None else environment.OPENAI_API_KEY  # local servers: none
         self.timeout, self.max_retries = timeout, max_retries
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.stats: Counter = Counter()

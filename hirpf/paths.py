@@ -2,19 +2,21 @@
 
 The public HIS release (third-party data: identity dialogues, scales, scenarios, human-evaluation CSVs)
 lives beside the checkout in `../shared/his/` and is read from there, never copied into the project.
-`HIRPF_HIS_DIR` points elsewhere.
+`HIRPF_HIS_DIR` (`hirpf.environment`) points elsewhere.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from . import environment
+from .environment import PROJECT_ROOT
+
+__all__ = ["PROJECT_ROOT", "his_dir", "his_file", "read_json_file"]
 
 
 def his_dir() -> Path:
-    return Path(os.environ.get("HIRPF_HIS_DIR") or PROJECT_ROOT.parent / "shared" / "his")
+    return environment.HIRPF_HIS_DIR
 
 
 def his_file(name: str) -> Path:

@@ -11,10 +11,11 @@ A chat turn re-sends the whole history, so in a conversation almost all of each 
 a visitor's first question finds at least their identity prompt when anyone used that set before.
 
 Entries are a finished request's tokens and its row of the running batch's cache (the padding cut off),
-kept least-recently-used within a byte budget (`HIRPF_PREFIX_CACHE_MB`, default 256; 0 turns it off). On
-the embedded model a cached token costs 46 KB (30 layers × keys and values × 3 heads × 64 × float32), so the
-default holds about 5,500 tokens. The stored tensors are never changed in place (the batch cache
-concatenates and selects into new tensors), so an entry can be shared by any number of later requests.
+kept least-recently-used within a byte budget (`HIRPF_PREFIX_CACHE_MB`; 0 turns it off): a budget in bytes,
+not in entries, because what an entry costs grows with its length and with the model's layers, heads and
+dtype (what the default holds on the embedded model: docs/benchmarks.md). The stored tensors are never
+changed in place (the batch cache concatenates and selects into new tensors), so an entry can be shared by
+any number of later requests.
 """
 from __future__ import annotations
 
@@ -24,17 +25,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
-
-from .settings import whole_number_setting
-
-ENV_PREFIX_CACHE_MB = "HIRPF_PREFIX_CACHE_MB"
-DEFAULT_PREFIX_CACHE_MB = 256
-
-
-def prefix_cache_setting() -> int:
-    """`HIRPF_PREFIX_CACHE_MB` (default 256): bytes of stored keys and values, in MiB; 0 turns reuse off."""
-    return whole_number_setting(ENV_PREFIX_CACHE_MB, DEFAULT_PREFIX_CACHE_MB, minimum=0,
-                                meaning_of_minimum=" (0: off)")
 
 
 @dataclass(frozen=True)

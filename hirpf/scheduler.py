@@ -12,11 +12,11 @@ what a failure ends. The model itself is run by `hirpf.batch_runner.BatchRunner`
 A request (chat history, identity set with its strengths, conditioning, sampling settings and seed, max new
 tokens, stop event) is checked and tokenized in the caller's thread, so a bad one fails there, alone. The
 loop thread owns the model's decoding: at every turn it drops waiting requests whose callers stopped them,
-admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`, default 8),
-prefills those admitted together (a prompt longer than `HIRPF_PREFILL_CHUNK` tokens, default 256, a chunk per
-turn instead, so the running rows keep streaming while it joins), takes out the rows whose callers stopped
-them, then runs one decode step for all rows. Each caller reads its reply from a `ReplyStream`
-(`hirpf.reply_stream`), which yields the whole text so far, as `Engine.stream` does.
+admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`), prefills
+those admitted together (a prompt longer than `HIRPF_PREFILL_CHUNK` tokens, a chunk per turn instead, so the
+running rows keep streaming while it joins), takes out the rows whose callers stopped them, then runs one
+decode step for all rows. Each caller reads its reply from a `ReplyStream` (`hirpf.reply_stream`), which
+yields the whole text so far, as `Engine.stream` does.
 
 Faults stay with their requests: a failed joint prefill is retried one request at a time so that only the
 request that breaks it fails; a failure at a request's first token or chunk ends that request; a failure of
@@ -30,8 +30,9 @@ batch would give all requests one identity set; carrying a set per token would n
 inside `hirpf.routing` and `hirpf.fast_inference`, as vLLM maps tokens to adapters. Its sampling settings
 are also one per batch, with one random generator. So the batch here is an ordinary left-padded batch over
 transformers' `DynamicCache`, whose per-layer tensors are re-padded and index-selected as rows join and
-leave (`hirpf.batch_cache`). Joining costs one copy of the batch's cache (about 1 ms per 100 cached tokens
-per row on the embedded model); leaving, one index select.
+leave (`hirpf.batch_cache`). Joining costs one copy of the batch's cache, in proportion to the tokens it
+holds, paid once per request rather than on every step; leaving, one index select (the measured cost of a
+join: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -44,19 +45,15 @@ from typing import Sequence
 
 import torch
 
+from . import environment
 from .batch_runner import BatchRunner, ChunkedPrefill, Row
 from .identities import IdentitySet
-from .prefix_cache import PrefixCache, prefix_cache_setting
+from .prefix_cache import PrefixCache
 from .prompts import Conditioning, expert_identities
 from .reply_stream import FinishReason, ReplyStream
 from .row_sampling import RowSampler
 from .sampling import Message, Sampling
-from .settings import max_batch_setting, whole_number_setting
 
-ENV_PREFILL_CHUNK = "HIRPF_PREFILL_CHUNK"
-DEFAULT_PREFILL_CHUNK = 256
-# A chunk may delay the running rows by half a decode step (`hirpf.prefill_pacing`).
-DEFAULT_PREFILL_STEP_SHARE = 0.5
 log = logging.getLogger(__name__)
 _LIVE: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 
@@ -68,12 +65,6 @@ def _close_all() -> None:
         scheduler.close(timeout=5.0)
 
 
-def prefill_chunk_setting() -> int:
-    """`HIRPF_PREFILL_CHUNK` (default 256): a prompt longer than this is prefilled this many tokens at a time,
-    one chunk between decode steps, so the running rows keep streaming while it joins; 0 turns it off."""
-    return whole_number_setting(ENV_PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK, minimum=0, meaning_of_minimum=" (0: off)")
-
-
 class SchedulerClosed(RuntimeError):
     """The scheduler was closed before this request finished."""
 
@@ -83,20 +74,22 @@ class Scheduler:
     `ReplySource`: `stream` has `Engine.stream`'s signature)."""
 
     def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
-                 prefill_chunk: int | None = None, prefill_step_share: float = DEFAULT_PREFILL_STEP_SHARE):
+                 prefill_chunk: int | None = None, prefill_step_share: float | None = None):
         self.engine, self.tokenizer = engine, engine.tokenizer
-        self.max_batch = max_batch_setting() if max_batch is None else max_batch
+        self.max_batch = environment.HIRPF_MAX_BATCH if max_batch is None else max_batch
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
-        prefix_cache_mb = prefix_cache_setting() if prefix_cache_mb is None else prefix_cache_mb
+        prefix_cache_mb = environment.HIRPF_PREFIX_CACHE_MB if prefix_cache_mb is None else prefix_cache_mb
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {prefix_cache_mb}")
         # Earlier sequences' keys and values, by identity rows. They belong to these expert weights: code that
         # changes the weights in place must call `prefixes.clear()` (as it calls `forget_weights`).
         self.prefixes = PrefixCache(prefix_cache_mb * 2**20)
-        prefill_chunk = prefill_chunk_setting() if prefill_chunk is None else prefill_chunk
+        prefill_chunk = environment.HIRPF_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
         if prefill_chunk < 0:
             raise ValueError(f"prefill_chunk must be 0 (off) or more, got {prefill_chunk}")
+        if prefill_step_share is None:
+            prefill_step_share = environment.HIRPF_PREFILL_STEP_SHARE
         eos = engine.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
         # Only the loop thread touches the runner: the running rows, their cache, the chunked prompts.

@@ -27,12 +27,12 @@ def assert_blind(name: str, text: str) -> None:
 
 
 def test_settings_turn_the_annotation_only_app_on(monkeypatch):
-    from app.settings import settings_from
+    from app.launch_options import launch_options
 
     monkeypatch.delenv("HIRPF_ANNOTATION_ONLY", raising=False)
-    assert not settings_from([]).annotation_only and settings_from(["--annotation_only"]).annotation_only
+    assert not launch_options([]).annotation_only and launch_options(["--annotation_only"]).annotation_only
     monkeypatch.setenv("HIRPF_ANNOTATION_ONLY", "1")
-    assert settings_from([]).annotation_only
+    assert launch_options([]).annotation_only
 
 
 def test_page_config_and_api_say_nothing_of_the_model(tmp_path, app_env):

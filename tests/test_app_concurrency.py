@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from hirpf.environment import SETTINGS
 from hirpf.identities import PROFESSIONS, IdentitySet
-from hirpf.settings import DEFAULT_MAX_BATCH
 
 from app_serving import captions, client, replies, served, transcript
 
@@ -126,7 +126,7 @@ def test_reply_events_let_a_batch_of_visitors_reach_the_scheduler(tiny_engine, m
 
     monkeypatch.delenv("HIRPF_MAX_BATCH", raising=False)
     demo = build_app(tiny_engine, data_dir=tmp_path)
-    assert {concurrency(demo, name) for name in REPLY_EVENTS} == {("scheduler", DEFAULT_MAX_BATCH)}
+    assert {concurrency(demo, name) for name in REPLY_EVENTS} == {("scheduler", SETTINGS["HIRPF_MAX_BATCH"].default)}
     assert {concurrency(demo, name) for name in STATIC_BATCH_EVENTS} == {("model", 1)}
     monkeypatch.setenv("HIRPF_MAX_BATCH", "3")
     demo = build_app(tiny_engine, data_dir=tmp_path)

@@ -6,6 +6,8 @@ import types
 
 import pytest
 
+from hirpf.environment import SETTINGS
+
 
 def with_spaces(monkeypatch, spaces_module):
     """`app.zerogpu` as if `spaces` were (a module) or were not (None) importable; `gpu` reads it per call."""
@@ -41,12 +43,12 @@ def test_with_spaces_every_model_function_gets_a_gpu_for_the_configured_time(mon
     calls = []
     zerogpu = with_spaces(monkeypatch, fake_spaces(calls))
     monkeypatch.delenv("HIRPF_GPU_DURATION", raising=False)
-    assert zerogpu.gpu(lambda: 2)() == ("on-gpu", 2) and calls[-1][1] == zerogpu.DEFAULT_GPU_DURATION_S
+    assert zerogpu.gpu(lambda: 2)() == ("on-gpu", 2) and calls[-1][1] == SETTINGS["HIRPF_GPU_DURATION"].default
     monkeypatch.setenv("HIRPF_GPU_DURATION", "300")
     zerogpu.gpu(lambda: 3)
     assert calls[-1][1] == 300
     monkeypatch.setenv("HIRPF_GPU_DURATION", "soon")
-    with pytest.raises(ValueError, match="HIRPF_GPU_DURATION must be a positive number of seconds, got 'soon'"):
+    with pytest.raises(ValueError, match="HIRPF_GPU_DURATION='soon'"):
         zerogpu.gpu(lambda: 4)
 
 

@@ -8,7 +8,7 @@ from test_scheduler import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_wi
 from hirpf.engine import Sampling
 from hirpf.prefill_pacing import PrefillPacer
 from hirpf.prompts import Conditioning
-from hirpf.scheduler import Scheduler, prefill_chunk_setting
+from hirpf.scheduler import Scheduler
 
 GREEDY = Sampling(max_new_tokens=12, do_sample=False)
 LONG = [{"role": "user", "content": "Tell me about hospitals, nurses and the night shift in a big city. " * 8}]
@@ -66,16 +66,6 @@ def test_chunks_continue_a_stored_prefix_and_reply_as_unchunked(exact_engine):
         whole.close()
     assert replies["chunked"] == replies["whole"]
     assert replies["chunked"][0] == alone(exact_engine, LONG, EIGHT_SETS[1], GREEDY)
-
-
-def test_prefill_chunk_setting(monkeypatch):
-    monkeypatch.delenv("HIRPF_PREFILL_CHUNK", raising=False)
-    assert prefill_chunk_setting() == 256
-    monkeypatch.setenv("HIRPF_PREFILL_CHUNK", "0")
-    assert prefill_chunk_setting() == 0
-    monkeypatch.setenv("HIRPF_PREFILL_CHUNK", "-3")
-    with pytest.raises(ValueError, match="HIRPF_PREFILL_CHUNK"):
-        prefill_chunk_setting()
 
 
 def test_a_long_prompt_whose_sequence_cannot_be_stored_fails_alone_instead_of_waiting_forever(exact_engine,

@@ -3,7 +3,6 @@ concurrent writers, a writer killed mid-transaction."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from db.models import Annotation, AnnotationTask, Annotator, Base, Dialogue, Jud
 from hirpf.paths import PROJECT_ROOT
 
 from db_fixtures import database_url, postgres_server  # noqa: F401
-from documentation import documentation_text
 
 SLOTS = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
 
@@ -330,15 +328,3 @@ def test_a_writer_killed_mid_transaction_leaves_no_partial_rows_and_loses_nothin
     assert Store(after).submit(tasks[3], slots=SLOTS).status == "stored"
     assert count(after, Annotation) == 4
     after.close()
-
-
-def test_every_setting_the_store_reads_is_documented():
-    """(After datasette:) an environment variable read by the store, its CLI or its test fixtures must be
-    documented (README or docs/)."""
-    sources = [*(PROJECT_ROOT / "db").glob("*.py"), *(PROJECT_ROOT / "annotation").glob("*.py"),
-               PROJECT_ROOT / "tests" / "db_fixtures.py"]
-    read = {name for path in sources
-            for name in re.findall(r"os\.environ(?:\.get)?[\[(]\"([A-Z_]+)\"", path.read_text(encoding="utf-8"))}
-    assert {"DATABASE_URL", "HIRPF_DATA_DIR", "HIRPF_TEST_POSTGRES_URL"} <= read
-    documented = documentation_text()
-    assert [name for name in sorted(read) if name not in documented] == []

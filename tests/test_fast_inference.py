@@ -13,12 +13,10 @@ from hirpf.checkpoint import load_experts, save_experts
 from hirpf.experts import ExpertConfig
 from hirpf.fast_inference import (
     BFLOAT16_MIN_GAIN,
-    ENV_DECODE_DTYPE,
     FOLD_MAX_VECTORS,
     calibrate_bfloat16,
     choose_decode_dtype,
     decode_dtype_in_use,
-    decode_dtype_setting,
     forget_weights,
     set_decode_dtype,
 )
@@ -153,16 +151,6 @@ def test_bfloat16_decode_copies_round_only_the_batch_fold_and_can_be_turned_off(
     assert torch.equal(logits(decode), exact_decode)
 
 
-def test_the_decode_dtype_setting(monkeypatch):
-    monkeypatch.delenv(ENV_DECODE_DTYPE, raising=False)
-    assert decode_dtype_setting() == "auto"
-    monkeypatch.setenv(ENV_DECODE_DTYPE, "bfloat16")
-    assert decode_dtype_setting() == "bfloat16"
-    monkeypatch.setenv(ENV_DECODE_DTYPE, "int8")
-    with pytest.raises(ValueError, match="HIRPF_DECODE_DTYPE must be one of auto, model, bfloat16, got 'int8'"):
-        decode_dtype_setting()
-
-
 def calibration(float32_s: float, bfloat16_s: float):
     """A stand-in for `calibrate_bfloat16` that reports fixed timings and records that it was asked."""
     asked = []
@@ -222,7 +210,7 @@ def test_engine_load_applies_and_logs_the_auto_choice(tiny_base_dir, tmp_path, m
     def load():
         return Engine.load(str(tiny_base_dir), lora_weights=tmp_path, load_in_8bit=False, dtype="float32").model
 
-    monkeypatch.delenv(ENV_DECODE_DTYPE, raising=False)
+    monkeypatch.delenv("HIRPF_DECODE_DTYPE", raising=False)
     monkeypatch.setattr(fast_inference, "calibrate_bfloat16", lambda *_: (1.0, 0.5))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     with caplog.at_level("INFO", logger="hirpf.fast_inference"):
@@ -230,7 +218,7 @@ def test_engine_load_applies_and_logs_the_auto_choice(tiny_base_dir, tmp_path, m
     assert any("AVX2" in r.getMessage() for r in caplog.records)  # the choice is logged with its cause
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert decode_dtype_in_use(load()) == "bfloat16"
-    monkeypatch.setenv(ENV_DECODE_DTYPE, "model")
+    monkeypatch.setenv("HIRPF_DECODE_DTYPE", "model")
     assert decode_dtype_in_use(load()) == "model"
 
 

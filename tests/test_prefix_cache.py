@@ -10,7 +10,7 @@ from test_scheduler import PausingSampler, alone, submit_with
 
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
-from hirpf.prefix_cache import PrefixCache, prefix_cache_setting
+from hirpf.prefix_cache import PrefixCache
 from hirpf.prompts import Conditioning
 from hirpf.routing import Routing
 from hirpf.scheduler import Scheduler
@@ -124,14 +124,3 @@ def test_the_store_keeps_the_longest_prefix_within_its_budget():
     off = PrefixCache(budget_bytes=0)
     off.store(key, torch.tensor([1, 2]), _layers(2))
     assert len(off) == 0 and off.lookup(key, torch.tensor([[1, 2, 3]]), None) is None
-
-
-def test_prefix_cache_setting(monkeypatch):
-    monkeypatch.delenv("HIRPF_PREFIX_CACHE_MB", raising=False)
-    assert prefix_cache_setting() == 256
-    monkeypatch.setenv("HIRPF_PREFIX_CACHE_MB", "0")
-    assert prefix_cache_setting() == 0
-    for bad in ("lots", "-1"):
-        monkeypatch.setenv("HIRPF_PREFIX_CACHE_MB", bad)
-        with pytest.raises(ValueError, match="HIRPF_PREFIX_CACHE_MB"):
-            prefix_cache_setting()

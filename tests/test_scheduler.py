@@ -18,7 +18,7 @@ from hirpf.prompts import Conditioning
 from hirpf.reply_stream import FinishReason, ReplySource
 from hirpf.routing import use_identities
 from hirpf.row_sampling import RowSampler
-from hirpf.scheduler import Scheduler, max_batch_setting
+from hirpf.scheduler import Scheduler
 
 from testing_utils import randomize_experts
 
@@ -287,17 +287,6 @@ def test_engine_shares_one_scheduler(exact_engine):
     first.close()
     assert engine.scheduler() is not first and not engine.scheduler().closed  # a closed one is replaced
     engine.scheduler().close()
-
-
-def test_max_batch_setting(monkeypatch):
-    monkeypatch.delenv("HIRPF_MAX_BATCH", raising=False)
-    assert max_batch_setting() == 8
-    monkeypatch.setenv("HIRPF_MAX_BATCH", "3")
-    assert max_batch_setting() == 3
-    for bad in ("0", "many"):
-        monkeypatch.setenv("HIRPF_MAX_BATCH", bad)
-        with pytest.raises(ValueError, match="HIRPF_MAX_BATCH"):
-            max_batch_setting()
 
 
 # --- the embedded model (float32) --------------------------------------------------------------------

@@ -28,13 +28,13 @@ from statistics import mean
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hirpf.base_model import EMBEDDED
 from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.engine import Engine
 from hirpf.eval.questionnaire import REFERENCE, factor_scores
 from hirpf.eval.questionnaire_judges import answer
 from hirpf.eval.recognize import recognize
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet
+from hirpf.model_options import add_model_arguments, model_options
 from hirpf.paths import his_file
 from hirpf.prompts import Conditioning
 from hirpf.scales import Scale, default_scale
@@ -126,7 +126,7 @@ def dose_response(engine, dialogues, args, measured: dict) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--experts", required=True, help="expert checkpoint directory")
-    ap.add_argument("--base_model", default=EMBEDDED)
+    add_model_arguments(ap, ("base_model",))
     ap.add_argument("--data", default=str(his_file("identity_dialogues.json")))
     ap.add_argument("--eval_fraction", type=float, default=0.1, help="the trainer's --eval_fraction")
     ap.add_argument("--seed", type=int, default=42, help="the trainer's --seed (the split)")
@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args(argv)
 
-    engine = Engine.load(args.base_model, lora_weights=args.experts, load_in_8bit=False, dtype="float32")
+    base_model = model_options(args).base_model
+    engine = Engine.load(base_model, lora_weights=args.experts, load_in_8bit=False, dtype="float32")
     dialogues = held_out_dialogues(args.data, args.eval_fraction, args.seed)
     start = time.perf_counter()
     result = {"experts": args.experts, "split": {"data": args.data, "eval_fraction": args.eval_fraction,

@@ -30,6 +30,7 @@ from hirpf.charts import line_chart
 from hirpf.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.identities import PROFESSIONS, TRAIT_POLES
+from hirpf.model_options import flag_default
 from training.train import build_parser
 
 MODE_WORDS = {"experts+prompt": "experts + prompt", "experts": "experts alone", "prompt": "prompt alone"}
@@ -45,7 +46,7 @@ def training_command(args: dict) -> str:
         if not action.option_strings or action.dest == "help" or action.dest not in args:
             continue
         value = args[action.dest]
-        if action.required or value != action.default:
+        if action.required or value != flag_default(parser, action.dest):
             if isinstance(value, bool):
                 if action.const is value:  # the store_true / store_false spelling that gives this value
                     parts.append(action.option_strings[0])

@@ -38,7 +38,6 @@ import argparse
 import itertools
 import json
 import logging
-import os
 import random
 import sys
 import threading
@@ -52,10 +51,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hirpf import environment
 from hirpf.base_model import EMBEDDED, load_base_model
 from hirpf.dialogues import validate
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, trait_of
 from hirpf.llm_client import ChatClient, EndpointError, MalformedReply
+from hirpf.model_options import add_model_arguments, model_options
 from hirpf.sampling import Sampling
 from training.local_synthesis import LocalSettings, run_local
 from training.synthesis_records import Job, append_record, finished_jobs, forbidden_words, named_identity
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "before a job counts as failed")
     ap.add_argument("--summary", type=Path, default=None, help="summary JSON (default <output>.summary.json)")
     openai = ap.add_argument_group("--backend openai")
-    openai.add_argument("--base_url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    openai.add_argument("--base_url", default=environment.OPENAI_BASE_URL or "https://api.openai.com/v1",
                         help="the endpoint (default $OPENAI_BASE_URL or OpenAI's); the key comes from $OPENAI_API_KEY")
     openai.add_argument("--model", default=None, help="the model name the endpoint serves (required)")
     openai.add_argument("--concurrency", type=int, default=4, help="parallel requests (worker threads)")
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     openai.add_argument("--max_retries", type=int, default=6, help="retries of a request on 429, 5xx, timeouts")
     openai.add_argument("--cache_dir", default=None, help="response cache: reruns of the same requests are free")
     local = ap.add_argument_group("--backend local-contrastive")
-    local.add_argument("--base_model", default=EMBEDDED, help="'embedded' (default), a local directory or a hub id")
+    add_model_arguments(local, ("base_model",))
     local.add_argument("--gamma", type=float, default=1.0,
                        help="amplification: logits l_identity + gamma*(l_identity - l_neutral); 0 = none")
     local.add_argument("--max_new_tokens", type=int, default=96, help="tokens per turn at most")
@@ -454,7 +455,7 @@ def run_local_backend(args, jobs: list[Job]) -> dict:
         settings.check()
     except ValueError as err:
         raise SystemExit(f"synthesize: {err}") from None
-    name = args.base_model
+    name = model_options(args).base_model
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # a hub id is "name" or "org/name"
     if name != EMBEDDED and looks_like_path and not Path(name).expanduser().is_dir():
         raise SystemExit(f"synthesize: --base_model {name}: no such directory")

@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from hirpf.base_model import EMBEDDED, load_base_model
+from hirpf.base_model import load_base_model
 from hirpf.checkpoint import load_experts, save_experts
 from hirpf.dialogues import IGNORE, Collator, holdout_split, load_dialogues, tokenize
 from hirpf.experts import GATES, LAYOUTS, ExpertConfig
 from hirpf.identities import IdentitySet, single_edit_neighbours
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
+from hirpf.model_options import add_model_arguments, model_options
 from hirpf.prompts import Conditioning
 from hirpf.routing import use_identities
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval_fraction", type=float, default=0.1, help="held-out share of --data when no eval data")
     ap.add_argument("--on_invalid", choices=["error", "skip"], default="error",
                     help="a record that breaks the rules: stop (default) or skip it and report counts")
-    ap.add_argument("--base_model", default=EMBEDDED, help="'embedded', a local path or a hub id")
+    add_model_arguments(ap, ("base_model",))
+    # Not the shared --load_in_8bit: training keeps a full-precision base unless asked, on CUDA too.
     ap.add_argument("--load_in_8bit", action="store_true", help="8-bit base model (bitsandbytes)")
     ap.add_argument("--output_dir", required=True)
     ap.add_argument("--num_epochs", type=float, default=1.0)
@@ -305,6 +307,7 @@ def add_extra_data(args, train: list) -> tuple[list, str]:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    args.base_model = model_options(args).base_model  # resolved, as the run's record keeps it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

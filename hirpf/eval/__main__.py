@@ -15,6 +15,7 @@ import logging
 import sys
 
 from ..context_limit import ContextLimitError
+from ..environment import SettingError
 from .common import EvalError, add_common_arguments
 
 # command -> (module, one-line help). Modules are imported lazily (see module docstring).
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         parser = build_parser(command if command in COMMANDS else None)
         args = parser.parse_args(argv)
         document = load_command(args.command).run(args)
-    except (EvalError, ContextLimitError) as err:
+    except (EvalError, ContextLimitError, SettingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..cli import ENV_BASE_MODEL, ENV_LORA_WEIGHTS, _env
 from ..identities import IdentityError, IdentitySet, all_combinations, single_poles
+from ..model_options import add_model_arguments, model_options
 from ..paths import PROJECT_ROOT
 from ..prompts import Conditioning
 from ..sampling import Sampling
@@ -35,17 +35,9 @@ class EvalError(ValueError):
 # --- options every command takes ---------------------------------------------------------------------
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and output (every command)")
-    group.add_argument("--base_model", default=None,
-                       help="'embedded' (SmolLM2-135M-Instruct), a local path or a hub id "
-                            "(default: $HIRPF_BASE_MODEL or embedded)")
-    group.add_argument("--lora_weights", default=None,
-                       help="expert checkpoint directory, or 'none' (default: $HIRPF_LORA_WEIGHTS, else the "
-                            "shipped experts of the embedded model)")
+    add_model_arguments(group)
     group.add_argument("--conditioning", default="experts+prompt", choices=[c.value for c in Conditioning],
                        help="how identities reach the model")
-    group.add_argument("--load_in_8bit", action=argparse.BooleanOptionalAction, default=None,
-                       help="bitsandbytes 8-bit base (default: on when CUDA is available)")
-    group.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     group.add_argument("--seed", type=int, default=0, help="seed for sampling and --sample (default 0)")
     group.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default 16)")
     group.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
@@ -57,12 +49,11 @@ def load_engine(args):
     """The Engine the model options describe; a missing or mismatched model becomes an EvalError."""
     from ..engine import Engine
 
-    base_model = args.base_model or _env(ENV_BASE_MODEL, "embedded")
-    lora = args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")
-    lora = None if str(lora).lower() == "none" else lora
-    log.info("loading %s (experts: %s)", base_model, lora)
+    model = model_options(args)
+    log.info("loading %s (experts: %s)", model.base_model, model.lora_weights)
     try:
-        engine = Engine.load(base_model, lora_weights=lora, load_in_8bit=args.load_in_8bit, dtype=args.dtype)
+        engine = Engine.load(model.base_model, lora_weights=model.lora_weights, load_in_8bit=model.load_in_8bit,
+                             dtype=model.dtype)
     except (OSError, ValueError) as err:  # CheckpointError is a ValueError
         raise EvalError(str(err)) from err
     return engine
@@ -79,8 +70,9 @@ def conditioning_for(args, engine) -> Conditioning:
 
 def run_config(args, engine=None) -> dict:
     """The settings that produced a result, for the JSON document."""
-    config = {"base_model": args.base_model or _env(ENV_BASE_MODEL, "embedded"),
-              "lora_weights": str(args.lora_weights or _env(ENV_LORA_WEIGHTS, "default")),
+    model = model_options(args)
+    config = {"base_model": model.base_model,
+              "lora_weights": "none" if model.lora_weights is None else str(model.lora_weights),
               "conditioning": args.conditioning, "seed": args.seed}
     if engine is not None:
         config |= engine_config(engine, Conditioning.parse(args.conditioning), args.seed)

@@ -15,17 +15,17 @@ on-disk cache, so a rerun is reproducible and free). Wording of all prompts is o
 from __future__ import annotations
 
 import argparse
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import median
 from typing import Sequence
 
+from .. import environment
+from ..environment import SETTINGS
 from ..identities import IdentitySet
 from ..labels import SCALE_OPTIONS
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
-from ..paths import PROJECT_ROOT
 from ..prompts import Conditioning
 from ..sampling import Sampling
 from ..scales import Scale
@@ -34,8 +34,8 @@ from .answers import Answer
 from .common import EvalError, batches, check_positive
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_CACHE = PROJECT_ROOT / ".cache" / "llm"
+DEFAULT_MODEL = SETTINGS["HIRPF_JUDGE_MODEL"].default  # the app's interview judge shares these two
+DEFAULT_CACHE = SETTINGS["HIRPF_JUDGE_CACHE_DIR"].default
 
 INTERVIEWER_SYSTEM = (
     "You are a friendly interviewer getting to know the person you are talking with. You want to find out how "
@@ -163,8 +163,8 @@ def add_endpoint_arguments(group) -> None:
 
 
 def endpoint_client(args, model: str) -> ChatClient:
-    base_url = args.judge_base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    cache = None if str(args.judge_cache_dir).lower() == "none" else args.judge_cache_dir
+    base_url = args.judge_base_url or environment.OPENAI_BASE_URL or DEFAULT_BASE_URL
+    cache = environment.read_as("HIRPF_JUDGE_CACHE_DIR", str(args.judge_cache_dir))  # 'none': no cache
     return ChatClient(base_url, model, timeout=args.judge_timeout, cache_dir=cache)
 
 

@@ -32,8 +32,8 @@ from ..routing import use_identities
 from .common import EvalError, check_positive, load_engine, log, output_dir, progress, run_config, write_json
 
 ALL_MODES = tuple(Conditioning)
-# Padded tokens per forward pass. On a CPU, passes of a few thousand tokens run fastest (the embedded model:
-# ~750 tokens/s at 4 x 380 tokens, ~500 at 16 x 380, where activations outgrow the caches); raise it on a GPU.
+# Padded tokens per forward pass. On a CPU, passes of a few thousand tokens run fastest: larger ones outgrow the
+# CPU's caches with their activations (the figures: docs/benchmarks.md); raise it on a GPU.
 DEFAULT_BATCH_TOKENS = 2048
 
 

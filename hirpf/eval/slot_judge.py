@@ -9,11 +9,11 @@ through `hirpf.llm_client.ChatClient` (retries on 429/5xx and timeouts, on-disk 
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .. import environment
 from ..labels import NONE, SLOTS, normalize_slots
 from ..llm_client import ChatClient, EndpointError, LLMError, MalformedReply
 from ..transcripts import anonymize, as_text, speaker_of
@@ -122,7 +122,7 @@ def slot_accuracy(pairs: Sequence[tuple[dict, dict]]) -> dict:
 def add_judge_arguments(parser) -> None:
     """The judge's endpoint options (named as the interview judge's, `interview.py`)."""
     group = parser.add_argument_group("judge (an OpenAI-compatible endpoint; key from $OPENAI_API_KEY)")
-    group.add_argument("--judge_base_url", default=os.environ.get("OPENAI_BASE_URL"),
+    group.add_argument("--judge_base_url", default=environment.OPENAI_BASE_URL,
                        help="e.g. https://api.openai.com/v1 or a local server (default: $OPENAI_BASE_URL; "
                             "neither: the dialogues are written but not judged)")
     group.add_argument("--judge_model", default=DEFAULT_MODEL,
@@ -137,5 +137,5 @@ def add_judge_arguments(parser) -> None:
 
 def chat_client(args, base_url: str, model: str) -> ChatClient:
     """A `ChatClient` for one endpoint with the run's timeout and cache."""
-    cache = None if str(args.judge_cache_dir).lower() == "none" else args.judge_cache_dir
+    cache = environment.read_as("HIRPF_JUDGE_CACHE_DIR", str(args.judge_cache_dir))  # 'none': no cache
     return ChatClient(base_url, model, timeout=args.judge_timeout, cache_dir=cache)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hirpf.paths import PROJECT_ROOT
+from hirpf import environment
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ _in_write = threading.local()
 
 def data_dir(explicit: str | Path | None = None) -> Path:
     """`explicit` (a `--data_dir` option), else `HIRPF_DATA_DIR`, else `data/` in the checkout (git-ignored)."""
-    return Path(explicit or os.environ.get("HIRPF_DATA_DIR") or PROJECT_ROOT / "data")
+    return Path(explicit or environment.HIRPF_DATA_DIR)
 
 
 def database_url(explicit: str | None = None, *, directory: str | Path | None = None) -> str:
@@ -53,7 +53,7 @@ def database_url(explicit: str | None = None, *, directory: str | Path | None = 
 
     `postgres://` and `postgresql://` URLs (as hosting services hand them out) get the installed driver,
     psycopg 3."""
-    url = explicit or os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir(directory) / DEFAULT_FILE}"
+    url = explicit or environment.DATABASE_URL or f"sqlite:///{data_dir(directory) / DEFAULT_FILE}"
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
