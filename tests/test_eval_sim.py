@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.tiny_model import randomize_experts
 from hirpf.checkpoint import save_experts
 from hirpf.dialogues import IGNORE, Dialogue, tokenize
 from hirpf.engine import Engine, Sampling
@@ -34,7 +35,6 @@ from hirpf.routing import current_routing, use_identities
 from hirpf.scenarios import DEFAULT_SCENARIOS, ScenarioError, load_scenarios, select
 
 from openai_server import OpenAIServer, Reply
-from testing_utils import randomize_experts
 
 ROOT = Path(__file__).resolve().parent.parent
 S = IdentitySet.parse
