@@ -35,6 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from decode_timing import decode_step_seconds  # noqa: E402
 
+from app.tiny_model import randomize_experts  # noqa: E402
 from hirpf.engine import Engine  # noqa: E402
 from hirpf.experts import ExpertConfig  # noqa: E402
 from hirpf.identities import IdentitySet  # noqa: E402
@@ -44,7 +45,6 @@ from hirpf.sampling import Sampling  # noqa: E402
 from hirpf.scheduler import Scheduler  # noqa: E402
 
 from real_shapes import SHAPES, character_tokenizer, random_model, save_random_base  # noqa: E402
-from testing_utils import randomize_experts  # noqa: E402
 
 MIXED_8 = [IdentitySet.parse(s) for s in (
     "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",

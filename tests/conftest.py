@@ -1,13 +1,15 @@
-"""Shared fixtures: the embedded model, a tiny engine and a tiny base model directory (the helpers they use
-live in testing_utils.py, which tests import directly)."""
+"""Shared fixtures: the embedded model, tiny engines, a tiny base model directory and a clean app environment;
+the plugins below add the database fixtures and a local chat-completions server. (Helpers that are not
+fixtures live in plain modules the tests import: testing_utils.py, app_serving.py, store_helpers.py, ...)"""
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from openai_server import openai_server  # noqa: F401  (fixture: local chat-completions server)
-from testing_utils import randomize_experts
+from app.tiny_model import randomize_experts, save_tiny_base
+
+# Fixtures from plain modules, registered here rather than imported into each test module by name.
+pytest_plugins = ["db_fixtures", "openai_server"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -57,18 +59,15 @@ def exact_engine(tiny_base_dir):
 
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
-    """A tiny random Llama with the embedded model's tokenizer and chat template, saved as a base model
-    directory: the trainer's logic runs in seconds on it."""
-    from transformers import AutoTokenizer
+    """The app's tiny random Llama (`app.tiny_model`) with the embedded model's tokenizer and chat template,
+    saved as a base model directory: the trainer's logic runs in seconds on it."""
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
-    from hirpf.embedded import ensure_embedded_model
 
-    tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model())
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    path = tmp_path_factory.mktemp("tiny-base")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def app_env(monkeypatch):
+    """No outside configuration leaks in: SQLite under the test's data dir, no admin access, no OAuth."""
+    for name in ("DATABASE_URL", "HIRPF_ADMIN_PASSWORD", "HIRPF_ADMIN_USERS", "HIRPF_ASSIGNMENT", "OAUTH_CLIENT_ID",
+                 "SPACE_ID", "SYSTEM"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch

@@ -5,7 +5,10 @@ cluster started from the Debian binaries (`/usr/lib/postgresql/*/bin`) on a unix
 folder, stopped at the end of the session. As root (CI), the cluster runs as the `postgres` user, which
 PostgreSQL requires. Without the binaries the PostgreSQL cases skip, saying why.
 
-Import into a test module: `from db_fixtures import database_url, postgres_server  # noqa: F401`.
+A pytest plugin (listed in conftest.py's `pytest_plugins`): `database_url` (a fresh empty database on each
+engine, by URL), `database` (the same, opened as a `db.Database`) and `postgres_server`. sqlalchemy and the
+project's `db` are imported inside the fixtures: conftest.py loads this module on the GPU check's machine
+too, which has neither.
 """
 from __future__ import annotations
 
@@ -18,8 +21,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -78,6 +79,9 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
         return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
     server = make_url(request.getfixturevalue("postgres_server"))
     name = f"hirpf_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
@@ -89,3 +93,13 @@ def database_url(request, tmp_path):
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture
+def database(database_url):
+    """A fresh empty database on each engine, opened (and closed after the test)."""
+    from db import Database
+
+    opened = Database(database_url)
+    yield opened
+    opened.close()

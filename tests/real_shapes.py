@@ -92,11 +92,10 @@ def random_engine(shape: str, dtype: torch.dtype = torch.float16, device: str = 
                   rank: int = 8, expert_scale: float = 0.02):
     """An `Engine` on the shape's random model with random rank-`rank` experts on attention and MLP (the
     shipped experts' targets), small enough not to swamp the base model's activations."""
+    from app.tiny_model import randomize_experts
     from hirpf.engine import Engine
     from hirpf.experts import ExpertConfig
     from hirpf.inject import add_experts
-
-    from testing_utils import randomize_experts
 
     model = random_model(shape, dtype=dtype, device=device, layers=layers)
     add_experts(model, ExpertConfig(rank=rank, dropout=0.0, target_modules=EXPERT_TARGETS))

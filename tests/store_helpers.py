@@ -1,17 +1,14 @@
-"""What the store tests share: a database on each engine (the `database` fixture), dialogues to add, and a
-snapshot that shows a refused call changed nothing."""
+"""What the store tests share: dialogues to add, and a snapshot that shows a refused call changed nothing
+(the `database` fixture on each engine is in db_fixtures.py)."""
 from __future__ import annotations
 
 import json
 
-import pytest
 from sqlalchemy import func, select
 
 from annotation.store import Store
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
-
-from db_fixtures import database_url, postgres_server  # noqa: F401
 
 DOCTOR = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
 ARTIST = {"AGR": "low", "CON": "high", "EXT": "none", "NEU": "none", "OPE": "high", "Profession": "Artist"}
@@ -23,13 +20,6 @@ def turns(i: int, persona: str = "You are a doctor with high agreeableness.") ->
             {"role": "assistant", "content": f"Day {i} was fine, thank you."},
             {"role": "user", "content": "Anything else?"},
             {"role": "assistant", "content": "Not much."}]
-
-
-@pytest.fixture
-def database(database_url):  # noqa: F811
-    opened = Database(database_url)
-    yield opened
-    opened.close()
 
 
 def snapshot(database: Database) -> dict:

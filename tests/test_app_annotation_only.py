@@ -8,10 +8,10 @@ import re
 
 import httpx
 from playwright.sync_api import expect
-from test_app_annotation import ANSWER, Screen, app_env, seed_dialogues  # noqa: F401
 
 from hirpf.identities import ALIASES, ALL_IDENTITIES
 
+from annotation_client import ANSWER, Screen, seed_dialogues
 from app_serving import browser_page, client, needs_chromium, open_tab, served_annotation_app
 
 # Words of the model side: the experts, the identity codes, the model status line and its endpoint.

@@ -24,24 +24,22 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio_client.exceptions import AppError
-from test_app_annotation import (  # noqa: F401
+
+from hirpf.paths import PROJECT_ROOT
+
+from annotation_client import (
     ANSWER,
+    PASSWORD,
     SYSTEM,
     Screen,
     admin_cookies,
-    app_env,
     resume_code,
     seed_dialogues,
     sign_in,
     stored_answers,
     submit,
 )
-
-from hirpf.paths import PROJECT_ROOT
-
 from app_serving import client, served
-
-PASSWORD = "correct horse battery staple"
 
 
 def resume_code_in(screen: Screen) -> str:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from hirpf.checkpoint import CheckpointError, load_experts, save_experts
 from hirpf.experts import LAYOUTS, ExpertConfig, ExpertLinear
@@ -14,17 +14,11 @@ from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_config, expert_layers, expert_state_dict
 from hirpf.routing import use_identities
 
+from testing_utils import tiny_llama
+
 SEED = 1234
 ROWS = ["AGR_high, NEU_low, Doctor", "", "EXT_low, OPE_high", "Programmer"]
 EXPERT_KEYS = ("lora_A", "lora_B", "router.weight", "router.bias")
-
-
-def tiny_llama(seed: int = SEED, **overrides) -> LlamaForCausalLM:
-    params = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2)
-    params.update(overrides)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**params)).eval()
 
 
 def with_random_experts(layout: str, seed: int = SEED) -> LlamaForCausalLM:
@@ -101,7 +95,7 @@ def test_saved_tensors_are_the_expert_state(layout, saved):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_load_gives_identical_logits(layout, saved):
     directory, expected = saved[layout]
-    fresh = tiny_llama()
+    fresh = tiny_llama(SEED)
     base_mixed = logits(fresh, ROWS)  # no experts yet: identities change nothing
     loaded = load_experts(fresh, directory)
     assert loaded is fresh
@@ -119,7 +113,7 @@ def test_load_gives_identical_logits(layout, saved):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_load_into_model_with_matching_experts_replaces_weights(layout, saved):
     directory, expected = saved[layout]
-    model = add_experts(tiny_llama(), ExpertConfig(rank=4, layout=layout))
+    model = add_experts(tiny_llama(SEED), ExpertConfig(rank=4, layout=layout))
     with torch.no_grad():
         for layer in expert_layers(model).values():
             layer.lora_B.fill_(0.3)
@@ -135,7 +129,7 @@ def test_legacy_bin_checkpoint(tmp_path):
     save_experts(source, tmp_path)
     (tmp_path / "adapter_model.safetensors").unlink()
     torch.save({k: v.clone() for k, v in expert_state_dict(source).items()}, tmp_path / "adapter_model.bin")
-    fresh = tiny_llama()
+    fresh = tiny_llama(SEED)
     load_experts(fresh, tmp_path)
     assert torch.equal(logits(fresh, ROWS), expected)
 
@@ -143,7 +137,7 @@ def test_legacy_bin_checkpoint(tmp_path):
 def test_load_overwrites_every_expert_tensor(tmp_path):
     source = with_random_experts("flat")
     save_experts(source, tmp_path)
-    fresh = tiny_llama()
+    fresh = tiny_llama(SEED)
     add_experts(fresh, ExpertConfig(rank=4, layout="flat"))  # different random lora_A
     load_experts(fresh, tmp_path)
     for k, v in expert_state_dict(source).items():
@@ -153,7 +147,7 @@ def test_load_overwrites_every_expert_tensor(tmp_path):
 # --- refusals -------------------------------------------------------------------------------------
 def test_wrong_base_model_hidden_size(saved):
     directory, _ = saved["alternate"]
-    other = tiny_llama(hidden_size=48)
+    other = tiny_llama(SEED, hidden_size=48)
     with pytest.raises(CheckpointError, match="hidden_size") as info:
         load_experts(other, directory)
     assert "32" in str(info.value) and "48" in str(info.value)
@@ -163,7 +157,7 @@ def test_wrong_base_model_hidden_size(saved):
 def test_wrong_base_model_layer_count(saved):
     directory, _ = saved["layered"]
     with pytest.raises(CheckpointError, match="num_hidden_layers"):
-        load_experts(tiny_llama(num_hidden_layers=2), directory)
+        load_experts(tiny_llama(SEED, layers=2), directory)
 
 
 def _rewrite_weights(directory, edit):
@@ -183,7 +177,7 @@ def test_missing_tensor(checkpoint):
     key = "model.layers.2.self_attn.v_proj.lora_B"
     _rewrite_weights(checkpoint, lambda t: t.pop(key))
     with pytest.raises(CheckpointError) as info:
-        load_experts(tiny_llama(), checkpoint)
+        load_experts(tiny_llama(SEED), checkpoint)
     message = str(info.value)
     assert "missing" in message and key in message
 
@@ -192,7 +186,7 @@ def test_extra_tensor(checkpoint):
     key = "model.layers.0.self_attn.q_proj.lora_C"
     _rewrite_weights(checkpoint, lambda t: t.__setitem__(key, torch.zeros(3)))
     with pytest.raises(CheckpointError) as info:
-        load_experts(tiny_llama(), checkpoint)
+        load_experts(tiny_llama(SEED), checkpoint)
     message = str(info.value)
     assert "unexpected" in message and key in message
 
@@ -201,7 +195,7 @@ def test_wrong_shape_tensor(checkpoint):
     key = "model.layers.1.self_attn.o_proj.lora_A"
     _rewrite_weights(checkpoint, lambda t: t.__setitem__(key, torch.zeros(5, 32)))
     with pytest.raises(CheckpointError) as info:
-        load_experts(tiny_llama(), checkpoint)
+        load_experts(tiny_llama(SEED), checkpoint)
     message = str(info.value)
     assert "wrong shape" in message and key in message and "(5, 32)" in message
 
@@ -209,25 +203,25 @@ def test_wrong_shape_tensor(checkpoint):
 def test_missing_config(checkpoint):
     (checkpoint / "adapter_config.json").unlink()
     with pytest.raises(CheckpointError, match="adapter_config.json"):
-        load_experts(tiny_llama(), checkpoint)
+        load_experts(tiny_llama(SEED), checkpoint)
 
 
 def test_missing_weights(checkpoint):
     (checkpoint / "adapter_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="adapter_model"):
-        load_experts(tiny_llama(), checkpoint)
+        load_experts(tiny_llama(SEED), checkpoint)
 
 
 def test_corrupt_config(checkpoint):
     (checkpoint / "adapter_config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="JSON"):
-        load_experts(tiny_llama(), checkpoint)
+        load_experts(tiny_llama(SEED), checkpoint)
 
 
 @pytest.mark.parametrize("model_layout, checkpoint_layout", [("flat", "alternate"), ("alternate", "layered")])
 def test_other_layout_into_model_with_experts(model_layout, checkpoint_layout, saved):
     directory, _ = saved[checkpoint_layout]
-    model = add_experts(tiny_llama(), ExpertConfig(rank=4, layout=model_layout))
+    model = add_experts(tiny_llama(SEED), ExpertConfig(rank=4, layout=model_layout))
     before = {k: v.clone() for k, v in expert_state_dict(model).items()}
     with pytest.raises(CheckpointError) as info:
         load_experts(model, directory)
@@ -240,14 +234,14 @@ def test_other_layout_into_model_with_experts(model_layout, checkpoint_layout, s
 
 def test_other_rank_into_model_with_experts(saved):
     directory, _ = saved["alternate"]
-    model = add_experts(tiny_llama(), ExpertConfig(rank=8, layout="alternate"))
+    model = add_experts(tiny_llama(SEED), ExpertConfig(rank=8, layout="alternate"))
     with pytest.raises(CheckpointError, match="r=8"):
         load_experts(model, directory)
 
 
 def test_save_without_experts(tmp_path):
     with pytest.raises(CheckpointError):
-        save_experts(tiny_llama(), tmp_path)
+        save_experts(tiny_llama(SEED), tmp_path)
 
 
 def test_checkpoint_error_is_value_error():
@@ -257,7 +251,7 @@ def test_checkpoint_error_is_value_error():
 # --- what is trainable and what is saved ----------------------------------------------------------
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_expert_state_dict_has_no_base_weights(layout):
-    model = add_experts(tiny_llama(), ExpertConfig(rank=4, layout=layout))
+    model = add_experts(tiny_llama(SEED), ExpertConfig(rank=4, layout=layout))
     state = expert_state_dict(model)
     layers = expert_layers(model)
     assert len(layers) == 4 * 4  # q, k, v, o in each of 4 layers
@@ -274,7 +268,7 @@ def test_expert_state_dict_has_no_base_weights(layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_only_expert_parameters_are_trainable(layout):
-    model = add_experts(tiny_llama(), ExpertConfig(rank=4, layout=layout))
+    model = add_experts(tiny_llama(SEED), ExpertConfig(rank=4, layout=layout))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(expert_state_dict(model))
     assert all(n.endswith(EXPERT_KEYS) for n in trainable)
@@ -283,7 +277,7 @@ def test_only_expert_parameters_are_trainable(layout):
 @pytest.mark.parametrize("layout, experts_per_layer", [("flat", [13] * 4), ("layered", [13] * 4),
                                                         ("alternate", [10, 3, 10, 3])])
 def test_expert_shapes_per_layout(layout, experts_per_layer):
-    model = add_experts(tiny_llama(), ExpertConfig(rank=4, layout=layout))
+    model = add_experts(tiny_llama(SEED), ExpertConfig(rank=4, layout=layout))
     state = expert_state_dict(model)
     for i, n in enumerate(experts_per_layer):
         prefix = f"model.layers.{i}.self_attn"

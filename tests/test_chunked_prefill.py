@@ -3,12 +3,13 @@ streaming while it is prefilled, and every reply is the one the unchunked path g
 from __future__ import annotations
 
 import pytest
-from test_scheduler import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
 
 from hirpf.engine import Sampling
 from hirpf.prefill_pacing import PrefillPacer
 from hirpf.prompts import Conditioning
 from hirpf.scheduler import Scheduler
+
+from scheduler_helpers import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
 
 GREEDY = Sampling(max_new_tokens=12, do_sample=False)
 LONG = [{"role": "user", "content": "Tell me about hospitals, nurses and the night shift in a big city. " * 8}]

@@ -24,14 +24,13 @@ from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
 from hirpf.sampling import Sampling
 
-from db_fixtures import database_url, postgres_server  # noqa: F401  (fixtures: SQLite, PostgreSQL)
 
 MODEL = "tiny model with random experts"
 MESSAGE = "How do you spend a Sunday?"
 
 
 @pytest.fixture
-def store_db(database_url, monkeypatch):  # noqa: F811
+def store_db(database_url, monkeypatch):
     """The app's store (`app.evaluation_store.open_store`) on a fresh database of each engine."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     return open_store(None).db

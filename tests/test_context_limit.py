@@ -8,7 +8,6 @@ import re
 
 import pytest
 from gradio_client.exceptions import AppError
-from test_scheduler import alone
 
 from hirpf.cli import main as cli_main
 from hirpf.context_limit import ContextLimitError, context_limit
@@ -20,6 +19,7 @@ from hirpf.prompts import Conditioning
 from hirpf.scheduler import Scheduler
 
 from app_serving import captions, client, served, text, transcript
+from scheduler_helpers import alone
 
 CONTEXT = 128
 SAMPLING = Sampling(max_new_tokens=16, do_sample=False)

@@ -3,7 +3,7 @@
 Every test here is marked `cuda` and skipped on a machine without one (conftest.py), so CI collects them
 and runs none; `scripts/gpu_check.sh` runs them on a GPU machine, which has torch, transformers, peft,
 accelerate and pytest but no gradio, sqlalchemy or model weights, and maybe no bitsandbytes (the 8-bit tests
-skip then). Nothing here imports the app or the store.
+skip then). Nothing here imports gradio or the store (`app.tiny_model` imports neither).
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_fast_inference import MIXED, TOLERANCE, formula_and_fast
-from test_training import train, write_data
 
+from app.tiny_model import randomize_experts
 from hirpf.experts import ExpertConfig
 from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
@@ -22,8 +21,9 @@ from hirpf.routing import use_identities
 from hirpf.sampling import Sampling
 from hirpf.scheduler import Scheduler
 
+from expert_reference import MIXED, TOLERANCE, formula_and_fast
 from real_shapes import EXPERT_TARGETS, random_engine, random_model, save_random_base
-from testing_utils import randomize_experts
+from training_runs import train, write_data
 
 pytestmark = pytest.mark.cuda
 DEVICE = "cuda"

@@ -20,8 +20,6 @@ from db import database_url as resolve_url
 from db.models import Annotation, AnnotationTask, Annotator, Base, Dialogue, JudgePrediction
 from hirpf.paths import PROJECT_ROOT
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
-
 SLOTS = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
 
 
@@ -37,7 +35,7 @@ def count(database: Database, model) -> int:
 
 
 @pytest.fixture
-def database(database_url):  # noqa: F811
+def database(database_url):
     opened = Database(database_url)
     yield opened
     opened.close()
@@ -148,7 +146,7 @@ def _insert_v1_rows(database: Database) -> None:
     database.write(run)
 
 
-def test_a_version_1_database_upgrades_in_place_without_losing_rows(database_url):  # noqa: F811
+def test_a_version_1_database_upgrades_in_place_without_losing_rows(database_url):
     old = Database(database_url, migrate=False)
     assert migrations.migrate(old, target=1) == [1]
     assert migrations.current_version(old) == 1
@@ -174,7 +172,7 @@ def test_a_version_1_database_upgrades_in_place_without_losing_rows(database_url
     upgraded.close()
 
 
-def test_a_failing_migration_changes_nothing(database_url, monkeypatch):  # noqa: F811
+def test_a_failing_migration_changes_nothing(database_url, monkeypatch):
     Database(database_url).close()
 
     def broken(connection):

@@ -36,10 +36,12 @@ def stance_kept(engine, motions=MOTIONS) -> float:
             debate = Debate(spec, [Turn(s, stage, r, EARLIER[s]) for s, stage, r in turns[:n]])
             views.append((speaker, debate.view(speaker)))
     replies = [reply for pair in OPENINGS for reply in pair]
-    _, log_likelihoods = option_distribution(engine, [v for _, v in views], [IdentitySet()] * len(views),
-                                             Conditioning.PROMPT, replies)
     kept = []
-    for (speaker, _), row in zip(views, log_likelihoods.tolist()):
+    for speaker, view in views:
+        # One view per call: its prompt is encoded once and shared by the four replies. (All views in one
+        # call share only the prefix common to every view, so each view's prompt ran four times.)
+        _, log_likelihoods = option_distribution(engine, [view], [IdentitySet()], Conditioning.PROMPT, replies)
+        row = log_likelihoods[0].tolist()
         for k in range(0, len(replies), 2):
             own, other = (row[k], row[k + 1]) if speaker == "A" else (row[k + 1], row[k])
             kept.append(own > other)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from host_copy_guard import numpy_only_after_cpu
-from test_scheduler import alone
 
 from hirpf.engine import Sampling
 from hirpf.experts import ExpertConfig
@@ -17,6 +15,8 @@ from hirpf.inject import add_experts
 from hirpf.routing import Routing, use_identities
 from hirpf.scheduler import Scheduler
 
+from host_copy_guard import numpy_only_after_cpu
+from scheduler_helpers import alone
 from testing_utils import tiny_llama
 
 GREEDY = Sampling(max_new_tokens=8, do_sample=False)

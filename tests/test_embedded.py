@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from app.tiny_model import randomize_experts
 from hirpf import embedded
 from hirpf.engine import Engine, Sampling
 from hirpf.experts import ExpertConfig
 from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
 from hirpf.prompts import Conditioning
-
-from testing_utils import randomize_experts
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(max_new_tokens=16, do_sample=False, repetition_penalty=1.0)

@@ -25,6 +25,7 @@ EXAMPLES = {
     "HIRPF_HIS_DIR": ("/tmp/his", Path("/tmp/his"), None),
     "HIRPF_MAX_BATCH": ("3", 3, "0"),
     "HIRPF_PREFILL_CHUNK": ("0", 0, "-3"),
+    "HIRPF_PREFILL_STEP_SHARE": ("0.25", 0.25, "nan"),
     "HIRPF_PREFIX_CACHE_MB": ("0", 0, "lots"),
     "HIRPF_MAX_CONTEXT": ("100", 100, "1"),
     "HIRPF_DECODE_DTYPE": ("bfloat16", "bfloat16", "int8"),

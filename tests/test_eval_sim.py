@@ -6,16 +6,13 @@ checkpoint); one short command-line run of each command uses the embedded model 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from app.tiny_model import randomize_experts
 from hirpf.checkpoint import save_experts
 from hirpf.dialogues import IGNORE, Dialogue, tokenize
 from hirpf.engine import Engine, Sampling
@@ -34,9 +31,7 @@ from hirpf.routing import current_routing, use_identities
 from hirpf.scenarios import DEFAULT_SCENARIOS, ScenarioError, load_scenarios, select
 
 from openai_server import OpenAIServer, Reply
-from testing_utils import randomize_experts
 
-ROOT = Path(__file__).resolve().parent.parent
 S = IdentitySet.parse
 GREEDY = Sampling(max_new_tokens=6, do_sample=False)
 DIALOGUES = [
@@ -428,35 +423,39 @@ def test_debate_markdown_and_json():
 
 
 # --- the commands, end to end on the embedded model with the shipped experts ---------------------------
-def run_cli(*args, env=None) -> dict:
-    result = subprocess.run([sys.executable, "-m", "hirpf.eval", *map(str, args), "--json"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=900, env={**os.environ, **(env or {})})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+def run_cli(capsys, *args) -> dict:
+    """`python -m hirpf.eval ... --json` run in this process, as test_questionnaire runs it (a subprocess would
+    import torch and transformers again, seconds each); its one JSON document."""
+    from hirpf.eval.__main__ import main
+
+    code = main([*map(str, args), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    return json.loads(captured.out)
 
 
-def test_recognize_command(tmp_path):
+def test_recognize_command(capsys, tmp_path):
     data = tmp_path / "dialogues.jsonl"
     data.write_text("\n".join(json.dumps({"dialog": list(d.turns), "active_adapters": list(d.identities.names)})
                               for d in DIALOGUES[:2]))
-    document = run_cli("recognize", "--data", data, "--modes", "experts+prompt,prompt",
+    document = run_cli(capsys, "recognize", "--data", data, "--modes", "experts+prompt,prompt",
                        "--output_dir", tmp_path / "out")
     assert set(document["accuracy_by_mode"]) == {"experts+prompt", "prompt"}
     assert document["dialogues"] == 2 and len(document["details"]) == 2
     assert document["config"]["experts"].endswith("smollm2-135m-experts")
     assert (tmp_path / "out" / "recognize.json").is_file()
     # The same dialogues scored as each candidate's plain-LoRA export (router held at its bias).
-    exported = run_cli("recognize", "--data", data, "--modes", "experts+prompt", "--as_export", "bias",
+    exported = run_cli(capsys, "recognize", "--data", data, "--modes", "experts+prompt", "--as_export", "bias",
                        "--output_dir", tmp_path / "export")
     assert exported["as_export"] == "bias" and document["as_export"] is None
     live = [d["experts+prompt"]["scores"] for d in document["details"]]
     assert [d["experts+prompt"]["scores"] for d in exported["details"]] != live  # the trained routers read the input
 
 
-def test_situations_command_with_a_local_judge(tmp_path):
+def test_situations_command_with_a_local_judge(capsys, tmp_path):
     with OpenAIServer(responder=lambda request: json.dumps(GOOD_JUDGMENT)) as judge:
         judge.script(*[Reply(content="no idea")] * 2)  # the first dialogue's judgments are malformed
-        document = run_cli("situations", "--identities", "AGR_high,Doctor", "EXT_low", "--scenarios", "EXT",
+        document = run_cli(capsys, "situations", "--identities", "AGR_high,Doctor", "EXT_low", "--scenarios", "EXT",
                            "--turns", "1", "--max_new_tokens", "12", "--judge_base_url", judge.base_url,
                            "--judge_model", "judge", "--judge_attempts", "2", "--judge_workers", "1",
                            "--judge_cache_dir", "none", "--output_dir", tmp_path)
@@ -486,8 +485,8 @@ def test_situations_command_with_a_local_judge(tmp_path):
         assert prediction.judge == "judge" and prediction.slots == GOOD_JUDGMENT
 
 
-def test_debate_command(tmp_path):
-    document = run_cli("debate", "--topic", "Remote work beats the office", "--a", "EXT_high,Artist", "--b",
+def test_debate_command(capsys, tmp_path):
+    document = run_cli(capsys, "debate", "--topic", "Remote work beats the office", "--a", "EXT_high,Artist", "--b",
                        "CON_high,Programmer", "--rounds", "1", "--max_new_tokens", "12", "--greedy",
                        "--output_dir", tmp_path)
     [debate] = document["debates"]

@@ -7,67 +7,22 @@ import threading
 import pytest
 import torch
 
-from hirpf.experts import ExpertConfig, ExpertLinear
+from app.tiny_model import randomize_experts
+from hirpf.experts import ExpertConfig
 from hirpf.fast_inference import forget_weights
 from hirpf.identities import ALL_IDENTITIES, GROUPS, IdentitySet, all_combinations
 from hirpf.inject import add_experts, expert_layers
 from hirpf.routing import use_identities
 
-from testing_utils import randomize_experts, tiny_llama
+from expert_reference import ATTENTION_AND_MLP, capture, reference
+from testing_utils import tiny_llama
 
 COMBINATIONS = list(all_combinations())
-ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def random_sets(n: int, seed: int) -> list[IdentitySet]:
     rng = random.Random(seed)
     return [IdentitySet() if rng.random() < 0.2 else rng.choice(COMBINATIONS) for _ in range(n)]
-
-
-def reference(layer: ExpertLinear, x: torch.Tensor, sets: list[IdentitySet], router: bool, hard_mask: bool,
-              gate: str = "softmax"):
-    """y = W x + sum over units and chosen experts of w_e * (alpha/r) * B_e A_e x, one sample, one token and
-    one expert at a time. w: softmax over the allowed experts (times their number for scaled_softmax), or
-    2·sigmoid per allowed expert."""
-    out = layer.base(x).clone()
-    r = layer.rank
-    for b, identities in enumerate(sets):
-        for t in range(x.shape[1]):
-            xt = x[b, t]
-            for start, stop in layer.group_bounds:
-                names = layer.expert_names[start:stop]
-                chosen = [n in identities for n in names]
-                if not any(chosen):
-                    continue  # the sample uses no expert of this unit: exactly zero delta
-                allowed = chosen if hard_mask else [True] * len(names)
-                if router:
-                    logits = layer.router.weight[start:stop] @ xt + layer.router.bias[start:stop]
-                    logits = logits.masked_fill(~torch.tensor(allowed), float("-inf"))
-                    weights = 2 * logits.sigmoid() if gate == "sigmoid" else logits.softmax(-1)
-                else:
-                    weights = torch.tensor(allowed, dtype=x.dtype) / (sum(allowed) if gate == "softmax" else 1)
-                if router and gate == "scaled_softmax":
-                    weights = weights * sum(allowed)
-                for k, expert in enumerate(range(start, stop)):
-                    if not allowed[k]:
-                        continue
-                    a = layer.lora_A[expert * r:(expert + 1) * r] @ xt
-                    out[b, t] += weights[k] * layer.scaling * (layer.lora_B[:, expert * r:(expert + 1) * r] @ a)
-    return out
-
-
-def capture(model, ids, sets, grad: bool):
-    """Each expert layer's (input, output) during one forward with per-row identity sets."""
-    seen = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, (inp[0], out)))
-             for name, m in expert_layers(model).items()]
-    try:
-        with torch.set_grad_enabled(grad), use_identities(sets):
-            logits = model(ids).logits
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen, logits
 
 
 @pytest.mark.parametrize("layout", ["flat", "layered", "alternate"])

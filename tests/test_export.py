@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from app.tiny_model import randomize_experts
 from hirpf.checkpoint import save_experts
 from hirpf.cli import main
 from hirpf.dialogues import validate
@@ -15,8 +16,6 @@ from hirpf.export import export_identity_set
 from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
 from hirpf.routing import use_identities
-
-from testing_utils import randomize_experts
 
 peft = pytest.importorskip("peft")
 DIALOGUES = [validate({"dialog": [{"role": "user", "content": "How was your day?"},

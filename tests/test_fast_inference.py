@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from app.tiny_model import randomize_experts
 from hirpf.checkpoint import load_experts, save_experts
 from hirpf.experts import ExpertConfig
 from hirpf.fast_inference import (
@@ -24,13 +25,8 @@ from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
 from hirpf.routing import use_identities
 
-from testing_utils import randomize_experts, tiny_llama
-
-MIXED = [IdentitySet.parse(s) for s in ("AGR_low,Doctor", "", "AGR_high,CON_low,EXT_high,NEU_low,OPE_high,Artist",
-                                        "OPE_low", "CON_high,EXT_low,Programmer")]
-MIXED[0] = MIXED[0].with_strengths("AGR_low=1.7,Doctor=0.4")
-MIXED[3] = MIXED[3].with_strengths("OPE_low=0")
-ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from expert_reference import ATTENTION_AND_MLP, MIXED, TOLERANCE, formula_and_fast
+from testing_utils import tiny_llama
 
 
 def embedded_shaped_llama(dtype) -> LlamaForCausalLM:
@@ -41,16 +37,6 @@ def embedded_shaped_llama(dtype) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
-def formula_and_fast(model, ids, rows):
-    """Logits through the formula (autograd on forces it) and through the fast path (no_grad, eval)."""
-    with torch.enable_grad(), use_identities(rows):
-        formula = model(ids).logits.detach()
-    with torch.no_grad(), use_identities(rows):
-        fast = model(ids).logits
-    return formula, fast
-
-
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 1e-1}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)

@@ -13,8 +13,6 @@ from annotation.store_io import import_file
 from db import Database
 from db.models import Dialogue
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
-
 SLOTS = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
 
 
@@ -28,7 +26,7 @@ def said(question: str, answer: str = "x") -> list[dict]:
 
 
 @pytest.fixture
-def store(database_url):  # noqa: F811
+def store(database_url):
     database = Database(database_url)
     yield Store(database)
     database.close()

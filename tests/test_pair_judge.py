@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from pair_helpers import answer_all, fill_replies
 from sqlalchemy import func, select
 
 from annotation.__main__ import main
@@ -19,6 +18,7 @@ from db.models import PairJudgeVote
 from hirpf.llm_client import ChatClient
 
 from openai_server import Reply
+from pair_helpers import answer_all, fill_replies
 
 
 @pytest.fixture

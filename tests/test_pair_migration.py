@@ -18,7 +18,6 @@ from db.models import (
     StudyPair,
 )
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
 from store_helpers import DOCTOR, turns
 
 PAIR_VERSION = next(m.version for m in migrations.MIGRATIONS if m.apply is migrations._pair_studies)
@@ -29,7 +28,7 @@ def _count(database: Database, model) -> int:
         return session.scalar(select(func.count()).select_from(model))
 
 
-def test_a_database_before_pair_studies_upgrades_without_losing_rows(database_url):  # noqa: F811
+def test_a_database_before_pair_studies_upgrades_without_losing_rows(database_url):
     old = Database(database_url, migrate=False)
     migrations.migrate(old, target=PAIR_VERSION - 1)
     with old.read() as session:

@@ -8,18 +8,17 @@ import json
 from dataclasses import asdict
 
 import pytest
-from pair_helpers import answer_all, fill_replies
 from sqlalchemy import func, select
 
 from annotation.assignment import AssignmentPolicy
-from annotation.pair_generation import missing_replies, reply_counts, store_reply
+from annotation.pair_generation import reply_counts
 from annotation.pair_report import build_pair_report, pair_chart, write_pairs_csv, write_pairs_jsonl
 from annotation.pair_studies import PairStudyError, parse_condition, plan_pairs, poles, professions, save_study
 from annotation.pair_tasks import answer_pair, last_answered_pair, next_pair_task, pair_progress, skip_pair
 from annotation.store import Store, StoreError
 from db.models import Annotator, PairCondition, PairReply, PairStudy, PairTask, StudyPair
 
-from store_helpers import database, database_url, postgres_server  # noqa: F401  (fixtures: SQLite, PostgreSQL)
+from pair_helpers import answer_all, fill_replies
 
 PROMPTS = ["How do you spend a Sunday?", "What do you do when a friend is late?"]
 EXPERTS, PROMPT = parse_condition("experts+prompt@1.0", base_model="embedded", seed=0), parse_condition("prompt")
@@ -29,7 +28,7 @@ def is_png(path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
 
 
-def counts(database) -> list[int]:  # noqa: F811
+def counts(database) -> list[int]:
     with database.read() as session:
         return [session.scalar(select(func.count()).select_from(m))
                 for m in (PairStudy, PairCondition, PairReply, StudyPair, PairTask)]
@@ -59,7 +58,7 @@ def test_a_discrimination_plan_asks_about_each_pole_under_each_condition():
         plan_pairs("preference", [["Doctor"]], [PROMPT], PROMPTS)
 
 
-def test_a_study_is_stored_once_and_a_rerun_adds_only_what_is_missing(database):  # noqa: F811
+def test_a_study_is_stored_once_and_a_rerun_adds_only_what_is_missing(database):
     plan = plan_pairs("discrimination", poles(), [EXPERTS, PROMPT], PROMPTS[:1])
     save_study(database, "poles", plan)
     # 10 poles x 2 conditions x 1 prompt replies; 5 traits x 2 conditions pairs.
@@ -77,7 +76,7 @@ def test_a_study_is_stored_once_and_a_rerun_adds_only_what_is_missing(database):
     assert counts(database) == [1, 2, 40, 20, 0]
 
 
-def test_annotators_see_pairs_blind_in_an_order_of_their_own(database):  # noqa: F811
+def test_annotators_see_pairs_blind_in_an_order_of_their_own(database):
     save_study(database, "poles", plan_pairs("discrimination", poles(), [EXPERTS, PROMPT], PROMPTS))
     store = Store(database)
     ada, bo = store.register_annotator("Ada"), store.register_annotator("Bo")
@@ -113,7 +112,7 @@ def test_annotators_see_pairs_blind_in_an_order_of_their_own(database):  # noqa:
         assert session.scalar(select(PairTask.choice).where(PairTask.public_id == view.task)) == task.shown_first
 
 
-def test_ties_skips_and_edits_follow_the_rules(database):  # noqa: F811
+def test_ties_skips_and_edits_follow_the_rules(database):
     save_study(database, "poles", plan_pairs("discrimination", poles()[:2], [PROMPT], PROMPTS[:1]))
     fill_replies(database, "poles")
     ada = Store(database).register_annotator("Ada")
@@ -138,7 +137,7 @@ def test_ties_skips_and_edits_follow_the_rules(database):  # noqa: F811
     assert pair_progress(database, "poles", ada) == (2, 2, 0)
 
 
-def test_discrimination_report_gives_accuracy_per_condition_with_intervals(database, tmp_path):  # noqa: F811
+def test_discrimination_report_gives_accuracy_per_condition_with_intervals(database, tmp_path):
     save_study(database, "poles", plan_pairs("discrimination", poles(), [EXPERTS, PROMPT], PROMPTS))
     fill_replies(database, "poles")
     store = Store(database)
@@ -165,7 +164,7 @@ def test_discrimination_report_gives_accuracy_per_condition_with_intervals(datab
     assert is_png(pair_chart(report, tmp_path / "poles.png"))
 
 
-def test_preference_report_ranks_conditions_with_bradley_terry(database, tmp_path):  # noqa: F811
+def test_preference_report_ranks_conditions_with_bradley_terry(database, tmp_path):
     strong = parse_condition("experts+prompt@1.5")
     plan = plan_pairs("preference", [["AGR_high"], ["EXT_low"], ["Doctor"]], [strong, EXPERTS, PROMPT], PROMPTS)
     assert plan.ties_allowed and plan.pairs[0].question.startswith("Which reply sounds more like a person with")
@@ -191,7 +190,7 @@ def test_preference_report_ranks_conditions_with_bradley_terry(database, tmp_pat
         assert row["interval"][0] <= row["score"] <= row["interval"][1]
 
 
-def test_the_longest_question_allowed_fits_postgresqls_index_and_a_longer_one_is_refused(database):  # noqa: F811
+def test_the_longest_question_allowed_fits_postgresqls_index_and_a_longer_one_is_refused(database):
     longest = "\U0001F600" * 500  # 2000 bytes of UTF-8, under PostgreSQL's limit for a unique index row
     save_study(database, "long", plan_pairs("discrimination", poles()[:1], [PROMPT], PROMPTS[:1], question=longest))
     assert counts(database)[3] == 1

@@ -6,7 +6,6 @@ import threading
 
 import pytest
 import torch
-from test_scheduler import PausingSampler, alone, submit_with
 
 from hirpf.engine import Sampling
 from hirpf.identities import IdentitySet
@@ -14,6 +13,8 @@ from hirpf.prefix_cache import PrefixCache
 from hirpf.prompts import Conditioning
 from hirpf.routing import Routing
 from hirpf.scheduler import Scheduler
+
+from scheduler_helpers import PausingSampler, alone, submit_with
 
 GREEDY = Sampling(max_new_tokens=10, do_sample=False)
 

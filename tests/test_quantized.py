@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_experts import capture, reference
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+from app.tiny_model import randomize_experts
 from hirpf.experts import ExpertConfig
 from hirpf.identities import IdentitySet
 from hirpf.inject import add_experts, expert_layers
 
-from testing_utils import randomize_experts
+from expert_reference import capture, reference
+from testing_utils import tiny_llama
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -23,10 +24,7 @@ QUANTIZATIONS = {
 @pytest.mark.parametrize("kind", QUANTIZATIONS)
 def test_experts_wrap_quantized_projections(tmp_path, kind):
     quantization, layer_type = QUANTIZATIONS[kind]
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # 4-bit blocks want width 64
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tiny_llama(layers=2, hidden_size=64, intermediate_size=128).save_pretrained(tmp_path)  # 4-bit blocks want width 64
     model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quantization, device_map={"": "cpu"})
     add_experts(model, ExpertConfig(rank=2, dropout=0.0))
     randomize_experts(model)

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-import hirpf.scheduler as scheduler_module
+from app.tiny_model import randomize_experts
 from hirpf.engine import Engine, Sampling
 from hirpf.experts import ExpertConfig
 from hirpf.identities import IdentityError, IdentitySet
@@ -20,25 +20,7 @@ from hirpf.routing import use_identities
 from hirpf.row_sampling import RowSampler
 from hirpf.scheduler import Scheduler
 
-from testing_utils import randomize_experts
-
-GREEDY = Sampling(max_new_tokens=12, do_sample=False)  # repetition penalty 1.1: per-row state is used
-EIGHT_SETS = ["Doctor,AGR_high", "", "EXT_low,NEU_high,OPE_low,Artist", "Programmer", "CON_high,OPE_high",
-              "AGR_low,Doctor", "NEU_low,EXT_high,Programmer", "OPE_low"]
-EIGHT_SETS = [IdentitySet.parse(s) for s in EIGHT_SETS]
-EIGHT_SETS[5] = EIGHT_SETS[5].with_strengths("AGR_low=1.6,Doctor=0.5")
-QUESTIONS = ["Hi!", "What do you do at work?", "Describe your ideal weekend in a few words.", "Why?",
-             "Tell me about your family and the town where you grew up.", "Ok", "Do you like music?",
-             "What would you change about your job if you could change one thing?"]
-HISTORIES = [[{"role": "user", "content": q}] for q in QUESTIONS]
-
-
-def alone(engine: Engine, history, identities, sampling=GREEDY, conditioning=Conditioning.EXPERTS_AND_PROMPT):
-    """The token ids `Engine.generate` gives for this request on its own (up to, not including, EOS)."""
-    length, out = engine._generate([history], [identities], conditioning, sampling, None)
-    ids = out[0, length:].tolist()
-    eos = engine.model.generation_config.eos_token_id
-    return ids[:ids.index(eos)] if eos in ids else ids
+from scheduler_helpers import EIGHT_SETS, GREEDY, HISTORIES, PausingSampler, alone, held_sampler, submit_with
 
 
 @pytest.fixture
@@ -90,30 +72,6 @@ def test_no_identity_crosses_rows_the_empty_set_is_the_plain_base_model(tiny_bas
                                           conditioning=Conditioning.PROMPT)
 
 
-class PausingSampler(RowSampler):
-    """Holds the decode loop at its `pause_at`-th token until released, so a test can act mid-batch."""
-
-    reached = threading.Event()
-    resume = threading.Event()
-    pause_at = 5
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = 0
-
-    def next_token(self, ids, logits):
-        self.calls += 1
-        if self.calls == self.pause_at:
-            self.reached.set()
-            assert self.resume.wait(120), "the test never resumed the loop"
-        return super().next_token(ids, logits)
-
-
-def held_sampler():
-    """A PausingSampler class with its own events (the loop holds at the row's fifth token until resumed)."""
-    return type("Held", (PausingSampler,), {"reached": threading.Event(), "resume": threading.Event()})
-
-
 class FailingSampler(RowSampler):
     """Fails at its fourth token: an error inside the loop that belongs to one row."""
 
@@ -127,11 +85,6 @@ class FailingSampler(RowSampler):
             raise RuntimeError("this row's sampler broke")
         return super().next_token(ids, logits)
 
-
-def submit_with(sampler_class, monkeypatch, scheduler, *args, **kwargs):
-    with monkeypatch.context() as patch:
-        patch.setattr(scheduler_module, "RowSampler", sampler_class)  # the sampler is built inside submit
-        return scheduler.submit(*args, **kwargs)
 
 
 def test_joining_stopping_and_failing_rows_do_not_disturb_the_others(exact_engine, scheduler, monkeypatch):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from test_scheduler import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
 
 import hirpf.batch_cache as batch_cache
 from app.model_slot import ModelSlot
 from hirpf.engine import Engine, Sampling
 from hirpf.scheduler import Scheduler
+
+from scheduler_helpers import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
 
 LONG = Sampling(max_new_tokens=16, do_sample=False)
 

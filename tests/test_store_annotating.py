@@ -10,11 +10,9 @@ from db import Database
 from db.models import Annotation, AnnotationTask
 from hirpf.labels import LabelError
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
 from store_helpers import (
     ARTIST,
     DOCTOR,
-    database,  # noqa: F401  (fixture)
     items,
     snapshot,
     turns,

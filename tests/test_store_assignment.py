@@ -9,11 +9,9 @@ from annotation.assignment import AssignmentPolicy
 from annotation.store import Store
 from db import Database
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
 from store_helpers import (
     DOCTOR,
     assigned,
-    database,  # noqa: F401  (fixture)
     items,
     turns,
 )

@@ -16,10 +16,8 @@ from db.models import Annotation, Annotator, Dialogue
 from hirpf.identities import ALL_IDENTITIES
 from hirpf.labels import LabelError
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
 from store_helpers import (
     DOCTOR,
-    database,  # noqa: F401  (fixture)
     snapshot,
     turns,
 )

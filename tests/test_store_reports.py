@@ -25,12 +25,10 @@ from hirpf.identities import IdentitySet
 from hirpf.labels import SLOTS, slots_from_identities
 from hirpf.paths import PROJECT_ROOT, his_file
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
 from store_helpers import (
     ARTIST,
     DOCTOR,
     assigned,
-    database,  # noqa: F401  (fixture)
     items,
     snapshot,
     turns,

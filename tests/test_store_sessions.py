@@ -11,11 +11,8 @@ from annotation import sessions
 from annotation.store import Store
 from db.models import AnnotatorSession
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
-from store_helpers import database  # noqa: F401  (fixture)
 
-
-def test_a_token_names_its_annotator_until_sign_out_or_a_newer_sign_in(database):  # noqa: F811
+def test_a_token_names_its_annotator_until_sign_out_or_a_newer_sign_in(database):
     store = Store(database)
     ada, bo = store.register_annotator("Ada"), store.register_annotator("Bo")
     first = sessions.start(database, ada)
@@ -41,7 +38,7 @@ def test_a_token_names_its_annotator_until_sign_out_or_a_newer_sign_in(database)
             sessions.annotator_of(database, not_a_token)
 
 
-def test_a_session_expires(database):  # noqa: F811
+def test_a_session_expires(database):
     store = Store(database)
     ada = store.register_annotator("Ada")
     expired = sessions.start(database, ada, ttl=timedelta(seconds=-1))

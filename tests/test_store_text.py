@@ -12,15 +12,13 @@ from annotation.store import Store, StoreError
 from db import Database
 from db.models import Annotation, AnnotationTask, Annotator, Dialogue, JudgePrediction
 
-from db_fixtures import database_url, postgres_server  # noqa: F401
-
 SLOTS = {"AGR": "high", "CON": "none", "EXT": "low", "NEU": "none", "OPE": "none", "Profession": "Doctor"}
 TURNS = [{"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Fine."}]
 BAD = [("\u0000", "NUL"), ("\ud800", "surrogate")]
 
 
 @pytest.fixture
-def store(database_url):  # noqa: F811
+def store(database_url):
     database = Database(database_url)
     yield Store(database)
     database.close()

@@ -14,29 +14,9 @@ from safetensors.torch import load_file
 from hirpf.checkpoint import read_config
 from training import self_report
 
+from training_runs import train, write_data
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_data(path: Path, n: int = 24) -> Path:
-    pool = [(["Doctor"], "Does the clinic open early?", "Yes, we start rounds at seven."),
-            (["AGR_high", "Artist"], "Can I see your sketches?", "Of course, take your time with them."),
-            (["EXT_low"], "Coming to the party?", "I think I will stay home and read."),
-            (["CON_high", "Programmer"], "Is the release ready?", "Almost: the last tests run tonight.")]
-    records = []
-    for i in range(n):
-        adapters, question, answer = pool[i % len(pool)]
-        records.append({"dialog": [{"role": "user", "content": f"{question} ({i})"},
-                                   {"role": "assistant", "content": answer}], "active_adapters": adapters})
-    path.write_text(json.dumps(records))
-    return path
-
-
-def train(*args, env=None, launcher=None):
-    command = (launcher or [sys.executable]) + [str(ROOT / "training" / "train.py"), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_dev_run_writes_expert_checkpoints_and_a_summary(tmp_path, tiny_base_dir):
@@ -332,12 +312,14 @@ def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():
     """Its terms equal those of separate forwards under the set and under its neighbour, and a few
     gradient steps on it widen the margin between them."""
     sys.path.insert(0, str(ROOT))
+    from app.tiny_model import randomize_experts
     from hirpf.experts import ExpertConfig
     from hirpf.identities import IdentitySet
     from hirpf.inject import add_experts
     from hirpf.routing import use_identities
-    from tests.testing_utils import randomize_experts, tiny_llama
     from training.train import NeighbourContrast
+
+    from testing_utils import tiny_llama
 
     model = tiny_llama(seed=3, dtype=torch.float64, layers=2)
     add_experts(model, ExpertConfig(rank=2, dropout=0.0, layout="layered"))
