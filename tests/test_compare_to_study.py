@@ -24,7 +24,6 @@ from hirpf.identities import IdentitySet
 from hirpf.prompts import Conditioning
 from hirpf.sampling import Sampling
 
-
 MODEL = "tiny model with random experts"
 MESSAGE = "How do you spend a Sunday?"
 
