@@ -20,6 +20,7 @@ from hirpf.identities import PROFESSIONS, TRAITS, IdentitySet
 from hirpf.llm_client import ChatClient
 from hirpf.prompts import Conditioning
 from hirpf.routing import use_identities
+
 from openai_server import Reply
 
 # --- the prompts and the held-out guard --------------------------------------------------------------
@@ -145,9 +146,9 @@ def test_discriminate_on_the_tiny_model_reports_every_measure_k_and_condition(ti
     result = discriminate(tiny_engine, LikelihoodJudge(tiny_engine, 16), prompts, modes, max_new_tokens=4,
                           batch_rows=7)
     cells = {(f["measure"], f["k"], f["condition"]): f for f in result["figures"]}
-    assert len(cells) == 2 * 4 * 3
+    assert len(cells) == 2 * 5 * 3
     for (measure, k, _), figure in cells.items():
-        assert figure["n"] == (2 if k != "all" else 6) and 0 <= figure["accuracy"] <= 1
+        assert figure["n"] == {"composed": 4, "all": 6}.get(k, 2) and 0 <= figure["accuracy"] <= 1
         assert figure["chance"] == (0.5 if measure == "pole_discrimination" else round(1 / 3, 4))
         assert figure["level"] == ("trait" if measure == "pole_discrimination" else "profession")
     assert result["replies_generated"] == 2 * 3 * (2 + 1) * 3  # prompts, k, (pair + profession set), modes
@@ -237,7 +238,7 @@ def test_cli_quick_run_validates_the_judge_once_and_reads_it_from_the_cache(caps
     assert validation["poles"]["n"] == 2 and validation["professions"]["n"] == 3
     assert validation["poles"]["all_combinations"]["n"] == 4 and "cached" not in validation
     assert {(f["measure"], f["k"]) for f in document["figures"]} == {
-        (m, k) for m in ("pole_discrimination", "profession_naming") for k in (1, 2, 3, "all")}
+        (m, k) for m in ("pole_discrimination", "profession_naming") for k in (1, 2, 3, "composed", "all")}
     again = run_cli(capsys, *common, "--output_dir", str(tmp_path / "two"))
     assert again["validation"]["cached"] and again["validation"]["poles"] == validation["poles"]
     assert json.loads((tmp_path / "two" / "discriminate.json").read_text())["figures"] == again["figures"]

@@ -25,6 +25,7 @@ it answers). The validation depends on the judge only, never on the experts: it 
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
@@ -55,6 +56,7 @@ from .intervals import wilson_interval
 from .reply_judge import POLE_DESCRIPTIONS, PROFESSION_DESCRIPTIONS, Evidence
 
 COUNTS = (1, 2, 3)
+K_BUCKETS = (*COUNTS, "composed", "all")
 MEASURES = {"pole_discrimination": ("trait", 0.5), "profession_naming": ("profession", 1 / 3)}
 QUICK_PROMPTS = 2
 REPETITION_PENALTY = 1.1  # as the pair studies' greedy replies (annotation.pair_generation)
@@ -139,14 +141,20 @@ def accuracy(credits: Sequence[float], chance: float) -> dict:
             "interval": [round(v, 4) for v in interval] if interval else None}
 
 
+def in_bucket(k: int, bucket: int | str) -> bool:
+    """k identities fall in `bucket`: a number of identities, "composed" (two or more) or "all"."""
+    return bucket == "all" or (bucket == "composed" and k >= 2) or k == bucket
+
+
 def figures(outcomes: Sequence[dict], modes: Sequence[Conditioning]) -> list[dict]:
-    """One row per (measure, k, condition), k = "all" too: accuracy, n and interval."""
+    """One row per (measure, k, condition), for k = 1, 2, 3, "composed" (2 and 3) and "all": accuracy, n and
+    interval."""
     rows = []
     for measure, (level, chance) in MEASURES.items():
-        for k in (*COUNTS, "all"):
+        for k in K_BUCKETS:
             for mode in modes:
                 credits = [o["credit"] for o in outcomes if o["measure"] == measure and o["condition"] == mode.value
-                           and (k == "all" or o["k"] == k)]
+                           and in_bucket(o["k"], k)]
                 if credits:
                     rows.append({"measure": measure, "level": level, "k": k, "condition": mode.value}
                                 | accuracy(credits, chance))
@@ -336,31 +344,53 @@ def judge_for(args, engine, bar=None):
                                    args.judge_workers))
 
 
-def run(args) -> dict:
-    from .recognize import modes_for, parse_modes
+def default_args(**settings) -> argparse.Namespace:
+    """The command's options at their defaults, with `settings` changed (for callers that hold an engine,
+    such as `training/evaluate_experts.py`)."""
+    from .common import add_common_arguments
 
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    add_common_arguments(parser)
+    args = parser.parse_args([])
+    unknown = sorted(set(settings) - set(vars(args)))
+    if unknown:
+        raise EvalError(f"unknown discriminate settings: {', '.join(unknown)}")
+    return argparse.Namespace(**(vars(args) | settings))
+
+
+def evaluate(engine, args, modes: Sequence[Conditioning]) -> dict:
+    """The document's figures, validation, settings and replies for a loaded engine (no files written)."""
     check_positive("--max_new_tokens", args.max_new_tokens)
     check_positive("--generation_batch", args.generation_batch)
-    asked = parse_modes(args.modes)
     prompts = load_prompts(args.split)[:QUICK_PROMPTS if args.quick else None]
-    engine = load_engine(args)
-    modes = modes_for(engine, asked)
     judge = judge_for(args, engine)
     log.info("%d %s prompts; conditions: %s; judge: %s", len(prompts), args.split,
              ", ".join(m.value for m in modes), judge.name)
     started = time.perf_counter()
     result = discriminate(engine, judge, prompts, modes, args.max_new_tokens, args.generation_batch, args.all_labels)
     judge_validation = validation(engine, judge, args)
-    config = run_config(args, engine)
-    config.pop("conditioning")  # --modes decides here
-    document = {"command": "discriminate", "figures": result.pop("figures"), "validation": judge_validation,
-                "settings": config | {"split": args.split, "prompts": [p.id for p in prompts],
-                                      "modes": [m.value for m in modes], "judge": judge.name,
-                                      "max_new_tokens": args.max_new_tokens, "all_labels": args.all_labels,
-                                      "repetition_penalty": REPETITION_PENALTY},
+    settings = {"split": args.split, "prompts": [p.id for p in prompts], "modes": [m.value for m in modes],
+                "judge": judge.name, "max_new_tokens": args.max_new_tokens, "all_labels": args.all_labels,
+                "repetition_penalty": REPETITION_PENALTY}
+    document = {"figures": result.pop("figures"), "validation": judge_validation, "settings": settings,
                 "seconds": round(time.perf_counter() - started, 1)} | result
     if isinstance(judge, EndpointJudge):
         document["judge_failed"] = judge.failed
+    return document
+
+
+def run(args) -> dict:
+    from .recognize import modes_for, parse_modes
+
+    check_positive("--max_new_tokens", args.max_new_tokens)
+    asked = parse_modes(args.modes)
+    engine = load_engine(args)
+    document = evaluate(engine, args, modes_for(engine, asked))
+    config = run_config(args, engine)
+    config.pop("conditioning")  # --modes decides here
+    document = {"command": "discriminate"} | document
+    document["settings"] = config | document["settings"]
     document["files"] = {"result": str(output_dir(args, "discriminate") / "discriminate.json")}
     write_json(Path(document["files"]["result"]), document)
     return document
@@ -372,7 +402,7 @@ def table(document: dict) -> str:
     cells = {(f["measure"], f["k"], f["condition"]): f for f in document["figures"]}
     lines = [f"{'measure':<22}{'k':>4}  " + "".join(f"{m:>24}" for m in modes)]
     for measure in MEASURES:
-        for k in (*COUNTS, "all"):
+        for k in K_BUCKETS:
             row = [cells.get((measure, k, m)) for m in modes]
             if any(row):
                 lines.append(f"{measure:<22}{k!s:>4}  " + "".join(
