@@ -128,6 +128,7 @@ def generate_replies(engine, rows: Sequence[tuple[str, IdentitySet, Conditioning
         out = engine.generate([[{"role": "user", "content": p}] for p, _, _ in chunk], [s for _, s, _ in chunk],
                               [c for _, _, c in chunk], sampling)
         replies.update({row: texts[0] for row, texts in zip(chunk, out)})
+        log.info("replies: %d of %d", len(replies), len(unique))  # long runs log where they are
         if bar is not None:
             bar.update(len(chunk))
     return replies
@@ -283,6 +284,7 @@ def discriminate(engine, judge, prompts: Sequence[EverydayPrompt], modes: Sequen
     def evidence(prompt, identities, mode) -> Evidence:
         return Evidence.reply(prompt.text, replies[prompt.text, identities, mode])
 
+    log.info("judging %d pairs and %d replies to name", len(pairs) * len(modes), len(items) * len(modes))
     pole_cases = [(p, m) for p in pairs for m in modes]
     naming_cases = [(i, m) for i in items for m in modes]
     pole_credits = judge.pole_outcomes([(evidence(p.prompt, p.high, m), evidence(p.prompt, p.low, m), p.trait)
