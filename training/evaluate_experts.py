@@ -16,10 +16,9 @@
    1 = as trained): the mean recognition margin of the dialogues holding each pole, and each pole's factor
    score minus the empty set's (each judge).
 4. Discrimination of generated replies (`--discrimination held_out`, the default; `quick`: two prompts, no
-   judge validation; `none`): greedy replies to our
-   held-out everyday prompts under all three conditionings, a trait's two poles told apart within composed
-   sets and professions named, per number of identities, with the judge's validation
-   (`python -m hirpf.eval discriminate` with its defaults gives the same figures).
+   judge validation; `none`): greedy replies to our held-out everyday prompts under all three conditionings,
+   a trait's two poles told apart within composed sets and professions named, per number of identities, with
+   the judge's validation (`python -m hirpf.eval discriminate` with its defaults gives the same figures).
 """
 from __future__ import annotations
 
