@@ -1,7 +1,8 @@
 """An LLM judge on a pair study's pairs, through any OpenAI-compatible endpoint (`hirpf.llm_client`).
 
-Each pair is asked twice, with the replies in both orders (as MT-Bench does): a judge that prefers
-whatever is shown first would otherwise look like a signal. When the two answers disagree, the vote is a
+Each pair is asked twice (`hirpf.eval.pair_question.PairJudge`, which `python -m hirpf.eval discriminate`
+shares), with the replies in both orders (as MT-Bench does): a judge that prefers whatever is shown first
+would otherwise look like a signal. When the two answers disagree, the vote is a
 tie. Its answers are stored as the judge's (`pair_judge_votes`: the combined choice and what it said in
 each order, with the raw replies) and compared with the human majority in `annotation.pair_report`.
 
@@ -14,9 +15,7 @@ disk). A pair judged before by the same judge is not asked again. A reply that i
 from __future__ import annotations
 
 import argparse
-import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
@@ -26,35 +25,10 @@ from annotation.store import MAX_NAME_CHARS, checked_text
 from db import Database
 from db.models import PairJudgeVote, PairReply, PairStudy, StudyPair
 from hirpf.eval.interview import add_endpoint_arguments, endpoint_client
-from hirpf.llm_client import ChatClient, MalformedReply
+from hirpf.eval.pair_question import PairJudge
+from hirpf.llm_client import MalformedReply
 
-JUDGE_SYSTEM = ("You compare two replies to the same message for a study of how replies come across. "
-                "Reply with JSON only.")
-JUDGE_PROMPT = ("Message:\n{prompt}\n\nReply A:\n{first}\n\nReply B:\n{second}\n\nQuestion: {question}\n\n"
-                "Reply with a JSON object of the form {{\"answer\": X}}, where X is {choices}.")
-
-
-@dataclass
-class PairJudge:
-    client: ChatClient
-    name: str
-    workers: int = 4
-
-    def ask(self, prompt: str, question: str, first: str, second: str, ties_allowed: bool) -> tuple[str, str]:
-        """("A" | "B" | "tie", the raw JSON answer) for the replies in the order shown."""
-        allowed = ("A", "B", "tie") if ties_allowed else ("A", "B")
-        choices = '"A", "B" or "tie" (about the same)' if ties_allowed else '"A" or "B"'
-        messages = [{"role": "system", "content": JUDGE_SYSTEM},
-                    {"role": "user", "content": JUDGE_PROMPT.format(prompt=prompt, first=first, second=second,
-                                                                    question=question, choices=choices)}]
-
-        def parse(reply: dict) -> tuple[str, str]:
-            answer = reply.get("answer")
-            if answer not in allowed:
-                raise ValueError(f"answer must be one of {allowed}, got {answer!r:.40}")
-            return answer, json.dumps(reply, ensure_ascii=False)
-
-        return self.client.complete_json(messages, parse, temperature=0.0, max_tokens=20)
+__all__ = ["PairJudge", "add_judge_arguments", "judge_from_args", "judge_study"]
 
 
 def _stored(shown_first: str, shown: str) -> str:

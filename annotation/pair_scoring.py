@@ -1,9 +1,7 @@
 """Scores of blind pairwise studies (pure functions; `annotation.pair_studies` feeds them from the store).
 
-- `wilson_interval`: the Wilson score interval of a proportion (Wilson 1927), the interval for accuracy
-  against chance in a discrimination study::
-
-      centre = (p + z²/2n) / (1 + z²/n)       half = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/4n²)
+- `wilson_interval` (from `hirpf.eval.intervals`, shared with `python -m hirpf.eval discriminate`): the Wilson
+  score interval of a proportion, the interval for accuracy against chance in a discrimination study.
 
 - `bradley_terry`: strengths from pairwise votes, P(i beats j) = p_i / (p_i + p_j), fitted by the MM
   (Zermelo) iteration of Hunter 2004, "MM algorithms for generalized Bradley-Terry models"::
@@ -29,28 +27,9 @@ from typing import Hashable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from annotation.agreement import cohen_kappa, inter_annotator_agreement
+from hirpf.eval.intervals import Interval, wilson_interval
 
-Z_95 = 1.959963984540054  # the 97.5th percentile of the standard normal
 TIE = "tie"
-
-
-class Interval(NamedTuple):
-    low: float
-    high: float
-
-
-def wilson_interval(successes: float, n: float, z: float = Z_95) -> Interval | None:
-    """The Wilson score interval of `successes` out of `n` (fractional successes allowed: a tie is half);
-    None when n is 0."""
-    if n < 0 or successes < 0 or successes > n:
-        raise ValueError(f"expected 0 <= successes <= n, got {successes} of {n}")
-    if n == 0:
-        return None
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return Interval(max(0.0, centre - half), min(1.0, centre + half))
 
 
 class Vote(NamedTuple):

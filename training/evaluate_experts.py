@@ -15,6 +15,10 @@
 3. With `--dose_response`: both measures against the strength of the experts, 0 to 2 (0 = the prompt alone,
    1 = as trained): the mean recognition margin of the dialogues holding each pole, and each pole's factor
    score minus the empty set's (each judge).
+4. Discrimination of generated replies (`--discrimination held_out`, the default; `quick`: two prompts, no
+   judge validation; `none`): greedy replies to our held-out everyday prompts under all three conditionings,
+   a trait's two poles told apart within composed sets and professions named, per number of identities, with
+   the judge's validation (`python -m hirpf.eval discriminate` with its defaults gives the same figures).
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ if __package__ in (None, ""):
 
 from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.engine import Engine
+from hirpf.eval.discriminate import default_args, evaluate
+from hirpf.eval.discriminate import table as discrimination_table
 from hirpf.eval.questionnaire import REFERENCE, factor_scores
 from hirpf.eval.questionnaire_judges import answer
 from hirpf.eval.recognize import recognize
@@ -138,6 +144,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--recognition", default=None,
                     help="reuse this result of `python -m hirpf.eval recognize --json` (same experts, split and "
                          "all three modes) instead of scoring again")
+    ap.add_argument("--discrimination", choices=("held_out", "quick", "none"), default="held_out",
+                    help="poles told apart and professions named in generated replies: on the held-out prompts "
+                         "with the judge's validation (default; the validation is computed once per judge and "
+                         "cached), on two of them without validation (quick: tests), or none")
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args(argv)
 
@@ -158,12 +168,18 @@ def main(argv=None) -> dict:
                                         for m in QUESTIONNAIRE_MODES} for judge in JUDGES}
     if args.dose_response:
         result["dose_response"] = dose_response(engine, dialogues, args, result["recognition"])
+    if args.discrimination != "none":
+        quick = args.discrimination == "quick"
+        settings = {"quick": quick} | ({"validation_dialogues": "none"} if quick else {})
+        result["discrimination"] = evaluate(engine, default_args(batch_size=args.batch_size, **settings), MODES)
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    summary = {k: v for k, v in result.items() if k not in ("recognition", "dose_response")}
+    summary = {k: v for k, v in result.items() if k not in ("recognition", "dose_response", "discrimination")}
     summary["recognition"] = {k: result["recognition"][k] for k in ("accuracy_by_mode", "accuracy_by_count")}
     print(json.dumps(summary, indent=2))
+    if "discrimination" in result:
+        print(discrimination_table(result["discrimination"]), file=sys.stderr)
     return result
 
 

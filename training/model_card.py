@@ -36,6 +36,9 @@ from training.train import build_parser
 MODE_WORDS = {"experts+prompt": "experts + prompt", "experts": "experts alone", "prompt": "prompt alone"}
 # Issue 10's targets, as the card compares the figures with them.
 TARGETS = {"experts+prompt": 0.75, "over_prompt": 0.25, "2": 0.60, "3": 0.40, "poles": 8, "professions": 3}
+# Issue 26's targets on generated replies (`python -m hirpf.eval discriminate`).
+DISCRIMINATION_TARGETS = {"poles_composed": 0.80, "profession_experts": 0.70}
+MEASURE_WORDS = {"pole_discrimination": "a trait's poles told apart", "profession_naming": "profession named"}
 
 
 def training_command(args: dict) -> str:
@@ -174,6 +177,8 @@ def targets_table(evaluation: dict) -> str:
             target = f"≥ {TARGETS[k]}" if k in TARGETS else ""
             rows.append((f"… dialogues of {k} identit{'y' if k == '1' else 'ies'} ({by_count[k]['dialogues']})",
                          f"{by_count[k]['accuracy']:.3f}", target))
+    if "discrimination" in evaluation:
+        rows += discrimination_rows(evaluation["discrimination"])
     for judge in evaluation.get("personality", {}):
         p = evaluation["personality"][judge]["experts+prompt"]
         rows.append((f"personality bank, judge `{judge}`: poles on their side of the empty set",
@@ -182,6 +187,60 @@ def targets_table(evaluation: dict) -> str:
         rows.append((f"profession bank, judge `{judge}`: own field above the others", f"{q['hits']} of {q['of']}",
                      f"{TARGETS['professions']} of 3"))
     return "\n".join(["| measure | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def discrimination_cell(figures: dict, measure: str, k, mode: str) -> str:
+    f = figures.get((measure, k, mode))
+    if not f or not f["n"]:
+        return "–"
+    return f"{f['accuracy']:.2f} [{f['interval'][0]:.2f}–{f['interval'][1]:.2f}] ({f['n']})"
+
+
+def discrimination_rows(discrimination: dict) -> list[tuple[str, str, str]]:
+    """Issue 26's targets as rows of the targets table."""
+    figures = {(f["measure"], f["k"], f["condition"]): f for f in discrimination["figures"]}
+    poles = figures.get(("pole_discrimination", "composed", "experts+prompt"))
+    named = {m: figures.get(("profession_naming", "all", m)) for m in ("experts", "experts+prompt", "prompt")}
+    rows = []
+    if poles:
+        rows.append(("poles told apart within composed sets (2–3 identities), experts + prompt",
+                     f"{poles['accuracy']:.3f}", f"≥ {DISCRIMINATION_TARGETS['poles_composed']}"))
+    if named["experts"]:
+        rows.append(("profession named from experts-only replies", f"{named['experts']['accuracy']:.3f}",
+                     f"≥ {DISCRIMINATION_TARGETS['profession_experts']}"))
+    if named["experts+prompt"] and named["prompt"]:
+        rows.append(("profession named, experts + prompt minus prompt alone",
+                     f"{named['experts+prompt']['accuracy'] - named['prompt']['accuracy']:+.3f}", "≥ 0"))
+    return rows
+
+
+def discrimination_section(discrimination: dict) -> str:
+    """The figures per measure and number of identities, one column per condition, and the judge's validation."""
+    settings, validation = discrimination["settings"], discrimination.get("validation")
+    figures = {(f["measure"], f["k"], f["condition"]): f for f in discrimination["figures"]}
+    modes = settings["modes"]
+    lines = ["| measure | identities | " + " | ".join(MODE_WORDS.get(m, m) for m in modes) + " |",
+             "|---|---|" + "---|" * len(modes)]
+    for measure, words in MEASURE_WORDS.items():
+        for k in (1, 2, 3, "composed", "all"):
+            cells = [discrimination_cell(figures, measure, k, m) for m in modes]
+            if any(c != "–" for c in cells):
+                lines.append(f"| {words} | {k} | " + " | ".join(cells) + " |")
+    text = (f"Greedy replies ({settings['max_new_tokens']} new tokens at most) to our {len(settings['prompts'])} "
+            f"`{settings['split']}` everyday prompts (`hirpf/data/everyday_prompts.json`), judged by "
+            f"`{settings['judge']}`: accuracy [Wilson 95% interval] (n). Chance: 0.50 for the poles, 0.33 for "
+            "the professions.\n\n" + "\n".join(lines))
+    if validation:
+        for what, chance in (("poles", 0.5), ("professions", 1 / 3)):
+            f = validation[what]
+            interval = f"[{f['interval'][0]:.2f}–{f['interval'][1]:.2f}]" if f["interval"] else ""
+            verdict = ("above chance" if validation[f"{what}_above_chance"] else
+                       f"**not above chance: the {what} figures above mean little**")
+            text += (f"\n\nThe judge on the {what} of dialogues no model of ours wrote ({validation['material']}): "
+                     f"{f['accuracy']} {interval} ({f['n']}), chance {chance:.2f}; {verdict}.")
+    else:
+        text += "\n\nThe judge was not validated in this evaluation."
+    return text
 
 
 def questionnaire_table(evaluation: dict, judge: str) -> str:
@@ -338,6 +397,11 @@ same held-out split (pole removal on). Recognition: is the true identity set lik
 Questionnaires use two local judges that need no digits, each pole against the empty set on the same items.
 
 {questionnaire_section(evaluation)}
+"""
+    if "discrimination" in evaluation:
+        card += f"""
+## What readers see: poles and professions in generated replies
+{discrimination_section(evaluation["discrimination"])}
 """
     if chart is not None:
         card += f"""

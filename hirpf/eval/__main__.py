@@ -1,4 +1,4 @@
-"""`python -m hirpf.eval <command> ...`: questionnaires, recognition, situations, debates, surveys.
+"""`python -m hirpf.eval <command> ...`: questionnaires, recognition, discrimination, situations, debates, surveys.
 
 Commands are registered by module name and imported only when chosen, so one command's heavy or missing
 dependencies never break another. A command module exposes `add_arguments(parser)` (its own options; the
@@ -24,6 +24,7 @@ COMMANDS = {
     "profession": ("hirpf.eval.questionnaire", "profession questionnaire: own-field versus other-field scores"),
     "survey": ("hirpf.eval.survey", "answer distributions over a survey's options, by identity set"),
     "recognize": ("hirpf.eval.recognize", "identity recognition by likelihood against single-edit neighbours"),
+    "discriminate": ("hirpf.eval.discriminate", "poles told apart and professions named in generated replies"),
     "situations": ("hirpf.eval.situations", "open-situation test: dialogues judged on all six identity slots"),
     "debate": ("hirpf.eval.debate", "two identity-composed agents debate a topic"),
 }
