@@ -16,6 +16,26 @@ LONG = [{"role": "user", "content": "Tell me about hospitals, nurses and the nig
 CHUNK = 32
 
 
+def join_long_prompt(engine, scheduler, monkeypatch, before_join=lambda: None):
+    """A running row (held in its sampler), then `LONG` submitted to join it; `before_join` runs while the
+    loop thread waits in that sampler. Both replies to the end, then the scheduler closed: (the running row's
+    stream, the joiner's stream, the joiner's prompt length)."""
+    try:
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
+                              sampling=Sampling(max_new_tokens=40, do_sample=False))
+        assert Held.reached.wait(120)
+        before_join()
+        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
+        messages = engine.chat_messages(LONG, EIGHT_SETS[2], Conditioning.EXPERTS_AND_PROMPT)
+        length = engine.encode([messages])["input_ids"].shape[1]
+        Held.resume.set()
+        joiner.result(timeout=300)
+        running.result(timeout=300)
+    finally:
+        scheduler.close()
+    return running, joiner, length
+
 def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch):
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK, prefill_step_share=0)
     steps_while_prefilling = []
@@ -27,19 +47,7 @@ def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engin
         return step()
 
     monkeypatch.setattr(scheduler.runner, "step", counting_step)
-    try:
-        Held = held_sampler()
-        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
-                              sampling=Sampling(max_new_tokens=40, do_sample=False))
-        assert Held.reached.wait(120)
-        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
-        messages = exact_engine.chat_messages(LONG, EIGHT_SETS[2], Conditioning.EXPERTS_AND_PROMPT)
-        length = exact_engine.encode([messages])["input_ids"].shape[1]
-        Held.resume.set()
-        joiner.result(timeout=300)
-        running.result(timeout=300)
-    finally:
-        scheduler.close()
+    running, joiner, length = join_long_prompt(exact_engine, scheduler, monkeypatch)
     chunks = -(-length // CHUNK)
     # A decode step of the running row after each chunk but the last (the last one joins the batch).
     assert steps_while_prefilling == [CHUNK * i for i in range(1, chunks)]
@@ -108,20 +116,12 @@ class ScriptedPacer(PrefillPacer):
 
 def test_the_pacer_sizes_each_chunk_from_the_measured_steps_and_chunks(exact_engine, monkeypatch):
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
-    try:
-        Held = held_sampler()
-        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
-                              sampling=Sampling(max_new_tokens=40, do_sample=False))
-        assert Held.reached.wait(120)  # the loop thread waits in the running row's sampler
-        pacer = scheduler.runner.pacer = ScriptedPacer([5, 11, 3])
-        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
-        messages = exact_engine.chat_messages(LONG, EIGHT_SETS[2], Conditioning.EXPERTS_AND_PROMPT)
-        length = exact_engine.encode([messages])["input_ids"].shape[1]
-        Held.resume.set()
-        joiner.result(timeout=300)
-        running.result(timeout=300)
-    finally:
-        scheduler.close()
+    pacer = ScriptedPacer([5, 11, 3])
+
+    def pace_the_join():
+        scheduler.runner.pacer = pacer
+
+    running, joiner, length = join_long_prompt(exact_engine, scheduler, monkeypatch, before_join=pace_the_join)
     tokens = [t for _, t in pacer.chunks]
     assert tokens[:3] == [5, 11, 3] and sum(tokens) == length  # the pacer's sizes, the whole prompt once
     assert all(seconds > 0 for seconds, _ in pacer.chunks) and pacer.steps and min(pacer.steps) > 0
