@@ -25,7 +25,9 @@ else:
 
     def load_engine():
         from hirpf.engine import Engine
+        from hirpf.serving_threads import use_serving_threads
 
+        use_serving_threads()
         return Engine.load(settings.base_model, lora_weights=settings.lora_weights,
                            load_in_8bit=settings.load_in_8bit)
 

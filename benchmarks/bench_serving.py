@@ -1,7 +1,7 @@
 """Serving concurrent clients: the scheduler's running batch against a serial queue, in one run.
 
     python benchmarks/bench_serving.py [--json] [--clients 1,2,4,8] [--window 40] [--max_new_tokens 64]
-                                       [--threads 2] [--spread 1.0] [--no_gradio] [--quick]
+                                       [--threads N] [--spread 1.0] [--no_gradio] [--quick]
 
 The embedded model with the shipped experts (float32, CPU). Each client has its own identity set and asks
 short questions, one after another (a new request as soon as its reply ends: a closed loop). Two ways to
@@ -73,6 +73,7 @@ from hirpf.fast_inference import decode_dtype_in_use  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
 from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
 from hirpf.routing import Routing  # noqa: E402
+from hirpf.serving_threads import available_cores, serving_threads  # noqa: E402
 
 CLIENT_SETS = [IdentitySet.parse(s) for s in (
     "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",
@@ -260,15 +261,23 @@ def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_
     }
 
 
-def model_decode_throughput(engine: Engine, steps: int) -> dict:
+def model_decode_throughput(engine: Engine, steps: int, serving_threads: int) -> dict:
     """The model's own batch-8 decode throughput, no serving code around it: a bare `model(...)` step over a
     100-token cache, with the experts and the 8 clients' identity sets (one per row), and without experts
-    (the base model loaded again, alone). The two take turns step by step (`decode_timing.py`)."""
+    (the base model loaded again, alone). The two take turns step by step (`decode_timing.py`), in this
+    (main) thread alone, with every torch thread count from 1 to the cores; the best count's figures are the
+    model's own (`threads`), so that serving with fewer threads is not compared with a slowed model."""
     bare, _ = load_base_model("embedded", load_in_8bit=False, dtype="float32")
     rows = Routing([expert_identities(s, Conditioning.EXPERTS_AND_PROMPT) for s in CLIENT_SETS])
-    seconds = decode_step_seconds({"experts_mixed_8": (engine.model, rows), "base": (bare, None)},
-                                  batch=len(CLIENT_SETS), context=100, steps=steps)
-    return {f"{name}_tokens_per_s": round(len(CLIENT_SETS) / s, 2) for name, s in seconds.items()}
+    by_threads = {}
+    for threads in range(1, available_cores() + 1):
+        torch.set_num_threads(threads)
+        seconds = decode_step_seconds({"experts_mixed_8": (engine.model, rows), "base": (bare, None)},
+                                      batch=len(CLIENT_SETS), context=100, steps=steps)
+        by_threads[threads] = {f"{name}_tokens_per_s": round(len(CLIENT_SETS) / s, 2) for name, s in seconds.items()}
+    torch.set_num_threads(serving_threads)
+    best = max(by_threads, key=lambda t: by_threads[t]["experts_mixed_8_tokens_per_s"])
+    return {**by_threads[best], "threads": best, "by_threads": by_threads}
 
 
 def long_message(engine: Engine, identities: IdentitySet, tokens: int) -> list[dict]:
@@ -349,7 +358,8 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=float, default=40.0,
                         help="seconds measured, once every client has arrived")
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads while serving (default: as the app, hirpf.serving_threads)")
     parser.add_argument("--spread", type=float, default=1.0,
                         help="clients arrive spread over this many lone-request durations (0: all at once, a burst)")
     parser.add_argument("--no_gradio", action="store_true", help="the Python API only, not the served app")
@@ -361,13 +371,14 @@ def main(argv=None) -> int:
     if args.quick:
         args.clients, args.window, args.max_new_tokens = "1,8", 10.0, 32
     counts = [int(c) for c in args.clients.split(",")]
+    args.threads = args.threads or serving_threads()
     torch.set_num_threads(args.threads)
 
     def log(*a):
         print(*a, file=sys.stderr, flush=True)
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
-    model_decode = model_decode_throughput(engine, args.decode_steps)
+    model_decode = model_decode_throughput(engine, args.decode_steps, args.threads)
     log(f"the model's own batch-8 decode: {model_decode}")
     paths = {"serial": SerialQueue(engine), "scheduler": SchedulerPath(engine)}
     if not args.no_gradio:

@@ -70,6 +70,11 @@ class PaddedBatchCache:
                 for layer in self.cache.layers]
         self._swap_in(kept, mask[:, drop:])  # all-or-nothing, as in `add`
 
+    def append_column(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Take every layer's keys and values with one more column, a token per row computed elsewhere (a packed
+        step: `hirpf.packed_step`); every row's mask gains the column."""
+        self._swap_in(layers, F.pad(self.mask, (0, 1), value=1))
+
     def _swap_in(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
         """Replace every layer's keys and values and the mask; nothing here allocates, so nothing fails half way."""
         for layer, (keys, values) in zip(self.cache.layers, layers):

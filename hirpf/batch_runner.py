@@ -24,8 +24,10 @@ from collections import deque
 import torch
 from transformers import DynamicCache
 
+from . import packed_step
 from .batch_cache import PaddedBatchCache
 from .identities import IdentitySet
+from .packed_step import PackedStep, PromptChunk
 from .padding import pad_left
 from .prefill_pacing import PrefillPacer
 from .prefix_cache import PrefixCache
@@ -67,6 +69,9 @@ class Row:
         return FinishReason.LENGTH if self.generated >= self.max_new_tokens else None
 
 
+Joining = tuple[Row, DynamicCache, torch.Tensor]  # a prompt now whole: its row, its cache, its last token's logits
+
+
 class ChunkedPrefill:
     """A long prompt being prefilled a chunk at a time: its cache so far and how many tokens it holds."""
 
@@ -80,10 +85,13 @@ class BatchRunner:
     """The running rows, their batch cache and the long prompts being prefilled a chunk at a time."""
 
     def __init__(self, model, eos_ids: frozenset, prefixes: PrefixCache, prefill_chunk: int,
-                 prefill_step_share: float = 0.0):
+                 prefill_step_share: float = 0.0, packed_steps: bool = True):
         self.model, self.eos_ids, self.prefixes, self.prefill_chunk = model, eos_ids, prefixes, prefill_chunk
         # Chunks of at most `prefill_chunk` tokens, each sized to a share of a decode step's time.
         self.pacer = PrefillPacer(prefill_chunk, prefill_step_share) if prefill_chunk else None
+        # While rows run, joining prompts ride in the decode step in chunks (`packed_step`) where the model
+        # allows it; with chunked prefill off, or on a model it cannot pack, prompts get forwards of their own.
+        self.packs = bool(packed_steps and prefill_chunk and packed_step.enable(model))
         self.device = model.device
         self.rows: list[Row] = []  # in batch order
         self.batch = PaddedBatchCache()
@@ -91,8 +99,9 @@ class BatchRunner:
         self.chunked: deque[ChunkedPrefill] = deque()  # oldest first
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.widest_batch = 0  # the most rows one step decoded
-        self.prefills = 0  # prefill forwards run
-        self.widest_prefill = 0  # the most requests one prefill forward took
+        self.prefills = 0  # forwards that prefilled prompt tokens (packed steps included)
+        self.packed_steps = 0  # decode steps that carried prompt chunks
+        self.widest_prefill = 0  # the most prompts one such forward took
 
     @property
     def occupied(self) -> int:
@@ -100,7 +109,9 @@ class BatchRunner:
         return len(self.rows) + len(self.chunked)
 
     def needs_chunks(self, row: Row) -> bool:
-        return bool(self.prefill_chunk) and row.prompt.shape[1] > self.prefill_chunk
+        """Whether `row`'s prompt goes in chunks: any prompt while rows run and steps pack, else a long one."""
+        long = bool(self.prefill_chunk) and row.prompt.shape[1] > self.prefill_chunk
+        return (self.packs and bool(self.rows)) or long
 
     # --- prefill ----------------------------------------------------------------------------------
     def prefill(self, rows: list[Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
@@ -156,19 +167,19 @@ class BatchRunner:
             prefilled.append((own, out.logits[i:i + 1, -1]))
         return prefilled
 
-    def prefill_next_chunk(self) -> tuple[Row, DynamicCache, torch.Tensor] | None:
+    def prefill_next_chunk(self, partial: "ChunkedPrefill | None" = None) -> "Joining | None":
         """The next chunk of the oldest chunked prompt (vLLM's chunked prefill): the running rows wait for one
         chunk per step, not for the whole prompt; the pacer sizes the chunk (at most `prefill_chunk` tokens).
         Its first chunk continues the longest prefix the store holds for it. Once its whole prompt is in, it
         leaves `chunked` and this returns (its row, its cache, the logits of its last prompt token) to join;
-        until then, None. If this raises, it has left."""
-        partial = self.chunked[0]
+        until then, None. If this raises, it has left. `partial`: another prompt of `chunked` than the oldest."""
+        partial = partial or self.chunked[0]
         row = partial.row
         try:
-            if partial.cache is None:
-                hit = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config)
-                partial.cache, partial.done = hit if hit else (DynamicCache(config=self.model.config), 0)
-            end = min(partial.done + self.pacer.next_chunk(rows_running=bool(self.rows)), row.prompt.shape[1])
+            self._start_from_prefix(partial)
+            length = row.prompt.shape[1]
+            end = length if length <= self.prefill_chunk else min(partial.done + self.pacer.next_chunk(len(self.rows)),
+                                                                    length)  # a short prompt goes whole
             started = time.perf_counter()
             with use_identities([row.identities]):
                 out = self.model(input_ids=row.prompt[:, partial.done:end],
@@ -176,18 +187,30 @@ class BatchRunner:
                                  position_ids=torch.arange(partial.done, end, device=self.device)[None],
                                  past_key_values=partial.cache, use_cache=True, logits_to_keep=1)
             self._finish_device_work()
-            self.pacer.record_chunk(time.perf_counter() - started, end - partial.done)
+            if self.rows:  # the pacer sizes chunks that make running rows wait
+                self.pacer.record_chunk(time.perf_counter() - started, end - partial.done)
             self.prefills += 1
         except Exception:
-            self.chunked.popleft()
+            self.chunked.remove(partial)
             raise
         partial.done = end
         if end < row.prompt.shape[1]:
             return None
-        self.chunked.popleft()
-        cache = partial.cache
+        self.chunked.remove(partial)
+        return self._prompt_complete(partial, out.logits[:, -1])
+
+    def _start_from_prefix(self, partial: ChunkedPrefill) -> None:
+        """At a prompt's first chunk: its cache starts from the longest prefix the store holds for it."""
+        if partial.cache is None:
+            row = partial.row
+            hit = self.prefixes.lookup(row.identity_key, row.prompt, self.model.config)
+            partial.cache, partial.done = hit if hit else (DynamicCache(config=self.model.config), 0)
+
+    def _prompt_complete(self, partial: ChunkedPrefill, logits: torch.Tensor) -> "Joining":
+        """A prompt whose every token is in its cache: to the prefix store, then (row, cache, logits) to join."""
+        row, cache = partial.row, partial.cache
         self.prefixes.store(row.identity_key, row.prompt, [(la.keys, la.values) for la in cache.layers])
-        return row, cache, out.logits[:, -1]
+        return row, cache, logits
 
     # --- the running batch ------------------------------------------------------------------------
     def join(self, row: Row, cache: DynamicCache, logits: torch.Tensor) -> FinishReason | None:
@@ -213,8 +236,57 @@ class BatchRunner:
             logits = self.batch.decode(self.model, tokens)
         if self.pacer is not None:
             self._finish_device_work()
-            self.pacer.record_step(time.perf_counter() - started)
+            self.pacer.record_step(time.perf_counter() - started, len(rows))
         self.steps += 1
+        return self._choose(logits)
+
+    def packed_step(self) -> tuple[dict[int, FinishReason | Exception], list["Joining"]]:
+        """`step`, carrying in the same forward the next chunks of the prompts waiting to join (oldest first, as
+        many tokens as the pacer allows: `hirpf.packed_step`). Returns what `step` returns, and the prompts now
+        whole, each (row, cache, logits of its last prompt token) to join. If it raises, no cache changed: the
+        step and the chunks can run apart."""
+        rows = self.rows
+        budget = self.pacer.next_chunk(len(rows))  # for the long prompts, oldest first
+        partials, chunks = [], []
+        for partial in self.chunked:
+            length = partial.row.prompt.shape[1]
+            if length <= self.prefill_chunk:
+                take = length  # a short prompt joins whole at once, as it would with a forward of its own
+            elif budget > 0:
+                take, budget = budget, budget - (length - partial.done)
+            else:
+                continue
+            self._start_from_prefix(partial)
+            partials.append(partial)
+            chunks.append(PromptChunk(partial.cache, partial.done, min(partial.done + take, length)))
+        step = PackedStep(self.batch, chunks)
+        ids = torch.cat([torch.tensor([r.last_token for r in rows], device=self.device)]
+                        + [p.row.prompt[0, c.start:c.end] for p, c in zip(partials, chunks)])[None]
+        routing = Routing([r.identities for r in rows] + [p.row.identities for p in partials],
+                          tokens_per_row=[1] * len(rows) + [c.tokens for c in chunks])
+        started = time.perf_counter()
+        with use_identities(routing):
+            out = self.model(input_ids=ids, position_ids=step.position_ids(), use_cache=False,
+                             logits_to_keep=step.last_token_indices(), hirpf_packed=step)
+        step.commit()
+        self._finish_device_work()
+        self.pacer.record_packed(time.perf_counter() - started, len(rows), step.tokens - len(rows))
+        self.steps += 1
+        self.packed_steps += 1
+        self.prefills += 1
+        self.widest_prefill = max(self.widest_prefill, len(chunks))
+        logits = out.logits[0]  # [rows + chunks, vocab]: the rows' next tokens, then each chunk's last
+        complete = []
+        for i, (partial, chunk) in enumerate(zip(partials, chunks)):
+            partial.done = chunk.end
+            if chunk.end == partial.row.prompt.shape[1]:
+                self.chunked.remove(partial)
+                complete.append(self._prompt_complete(partial, logits[len(rows) + i][None]))
+        return self._choose(logits[:len(rows)]), complete
+
+    def _choose(self, logits: torch.Tensor) -> dict[int, FinishReason | Exception]:
+        """Every running row's next token from its logits `[rows, vocab]`; what ended a row, by its index."""
+        rows = self.rows
         self.widest_batch = max(self.widest_batch, len(rows))
         ended: dict[int, FinishReason | Exception] = {}
         for i, row in enumerate(rows):

@@ -168,6 +168,10 @@ class ExpertLinear(nn.Module):
             return self.base_forward(x)  # outside any identity context: the plain base model
         if self.fast_path is not None and not (self.training or torch.is_grad_enabled()):
             return self.fast_path.output(self, x, routing)  # the same result in fewer operations
+        return routing.as_rows(self.formula(routing.as_rows(x), routing))
+
+    def formula(self, x: torch.Tensor, routing) -> torch.Tensor:
+        """The layer's output for `x` `[rows, ..., in]`, one identity row of `routing` per batch row."""
         chosen, strength = routing.rows(x.shape[0])
         chosen, strength = chosen[:, self.expert_ids], strength[:, self.expert_ids]  # [rows, E]
         if not chosen.any():

@@ -278,11 +278,13 @@ class SharedInputProjections:
         state = routing.inference_state
         cached = state.get(self)
         if cached is None or cached[0] is not x:  # else a sibling already computed it for this very input
-            key = (self, x.shape[0])
+            rows = routing.as_rows(x)  # a packed sequence: one row per token
+            key = (self, rows.shape[0])
             plan = state.get(key)
             if plan is None:
-                plan = state[key] = self._plan(x, routing) or False
-            cached = state[self] = (x, plan.outputs(x) if plan else None)
+                plan = state[key] = self._plan(rows, routing) or False
+            outputs = [routing.as_rows(out) for out in plan.outputs(rows)] if plan else None
+            cached = state[self] = (x, outputs)
         outputs = cached[1]
         return member.base_forward(x) if outputs is None else outputs[slot]
 

@@ -23,7 +23,8 @@ SHORTEST = 16
 
 class PrefillPacer:
     """Sizes prefill chunks to `step_share` of a decode step's time, at most `longest` tokens; `step_share`
-    0 gives fixed chunks of `longest` tokens."""
+    0 gives fixed chunks of `longest` tokens. A decode step's time is kept per number of running rows (a
+    batch of 8 takes longer than a batch of 1), and the nearest measured width stands in for an unmeasured one."""
 
     def __init__(self, longest: int, step_share: float):
         if longest < 1:
@@ -31,24 +32,42 @@ class PrefillPacer:
         if not 0 <= step_share:
             raise ValueError(f"step_share must be 0 (fixed chunks) or more, got {step_share}")
         self.longest, self.step_share = longest, step_share
-        self.step_seconds: float | None = None
+        self.step_seconds: dict[int, float] = {}  # by running rows
         self.seconds_per_token: float | None = None
 
-    def next_chunk(self, rows_running: bool) -> int:
-        """Tokens for the next chunk."""
-        if not rows_running or not self.step_share:
+    def step_seconds_at(self, rows: int) -> float | None:
+        """A decode step's time at `rows` running rows: measured, or the nearest width measured; None before any."""
+        if not self.step_seconds:
+            return None
+        return self.step_seconds[min(self.step_seconds, key=lambda width: (abs(width - rows), -width))]
+
+    def next_chunk(self, rows: int) -> int:
+        """Tokens for the next chunk while `rows` rows run."""
+        if not rows or not self.step_share:
             return self.longest
-        if self.step_seconds is None or self.seconds_per_token is None:
+        step = self.step_seconds_at(rows)
+        if step is None or self.seconds_per_token is None:
             return min(self.longest, SHORTEST)  # a short first chunk measures the cost of one
-        budget = self.step_share * self.step_seconds / self.seconds_per_token
+        if self.seconds_per_token <= 0:  # prompt tokens measured as free (a packed step within the noise)
+            return self.longest
+        budget = self.step_share * step / self.seconds_per_token
         return max(min(SHORTEST, self.longest), min(self.longest, round(budget)))
 
-    def record_step(self, seconds: float) -> None:
-        self.step_seconds = _average(self.step_seconds, seconds)
+    def record_step(self, seconds: float, rows: int) -> None:
+        """A decode step of `rows` rows took `seconds`."""
+        self.step_seconds[rows] = _average(self.step_seconds.get(rows), seconds)
 
     def record_chunk(self, seconds: float, tokens: int) -> None:
+        """A chunk prefilled in a forward of its own took `seconds`."""
         if tokens > 0:
             self.seconds_per_token = _average(self.seconds_per_token, seconds / tokens)
+
+    def record_packed(self, seconds: float, rows: int, tokens: int) -> None:
+        """A decode step of `rows` rows that carried `tokens` prompt tokens took `seconds`: what they added to a
+        plain step of that width is their cost (`hirpf.packed_step`); before any plain step, the whole step."""
+        if tokens > 0:
+            added = seconds - (self.step_seconds_at(rows) or 0.0)
+            self.seconds_per_token = _average(self.seconds_per_token, max(added, 0.0) / tokens)
 
 
 def _average(current: float | None, new: float) -> float:

@@ -33,7 +33,10 @@ _CURRENT: contextvars.ContextVar["Routing | None"] = contextvars.ContextVar("hir
 class Routing:
     """The identity rows of one call: which experts each row chose, and how strongly."""
 
-    def __init__(self, rows: "Sequence[IdentitySet] | IdentitySet | torch.Tensor"):
+    def __init__(self, rows: "Sequence[IdentitySet] | IdentitySet | torch.Tensor",
+                 tokens_per_row: "Sequence[int] | None" = None):
+        """`tokens_per_row`: the rows are sequences packed one after another into a batch of one (`packed`):
+        row i's identity set applies to its `tokens_per_row[i]` consecutive tokens (`hirpf.packed_step`)."""
         if isinstance(rows, IdentitySet):
             rows = [rows]
         if isinstance(rows, torch.Tensor) and rows.dim() == 3:
@@ -51,7 +54,14 @@ class Routing:
                 raise ValueError("use_identities needs at least one row")
             chosen = torch.stack([s.active_vector() for s in sets])
             strength = torch.stack([s.strength_vector() for s in sets])
-        self.chosen = chosen  # [batch, 13] bool, inventory order
+        self.packed = tokens_per_row is not None
+        if self.packed:  # an identity row per token, as the expert layers index them (one row per token)
+            counts = torch.as_tensor(list(tokens_per_row), dtype=torch.long)
+            if counts.shape != (chosen.shape[0],) or bool((counts < 1).any()):
+                raise ValueError(f"tokens_per_row needs one count of at least 1 per identity row ({chosen.shape[0]}), "
+                                 f"got {list(tokens_per_row)}")
+            chosen, strength = chosen.repeat_interleave(counts, dim=0), strength.repeat_interleave(counts, dim=0)
+        self.chosen = chosen  # [batch, 13] bool, inventory order (packed: [tokens, 13])
         self.strength = strength  # [batch, 13] float64: each chosen identity's strength (1 elsewhere)
         # A key of host bytes: rows given as a tensor may live on the model's device.
         self.key = (tuple(chosen.shape), chosen.cpu().numpy().tobytes(), strength.cpu().numpy().tobytes())
@@ -63,6 +73,13 @@ class Routing:
         # Scratch space of the fast inference path for this call (hirpf.fast_inference): shared outputs of
         # projections that read one input, the plans resolved for this call, its mask tables.
         self.inference_state: dict = {}
+
+    def as_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with one batch row per identity row: a packed sequence `[1, tokens, ...]` is viewed as
+        `[tokens, 1, ...]` (undo with the same call); any other input is returned as it is."""
+        # A reshape, not a transpose: the same memory, still contiguous (a strided [tokens, 1, in] input
+        # sends F.linear to a batched matmul, several times slower on a CPU).
+        return x.reshape(x.shape[1], x.shape[0], *x.shape[2:]) if self.packed else x
 
     @property
     def batch_size(self) -> int:

@@ -74,7 +74,7 @@ class Scheduler:
     `ReplySource`: `stream` has `Engine.stream`'s signature)."""
 
     def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
-                 prefill_chunk: int | None = None, prefill_step_share: float | None = None):
+                 prefill_chunk: int | None = None, prefill_step_share: float | None = None, packed_steps: bool = True):
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.max_batch = environment.HIRPF_MAX_BATCH if max_batch is None else max_batch
         if self.max_batch < 1:
@@ -94,7 +94,7 @@ class Scheduler:
         eos = self.tokenizer.eos_token_id if eos is None else eos
         # Only the loop thread touches the runner: the running rows, their cache, the chunked prompts.
         self.runner = BatchRunner(engine.model, frozenset([eos] if isinstance(eos, int) else eos), self.prefixes,
-                                  prefill_chunk, prefill_step_share)
+                                  prefill_chunk, prefill_step_share, packed_steps)
         self._wake = threading.Condition()
         self._waiting: deque[Row] = deque()
         self._closed = False
@@ -192,7 +192,8 @@ class Scheduler:
         try:
             with torch.no_grad():
                 self._admit(joining)
-                self._continue_chunked_prefill()
+                if not (runner.packs and runner.rows):  # else the chunks ride in the decode step below
+                    self._continue_chunked_prefill()
         except Exception as err:  # a failure of admission as a whole: the joining requests end with it
             log.exception("admitting %d requests failed", len(joining))
             chunked = {id(c.row) for c in runner.chunked}
@@ -202,7 +203,10 @@ class Scheduler:
         try:
             with torch.no_grad():
                 self._leave_stopped()
-                if runner.rows:
+                self._drop_stopped_prompts()
+                if runner.rows and runner.packs and runner.chunked:
+                    self._packed_step()
+                elif runner.rows:
                     self._leave(self._outcomes(runner.step()))
         except Exception as err:  # a failure of the batch as a whole: its rows end with it
             log.exception("scheduler step failed")
@@ -250,25 +254,45 @@ class Scheduler:
                 continue
             self._join(row, cache, logits)
 
-    def _continue_chunked_prefill(self) -> None:
-        """One chunk of the oldest long prompt being prefilled; it joins once its whole prompt is in. Stopped
-        meanwhile, it ends; a failure ends it alone."""
-        if not self.runner.chunked:
+    def _continue_chunked_prefill(self, partial=None) -> None:
+        """One chunk of the oldest long prompt being prefilled (or of `partial`); it joins once its whole
+        prompt is in. Stopped meanwhile, it ends; a failure ends it alone."""
+        self._drop_stopped_prompts()
+        if not self.runner.chunked or (partial is not None and partial not in self.runner.chunked):
             return
-        row = self.runner.chunked[0].row
-        if self._exit_reason(row) is not None:  # stopped while it was being prefilled
-            if not row.stream.done:
-                row.stream._finish(FinishReason.STOPPED)
-            self.runner.chunked.popleft()
-            return
+        row = (partial or self.runner.chunked[0]).row
         try:
-            complete = self.runner.prefill_next_chunk()
+            complete = self.runner.prefill_next_chunk(partial)
         except Exception as err:  # this request alone fails
             log.warning("request failed at a chunk of its prefill: %s", err)
             row.stream._finish(FinishReason.ERROR, err)
             return
         if complete:
             self._join(*complete)
+
+    def _drop_stopped_prompts(self) -> None:
+        """Prompts stopped while they were being prefilled in chunks end now."""
+        for partial in [p for p in self.runner.chunked if self._exit_reason(p.row) is not None]:
+            if not partial.row.stream.done:
+                partial.row.stream._finish(FinishReason.STOPPED)
+            self.runner.chunked.remove(partial)
+
+    def _packed_step(self) -> None:
+        """One decode step that carries the waiting prompts' next chunks (`BatchRunner.packed_step`); the rows
+        that ended leave, the prompts now whole join. Should it fail, nothing changed: the chunk and the step
+        run apart, so that a failure of either ends only the requests it concerns."""
+        try:
+            ended, complete = self.runner.packed_step()
+        except Exception as err:
+            log.warning("a packed step failed (%s): its prompt chunks and the decode step run apart", err)
+            for partial in list(self.runner.chunked):  # each alone, so that only a prompt that breaks fails
+                self._continue_chunked_prefill(partial)
+            if self.runner.rows:
+                self._leave(self._outcomes(self.runner.step()))
+            return
+        self._leave(self._outcomes(ended))
+        for row, cache, logits in complete:
+            self._join(row, cache, logits)
 
     def _join(self, row: Row, cache, logits: torch.Tensor) -> None:
         """The row's first token; it joins the batch unless that ended it. A failure ends it alone."""

@@ -36,21 +36,27 @@ def join_long_prompt(engine, scheduler, monkeypatch, before_join=lambda: None):
         scheduler.close()
     return running, joiner, length
 
-def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch):
-    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK, prefill_step_share=0)
+@pytest.mark.parametrize("packed", [True, False], ids=["chunks in the decode steps", "chunks between steps"])
+def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch, packed):
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK, prefill_step_share=0,
+                          packed_steps=packed)
     steps_while_prefilling = []
-    step = scheduler.runner.step
+    name = "packed_step" if packed else "step"
+    step = getattr(scheduler.runner, name)
 
     def counting_step():
         if scheduler.runner.chunked:
             steps_while_prefilling.append(scheduler.runner.chunked[0].done)
         return step()
 
-    monkeypatch.setattr(scheduler.runner, "step", counting_step)
+    monkeypatch.setattr(scheduler.runner, name, counting_step)
     running, joiner, length = join_long_prompt(exact_engine, scheduler, monkeypatch)
     chunks = -(-length // CHUNK)
-    # A decode step of the running row after each chunk but the last (the last one joins the batch).
-    assert steps_while_prefilling == [CHUNK * i for i in range(1, chunks)]
+    if packed:  # every chunk rides in a decode step of the running row; the last one's step joins it
+        assert steps_while_prefilling == [CHUNK * i for i in range(chunks)]
+        assert scheduler.runner.packed_steps == chunks
+    else:  # a decode step of the running row after each chunk but the last (the last one joins the batch)
+        assert steps_while_prefilling == [CHUNK * i for i in range(1, chunks)]
     assert joiner.token_ids == alone(exact_engine, LONG, EIGHT_SETS[2], GREEDY)
     assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0],
                                       Sampling(max_new_tokens=40, do_sample=False))
@@ -103,14 +109,17 @@ class ScriptedPacer(PrefillPacer):
         super().__init__(longest=CHUNK, step_share=0.5)
         self.script, self.asked, self.chunks, self.steps = list(script), [], [], []
 
-    def next_chunk(self, rows_running):
-        self.asked.append(rows_running)
+    def next_chunk(self, rows):
+        self.asked.append(rows)
         return self.script.pop(0) if self.script else CHUNK
 
-    def record_step(self, seconds):
+    def record_step(self, seconds, rows):
         self.steps.append(seconds)
 
     def record_chunk(self, seconds, tokens):
+        self.chunks.append((seconds, tokens))
+
+    def record_packed(self, seconds, rows, tokens):
         self.chunks.append((seconds, tokens))
 
 

@@ -8,51 +8,70 @@ from hirpf.prefill_pacing import SHORTEST, PrefillPacer
 
 def test_with_no_row_running_the_chunk_is_the_longest_allowed():
     pacer = PrefillPacer(longest=256, step_share=0.5)
-    pacer.record_step(0.1)
+    pacer.record_step(0.1, 8)
     pacer.record_chunk(1.0, 100)
-    assert pacer.next_chunk(rows_running=False) == 256
+    assert pacer.next_chunk(rows=0) == 256
 
 
 def test_a_short_first_chunk_measures_before_the_chunks_are_sized():
     pacer = PrefillPacer(longest=256, step_share=0.5)
-    assert pacer.next_chunk(rows_running=True) == SHORTEST
-    pacer.record_step(0.1)
-    assert pacer.next_chunk(rows_running=True) == SHORTEST  # no chunk measured yet
+    assert pacer.next_chunk(rows=8) == SHORTEST
+    pacer.record_step(0.1, 8)
+    assert pacer.next_chunk(rows=8) == SHORTEST  # no chunk measured yet
 
 
 def test_a_chunk_costs_the_share_of_a_step():
     pacer = PrefillPacer(longest=256, step_share=0.5)
-    pacer.record_step(0.120)
+    pacer.record_step(0.120, 8)
     pacer.record_chunk(0.016, 16)  # 1 ms a token
-    assert pacer.next_chunk(rows_running=True) == 60  # 0.5 x 120 ms / 1 ms
+    assert pacer.next_chunk(rows=8) == 60  # 0.5 x 120 ms / 1 ms
     slow = PrefillPacer(longest=256, step_share=0.5)  # a machine where a token costs more than a step
-    slow.record_step(0.1)
+    slow.record_step(0.1, 8)
     slow.record_chunk(4.0, 16)
-    assert slow.next_chunk(rows_running=True) == SHORTEST
+    assert slow.next_chunk(rows=8) == SHORTEST
     fast = PrefillPacer(longest=256, step_share=0.5)  # a GPU: a step costs more than the longest chunk
-    fast.record_step(0.02)
+    fast.record_step(0.02, 8)
     fast.record_chunk(0.0016, 160)
-    assert fast.next_chunk(rows_running=True) == 256
+    assert fast.next_chunk(rows=8) == 256
 
 
 def test_the_estimates_follow_a_change_within_a_few_measurements():
     pacer = PrefillPacer(longest=1024, step_share=1.0)
     pacer.record_chunk(0.1, 100)
     for _ in range(3):
-        pacer.record_step(0.1)
-    assert pacer.next_chunk(rows_running=True) == 100
+        pacer.record_step(0.1, 8)
+    assert pacer.next_chunk(rows=8) == 100
     for _ in range(8):  # the batch widened: steps take twice as long
-        pacer.record_step(0.2)
-    assert 180 <= pacer.next_chunk(rows_running=True) <= 200
+        pacer.record_step(0.2, 8)
+    assert 180 <= pacer.next_chunk(rows=8) <= 200
 
 
 def test_a_share_of_zero_gives_fixed_chunks_and_bad_settings_are_refused():
     pacer = PrefillPacer(longest=64, step_share=0)
-    pacer.record_step(0.1)
+    pacer.record_step(0.1, 8)
     pacer.record_chunk(10.0, 16)
-    assert pacer.next_chunk(rows_running=True) == 64
-    assert PrefillPacer(longest=8, step_share=0.5).next_chunk(rows_running=True) == 8  # never above the longest
+    assert pacer.next_chunk(rows=8) == 64
+    assert PrefillPacer(longest=8, step_share=0.5).next_chunk(rows=8) == 8  # never above the longest
     with pytest.raises(ValueError, match="longest"):
         PrefillPacer(longest=0, step_share=0.5)
     with pytest.raises(ValueError, match="step_share"):
         PrefillPacer(longest=64, step_share=-1)
+
+
+def test_steps_are_timed_per_width_and_the_nearest_width_stands_in():
+    pacer = PrefillPacer(longest=1024, step_share=0.5)
+    pacer.record_step(0.05, 1)
+    pacer.record_step(0.20, 8)
+    pacer.record_chunk(0.001, 1)  # 1 ms a token
+    assert pacer.next_chunk(rows=1) == 25 and pacer.next_chunk(rows=8) == 100
+    assert pacer.next_chunk(rows=7) == 100 and pacer.next_chunk(rows=2) == 25  # the nearest measured width
+
+
+def test_a_packed_step_costs_its_prompt_tokens_what_they_added_to_a_plain_step():
+    pacer = PrefillPacer(longest=1024, step_share=0.5)
+    pacer.record_step(0.20, 8)
+    pacer.record_packed(0.30, rows=8, tokens=50)  # 100 ms more than a plain step of 8 rows: 2 ms a token
+    assert pacer.seconds_per_token == pytest.approx(0.002)
+    assert pacer.next_chunk(rows=8) == 50  # 0.5 x 200 ms / 2 ms
+    pacer.record_packed(0.19, rows=8, tokens=50)  # within the noise: no negative cost
+    assert pacer.seconds_per_token >= 0

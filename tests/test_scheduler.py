@@ -134,30 +134,36 @@ class BreaksOnToken:
         return getattr(self.model, name)
 
 
-def test_a_request_that_breaks_a_joint_prefill_fails_alone(exact_engine, scheduler, monkeypatch, caplog):
-    """Requests that arrive together share one prefill forward; when it fails, each is prefilled alone, so
-    only the one that breaks it fails and the others reply as they would alone."""
-    expected = [alone(exact_engine, HISTORIES[i], EIGHT_SETS[i]) for i in range(3)]
-    bad_history = [{"role": "user", "content": "Zebra quartz."}]
-    bad_prompt = exact_engine.encode([exact_engine.chat_messages(bad_history, EIGHT_SETS[3],
-                                                                 Conditioning.EXPERTS_AND_PROMPT)])["input_ids"][0]
-    seen = {t for h, s, e in zip(HISTORIES, EIGHT_SETS, expected) for t in e + exact_engine.encode(
-        [exact_engine.chat_messages(h, s, Conditioning.EXPERTS_AND_PROMPT)])["input_ids"][0].tolist()}
-    token = next(t for t in bad_prompt.tolist() if t not in seen)
-    Held = held_sampler()
-    holding = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0], sampling=GREEDY)
-    assert Held.reached.wait(120)
-    monkeypatch.setattr(scheduler.runner, "model", BreaksOnToken(scheduler.runner.model, token))
-    streams = [scheduler.submit(HISTORIES[i], EIGHT_SETS[i], sampling=GREEDY) for i in (1, 2)]
-    bad = scheduler.submit(bad_history, EIGHT_SETS[3], sampling=GREEDY)
-    Held.resume.set()
-    with pytest.raises(RuntimeError, match="broke the forward"):
-        bad.result(timeout=300)
-    assert bad.token_ids == [] and bad.finish_reason == "error"
-    for stream, want in zip([holding] + streams, expected):
-        assert stream.result(timeout=300) is not None and stream.token_ids == want
-    assert "joint prefill of 3 requests failed" in caplog.text
-    assert scheduler.runner.prefills == 1 + 2  # the held request's; after the joint one failed, each good one alone
+@pytest.mark.parametrize("packed", [True, False], ids=["packed step", "joint prefill"])
+def test_a_request_that_breaks_a_joint_prefill_fails_alone(exact_engine, packed, monkeypatch, caplog):
+    """Requests that arrive together share one forward (a packed decode step, or a joint prefill where steps do
+    not pack); when it fails, each is prefilled alone, so only the one that breaks it fails and the others
+    reply as they would alone."""
+    scheduler = Scheduler(exact_engine, max_batch=8, packed_steps=packed)
+    try:
+        expected = [alone(exact_engine, HISTORIES[i], EIGHT_SETS[i]) for i in range(3)]
+        bad_history = [{"role": "user", "content": "Zebra quartz."}]
+        bad_prompt = exact_engine.encode([exact_engine.chat_messages(bad_history, EIGHT_SETS[3],
+                                                                     Conditioning.EXPERTS_AND_PROMPT)])["input_ids"][0]
+        seen = {t for h, s, e in zip(HISTORIES, EIGHT_SETS, expected) for t in e + exact_engine.encode(
+            [exact_engine.chat_messages(h, s, Conditioning.EXPERTS_AND_PROMPT)])["input_ids"][0].tolist()}
+        token = next(t for t in bad_prompt.tolist() if t not in seen)
+        Held = held_sampler()
+        holding = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0], sampling=GREEDY)
+        assert Held.reached.wait(120)
+        monkeypatch.setattr(scheduler.runner, "model", BreaksOnToken(scheduler.runner.model, token))
+        streams = [scheduler.submit(HISTORIES[i], EIGHT_SETS[i], sampling=GREEDY) for i in (1, 2)]
+        bad = scheduler.submit(bad_history, EIGHT_SETS[3], sampling=GREEDY)
+        Held.resume.set()
+        with pytest.raises(RuntimeError, match="broke the forward"):
+            bad.result(timeout=300)
+        assert bad.token_ids == [] and bad.finish_reason == "error"
+        for stream, want in zip([holding] + streams, expected):
+            assert stream.result(timeout=300) is not None and stream.token_ids == want
+        assert ("a packed step failed" if packed else "joint prefill of 3 requests failed") in caplog.text
+        assert scheduler.runner.prefills == 1 + 2  # the held request's; after the shared one failed, each good one
+    finally:
+        scheduler.close()
 
 
 def test_requests_beyond_max_batch_wait_and_still_match(exact_engine):
