@@ -54,6 +54,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -132,15 +133,11 @@ class SchedulerPath:
         return self.scheduler.stream(history, identities, sampling=sampling)
 
 
-def message_text(message: dict) -> str:
-    """A chatbot message's text (Gradio 6 sends content as a list of typed parts)."""
-    content = message["content"]
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
-
-
 class ServedApp:
     """The app around `engine`, served on loopback; each client is a `gradio_client.Client` of its own (its
-    own session, as a visitor's browser) calling `/chat`."""
+    own session, as a visitor's browser) calling `/chat`, in a process of its own (`gradio_visitor.py`): in
+    this process the eight clients' HTTP and stream parsing would take the server's interpreter lock, which
+    no visitor's browser does."""
 
     def __init__(self, engine: Engine, scheduler: bool):
         from app.build import build_app
@@ -149,29 +146,42 @@ class ServedApp:
         self.data_dir = tempfile.TemporaryDirectory(prefix="hirpf-bench-app-")
         self.demo = build_app(engine, data_dir=self.data_dir.name, scheduler=scheduler)
         _, self.url, _ = launch(self.demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+        self.visitors: list[subprocess.Popen] = []
 
     def client(self):
-        from gradio_client import Client
-
-        visitor = Client(self.url, verbose=False, httpx_kwargs={"timeout": 600})
+        visitor = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gradio_visitor.py")), self.url],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.visitors.append(visitor)
+        if json.loads(visitor.stdout.readline()) != {"ready": True}:
+            raise RuntimeError("a visitor process did not connect")
 
         def stream(history, identities, sampling):
-            visitor.predict(api_name="/clear")  # every request one question, as through the Python API
-            job = visitor.submit(
-                message=history[-1]["content"], traits=[n for n in identities.names if n not in PROFESSIONS],
-                profession=[n for n in identities.names if n in PROFESSIONS], max_new_tokens=sampling.max_new_tokens,
-                temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, api_name="/chat")
+            request = {"message": history[-1]["content"],
+                       "traits": [n for n in identities.names if n not in PROFESSIONS],
+                       "profession": [n for n in identities.names if n in PROFESSIONS],
+                       "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                       "top_p": sampling.top_p, "seed": sampling.seed}
+            visitor.stdin.write(json.dumps(request) + "\n")
+            ended = False
             try:
-                for chatbot, *_ in job:
-                    reply = [message_text(m) for m in chatbot if m["role"] == "assistant" and not m.get("metadata")]
-                    if reply and reply[-1]:
-                        yield reply[-1]
+                for line in visitor.stdout:
+                    update = json.loads(line)
+                    if update.get("end"):
+                        ended = True
+                        break
+                    yield update["text"]
             finally:
-                job.cancel()  # a reply the visitor stopped reading ends on the server too (no-op when done)
+                # a reply the visitor stopped reading ends on the server too (no-op when done)
+                visitor.stdin.write("done\n" if ended else "cancel\n")
+                while not ended and not json.loads(visitor.stdout.readline()).get("end"):
+                    pass
 
         return stream
 
     def close(self) -> None:
+        for visitor in self.visitors:
+            visitor.stdin.close()
+            visitor.wait(timeout=30)
         with contextlib.redirect_stdout(sys.stderr):  # Gradio prints "Closing server ...": --json owns stdout
             self.demo.blocks.close()
         self.data_dir.cleanup()

@@ -34,6 +34,7 @@ class PrefillPacer:
         self.longest, self.step_share = longest, step_share
         self.step_seconds: dict[int, float] = {}  # by running rows
         self.seconds_per_token: float | None = None
+        self.last_chunk = 0  # the last chunk sized while rows ran (0: none yet)
 
     def step_seconds_at(self, rows: int) -> float | None:
         """A decode step's time at `rows` running rows: measured, or the nearest width measured; None before any."""
@@ -47,11 +48,14 @@ class PrefillPacer:
             return self.longest
         step = self.step_seconds_at(rows)
         if step is None or self.seconds_per_token is None:
-            return min(self.longest, SHORTEST)  # a short first chunk measures the cost of one
-        if self.seconds_per_token <= 0:  # prompt tokens measured as free (a packed step within the noise)
-            return self.longest
-        budget = self.step_share * step / self.seconds_per_token
-        return max(min(SHORTEST, self.longest), min(self.longest, round(budget)))
+            self.last_chunk = min(self.longest, SHORTEST)  # a short first chunk measures the cost of one
+            return self.last_chunk
+        budget = self.longest if self.seconds_per_token <= 0 else self.step_share * step / self.seconds_per_token
+        # At most twice the last chunk: a cost measured low by chance (a difference of two noisy times, for a
+        # packed step) must not send one huge chunk; a true low cost is reached in a few doublings.
+        budget = min(budget, 2 * self.last_chunk) if self.last_chunk else budget
+        self.last_chunk = max(min(SHORTEST, self.longest), min(self.longest, round(budget)))
+        return self.last_chunk
 
     def record_step(self, seconds: float, rows: int) -> None:
         """A decode step of `rows` rows took `seconds`."""

@@ -63,8 +63,9 @@ def test_steps_are_timed_per_width_and_the_nearest_width_stands_in():
     pacer.record_step(0.05, 1)
     pacer.record_step(0.20, 8)
     pacer.record_chunk(0.001, 1)  # 1 ms a token
-    assert pacer.next_chunk(rows=1) == 25 and pacer.next_chunk(rows=8) == 100
-    assert pacer.next_chunk(rows=7) == 100 and pacer.next_chunk(rows=2) == 25  # the nearest measured width
+    assert pacer.step_seconds_at(7) == 0.20 and pacer.step_seconds_at(2) == 0.05  # the nearest measured width
+    assert pacer.next_chunk(rows=1) == 25 and pacer.next_chunk(rows=8) == 50  # 100, but at most twice the last
+    assert pacer.next_chunk(rows=8) == 100
 
 
 def test_a_packed_step_costs_its_prompt_tokens_what_they_added_to_a_plain_step():
@@ -75,3 +76,12 @@ def test_a_packed_step_costs_its_prompt_tokens_what_they_added_to_a_plain_step()
     assert pacer.next_chunk(rows=8) == 50  # 0.5 x 200 ms / 2 ms
     pacer.record_packed(0.19, rows=8, tokens=50)  # within the noise: no negative cost
     assert pacer.seconds_per_token >= 0
+
+
+def test_a_chunk_at_most_doubles_so_that_a_cost_measured_low_by_chance_sends_no_huge_chunk():
+    pacer = PrefillPacer(longest=1024, step_share=0.5)
+    pacer.record_step(0.20, 8)
+    assert pacer.next_chunk(rows=8) == SHORTEST  # nothing measured yet
+    pacer.record_packed(0.2001, rows=8, tokens=SHORTEST)  # within the noise: the tokens look free
+    assert pacer.next_chunk(rows=8) == 2 * SHORTEST
+    assert pacer.next_chunk(rows=8) == 4 * SHORTEST

@@ -1,0 +1,60 @@
+"""One visitor of the served app, in a process of its own (as a browser is): `bench_serving.py` starts one per
+client, so that the clients' HTTP and stream parsing do not take the server's interpreter lock, which no real
+visitor does.
+
+    python benchmarks/gradio_visitor.py URL
+
+Protocol (JSON lines): it prints {"ready": true} once connected; then, for each request read on stdin (the
+`/chat` inputs), it calls `/clear` and `/chat` and prints {"text": ...} for each update of the reply and
+{"end": true, "error": ...} at its end. After each request it reads one control line: "cancel" (the reader
+stopped: the job is cancelled, as `job.cancel()` does in-process) or "done".
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+from gradio_client import Client
+
+
+def message_text(message: dict) -> str:
+    """A chatbot message's text (Gradio 6 sends content as a list of typed parts)."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def say(**fields) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def follow_control(job) -> None:
+    """The line that follows a request: "cancel" cancels its job."""
+    if sys.stdin.readline().strip() == "cancel":
+        job.cancel()
+
+
+def main(url: str) -> None:
+    visitor = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
+    say(ready=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        visitor.predict(api_name="/clear")  # every request one question
+        job = visitor.submit(**request, api_name="/chat")
+        control = threading.Thread(target=follow_control, args=(job,))
+        control.start()
+        error = None
+        try:
+            for chatbot, *_ in job:
+                reply = [message_text(m) for m in chatbot if m["role"] == "assistant" and not m.get("metadata")]
+                if reply and reply[-1]:
+                    say(text=reply[-1])
+        except Exception as err:  # a cancelled job ends its iteration with an error
+            error = repr(err)
+        say(end=True, error=error)
+        control.join()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
