@@ -12,9 +12,10 @@ serve them, with the same clients, arrivals, prompts and seeds:
 - `scheduler`: `engine.scheduler()`: every request joins the running batch (`HIRPF_MAX_BATCH`, default 8).
 
 and the same two through the served app (`app.build.build_app` on loopback, in this process), each client a
-`gradio_client.Client` calling `/chat` (and `/clear` before each request, so every prompt is one question,
-as above): `gradio_serial` (the app built with `scheduler=False`, `HIRPF_SCHEDULER=0`: replies wait in the
-model queue of one) and `gradio_scheduler` (the app as it ships).
+`gradio_client.Client` in a process of its own (`gradio_visitor.py`, as a visitor's browser is: in this process
+the clients would take the server's interpreter lock) calling `/chat` (and `/clear` before each request, so
+every prompt is one question, as above): `gradio_serial` (the app built with `scheduler=False`,
+`HIRPF_SCHEDULER=0`: replies wait in the model queue of one) and `gradio_scheduler` (the app as it ships).
 
 Clients arrive spread over one lone request's duration (client i starts at i/n of it; `--spread`), as
 visitors do, not all in the same instant. What is measured is the steady state with n clients: the
@@ -34,10 +35,13 @@ are reported per run.
 copies of both paths; the document gives the setting, what it resolved to (`decode_dtype`) and
 `torch.backends.cpu.get_cpu_capability()` (`cpu_capability`).
 
-Measured in the same run besides: the model's own batch-8 decode throughput, a bare `model(...)` step over a
-100-token cache (`decode_timing.py`), with the experts and the 8 clients' identity sets and without experts
-(`model_decode_8`); and the join case (`--join_tokens`, default 1500): while a prompt of that many tokens
-joins a running batch of 7, the running rows' time between text updates, steady and during the join.
+Torch runs with the app's thread count (`hirpf.serving_threads`: one fewer than the cores) unless `--threads`
+says otherwise. Measured in the same run besides: the model's own batch-8 decode throughput, a bare
+`model(...)` step over a 100-token cache (`decode_timing.py`), with the experts and the 8 clients' identity
+sets and without experts, in the main thread alone with every thread count from 1 to the cores, the best
+count's figures kept (`model_decode_8`); and the join case (`--join_tokens`, default 1500): while a prompt of
+that many tokens joins a running batch of 7, the running rows' time between text updates, steady and during the
+join.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),

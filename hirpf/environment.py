@@ -157,8 +157,9 @@ _SETTINGS = [
     Setting("HIRPF_MAX_BATCH", 8, whole_number(1), "serving",
             "rows the scheduler decodes together; later requests wait in its queue"),
     Setting("HIRPF_PREFILL_CHUNK", 256, whole_number(0, " (0: off)"), "serving",
-            "a prompt longer than this is prefilled this many tokens at a time, one chunk between decode steps, "
-            "so the running rows keep streaming while it joins"),
+            "while rows run, a joining prompt rides in the decode steps (packed steps), one longer than this in "
+            "chunks of at most this many tokens, so the running rows keep streaming while it joins; 0: every "
+            "prompt gets a prefill forward of its own"),
     Setting("HIRPF_PREFILL_STEP_SHARE", 0.5, share(), "serving",
             "while rows run, each prefill chunk is sized to this share of a decode step's measured time (at most "
             "HIRPF_PREFILL_CHUNK tokens), so a running row waits at most a step and this share between tokens; "

@@ -9,12 +9,13 @@ forward (vLLM's mixed prefill and decode batches), so a join no longer stops the
                                                      its own prompt's cache, causally
 
 Why: on a CPU a forward's cost is mostly reading every weight once and torch's per-call overhead, both paid
-per forward, not per token; a 30-token prefill alone cost more than a whole batch-8 decode step (issue 22's
-profile, docs/benchmarks.md), while riding in the step it costs only its tokens' arithmetic.
+per forward, not per token; a question's short prefill alone cost about what a whole batch-8 decode step
+does, while riding in the step it costs only its tokens' arithmetic
+(docs/benchmarks.md#figures-behind-choices-in-the-code).
 
 The model's linear layers see one batch of one; the expert layers route each token by its own identity row
 (`Routing(..., tokens_per_row=...)`, `Routing.as_rows`). Attention is the only part that needs the parts
-apart: the model runs with `HIRPF_PACKED_ATTENTION` as its attention implementation (`enable`), which is
+apart: the model runs with `PACKED_ATTENTION` as its attention implementation (`enable`), which is
 the model's own sdpa for every ordinary call and splits the packed sequence only when a `PackedStep` is passed
 to the forward (`hirpf_packed=`, which transformers hands down to the attention function as a keyword).
 
@@ -32,7 +33,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 from .batch_cache import PaddedBatchCache
 
-HIRPF_PACKED_ATTENTION = "hirpf_packed_sdpa"
+PACKED_ATTENTION = "hirpf_packed_sdpa"
 
 
 def _packed_or_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -43,8 +44,8 @@ def _packed_or_sdpa(module, query, key, value, attention_mask, dropout: float = 
     return hirpf_packed.attend(module, query, key, value, scaling)
 
 
-AttentionInterface.register(HIRPF_PACKED_ATTENTION, _packed_or_sdpa)
-AttentionMaskInterface.register(HIRPF_PACKED_ATTENTION, sdpa_mask)
+AttentionInterface.register(PACKED_ATTENTION, _packed_or_sdpa)
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
 
 
 def enable(model) -> bool:
@@ -52,13 +53,13 @@ def enable(model) -> bool:
     (eager, flash attention: their own kernels and masks), or it has layers other than full attention."""
     config = model.config
     attention = getattr(config, "_attn_implementation", None)
-    if attention == HIRPF_PACKED_ATTENTION:
+    if attention == PACKED_ATTENTION:
         return True
-    if attention != "sdpa" or HIRPF_PACKED_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS:
+    if attention != "sdpa" or PACKED_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS:
         return False
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
-    config._attn_implementation = HIRPF_PACKED_ATTENTION  # sdpa for every call that passes no PackedStep
+    config._attn_implementation = PACKED_ATTENTION  # sdpa for every call that passes no PackedStep
     return True
 
 

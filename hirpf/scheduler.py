@@ -12,11 +12,13 @@ what a failure ends. The model itself is run by `hirpf.batch_runner.BatchRunner`
 A request (chat history, identity set with its strengths, conditioning, sampling settings and seed, max new
 tokens, stop event) is checked and tokenized in the caller's thread, so a bad one fails there, alone. The
 loop thread owns the model's decoding: at every turn it drops waiting requests whose callers stopped them,
-admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`), prefills
-those admitted together (a prompt longer than `HIRPF_PREFILL_CHUNK` tokens, a chunk per turn instead, so the
-running rows keep streaming while it joins), takes out the rows whose callers stopped them, then runs one
-decode step for all rows. Each caller reads its reply from a `ReplyStream` (`hirpf.reply_stream`), which
-yields the whole text so far, as `Engine.stream` does.
+admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`), takes out the
+rows whose callers stopped them, then runs one decode step for all rows. With rows running, the admitted
+prompts ride in that decode step (a packed step, `hirpf.packed_step`; a prompt longer than
+`HIRPF_PREFILL_CHUNK` tokens a chunk per step), so a join never stops the batch; with none running (or on
+a model that cannot pack), those admitted are prefilled together in a forward of their own first. Each
+caller reads its reply from a `ReplyStream` (`hirpf.reply_stream`), which yields the whole text so far, as
+`Engine.stream` does.
 
 Faults stay with their requests: a failed joint prefill is retried one request at a time so that only the
 request that breaks it fails; a failure at a request's first token or chunk ends that request; a failure of
@@ -74,7 +76,8 @@ class Scheduler:
     `ReplySource`: `stream` has `Engine.stream`'s signature)."""
 
     def __init__(self, engine, max_batch: int | None = None, prefix_cache_mb: int | None = None,
-                 prefill_chunk: int | None = None, prefill_step_share: float | None = None, packed_steps: bool = True):
+                 prefill_chunk: int | None = None, prefill_step_share: float | None = None,
+                 packed_steps: bool = True):
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.max_batch = environment.HIRPF_MAX_BATCH if max_batch is None else max_batch
         if self.max_batch < 1:

@@ -3,10 +3,10 @@
 Torch's default is one thread per core. A serving process runs the model from several threads at once (the
 scheduler's loop, `Engine.stream`'s worker, a questionnaire's batch in a web-server worker, the load at start)
 beside the web server's own threads, and each thread that runs torch in parallel gets an OpenMP team of its
-own: on a CPU with few cores the teams and the web server take cores from each other. On the 2-core AVX2
-machine of issue 22, eight API clients of the scheduler got 39.7 and 43.5 tokens/s with one torch thread
-against 33.3 and 36.5 with two, alternating in one process (docs/benchmarks.md), while a lone forward in the
-main thread was 10-15 % faster with two. So a serving process leaves one core to the rest, as vLLM's CPU
+own: on a CPU with few cores the teams and the web server take cores from each other, and on a 2-core CPU
+the scheduler served more with one torch thread than with two, while a lone forward in the main thread was
+faster with two (the figures: docs/benchmarks.md#figures-behind-choices-in-the-code). So a serving process
+leaves one core to the rest, as vLLM's CPU
 backend advises for its serving front end: one fewer than the cores, at least one (`HIRPF_SERVING_THREADS`
 sets it). Torch's thread count is process-wide: it is set once, where the serving process loads its model.
 """

@@ -28,6 +28,7 @@ EXAMPLES = {
     "HIRPF_PREFILL_STEP_SHARE": ("0.25", 0.25, "nan"),
     "HIRPF_PREFIX_CACHE_MB": ("0", 0, "lots"),
     "HIRPF_MAX_CONTEXT": ("100", 100, "1"),
+    "HIRPF_SERVING_THREADS": ("3", 3, "0"),
     "HIRPF_DECODE_DTYPE": ("bfloat16", "bfloat16", "int8"),
     "HIRPF_HOST": ("0.0.0.0", "0.0.0.0", None),
     "HIRPF_PORT": ("9000", 9000, "http"),
