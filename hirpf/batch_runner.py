@@ -24,10 +24,10 @@ from collections import deque
 import torch
 from transformers import DynamicCache
 
-from . import packed_step
 from .batch_cache import PaddedBatchCache
 from .identities import IdentitySet
 from .packed_step import PackedStep, PromptChunk
+from .packed_step import enable as enable_packed_steps
 from .padding import pad_left
 from .prefill_pacing import PrefillPacer
 from .prefix_cache import PrefixCache
@@ -91,7 +91,7 @@ class BatchRunner:
         self.pacer = PrefillPacer(prefill_chunk, prefill_step_share) if prefill_chunk else None
         # While rows run, joining prompts ride in the decode step in chunks (`packed_step`) where the model
         # allows it; with chunked prefill off, or on a model it cannot pack, prompts get forwards of their own.
-        self.packs = bool(packed_steps and prefill_chunk and packed_step.enable(model))
+        self.packs = bool(packed_steps and prefill_chunk and enable_packed_steps(model))
         self.device = model.device
         self.rows: list[Row] = []  # in batch order
         self.batch = PaddedBatchCache()
@@ -110,8 +110,12 @@ class BatchRunner:
 
     def needs_chunks(self, row: Row) -> bool:
         """Whether `row`'s prompt goes in chunks: any prompt while rows run and steps pack, else a long one."""
-        long = bool(self.prefill_chunk) and row.prompt.shape[1] > self.prefill_chunk
-        return (self.packs and bool(self.rows)) or long
+        return (self.packs and bool(self.rows)) or self._is_long(row)
+
+    def _is_long(self, row: Row) -> bool:
+        """A prompt longer than `prefill_chunk` tokens: prefilled a paced chunk at a time (a shorter one goes
+        whole)."""
+        return bool(self.prefill_chunk) and row.prompt.shape[1] > self.prefill_chunk
 
     # --- prefill ----------------------------------------------------------------------------------
     def prefill(self, rows: list[Row]) -> list[tuple[DynamicCache, torch.Tensor]]:
@@ -178,8 +182,7 @@ class BatchRunner:
         try:
             self._start_from_prefix(partial)
             length = row.prompt.shape[1]
-            end = length if length <= self.prefill_chunk else min(partial.done + self.pacer.next_chunk(len(self.rows)),
-                                                                    length)  # a short prompt goes whole
+            end = min(partial.done + self.pacer.next_chunk(len(self.rows)), length) if self._is_long(row) else length
             started = time.perf_counter()
             with use_identities([row.identities]):
                 out = self.model(input_ids=row.prompt[:, partial.done:end],
@@ -250,10 +253,11 @@ class BatchRunner:
         partials, chunks = [], []
         for partial in self.chunked:
             length = partial.row.prompt.shape[1]
-            if length <= self.prefill_chunk:
+            if not self._is_long(partial.row):
                 take = length  # a short prompt joins whole at once, as it would with a forward of its own
             elif budget > 0:
-                take, budget = budget, budget - (length - partial.done)
+                take = budget
+                budget -= length - partial.done  # what this prompt has left uses the budget up to that
             else:
                 continue
             self._start_from_prefix(partial)

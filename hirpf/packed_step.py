@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .batch_cache import PaddedBatchCache
 
@@ -55,7 +55,7 @@ def enable(model) -> bool:
     attention = getattr(config, "_attn_implementation", None)
     if attention == PACKED_ATTENTION:
         return True
-    if attention != "sdpa" or PACKED_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS:
+    if attention != "sdpa":
         return False
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
@@ -129,8 +129,8 @@ class PackedStep:
         for chunk, mask in zip(self.chunks, self._chunk_masks):
             stop = start + chunk.tokens
             q, k, v = (t[:, :, start:stop] for t in (query, key, value))
-            held = chunk.cache.layers[layer] if layer < len(chunk.cache.layers) else None
-            if held is not None and held.is_initialized and held.keys.numel():
+            held = chunk.cache.layers[layer]
+            if held.is_initialized and held.keys.numel():
                 k, v = torch.cat([held.keys, k], dim=-2), torch.cat([held.values, v], dim=-2)
             pending.append((k, v))
             outputs.append(sdpa_attention_forward(module, q, k, v, mask, scaling=scaling)[0])

@@ -195,6 +195,7 @@ class Scheduler:
         try:
             with torch.no_grad():
                 self._admit(joining)
+                self._drop_stopped_prompts()
                 if not (runner.packs and runner.rows):  # else the chunks ride in the decode step below
                     self._continue_chunked_prefill()
         except Exception as err:  # a failure of admission as a whole: the joining requests end with it
@@ -206,7 +207,6 @@ class Scheduler:
         try:
             with torch.no_grad():
                 self._leave_stopped()
-                self._drop_stopped_prompts()
                 if runner.rows and runner.packs and runner.chunked:
                     self._packed_step()
                 elif runner.rows:
@@ -259,9 +259,8 @@ class Scheduler:
 
     def _continue_chunked_prefill(self, partial=None) -> None:
         """One chunk of the oldest long prompt being prefilled (or of `partial`); it joins once its whole
-        prompt is in. Stopped meanwhile, it ends; a failure ends it alone."""
-        self._drop_stopped_prompts()
-        if not self.runner.chunked or (partial is not None and partial not in self.runner.chunked):
+        prompt is in (the loop has ended the stopped ones); a failure ends it alone."""
+        if not self.runner.chunked:
             return
         row = (partial or self.runner.chunked[0]).row
         try:
