@@ -30,6 +30,7 @@ from hirpf.eval.survey import load_survey, survey_distributions, survey_outputs
 from hirpf.identities import IdentitySet, single_poles
 from hirpf.prompts import Conditioning
 from hirpf.scales import DATA_DIR, Scale, ScaleError, default_scale, load_scale
+from hirpf.serving_threads import releasing_thread_team
 
 from .assets import MODEL_TAB_CSS
 from .built_app import BuiltApp
@@ -231,7 +232,8 @@ class QuestionnaireHandlers:
         bar = ProgressBar(progress, len(sets) * len(scale.items), f"{len(scale.items)} items x {len(sets)} sets")
         interview = interview_judge(self.judge) if judge_name == "interview" else None
         try:
-            results = answer(judge_name, engine, scale, sets, mode, BATCH_SIZE, bar, interview)
+            with releasing_thread_team():  # this web-server worker lives on (hirpf/serving_threads.py)
+                results = answer(judge_name, engine, scale, sets, mode, BATCH_SIZE, bar, interview)
         except EvalError as err:
             raise gr.Error(str(err), title="Questionnaire") from None
         scored = score(scale, results)
@@ -265,7 +267,8 @@ class QuestionnaireHandlers:
         mode = engine.effective_conditioning(mode)
         bar = ProgressBar(progress, len(sets) * len(questions.questions),
                           f"{len(questions.questions)} questions x {len(sets)} sets")
-        results = survey_distributions(engine, questions, sets, mode, BATCH_SIZE, bar)
+        with releasing_thread_team():  # this web-server worker lives on (hirpf/serving_threads.py)
+            results = survey_distributions(engine, questions, sets, mode, BATCH_SIZE, bar)
         folder = Path(tempfile.mkdtemp(prefix="hirpf-survey-"))
         summaries, rows, files = survey_outputs(questions, sets, results, folder)
         charts = [(str(files[f"chart_{q['id']}"]), f"{q['id']}: {q['text']}") for q in summaries]

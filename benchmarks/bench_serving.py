@@ -78,7 +78,7 @@ from hirpf.fast_inference import decode_dtype_in_use  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
 from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
 from hirpf.routing import Routing  # noqa: E402
-from hirpf.serving_threads import available_cores, serving_threads  # noqa: E402
+from hirpf.serving_threads import available_cores, release_thread_team, serving_threads  # noqa: E402
 
 CLIENT_SETS = [IdentitySet.parse(s) for s in (
     "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",
@@ -393,6 +393,7 @@ def main(argv=None) -> int:
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
     model_decode = model_decode_throughput(engine, args.decode_steps, args.threads)
+    release_thread_team()  # the main thread's idle team would slow the scheduler's (hirpf/serving_threads.py)
     log(f"the model's own batch-8 decode: {model_decode}")
     paths = {"serial": SerialQueue(engine), "scheduler": SchedulerPath(engine)}
     if not args.no_gradio:

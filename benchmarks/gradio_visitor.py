@@ -6,12 +6,15 @@ visitor does.
 
 Protocol (JSON lines): it prints {"ready": true} once connected; then, for each request read on stdin (the
 `/chat` inputs), it calls `/clear` and `/chat` and prints {"text": ...} for each update of the reply and
-{"end": true, "error": ...} at its end. After each request it reads one control line: "cancel" (the reader
-stopped: the job is cancelled, as `job.cancel()` does in-process) or "done".
+{"end": true, "error": ...} at its end. After each request it reads one control line: "done", or "cancel"
+(the reader stopped, at the end of a measured window): then the job is cancelled, as `job.cancel()` does
+in-process, the visitor says {"end": true, ...} and leaves, as a browser's tab is closed. (It does not wait
+for the cancelled job to end: `gradio_client` may never end a job cancelled while it was still queued.)
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 
@@ -30,9 +33,11 @@ def say(**fields) -> None:
 
 
 def follow_control(job) -> None:
-    """The line that follows a request: "cancel" cancels its job."""
+    """The line that follows a request: "cancel" cancels its job and ends the visitor."""
     if sys.stdin.readline().strip() == "cancel":
         job.cancel()
+        say(end=True, error="cancelled")
+        os._exit(0)  # the job's own iteration may never end (see above)
 
 
 def main(url: str) -> None:

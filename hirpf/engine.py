@@ -27,6 +27,7 @@ from .prompts import Conditioning, expert_identities, system_message
 from .routing import use_identities
 from .sampling import Message, Sampling
 from .scheduler import Scheduler
+from .serving_threads import releasing_thread_team
 
 log = logging.getLogger(__name__)
 SHIPPED_EXPERTS = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-experts"
@@ -215,6 +216,8 @@ class Engine:
             kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnEvent(stop_event)])
         if sampling.seed is not None:
             seed_everything(sampling.seed)
-        with torch.no_grad(), use_identities([expert_identities(s, c) for s, c in zip(identities, modes)]):
+        rows = [expert_identities(s, c) for s, c in zip(identities, modes)]
+        # The calling thread may be a web-server worker that lives on (serving_threads.py: why it lets go).
+        with releasing_thread_team(), torch.no_grad(), use_identities(rows):
             out = self.model.generate(**batch, num_return_sequences=num_return_sequences, streamer=streamer, **kwargs)
         return batch["input_ids"].shape[1], out

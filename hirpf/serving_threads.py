@@ -1,19 +1,28 @@
 """How many CPU threads torch runs the model with in a serving process (the app, and the serving benchmarks).
 
-Torch's default is one thread per core. A serving process runs the model from several threads at once (the
-scheduler's loop, `Engine.stream`'s worker, a questionnaire's batch in a web-server worker, the load at start)
-beside the web server's own threads, and each thread that runs torch in parallel gets an OpenMP team of its
-own: on a CPU with few cores the teams and the web server take cores from each other, and on a 2-core CPU
-the scheduler served more with one torch thread than with two, while a lone forward in the main thread was
-faster with two (the figures: docs/benchmarks.md#figures-behind-choices-in-the-code). So a serving process
-leaves one core to the rest, as vLLM's CPU
-backend advises for its serving front end: one fewer than the cores, at least one (`HIRPF_SERVING_THREADS`
-sets it). Torch's thread count is process-wide: it is set once, where the serving process loads its model.
+Torch's default is one thread per core. A serving process runs the model from several threads (the
+scheduler's loop, `Engine.stream`'s worker, a questionnaire's batch or a side-by-side comparison in a
+web-server worker, the load at start) beside the web server's own threads and, on a small machine, the
+visitors' browsers. A serving process leaves one core to the rest, as vLLM's CPU backend advises for its
+serving front end: one fewer than the cores, at least one (`HIRPF_SERVING_THREADS` sets it). Torch's thread
+count is process-wide: it is set once, where the serving process loads its model.
+
+A thread that ran torch in parallel keeps its OpenMP team after it is done. With GNU OpenMP (Linux builds of
+torch), once a process holds more OpenMP threads than cores, waiting threads sleep instead of spinning, so
+each of the many small parallel sections of a decode step pays a wake-up: on the 2-core AVX2 machine, with
+two torch threads, a decode step's kind of work in a fresh thread took 44 % longer once the main thread had
+run it and kept its team, and as long as alone once that team was freed
+(`benchmarks/bench_thread_teams.py`; docs/benchmarks.md#figures-behind-choices-in-the-code).
+`release_thread_team` frees the calling thread's team; a thread that lives on and is not the scheduler's
+loop runs its forwards in `releasing_thread_team()`.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+from contextlib import contextmanager
+from functools import cache
 
 from . import environment
 
@@ -41,3 +50,45 @@ def use_serving_threads() -> int:
     torch.set_num_threads(threads)
     log.info("torch runs the model with %d thread(s) of %d core(s)", threads, available_cores())
     return threads
+
+
+def release_thread_team() -> bool:
+    """Free the calling thread's OpenMP team, if it has one (`omp_pause_resource_all`, OpenMP 5.0), so that
+    its idle threads do not slow the teams still working. The next parallel section in this thread makes a
+    new team (tens of microseconds). Returns whether an OpenMP runtime took the call."""
+    runtime = _openmp_runtime()
+    return runtime is not None and runtime.omp_pause_resource_all(OMP_PAUSE_SOFT) == 0
+
+
+@contextmanager
+def releasing_thread_team():
+    """Run the model in this block, then free this thread's OpenMP team (`release_thread_team`): for work in a
+    thread that lives on after it (a web-server worker, the main thread), not the scheduler's loop."""
+    try:
+        yield
+    finally:
+        release_thread_team()
+
+
+OMP_PAUSE_SOFT = 1  # omp_pause_soft: threads are freed; what a later parallel section needs is made again
+
+
+@cache
+def _openmp_runtime() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch loaded into this process (found in the process's memory map, so it is the very
+    copy torch uses, not another one on the library path); None where there is none or it predates
+    `omp_pause_resource_all`, or the platform has no /proc (then nothing is released)."""
+    import torch  # noqa: F401  (its runtime must be loaded to be found)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if line.rstrip().endswith((".so", ".so.1", ".so.5"))}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        if os.path.basename(path).startswith(("libgomp", "libomp", "libiomp5")):
+            library = ctypes.CDLL(path)
+            if hasattr(library, "omp_pause_resource_all"):
+                library.omp_pause_resource_all.argtypes = [ctypes.c_int]
+                return library
+    return None

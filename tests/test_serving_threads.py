@@ -1,10 +1,32 @@
-"""The serving process's torch threads: one fewer than the cores (at least one), or what the setting says."""
+"""The serving process's torch threads: one fewer than the cores (at least one), or what the setting says; a
+thread that lives on lets go of its OpenMP team."""
 from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from hirpf import serving_threads
+from hirpf.sampling import Sampling
+
+# Teams are seen as the process's threads (Linux's /proc), and need torch's OpenMP backend.
+needs_openmp_teams = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task") or "OpenMP" not in torch.__config__.parallel_info(),
+    reason="needs Linux's /proc and torch's OpenMP backend")
+
+
+@contextmanager
+def torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_one_core_is_left_to_the_rest_of_the_process(monkeypatch):
@@ -26,3 +48,60 @@ def test_the_setting_decides_and_a_bad_value_is_refused(monkeypatch):
     monkeypatch.setenv("HIRPF_SERVING_THREADS", "0")
     with pytest.raises(ValueError, match="HIRPF_SERVING_THREADS"):
         serving_threads.serving_threads()
+
+
+def _threads_of_this_process() -> int:
+    """The process's thread count once it has held still for 0.2 s (a thread that ended a moment ago may still
+    be freeing its team: its threads leave a little later)."""
+    count, still_since, deadline = len(os.listdir("/proc/self/task")), time.monotonic(), time.monotonic() + 10
+    while time.monotonic() - still_since < 0.2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = len(os.listdir("/proc/self/task"))
+        if now != count:
+            count, still_since = now, time.monotonic()
+    return count
+
+
+def _in_a_thread_that_lives_on(work) -> dict:
+    """Run `work(counts)` in a fresh thread; `counts` holds what it measured before the thread ends (a thread's
+    OpenMP team is freed when the thread exits anyway: what matters is a thread that lives on)."""
+    counts: dict = {}
+    thread = threading.Thread(target=work, args=(counts,))
+    thread.start()
+    thread.join()
+    return counts
+
+
+@needs_openmp_teams
+def test_release_frees_the_calling_threads_team():
+    def work(counts):
+        counts["before"] = _threads_of_this_process()
+        big = torch.randn(512, 512)
+        (big @ big).exp()  # parallel sections: the thread gets a team
+        counts["with team"] = _threads_of_this_process()
+        counts["released"] = serving_threads.release_thread_team()
+        counts["after"] = _threads_of_this_process()
+
+    with torch_threads(2):
+        counts = _in_a_thread_that_lives_on(work)
+    assert counts["with team"] > counts["before"] and counts["released"]
+    assert counts["after"] == counts["before"]
+
+
+@needs_openmp_teams
+def test_a_generation_in_a_thread_that_lives_on_leaves_no_team_behind(embedded_engine):
+    """A chat's side-by-side comparison, a questionnaire, an evaluation: `Engine.generate` in a web-server
+    worker or the main thread. Its idle team would halve the scheduler's speed (serving_threads.py)."""
+    def generate():
+        embedded_engine.generate([[{"role": "user", "content": "Hello"}]] * 8, ["AGR_high"] * 8,
+                                 sampling=Sampling(max_new_tokens=2, seed=1))
+
+    def work(counts):
+        counts["before"] = _threads_of_this_process()
+        generate()
+        counts["after"] = _threads_of_this_process()
+
+    with torch_threads(2):
+        _in_a_thread_that_lives_on(lambda counts: generate())  # the process's own lazily made threads, made once
+        counts = _in_a_thread_that_lives_on(work)
+    assert counts["after"] == counts["before"]
