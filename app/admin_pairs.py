@@ -54,6 +54,7 @@ from hirpf.sampling import Sampling
 
 from .evaluation_store import open_store
 from .markup import code_block
+from .model_slot import ModelLoadError
 
 TITLE = "Evaluation admin"
 IDENTITY_CHOICES = [("The ten trait poles", "poles"), ("The professions", "professions"),
@@ -115,7 +116,10 @@ class PairBuilds:
             return None
 
         def run() -> None:
-            self.slot.wait()
+            try:
+                self.slot.wait()
+            except ModelLoadError:
+                return  # no model, nothing to build with: the page already says why the load failed
             db = self.db()
             for study in study_names(db):
                 missing = missing_replies(db, study)
