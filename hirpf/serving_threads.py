@@ -55,9 +55,10 @@ def use_serving_threads() -> int:
 def release_thread_team() -> bool:
     """Free the calling thread's OpenMP team, if it has one (`omp_pause_resource_all`, OpenMP 5.0), so that
     its idle threads do not slow the teams still working. The next parallel section in this thread makes a
-    new team (tens of microseconds). Returns whether an OpenMP runtime took the call."""
-    runtime = _openmp_runtime()
-    return runtime is not None and runtime.omp_pause_resource_all(OMP_PAUSE_SOFT) == 0
+    new team (tens of microseconds). Returns whether an OpenMP runtime took the call (each one loaded is
+    asked: a process may hold more than torch's)."""
+    taken = [runtime.omp_pause_resource_all(OMP_PAUSE_SOFT) == 0 for runtime in _openmp_runtimes()]
+    return any(taken)
 
 
 @contextmanager
@@ -74,21 +75,22 @@ OMP_PAUSE_SOFT = 1  # omp_pause_soft: threads are freed; what a later parallel s
 
 
 @cache
-def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime torch loaded into this process (found in the process's memory map, so it is the very
-    copy torch uses, not another one on the library path); None where there is none or it predates
-    `omp_pause_resource_all`, or the platform has no /proc (then nothing is released)."""
+def _openmp_runtimes() -> tuple[ctypes.CDLL, ...]:
+    """The OpenMP runtimes loaded into this process, torch's among them (found in the process's memory map, so
+    they are the very copies in use, not others on the library path); none where the platform has no /proc
+    (then nothing is released), or where a runtime predates `omp_pause_resource_all`."""
     import torch  # noqa: F401  (its runtime must be loaded to be found)
 
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if line.rstrip().endswith((".so", ".so.1", ".so.5"))}
     except OSError:
-        return None
+        return ()
+    runtimes = []
     for path in sorted(paths):
         if os.path.basename(path).startswith(("libgomp", "libomp", "libiomp5")):
             library = ctypes.CDLL(path)
             if hasattr(library, "omp_pause_resource_all"):
                 library.omp_pause_resource_all.argtypes = [ctypes.c_int]
-                return library
-    return None
+                runtimes.append(library)
+    return tuple(runtimes)
