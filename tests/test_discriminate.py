@@ -9,12 +9,14 @@ import re
 import pytest
 import torch
 
+from hirpf.dialogues import load_dialogues
 from hirpf.eval.common import EvalError
 from hirpf.eval.discriminate import accuracy, companions, discriminate, pole_pairs, profession_items
-from hirpf.eval.discrimination_judges import EndpointJudge, LikelihoodJudge, pair_credit
+from hirpf.eval.discrimination_judges import EndpointJudge, LikelihoodJudge, ReaderJudge, pair_credit
 from hirpf.eval.everyday_prompts import HeldOutPromptError, load_prompts, refuse_held_out, training_prompts
 from hirpf.eval.intervals import wilson_interval
 from hirpf.eval.pair_question import PairJudge
+from hirpf.eval.profession_reader import ProfessionReader, cross_validate
 from hirpf.eval.reply_judge import POLE_DESCRIPTIONS, Evidence, label_scores, pole_margins, profession_scores
 from hirpf.identities import PROFESSIONS, TRAITS, IdentitySet
 from hirpf.llm_client import ChatClient
@@ -202,6 +204,69 @@ def test_endpoint_judge_names_professions_in_both_option_orders_and_counts_failu
     assert judge.profession_outcomes(items[:1]) == [0.0] and judge.failed == 1
 
 
+# --- the profession reader ---------------------------------------------------------------------------
+WORK_DAYS = {  # ours: two days of each profession, and one with none
+    "Doctor": ("Two patients came in with fever; I ordered blood tests and adjusted a prescription.",
+               "The ward was full, so I saw patients until late and wrote their prescriptions."),
+    "Artist": ("I painted in the studio all morning; the canvas for the exhibition is nearly done.",
+               "Mixed new colours and sketched the gallery wall for the exhibition."),
+    "Programmer": ("The build failed, so I spent hours debugging a race in our code before the release.",
+                   "Reviewed two pull requests and fixed a bug in the parser code."),
+    None: ("Nothing special, I went for a walk.",),
+}
+
+
+def known_file(tmp_path, days=WORK_DAYS):
+    """Dialogues of our own whose professions are known (and one without a profession)."""
+    dialogues = [{"active_adapters": ["NEU_low"] + ([profession] if profession else []),
+                  "dialog": [{"role": "user", "content": "How was work?"}, {"role": "assistant", "content": day}]}
+                 for profession, texts in days.items() for day in texts]
+    path = tmp_path / "known-work.json"
+    path.write_text(json.dumps(dialogues))
+    return path
+
+
+def test_profession_reader_names_a_profession_from_the_words_it_read(tmp_path):
+    reader = ProfessionReader.learn(load_dialogues(known_file(tmp_path))[0])
+    assert reader.name("My patients needed new prescriptions.") == "Doctor"
+    assert reader.name("Back in the studio with a fresh canvas.") == "Artist"
+    assert reader.name("Another bug in the build.") == "Programmer"
+    assert reader.name("Zebras!") is None  # no word it read: it names none
+    scores = reader.scores("patients and code")
+    assert set(scores) == set(PROFESSIONS) and all(v < 0 for v in scores.values())
+
+
+def test_profession_reader_refuses_material_without_every_profession(tmp_path):
+    days = {k: v for k, v in WORK_DAYS.items() if k != "Artist"}
+    with pytest.raises(EvalError, match="none for Artist"):
+        ProfessionReader.learn(load_dialogues(known_file(tmp_path, days))[0])
+
+
+def test_reader_cross_validation_reads_each_dialogue_with_a_reader_that_never_read_it(tmp_path):
+    # four days a profession, each day's twin in the other fold (folds go round-robin in order)
+    days = {p: texts + tuple(f"Again: {t}" for t in reversed(texts)) for p, texts in WORK_DAYS.items()}
+    dialogues = load_dialogues(known_file(tmp_path, days))[0]
+    read: list[str] = []
+
+    def text(dialogue):
+        read.append(dialogue.turns[-1]["content"])
+        return dialogue.turns[-1]["content"]
+
+    assert cross_validate(dialogues, text, folds=2) == (12, 12)  # each day shares its words with another
+    assert sorted(read) == sorted(t for p, texts in days.items() if p for t in texts)  # each once, no other
+
+
+def test_reader_judge_names_professions_by_the_reader_and_poles_by_likelihood(tmp_path, tiny_engine):
+    judge = ReaderJudge(tiny_engine, ProfessionReader.learn(load_dialogues(known_file(tmp_path))[0]), 4)
+    message = "How was work?"
+    items = [(Evidence.reply(message, "Patients all day."), "Doctor"), (Evidence.reply(message, "Code."), "Artist"),
+             (Evidence.reply(message, "Zebras!"), "Programmer")]
+    assert judge.profession_outcomes(items) == [1.0, 0.0, 0.0]
+    likelihood = LikelihoodJudge(tiny_engine, 4)
+    pair = [(EVIDENCE[0], EVIDENCE[1], "NEU")]
+    assert judge.pole_outcomes(pair) == likelihood.pole_outcomes(pair)
+
+
 # --- the command -------------------------------------------------------------------------------------
 
 
@@ -255,6 +320,20 @@ def test_cli_with_the_endpoint_judge(capsys, tmp_path, tiny_base_dir, openai_ser
     assert document["validation"] is None
     poles = [f for f in document["figures"] if f["measure"] == "pole_discrimination"]
     assert {f["accuracy"] for f in poles} == {0.5}  # a judge that always says A: half credit everywhere
+
+
+def test_cli_with_the_reader_learns_outside_the_held_out_split_only(capsys, tmp_path, tiny_base_dir):
+    from hirpf.eval.__main__ import main
+
+    common = ["--quick", "--split", "dev", "--max_new_tokens", "3", "--base_model", str(tiny_base_dir),
+              "--lora_weights", "none", "--judge", "reader", "--validation_data", str(known_file(tmp_path)),
+              "--validation_cache", "none", "--output_dir", str(tmp_path / "run")]
+    assert main(["discriminate", *common, "--validation_dialogues", "all"]) == 2
+    assert "held-out split only" in capsys.readouterr().err
+    # seed 1 holds out an Artist's day and the day without a profession: the reader learns from the other five
+    document = run_cli(capsys, *common, "--validation_fraction", "0.3", "--validation_seed", "1")
+    assert document["settings"]["judge"] == "likelihood+reader"
+    assert document["validation"]["professions"]["n"] == 1 and "2 dialogues" in document["validation"]["material"]
 
 
 def test_cli_refuses_bad_options(capsys, tiny_base_dir):

@@ -2,7 +2,7 @@
 profession naming, per number of identities and per level, for experts alone, experts + prompt and the prompt.
 
     python -m hirpf.eval discriminate [--split held_out|dev] [--modes experts+prompt,experts,prompt]
-        [--judge likelihood|endpoint] [--max_new_tokens 48] [--all_labels] [--quick]
+        [--judge likelihood|reader|endpoint] [--max_new_tokens 48] [--all_labels] [--quick]
 
 Material: our everyday prompts (`everyday_prompts`, the `--split`; held-out by default, for reports). For
 each prompt and each number of identities k = 1, 2, 3:
@@ -17,8 +17,10 @@ each prompt and each number of identities k = 1, 2, 3:
 `--all_labels`: every trait and every profession per prompt and k (5 and 3 times the replies). Replies are
 greedy (`--max_new_tokens`, repetition penalty 1.1), generated in batches through the engine, each row
 under its own set and conditioning. Accuracy with its Wilson 95% interval per (measure, k, condition), all k
-together, and per trait and profession. The judge is validated on the assistant turns of HIS dialogues that
-no model of ours wrote (`--validation_dialogues`: the trainer's held-out split, or all of them): matched
+together, and per trait and profession. Judges: `likelihood` (the base model under our descriptions),
+`reader` (the same for poles; professions from the replies' words, `profession_reader`), `endpoint` (the
+pair-study LLM judge). The judge is validated on the assistant turns of HIS dialogues that no model of ours
+wrote (`--validation_dialogues`: the trainer's held-out split, or all of them): matched
 pairs of dialogues holding a trait's two poles, and dialogues holding a profession, judged the same way on
 about as many reply tokens as a generated reply has (their first assistant turns, each after the message
 it answers). The validation depends on the judge only, never on the experts: it is cached by its settings.
@@ -50,9 +52,10 @@ from .common import (
     run_config,
     write_json,
 )
-from .discrimination_judges import EndpointJudge, LikelihoodJudge, pair_credit
+from .discrimination_judges import EndpointJudge, LikelihoodJudge, ReaderJudge, pair_credit
 from .everyday_prompts import EverydayPrompt, load_prompts
 from .intervals import wilson_interval
+from .profession_reader import ProfessionReader
 from .reply_judge import POLE_DESCRIPTIONS, PROFESSION_DESCRIPTIONS, Evidence
 
 COUNTS = (1, 2, 3)
@@ -174,24 +177,10 @@ def by_label(outcomes: Sequence[dict], modes: Sequence[Conditioning]) -> dict:
 
 
 # --- the judge's validation --------------------------------------------------------------------------
-def validation_evidence(dialogue, tokenizer, reply_tokens: int) -> Evidence:
-    """A dialogue's first assistant turns, each after the message it answers, until they hold at least
-    `reply_tokens` tokens (about as much as one generated reply)."""
-    pieces, tokens = [], 0
-    turns = dialogue.turns
-    for before, turn in zip(turns, turns[1:]):
-        if turn["role"] == "assistant" and before["role"] == "user" and turn["content"].strip():
-            pieces.append(((dict(before),), turn["content"]))
-            tokens += len(tokenizer.encode(turn["content"], add_special_tokens=False))
-            if tokens >= reply_tokens:
-                break
-    return Evidence(tuple(pieces))
-
-
 def validation_material(dialogues, tokenizer, reply_tokens: int) -> tuple[list, list]:
     """(trait items, profession items) of dialogues no model of ours wrote: (evidence, trait, pole) for every
     pole a dialogue holds, (evidence, profession) for every dialogue with a profession."""
-    evidence = [validation_evidence(d, tokenizer, reply_tokens) for d in dialogues]
+    evidence = [Evidence.from_dialogue(d, tokenizer, reply_tokens) for d in dialogues]
     traits = [(e, *name.split("_")) for d, e in zip(dialogues, evidence) for name in d.identities.traits if e.pieces]
     professions = [(e, d.identities.profession) for d, e in zip(dialogues, evidence)
                    if d.identities.profession and e.pieces]
@@ -242,7 +231,8 @@ def validation_key(engine, judge_name: str, args) -> str:
     """What the validation depends on: the base model, the judge and its wording, the material."""
     text = json.dumps([engine.model.name_or_path, judge_name, POLE_DESCRIPTIONS, PROFESSION_DESCRIPTIONS,
                        args.validation_dialogues, args.max_new_tokens, str(args.validation_data),
-                       None if judge_name == LikelihoodJudge.name else args.judge_model], sort_keys=True)
+                       args.validation_fraction, args.validation_seed,
+                       args.judge_model if judge_name.startswith("llm:") else None], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -254,10 +244,7 @@ def validation(engine, judge, args) -> dict | None:
     if path and path.exists():
         log.info("judge validation from %s", path)
         return json.loads(path.read_text()) | {"cached": str(path)}
-    try:
-        dialogues, report = load_dialogues(args.validation_data, on_invalid="skip")
-    except (OSError, ValueError) as err:
-        raise EvalError(f"--validation_data: {err}") from None
+    dialogues, report = known_dialogues(args)
     if args.validation_dialogues == "held_out":
         dialogues = holdout_split(dialogues, args.validation_fraction, args.validation_seed)[1]
     described = (f"{args.validation_data}: {len(dialogues)} dialogues ({args.validation_dialogues}"
@@ -317,9 +304,11 @@ def add_arguments(parser) -> None:
                         help="every trait and profession per prompt and k, not one rotating (5 and 3 times the "
                              "replies)")
     parser.add_argument("--quick", action="store_true", help=f"the first {QUICK_PROMPTS} prompts only (tests)")
-    parser.add_argument("--judge", choices=("likelihood", "endpoint"), default="likelihood",
+    parser.add_argument("--judge", choices=("likelihood", "reader", "endpoint"), default="likelihood",
                         help="likelihood: the base model without experts scores each reply under our "
-                             "descriptions; endpoint: the pair-study LLM judge")
+                             "descriptions; reader: the same for poles, and professions named from the replies' "
+                             "words by a reader learnt from the validation data's training split "
+                             "(hirpf/eval/profession_reader.py); endpoint: the pair-study LLM judge")
     group = parser.add_argument_group("endpoint judge (--judge endpoint)")
     add_endpoint_arguments(group)
     group.add_argument("--judge_workers", type=int, default=4, help="requests in flight at once")
@@ -338,12 +327,32 @@ def add_arguments(parser) -> None:
 def judge_for(args, engine, bar=None):
     if args.judge == "likelihood":
         return LikelihoodJudge(engine, args.batch_size, bar)
+    if args.judge == "reader":
+        return ReaderJudge(engine, profession_reader(args), args.batch_size, bar)
     from .interview import endpoint_client
     from .pair_question import PairJudge
 
     check_positive("--judge_workers", args.judge_workers)
     return EndpointJudge(PairJudge(endpoint_client(args, args.judge_model), f"llm:{args.judge_model}",
                                    args.judge_workers))
+
+
+def profession_reader(args) -> ProfessionReader:
+    """The reader learnt from the validation data's training split: the dialogues the judge is validated on
+    (the held-out split) stay unseen by it."""
+    if args.validation_dialogues == "all":
+        raise EvalError("--judge reader learns from the dialogues outside the held-out split, so it is validated "
+                        "on the held-out split only: use --validation_dialogues held_out (or none)")
+    dialogues, _ = known_dialogues(args)
+    return ProfessionReader.learn(holdout_split(dialogues, args.validation_fraction, args.validation_seed)[0])
+
+
+def known_dialogues(args):
+    """The dialogues with known identities (`--validation_data`) and their load report."""
+    try:
+        return load_dialogues(args.validation_data, on_invalid="skip")
+    except (OSError, ValueError) as err:
+        raise EvalError(f"--validation_data: {err}") from None
 
 
 def default_args(**settings) -> argparse.Namespace:

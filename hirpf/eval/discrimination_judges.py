@@ -4,6 +4,8 @@ decision earns: 1 right, 0 wrong, 0.5 for a pole pair the judge cannot split (an
 that answered differently in the two orders), and for professions the share of the two orders named right.
 
 - `LikelihoodJudge`: the base model without experts, by description likelihoods (`reply_judge`).
+- `ReaderJudge`: poles as `LikelihoodJudge`; professions by a `ProfessionReader` (a reply's words), which
+  names them where the likelihoods could not.
 - `EndpointJudge`: the pair-study LLM judge (`pair_question.PairJudge`) on an OpenAI-compatible endpoint;
   every pair is asked in both orders, every profession with the options listed in both orders.
 """
@@ -15,6 +17,7 @@ from typing import Sequence
 from ..identities import PROFESSIONS
 from ..llm_client import MalformedReply
 from .pair_question import PairJudge
+from .profession_reader import ProfessionReader
 from .reply_judge import Evidence, pole_margins, profession_scores
 
 # How the endpoint judge's questions name a pole (ours; short forms of `reply_judge.POLE_DESCRIPTIONS`).
@@ -55,6 +58,19 @@ class LikelihoodJudge:
     def profession_outcomes(self, items: Sequence[tuple[Evidence, str]]) -> list[float]:
         scores = profession_scores(self.engine, [e for e, _ in items], self.batch_size, self.bar)
         return [float(max(s, key=s.get) == profession) for s, (_, profession) in zip(scores, items)]
+
+
+class ReaderJudge(LikelihoodJudge):
+    name = "likelihood+reader"
+
+    def __init__(self, engine, reader: ProfessionReader, batch_size: int = 16, bar=None):
+        super().__init__(engine, batch_size, bar)
+        self.reader = reader
+
+    def profession_outcomes(self, items: Sequence[tuple[Evidence, str]]) -> list[float]:
+        """1 where the reader names the profession from the replies' words (the messages they answer are not
+        read), else 0 (a tie names none)."""
+        return [float(self.reader.name(e.replies) == profession) for e, profession in items]
 
 
 def pair_credit(high: float, low: float) -> float:

@@ -127,6 +127,25 @@ class Evidence:
     def reply(cls, message: str, reply: str) -> "Evidence":
         return cls(((({"role": "user", "content": message},), reply),))
 
+    @classmethod
+    def from_dialogue(cls, dialogue, tokenizer, reply_tokens: int) -> "Evidence":
+        """A dialogue's first assistant turns, each after the message it answers, until they hold at least
+        `reply_tokens` tokens (about as much as one generated reply)."""
+        pieces, tokens = [], 0
+        turns = dialogue.turns
+        for before, turn in zip(turns, turns[1:]):
+            if turn["role"] == "assistant" and before["role"] == "user" and turn["content"].strip():
+                pieces.append(((dict(before),), turn["content"]))
+                tokens += len(tokenizer.encode(turn["content"], add_special_tokens=False))
+                if tokens >= reply_tokens:
+                    break
+        return cls(tuple(pieces))
+
+    @property
+    def replies(self) -> str:
+        """The replies' text, joined (what a reader of words reads)."""
+        return " ".join(reply for _, reply in self.pieces)
+
 
 def label_scores(engine, evidence: Sequence[Evidence], labels: Sequence[Sequence[str]],
                  descriptions: Mapping[str, Sequence[str]], batch_size: int = 16, bar=None) -> list[dict[str, float]]:
