@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--reply_tokens", type=int, default=48, help="evidence per dialogue, as discriminate's")
     args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error(f"--folds must be at least 2 (each fold is read by a reader learnt from the others), "
+                     f"got {args.folds}")
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model())
     dialogues, _ = load_dialogues(args.data, on_invalid="skip")
 
