@@ -29,7 +29,7 @@ from hirpf.experts import ExpertConfig  # noqa: E402
 from hirpf.inject import add_experts  # noqa: E402
 
 
-def matmuls_only(plan, x):
+def matmuls_only(plan, x, table):
     """`InferencePlan.mixed` without its routing: the A matmul, sliced to the B matrices' input width."""
     p, e, r = plan.projections.shape
     return fast._affine(x, plan.in_weight_t, plan.in_bias)[..., :p * e * r]

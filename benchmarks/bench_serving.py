@@ -39,9 +39,11 @@ Torch runs with the app's thread count (`hirpf.serving_threads`: one fewer than 
 says otherwise. Measured in the same run besides: the model's own batch-8 decode throughput, a bare
 `model(...)` step over a 100-token cache (`decode_timing.py`), with the experts and the 8 clients' identity
 sets and without experts, in the main thread alone with every thread count from 1 to the cores, the best
-count's figures kept (`model_decode_8`); and the join case (`--join_tokens`, default 1500): while a prompt of
-that many tokens joins a running batch of 7, the running rows' time between text updates, steady and during the
-join.
+count's figures kept; measured just before and just after the scheduler's window at the most clients, and
+`serving_efficiency_8` divides by their mean (`model_decode_8`: the mean, `before` and `after`; this machine's
+speed drifts by a fifth within minutes, and a reference taken minutes earlier moved the ratio with it); and
+the join case (`--join_tokens`, default 1500): while a prompt of that many tokens joins a running batch of 7,
+the running rows' time between text updates, steady and during the join.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
@@ -275,23 +277,37 @@ def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_
     }
 
 
-def model_decode_throughput(engine: Engine, steps: int, serving_threads: int) -> dict:
+class ModelDecodeReference:
     """The model's own batch-8 decode throughput, no serving code around it: a bare `model(...)` step over a
     100-token cache, with the experts and the 8 clients' identity sets (one per row), and without experts
-    (the base model loaded again, alone). The two take turns step by step (`decode_timing.py`), in this
+    (the base model, loaded once beside). The two take turns step by step (`decode_timing.py`), in this
     (main) thread alone, with every torch thread count from 1 to the cores; the best count's figures are the
     model's own (`threads`), so that serving with fewer threads is not compared with a slowed model."""
-    bare, _ = load_base_model("embedded", load_in_8bit=False, dtype="float32")
-    rows = Routing([expert_identities(s, Conditioning.EXPERTS_AND_PROMPT) for s in CLIENT_SETS])
-    by_threads = {}
-    for threads in range(1, available_cores() + 1):
-        torch.set_num_threads(threads)
-        seconds = decode_step_seconds({"experts_mixed_8": (engine.model, rows), "base": (bare, None)},
-                                      batch=len(CLIENT_SETS), context=100, steps=steps)
-        by_threads[threads] = {f"{name}_tokens_per_s": round(len(CLIENT_SETS) / s, 2) for name, s in seconds.items()}
-    torch.set_num_threads(serving_threads)
-    best = max(by_threads, key=lambda t: by_threads[t]["experts_mixed_8_tokens_per_s"])
-    return {**by_threads[best], "threads": best, "by_threads": by_threads}
+
+    def __init__(self, engine: Engine, steps: int, serving_threads: int):
+        self.engine, self.steps, self.serving_threads = engine, steps, serving_threads
+        self.bare, _ = load_base_model("embedded", load_in_8bit=False, dtype="float32")
+        self.rows = Routing([expert_identities(s, Conditioning.EXPERTS_AND_PROMPT) for s in CLIENT_SETS])
+
+    def measure(self) -> dict:
+        by_threads = {}
+        for threads in range(1, available_cores() + 1):
+            torch.set_num_threads(threads)
+            cases = {"experts_mixed_8": (self.engine.model, self.rows), "base": (self.bare, None)}
+            seconds = decode_step_seconds(cases, batch=len(CLIENT_SETS), context=100, steps=self.steps)
+            by_threads[threads] = {f"{name}_tokens_per_s": round(len(CLIENT_SETS) / s, 2)
+                                   for name, s in seconds.items()}
+        torch.set_num_threads(self.serving_threads)
+        release_thread_team()  # the main thread's idle team would slow the scheduler's (hirpf/serving_threads.py)
+        best = max(by_threads, key=lambda t: by_threads[t]["experts_mixed_8_tokens_per_s"])
+        return {**by_threads[best], "threads": best, "by_threads": by_threads}
+
+
+def bracketed(before: dict, after: dict) -> dict:
+    """The reference measured just before and just after the window it is compared with: their mean, to first
+    order what the model could do during the window (this machine's speed drifts by a fifth within minutes)."""
+    keys = ("experts_mixed_8_tokens_per_s", "base_tokens_per_s")
+    return {**{k: round((before[k] + after[k]) / 2, 2) for k in keys}, "before": before, "after": after}
 
 
 def long_message(engine: Engine, identities: IdentitySet, tokens: int) -> list[dict]:
@@ -392,9 +408,9 @@ def main(argv=None) -> int:
         print(*a, file=sys.stderr, flush=True)
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
-    model_decode = model_decode_throughput(engine, args.decode_steps, args.threads)
-    release_thread_team()  # the main thread's idle team would slow the scheduler's (hirpf/serving_threads.py)
-    log(f"the model's own batch-8 decode: {model_decode}")
+    reference = ModelDecodeReference(engine, args.decode_steps, args.threads)
+    top = max(counts)
+    model_decode = None
     paths = {"serial": SerialQueue(engine), "scheduler": SchedulerPath(engine)}
     if not args.no_gradio:
         paths["gradio_serial"] = ServedApp(engine, scheduler=False)
@@ -412,7 +428,12 @@ def main(argv=None) -> int:
     table = []
     for n in counts:
         for name, path in paths.items():
+            compared = name == "scheduler" and n == top  # serving_efficiency's window: bracketed by the reference
+            before = reference.measure() if compared else None
             row = {"path": name, **run_clients(path, engine, n, args.max_new_tokens, spread, args.window)}
+            if compared:
+                model_decode = bracketed(before, reference.measure())
+                log(f"the model's own batch-8 decode: {model_decode}")
             table.append(row)
             log(f"{name:16s} {n} clients: {row['aggregate_tokens_per_s']:7.2f} tokens/s, ttft p50 "
                 f"{row['ttft_p50_s']:.3f} s p95 {row['ttft_p95_s']:.3f} s, "
@@ -435,7 +456,6 @@ def main(argv=None) -> int:
             return None
         return round(find(batched, n)["aggregate_tokens_per_s"] / find(serial, n)["aggregate_tokens_per_s"], 3)
 
-    top = max(counts)
     speedup = speedup_at(top, "serial", "scheduler")
     gradio_speedup = speedup_at(top, "gradio_serial", "gradio_scheduler")
     ratio = None
@@ -443,7 +463,7 @@ def main(argv=None) -> int:
         if find("scheduler", top)["ttft_p95_s"] is not None and find("scheduler", 1)["ttft_p50_s"]:
             ratio = round(find("scheduler", top)["ttft_p95_s"] / find("scheduler", 1)["ttft_p50_s"], 3)
     efficiency = None
-    if find("scheduler", top):
+    if find("scheduler", top) and model_decode:
         efficiency = round(find("scheduler", top)["aggregate_tokens_per_s"]
                            / model_decode["experts_mixed_8_tokens_per_s"], 3)
     document = {

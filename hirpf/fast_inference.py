@@ -280,26 +280,32 @@ class SharedInputProjections:
         if cached is None or cached[0] is not x:  # else a sibling already computed it for this very input
             rows = routing.as_rows(x)  # a packed sequence: one row per token
             key = (self, rows.shape[0])
-            plan = state.get(key)
-            if plan is None:
-                plan = state[key] = self._plan(rows, routing) or False
-            outputs = [routing.as_rows(out) for out in plan.outputs(rows)] if plan else None
+            resolved = state.get(key)
+            if resolved is None:
+                resolved = state[key] = self._plan(rows, routing)
+            outputs = [routing.as_rows(out) for out in resolved[0].outputs(rows, resolved[1])] if resolved else None
             cached = state[self] = (x, outputs)
         outputs = cached[1]
         return member.base_forward(x) if outputs is None else outputs[slot]
 
-    def _plan(self, x: torch.Tensor, routing) -> "InferencePlan | None":
+    def _plan(self, x: torch.Tensor, routing) -> "tuple[InferencePlan, MaskTable] | None":
         """How this call runs these projections, resolved once per call (weights, masks, shortcuts), so the
-        per-token path does no cache checks. Plans are kept across calls until `forget_weights`."""
+        per-token path does no cache checks: (the plan, the call's mask table); None when no row uses these
+        experts. Plans are kept across calls until `forget_weights`."""
         first = self.members[0]
         table = mask_table(self.signature, routing, x.shape[0], first.lora_A.device, first.lora_A.dtype)
         if not table.any_active:
             return None  # no row uses these experts: the members run their base projections
-        key = (table.key, x.device)
+        # A plan for rows of one identity set folds that set's masks into its weights, so it is kept per set.
+        # Rows of several sets take their masks from the table at each call, so one plan serves every mixture:
+        # a running batch changes its mixture at each join and leave, and 120 plans rebuilt then cost about
+        # as much as a tenth of a decode step (embedded model, CPU).
+        needs_router = table.fixed_weights is None
+        key = (table.key if table.same_rows else "mixed rows", needs_router, x.device)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans.put(key, InferencePlan(self, table, fold=x.device.type == "cpu"))
-        return plan
+        return plan, table
 
     # --- weight copies ----------------------------------------------------------------------------
     def weights(self, name: str, build):
@@ -336,11 +342,12 @@ class SharedInputProjections:
 
 
 class InferencePlan:
-    """One way of running a `SharedInputProjections` for one set of identity rows; `outputs(x)` is the
-    per-token hot path, kept to as few torch calls as possible."""
+    """One way of running a `SharedInputProjections`: for the identity rows of `table` when they are all one
+    set (its masks folded in), else for any rows that need the router, or any that do not; `outputs(x, table)`
+    is the per-token hot path, kept to as few torch calls as possible."""
 
     def __init__(self, projections: SharedInputProjections, table: MaskTable, fold: bool):
-        self.projections, self.table = projections, table
+        self.projections = projections
         p, e, r = projections.shape
         self.needs_router = table.fixed_weights is None
         self.split_sizes = [p * e * r, p * e]
@@ -367,9 +374,10 @@ class InferencePlan:
             if narrow is not None and narrow != self.out_weight_t.dtype:
                 self.batch_out_weight_t = projections.weights(("out", narrow), lambda: self.out_weight_t.to(narrow))
 
-    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def outputs(self, x: torch.Tensor, table: MaskTable) -> list[torch.Tensor]:
+        """Every member's output for `x` under the rows of `table` (the call's mask table)."""
         projections = self.projections
-        mixed = self.mixed(x)  # [..., P·E·r]
+        mixed = self.mixed(x, table)  # [..., P·E·r]
         vectors = x.numel() // x.shape[-1]
         if self.out_weight_t is not None and vectors <= FOLD_MAX_VECTORS:
             # Decoding (a few rows, one token each): the op count dominates and folding pays. For a long
@@ -386,10 +394,9 @@ class InferencePlan:
             outputs.append(y + delta.to(y.dtype))
         return outputs
 
-    def mixed(self, x: torch.Tensor) -> torch.Tensor:
+    def mixed(self, x: torch.Tensor, table: MaskTable) -> torch.Tensor:
         """`[..., P·E·r]`: each member's A·x, every expert's r columns weighted by its mixture weight and
         alpha/r (the input of the B matrices)."""
-        table = self.table
         p, e, r = self.projections.shape
         if x.dtype != self.in_weight_t.dtype:
             x = x.to(self.in_weight_t.dtype)
