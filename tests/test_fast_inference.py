@@ -70,6 +70,22 @@ def test_fast_path_equals_formula_in_float64_exactly_enough(same_rows, shared_ex
         torch.testing.assert_close(fast, formula, rtol=1e-10, atol=1e-10)
 
 
+def test_one_plan_serves_every_mixture_of_rows_and_each_mixture_gets_its_own_masks():
+    # A running batch changes its mixture of identity sets at every join and leave: its plans must not be
+    # rebuilt each time (they were: 120 per forward of the embedded model), nor keep the first mixture's masks.
+    model = add_experts(tiny_llama(dtype=torch.float64), ExpertConfig(layout="layered", rank=3, dropout=0.0,
+                                                                      target_modules=ATTENTION_AND_MLP))
+    randomize_experts(model)
+    ids = torch.randint(3, 64, (3, 1))
+    mixtures = [[MIXED[0], MIXED[2], MIXED[4]], [MIXED[4], MIXED[3], MIXED[2]], [MIXED[2], MIXED[0], MIXED[0]]]
+    banks = {id(layer.fast_path): layer.fast_path for layer in expert_layers(model).values()}.values()
+    for rows in mixtures:
+        formula, fast = formula_and_fast(model, ids, rows)
+        torch.testing.assert_close(fast, formula, rtol=1e-10, atol=1e-10)
+    # every mixture needs the router (several traits in a row): one plan per projection group, not three
+    assert {len(bank._plans._items) for bank in banks} == {1}
+
+
 @pytest.mark.parametrize("shared_expert", [False, True], ids=["identities", "with-shared"])
 def test_strength_zero_everywhere_is_the_prompt_only_model_exactly(shared_expert):
     model = add_experts(tiny_llama(), ExpertConfig(rank=4, gate="sigmoid", shared_expert=shared_expert))
