@@ -201,7 +201,8 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     evaluation = tmp_path / "evaluation.json"
     subprocess.run([sys.executable, str(ROOT / "training" / "evaluate_experts.py"), "--experts", str(run),
                     "--base_model", str(tiny_base_dir), "--data", str(data), "--eval_fraction", "0.25",
-                    "--max_length", "128", "--dose_response", "--discrimination", "quick", "--json",
+                    "--max_length", "128", "--dose_response", "--discrimination", "quick",
+                    "--discrimination_judge", "reader", "--json",
                     str(evaluation)],
                    check=True, capture_output=True, text=True, cwd=ROOT, timeout=900,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -219,6 +220,7 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     assert set(curves["2.0"]["questionnaire_shift"]) == {"likelihood", "statement"}
     discrimination = result["discrimination"]  # quick: two held-out prompts, all three conditions
     assert discrimination["settings"]["prompts"] == ["work-3", "weekend-3"] and discrimination["validation"] is None
+    assert discrimination["settings"]["judge"] == "likelihood+reader"
     assert {f["condition"] for f in discrimination["figures"]} == {"experts+prompt", "experts", "prompt"}
     assert set(curves["2.0"]["questionnaire_shift"]["statement"]) == {
         "AGR_high", "AGR_low", "CON_high", "CON_low", "EXT_high", "EXT_low", "NEU_high", "NEU_low", "OPE_high",
@@ -234,6 +236,7 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     assert "16 records kept" in card and "4 dialogues" in card
     assert "judge `likelihood`" in card and "judge `statement`" in card
     assert "## What readers see" in card and "profession named from experts-only replies" in card
+    assert "judged by `likelihood+reader`" in card
     assert (out / "dose_response.png").stat().st_size > 0 and (out / "loss_curve.png").stat().st_size > 0
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert all(v.dtype == torch.float16 for v in weights.values())

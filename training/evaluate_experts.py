@@ -148,6 +148,9 @@ def main(argv=None) -> dict:
                     help="poles told apart and professions named in generated replies: on the held-out prompts "
                          "with the judge's validation (default; the validation is computed once per judge and "
                          "cached), on two of them without validation (quick: tests), or none")
+    ap.add_argument("--discrimination_judge", choices=("likelihood", "reader"), default="likelihood",
+                    help="who judges those replies (`python -m hirpf.eval discriminate --judge`): reader names "
+                         "professions from the replies' words, where the likelihood judge was at chance")
     ap.add_argument("--json", default=None, help="write the result here")
     args = ap.parse_args(argv)
 
@@ -170,7 +173,8 @@ def main(argv=None) -> dict:
         result["dose_response"] = dose_response(engine, dialogues, args, result["recognition"])
     if args.discrimination != "none":
         quick = args.discrimination == "quick"
-        settings = {"quick": quick} | ({"validation_dialogues": "none"} if quick else {})
+        settings = {"quick": quick, "judge": args.discrimination_judge} | (
+            {"validation_dialogues": "none"} if quick else {})
         result["discrimination"] = evaluate(engine, default_args(batch_size=args.batch_size, **settings), MODES)
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
