@@ -7,7 +7,8 @@ mode) a layer hands its input to the `SharedInputProjections` it belongs to, whi
   matmul for all their A matrices and, riding along as extra output rows, their routers; the siblings pick
   up their outputs from the call's scratch space;
 - resolves, once per call, the masks of the call's identity rows (`MaskTable`, kept process-wide by content)
-  and an `InferencePlan` (which weights, which shortcuts), kept across calls per identity rows;
+  and an `InferencePlan` (which weights, which shortcuts), kept across calls: per identity set for rows
+  that all share one (its masks folded in), one for every mixture of sets (the masks read at each call);
 - for decoding (a few vectors) applies the frozen W and the B matrices as one matmul over
   `[x, mixed expert activations]` (the fold), for batches from a bfloat16 copy where that is faster
   (`HIRPF_DECODE_DTYPE`, `auto` by default: `choose_decode_dtype`; `set_decode_dtype`).
