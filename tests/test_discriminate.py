@@ -16,7 +16,7 @@ from hirpf.eval.discrimination_judges import EndpointJudge, LikelihoodJudge, Rea
 from hirpf.eval.everyday_prompts import HeldOutPromptError, load_prompts, refuse_held_out, training_prompts
 from hirpf.eval.intervals import wilson_interval
 from hirpf.eval.pair_question import PairJudge
-from hirpf.eval.profession_reader import ProfessionReader, cross_validate
+from hirpf.eval.profession_reader import ProfessionReader, cross_validate, read_files
 from hirpf.eval.reply_judge import POLE_DESCRIPTIONS, Evidence, label_scores, pole_margins, profession_scores
 from hirpf.identities import PROFESSIONS, TRAITS, IdentitySet
 from hirpf.llm_client import ChatClient
@@ -254,6 +254,28 @@ def test_reader_cross_validation_reads_each_dialogue_with_a_reader_that_never_re
 
     assert cross_validate(dialogues, text, folds=2) == (12, 12)  # each day shares its words with another
     assert sorted(read) == sorted(t for p, texts in days.items() if p for t in texts)  # each once, no other
+
+
+def test_reading_synthesized_files_counts_right_names_per_profession_and_what_was_named(tmp_path):
+    reader = ProfessionReader.learn(load_dialogues(known_file(tmp_path))[0])
+    synthesized = tmp_path / "synthesized.jsonl"
+    records = [("Doctor", "More patients, more prescriptions."), ("Artist", "A canvas for the gallery."),
+               ("Programmer", "Patients all day."), ("Programmer", "Zebras!"), (None, "A walk.")]
+    synthesized.write_text("".join(json.dumps({
+        "active_adapters": ["EXT_high"] + ([p] if p else []),
+        "dialog": [{"role": "user", "content": "And today?"}, {"role": "assistant", "content": text}]}) + "\n"
+        for p, text in records))
+    figures = read_files(reader, [str(synthesized)], lambda d: d.turns[-1]["content"])[str(synthesized)]
+    assert figures == {"named_right": 2, "read": 4,
+                       "by_profession": {"Doctor": "1 of 1", "Artist": "1 of 1", "Programmer": "0 of 2"},
+                       "named": {"Doctor": 2, "Artist": 1, "None": 1}}
+    no_profession = tmp_path / "none.jsonl"
+    no_profession.write_text(json.dumps({"active_adapters": ["EXT_high"], "dialog": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}) + "\n")
+    with pytest.raises(EvalError, match="no dialogue with a profession"):
+        read_files(reader, [str(no_profession)], lambda d: d.turns[-1]["content"])
+    with pytest.raises(EvalError, match="--read .*missing"):
+        read_files(reader, [str(tmp_path / "missing.jsonl")], lambda d: d.turns[-1]["content"])
 
 
 def test_reader_judge_names_professions_by_the_reader_and_poles_by_likelihood(tmp_path, tiny_engine):

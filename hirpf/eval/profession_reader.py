@@ -8,6 +8,12 @@ HIS dialogues with a profession right (150), each read by a reader learnt from t
 assistant turns up to 48 tokens (as much as a generated reply):
 
     python -m hirpf.eval.profession_reader --folds 10      # stratified 10-fold cross-validation
+    python -m hirpf.eval.profession_reader --read A.jsonl B.jsonl   # how often it names the profession of
+                                                                   # dialogues we synthesized
+
+`--read` learns it from the trainer's training split of `--data` (as `discriminate --judge reader` does) and
+names the profession of each dialogue of each file (trainer-format records) that has one: whether a
+synthesis (e.g. at one γ against another) puts its profession where a reader finds it.
 
 `discriminate --judge reader` learns it from the trainer's training split, so the held-out split it is
 validated on stays unseen; `tests/test_discriminate.py` checks it on dialogues of our own.
@@ -81,18 +87,49 @@ def cross_validate(dialogues: Sequence, evidence_text: Callable, folds: int) -> 
     return right, len(fold_of)
 
 
+def read_files(reader: ProfessionReader, files: Sequence[str], evidence_text: Callable) -> dict:
+    """Per file: of its dialogues with a profession, how many the reader names right, per profession, and
+    what it named (a reader that names one profession for everything is read in the last)."""
+    from ..dialogues import load_dialogues
+
+    result = {}
+    for path in files:
+        try:
+            dialogues, _ = load_dialogues(path, on_invalid="skip")
+        except (OSError, ValueError) as err:
+            raise EvalError(f"--read {path}: {err}") from None
+        right, read, named = Counter(), Counter(), Counter()
+        for dialogue in dialogues:
+            profession = dialogue.identities.profession
+            if profession:
+                guess = reader.name(evidence_text(dialogue))
+                read[profession] += 1
+                right[profession] += guess == profession
+                named[str(guess)] += 1
+        if not read:
+            raise EvalError(f"--read {path}: no dialogue with a profession")
+        result[path] = {"named_right": sum(right.values()), "read": sum(read.values()),
+                        "by_profession": {p: f"{right[p]} of {read[p]}" for p in PROFESSIONS if read[p]},
+                        "named": dict(named)}
+    return result
+
+
 def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
-    from ..dialogues import load_dialogues
+    from ..dialogues import holdout_split, load_dialogues
     from ..embedded import ensure_embedded_model
     from ..paths import his_file
     from .reply_judge import Evidence
 
-    parser = argparse.ArgumentParser(description="The profession reader's stratified cross-validation.")
+    parser = argparse.ArgumentParser(description="The profession reader's stratified cross-validation, or how "
+                                                 "often it names the profession of other dialogues (--read).")
     parser.add_argument("--data", default=str(his_file("identity_dialogues.json")))
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--reply_tokens", type=int, default=48, help="evidence per dialogue, as discriminate's")
+    parser.add_argument("--read", nargs="+", default=None, metavar="JSONL",
+                        help="name the professions of these files' dialogues, with a reader learnt from the "
+                             "trainer's training split of --data (its --eval_fraction 0.1 and --seed 42)")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds must be at least 2 (each fold is read by a reader learnt from the others), "
@@ -103,6 +140,16 @@ def main(argv=None) -> int:
     def evidence_text(dialogue) -> str:
         return Evidence.from_dialogue(dialogue, tokenizer, args.reply_tokens).replies
 
+    if args.read:
+        reader = ProfessionReader.learn(holdout_split(dialogues, 0.1, 42)[0])
+        try:
+            for path, figures in read_files(reader, args.read, evidence_text).items():
+                print(f"{path}: {figures['named_right']} of {figures['read']} named right "
+                      f"({figures['named_right'] / figures['read']:.3f}; chance 0.333); by profession "
+                      f"{figures['by_profession']}; named {figures['named']}")
+        except EvalError as err:
+            parser.error(str(err))
+        return 0
     right, read = cross_validate(dialogues, evidence_text, args.folds)
     print(f"{args.folds}-fold cross-validation: {right} of {read} named right ({right / read:.3f}; chance 0.333)")
     return 0
