@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
             with PythonBursts(share, args.burst_ms / 1000) as bursts:
                 steps[share].append(decode_step_seconds(case, steps=args.steps)["experts_mixed_8"])
             python_share[share].append(bursts.busy_s / bursts.wall_s)
-    alone = statistics.median(steps[shares[0]]) if shares[0] == 0 else None
+    alone = statistics.median(steps[0.0]) if 0.0 in steps else None  # the slowdowns' reference
     document = {
         "cases": [{"python_thread_share": share,
                    "python_thread_share_measured": (round(statistics.median(python_share[share]), 3)

@@ -344,7 +344,7 @@ def profession_reader(args) -> ProfessionReader:
         raise EvalError("--judge reader learns from the dialogues outside the held-out split, so it is validated "
                         "on the held-out split only: use --validation_dialogues held_out (or none)")
     dialogues, _ = known_dialogues(args)
-    return ProfessionReader.learn(holdout_split(dialogues, args.validation_fraction, args.validation_seed)[0])
+    return ProfessionReader.learn_training_split(dialogues, args.validation_fraction, args.validation_seed)
 
 
 def known_dialogues(args):

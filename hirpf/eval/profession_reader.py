@@ -44,6 +44,14 @@ class ProfessionReader:
         self.log_p = {p: {w: math.log((c[w] + 1) / totals[p]) for w in self.vocabulary} for p, c in counts.items()}
 
     @classmethod
+    def learn_training_split(cls, dialogues: Sequence, fraction: float, seed: int) -> "ProfessionReader":
+        """From the trainer's training split of `dialogues` (its `--eval_fraction` and `--seed`): the held-out
+        split, on which the reader is validated, stays unread."""
+        from ..dialogues import holdout_split
+
+        return cls.learn(holdout_split(dialogues, fraction, seed)[0])
+
+    @classmethod
     def learn(cls, dialogues: Sequence) -> "ProfessionReader":
         """From `hirpf.dialogues.Dialogue`s: every assistant turn of each dialogue that holds a profession."""
         counts = {p: Counter() for p in PROFESSIONS}
@@ -117,7 +125,7 @@ def read_files(reader: ProfessionReader, files: Sequence[str], evidence_text: Ca
 def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
-    from ..dialogues import holdout_split, load_dialogues
+    from ..dialogues import load_dialogues
     from ..embedded import ensure_embedded_model
     from ..paths import his_file
     from .reply_judge import Evidence
@@ -129,7 +137,9 @@ def main(argv=None) -> int:
     parser.add_argument("--reply_tokens", type=int, default=48, help="evidence per dialogue, as discriminate's")
     parser.add_argument("--read", nargs="+", default=None, metavar="JSONL",
                         help="name the professions of these files' dialogues, with a reader learnt from the "
-                             "trainer's training split of --data (its --eval_fraction 0.1 and --seed 42)")
+                             "trainer's training split of --data")
+    parser.add_argument("--validation_fraction", type=float, default=0.1, help="the trainer's --eval_fraction")
+    parser.add_argument("--validation_seed", type=int, default=42, help="the trainer's --seed")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds must be at least 2 (each fold is read by a reader learnt from the others), "
@@ -141,7 +151,7 @@ def main(argv=None) -> int:
         return Evidence.from_dialogue(dialogue, tokenizer, args.reply_tokens).replies
 
     if args.read:
-        reader = ProfessionReader.learn(holdout_split(dialogues, 0.1, 42)[0])
+        reader = ProfessionReader.learn_training_split(dialogues, args.validation_fraction, args.validation_seed)
         try:
             for path, figures in read_files(reader, args.read, evidence_text).items():
                 print(f"{path}: {figures['named_right']} of {figures['read']} named right "
