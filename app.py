@@ -1,6 +1,6 @@
 """Serve the HIRPF app: `python app.py [--host H] [--port P] [--base_model M] [--lora_weights DIR|none]
-[--load_in_8bit] [--data_dir DIR] [--annotation_only] [--no-scheduler]` (each flag also reads an environment
-variable; see app/launch_options.py and docs/configuration.md).
+[--load_in_8bit] [--data_dir DIR] [--annotation_only] [--no-scheduler] [--no-engine_process]` (each flag also
+reads an environment variable; see app/launch_options.py and docs/configuration.md).
 
 Hugging Face Spaces runs this file and expects the Blocks at module level as `demo` (`built` is the whole
 `BuiltApp`: the Blocks with its stylesheet, admin routes and model slot). The page is built and served
@@ -28,8 +28,10 @@ else:
         from hirpf.serving_threads import use_serving_threads
 
         use_serving_threads()
-        return Engine.load(settings.base_model, lora_weights=settings.lora_weights,
-                           load_in_8bit=settings.load_in_8bit)
+        engine = Engine.load(settings.base_model, lora_weights=settings.lora_weights,
+                             load_in_8bit=settings.load_in_8bit)
+        engine.serve_in_a_process(settings.engine_process)
+        return engine
 
     experts = {"default": "the shipped experts", None: "no experts"}.get(settings.lora_weights,
                                                                           settings.lora_weights)

@@ -26,6 +26,7 @@ class LaunchOptions:
     data_dir: Path  # resolved by db/connection.py, the one home of that rule
     annotation_only: bool  # serve only the annotator's and the admin's tabs, with no model at all
     scheduler: bool  # chat replies and debate statements share the scheduler's batch (off: one at a time)
+    engine_process: bool  # that batch runs in a process of its own (where the model is on the CPU)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=flag_help(SETTINGS["HIRPF_ANNOTATION_ONLY"]))
     parser.add_argument("--scheduler", action=argparse.BooleanOptionalAction, default=None,
                         help=flag_help(SETTINGS["HIRPF_SCHEDULER"]))
+    parser.add_argument("--engine_process", action=argparse.BooleanOptionalAction, default=None,
+                        help=flag_help(SETTINGS["HIRPF_ENGINE_PROCESS"]))
     return parser
 
 
@@ -58,4 +61,5 @@ def launch_options(argv: list[str] | None = None) -> LaunchOptions:
         data_dir=data_dir(args.data_dir),
         annotation_only=flag_or_variable(args.annotation_only, "HIRPF_ANNOTATION_ONLY"),
         scheduler=flag_or_variable(args.scheduler, "HIRPF_SCHEDULER"),
+        engine_process=flag_or_variable(args.engine_process, "HIRPF_ENGINE_PROCESS"),
     )

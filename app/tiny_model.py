@@ -5,7 +5,7 @@ an `Engine`: replies are noise, the plumbing is real. It lets a tab run on its o
 from __future__ import annotations
 
 import tempfile
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 
@@ -60,4 +60,5 @@ def tiny_engine(seed: int = 0, scale: float = 0.3):
     engine = Engine.load(str(tiny_base_dir()), lora_weights=None, load_in_8bit=False, dtype="float32")
     add_experts(engine.model, ExpertConfig(rank=4))
     randomize_experts(engine.model, seed, scale, router_scale=scale)
+    engine.load_again = partial(tiny_engine, seed, scale)  # the same weights again, from the seeds
     return engine

@@ -9,7 +9,8 @@ serve them, with the same clients, arrivals, prompts and seeds:
 
 - `serial`: one request at a time through `Engine.stream`, the others waiting first come first served (a
   queue; the app before the scheduler);
-- `scheduler`: `engine.scheduler()`: every request joins the running batch (`HIRPF_MAX_BATCH`, default 8).
+- `scheduler`: `engine.scheduler()`: every request joins the running batch (`HIRPF_MAX_BATCH`, default 8),
+  which runs, as in the app, in a process of its own (`hirpf.engine_process`) unless `HIRPF_ENGINE_PROCESS=0`.
 
 and the same two through the served app (`app.build.build_app` on loopback, in this process), each client a
 `gradio_client.Client` in a process of its own (`gradio_visitor.py`, as a visitor's browser is: in this process
@@ -38,9 +39,10 @@ copies of both paths; the document gives the setting, what it resolved to (`deco
 Torch runs with the app's thread count (`hirpf.serving_threads`: one fewer than the cores) unless `--threads`
 says otherwise. Measured in the same run besides: the model's own batch-8 decode throughput, a bare
 `model(...)` step over a 100-token cache (`decode_timing.py`), with the experts and the 8 clients' identity
-sets and without experts, in the main thread alone with every thread count from 1 to the cores, the best
-count's figures kept; measured just before and just after the scheduler's window at the most clients, and
-`serving_efficiency_8` divides by their mean (`model_decode_8`: the mean, `before` and `after`; this machine's
+sets and without experts, in a process of its own that does nothing else (as the served batch runs in the
+engine process) with every thread count from 1 to the cores, the best count's figures kept; measured just
+before and just after the scheduler's window at the most clients, and `serving_efficiency_8` divides by
+their mean (`model_decode_8`: the mean, `before` and `after`; this machine's
 speed drifts by a fifth within minutes, and a reference taken minutes earlier moved the ratio with it); and
 the join case (`--join_tokens`, default 1500): while a prompt of that many tokens joins a running batch of 7,
 the running rows' time between text updates, steady and during the join.
@@ -80,7 +82,7 @@ from hirpf.fast_inference import decode_dtype_in_use  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
 from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
 from hirpf.routing import Routing  # noqa: E402
-from hirpf.serving_threads import available_cores, release_thread_team, serving_threads  # noqa: E402
+from hirpf.serving_threads import available_cores, serving_threads  # noqa: E402
 
 CLIENT_SETS = [IdentitySet.parse(s) for s in (
     "AGR_high", "AGR_low,Doctor", "CON_high,EXT_low,Artist", "NEU_high,OPE_low", "Programmer",
@@ -215,9 +217,9 @@ def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_
     Requests sent during the arrival ramp are reported apart (`ramp_ttft_p95_s`): they meet a batch that
     is still filling and each brings a whole prompt. Every run starts with an empty prefix store, so each
     client's first request is prefilled in full and its later ones find their identity prompt."""
-    prefixes = engine.scheduler().prefixes  # the one scheduler: the Python API's and the served app's
-    prefixes.clear()
-    before = (prefixes.hits, prefixes.misses, prefixes.reused_tokens)
+    scheduler = engine.scheduler()  # the one scheduler: the Python API's and the served app's
+    scheduler.clear_prefixes()
+    before = scheduler.prefix_counters()
     requests: list[dict] = []
     lock = threading.Lock()
     streams = [path.client() for _ in range(clients)]  # connected before the clock starts
@@ -273,34 +275,44 @@ def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_
         "mean_reply_tokens": round(statistics.mean(tokens_at(r["events"], float("inf")) for r in ended), 1)
         if ended else None,
         "prefix_hits_misses_reused_tokens": [now - then for now, then in zip(
-            (prefixes.hits, prefixes.misses, prefixes.reused_tokens), before)],
+            engine.scheduler().prefix_counters(), before)],
     }
 
 
 class ModelDecodeReference:
     """The model's own batch-8 decode throughput, no serving code around it: a bare `model(...)` step over a
     100-token cache, with the experts and the 8 clients' identity sets (one per row), and without experts
-    (the base model, loaded once beside). The two take turns step by step (`decode_timing.py`), in this
-    (main) thread alone, with every torch thread count from 1 to the cores; the best count's figures are the
-    model's own (`threads`), so that serving with fewer threads is not compared with a slowed model."""
+    (the base model, loaded beside). The two take turns step by step (`decode_timing.py`), in the main thread
+    of a process of its own that does nothing else (this script again, `--reference_steps`), as the served
+    batch runs in the engine process: not in this process, which holds the served apps' web servers, the
+    clients' connections and the thread teams of every path measured. Every torch thread count from 1 to
+    the cores is tried; the best count's figures are the model's own (`threads`), so that serving with
+    fewer threads is not compared with a slowed model."""
 
-    def __init__(self, engine: Engine, steps: int, serving_threads: int):
-        self.engine, self.steps, self.serving_threads = engine, steps, serving_threads
-        self.bare, _ = load_base_model("embedded", load_in_8bit=False, dtype="float32")
-        self.rows = Routing([expert_identities(s, Conditioning.EXPERTS_AND_PROMPT) for s in CLIENT_SETS])
+    def __init__(self, steps: int):
+        self.steps = steps
 
     def measure(self) -> dict:
-        by_threads = {}
-        for threads in range(1, available_cores() + 1):
-            torch.set_num_threads(threads)
-            cases = {"experts_mixed_8": (self.engine.model, self.rows), "base": (self.bare, None)}
-            seconds = decode_step_seconds(cases, batch=len(CLIENT_SETS), context=100, steps=self.steps)
-            by_threads[threads] = {f"{name}_tokens_per_s": round(len(CLIENT_SETS) / s, 2)
-                                   for name, s in seconds.items()}
-        torch.set_num_threads(self.serving_threads)
-        release_thread_team()  # the main thread's idle team would slow the scheduler's (hirpf/serving_threads.py)
-        best = max(by_threads, key=lambda t: by_threads[t]["experts_mixed_8_tokens_per_s"])
-        return {**by_threads[best], "threads": best, "by_threads": by_threads}
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--reference_steps", str(self.steps)],
+                              capture_output=True, text=True, timeout=900)
+        if done.returncode:
+            raise RuntimeError(f"the decode reference failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout)
+
+
+def reference_in_this_process(steps: int) -> dict:
+    """`ModelDecodeReference`'s measurement, run in the process it starts."""
+    engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
+    bare, _ = load_base_model("embedded", load_in_8bit=False, dtype="float32")
+    rows = Routing([expert_identities(s, Conditioning.EXPERTS_AND_PROMPT) for s in CLIENT_SETS])
+    by_threads = {}
+    for threads in range(1, available_cores() + 1):
+        torch.set_num_threads(threads)
+        cases = {"experts_mixed_8": (engine.model, rows), "base": (bare, None)}
+        seconds = decode_step_seconds(cases, batch=len(CLIENT_SETS), context=100, steps=steps)
+        by_threads[threads] = {f"{name}_tokens_per_s": round(len(CLIENT_SETS) / s, 2) for name, s in seconds.items()}
+    best = max(by_threads, key=lambda t: by_threads[t]["experts_mixed_8_tokens_per_s"])
+    return {**by_threads[best], "threads": best, "by_threads": by_threads}
 
 
 def bracketed(before: dict, after: dict) -> dict:
@@ -335,7 +347,7 @@ def join_case(engine: Engine, prompt_tokens: int, running: int, steady_s: float)
     the join's window (from its submission to its first token and two steady steps after);
     `join_itl_p95_ratio` = the join window's p95 ÷ the steady p95."""
     scheduler = engine.scheduler()
-    scheduler.prefixes.clear()
+    scheduler.clear_prefixes()
     updates: list[list[float]] = [[] for _ in range(running)]
     history = [{"role": "user", "content": "Tell me a long story about your week, day by day, in detail."}]
     streams = [scheduler.submit(history, CLIENT_SETS[i], sampling=Sampling(max_new_tokens=400, seed=1 + i))
@@ -397,7 +409,12 @@ def main(argv=None) -> int:
     parser.add_argument("--join_tokens", type=int, default=1500, help="the joining prompt's length (0: no join case)")
     parser.add_argument("--decode_steps", type=int, default=30,
                         help="steps timed for the model's own batch-8 decode throughput")
+    parser.add_argument("--reference_steps", type=int, default=None,
+                        help=argparse.SUPPRESS)  # internal: measure ModelDecodeReference in this process, print JSON
     args = parser.parse_args(argv)
+    if args.reference_steps:
+        print(json.dumps(reference_in_this_process(args.reference_steps)))
+        return 0
     if args.quick:
         args.clients, args.window, args.max_new_tokens = "1,8", 10.0, 32
     counts = [int(c) for c in args.clients.split(",")]
@@ -408,7 +425,9 @@ def main(argv=None) -> int:
         print(*a, file=sys.stderr, flush=True)
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
-    reference = ModelDecodeReference(engine, args.decode_steps, args.threads)
+    os.environ["HIRPF_SERVING_THREADS"] = str(args.threads)  # an engine process's own torch threads, too
+    engine_process = engine.serve_in_a_process(environment.HIRPF_ENGINE_PROCESS)  # as app.py does
+    reference = ModelDecodeReference(args.decode_steps)
     top = max(counts)
     model_decode = None
     paths = {"serial": SerialQueue(engine), "scheduler": SchedulerPath(engine)}
@@ -481,7 +500,7 @@ def main(argv=None) -> int:
         "settings": {"clients": counts, "window_s": args.window, "max_new_tokens": args.max_new_tokens,
                      "torch_threads": args.threads, "max_batch": max_batch, "quick": args.quick,
                      "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3),
-                     "decode_dtype_setting": environment.HIRPF_DECODE_DTYPE},
+                     "decode_dtype_setting": environment.HIRPF_DECODE_DTYPE, "engine_process": engine_process},
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "table": table,
     }

@@ -72,8 +72,14 @@ def serve_tiny(port: int, data_dir: str) -> None:
     from app.launching import launch
     from app.model_slot import ModelSlot
     from app.tiny_model import tiny_engine
+    from hirpf import environment
 
-    launch(build_app(ModelSlot(tiny_engine, "tiny random model").start(), data_dir=data_dir), "127.0.0.1", port)
+    def load():
+        engine = tiny_engine()
+        engine.serve_in_a_process(environment.HIRPF_ENGINE_PROCESS)  # as app.py does
+        return engine
+
+    launch(build_app(ModelSlot(load, "tiny random model").start(), data_dir=data_dir), "127.0.0.1", port)
 
 
 @contextmanager
@@ -106,8 +112,25 @@ def served(tiny: bool, max_context: int | None, log_path: Path):
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def server_processes(pid: int) -> list[int]:
+    """The server process and its descendants: the engine process (`hirpf.engine_process`) decodes there."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            found += server_processes(int(child))
+    return found
+
+
 def rss_bytes(pid: int) -> int:
-    """Resident memory of the server process (VmRSS)."""
+    """Resident memory of the server and its engine process (VmRSS, summed)."""
+    return sum(_rss(p) for p in server_processes(pid))
+
+
+def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
@@ -115,11 +138,12 @@ def rss_bytes(pid: int) -> int:
 
 
 def cpu_share(pid: int, seconds: float) -> float:
-    """The server's CPU use over `seconds`, in cores: near 0 once no reply is being decoded (so a reply whose
-    visitor disconnected has really ended)."""
-    before = cpu_seconds(pid)
+    """The server's and its engine process's CPU use over `seconds`, in cores: near 0 once no reply is being
+    decoded (so a reply whose visitor disconnected has really ended)."""
+    before = {p: cpu_seconds(p) for p in server_processes(pid)}
     time.sleep(seconds)
-    return (cpu_seconds(pid) - before) / seconds
+    after = {p: cpu_seconds(p) for p in server_processes(pid)}
+    return sum(used - (before.get(p) or 0.0) for p, used in after.items() if used is not None) / seconds
 
 
 def wait_until_ready(url: str, timeout_s: float) -> str:
@@ -141,7 +165,10 @@ def wait_until_ready(url: str, timeout_s: float) -> str:
 # --- what the app returns ---------------------------------------------------------------------------------
 
 def transcript(result) -> list[dict]:
-    return result[0] if isinstance(result, (tuple, list)) and result and isinstance(result[0], list) else result
+    """The chatbot value an endpoint returned (chat, regenerate, stop and clear return it alone)."""
+    if not isinstance(result, list):
+        raise TypeError(f"expected the chatbot's messages, got {type(result).__name__}: {result!r}")
+    return result
 
 
 def text(message: dict) -> str:
@@ -481,11 +508,13 @@ def soak(tiny: bool, minutes: float, visitors: int = 16, seed: int = 0, warmup_s
         time.sleep(settle_s)
         rss_after = rss_bytes(pid)
         idle_cpu = cpu_share(pid, 5.0)
+        processes = len(server_processes(pid))  # 2 with the running batch in an engine process
     growth = rss_after / rss_warm - 1
     started = sum(n for (a, o), n in tally.outcomes.items() if a != "bad_identity" and a != "clear")
     summary = {
         "model": "tiny random model" if tiny else status.removeprefix("Model ready: "),
         "visitors": visitors, "minutes": minutes, "ran_s": round(ran_s, 1), "seed": seed,
+        "server_processes": processes,
         "max_new_tokens": max_new_tokens, "reply_timeout_s": reply_timeout, "max_context": max_context,
         "actions": sum(tally.outcomes.values()), "replies_started": started,
         "outcomes": {f"{a}/{o}": n for (a, o), n in sorted(tally.outcomes.items())},

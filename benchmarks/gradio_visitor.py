@@ -51,7 +51,7 @@ def main(url: str) -> None:
         control.start()
         error = None
         try:
-            for chatbot, *_ in job:
+            for chatbot in job:  # /chat returns the chatbot alone
                 reply = [message_text(m) for m in chatbot if m["role"] == "assistant" and not m.get("metadata")]
                 if reply and reply[-1]:
                     say(text=reply[-1])

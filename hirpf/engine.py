@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -58,8 +59,11 @@ def default_experts(base_model: str) -> Path | None:
 
 
 class Engine:
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, load_again: Callable[[], "Engine"] | None = None):
+        """`load_again`: a picklable callable that loads this same engine again (`Engine.load` records its
+        arguments), which lets `scheduler()` run the running batch in a process of its own."""
+        self.model, self.tokenizer, self.load_again = model, tokenizer, load_again
+        self.engine_process = False  # whether `scheduler()` runs the batch in a process of its own
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
         # Schedulers whose loop thread died and were replaced, and the last one's error (for /model_status).
@@ -68,14 +72,21 @@ class Engine:
 
     def scheduler(self):
         """This engine's one `hirpf.scheduler.Scheduler` (started on first use): callers that share it share
-        its running batch, so concurrent requests decode together. A closed one is replaced, and so is one
-        whose loop thread died (counted in `scheduler_restarts`): a dead one is never handed out."""
+        its running batch, so concurrent requests decode together. After `serve_in_a_process()` the running
+        batch lives in a process of its own (`hirpf.engine_process.EngineProcess`, the same signatures). A
+        closed one is replaced, and so is one
+        whose loop thread or process died (counted in `scheduler_restarts`): a dead one is never handed out."""
         with self._scheduler_lock:
             if self._scheduler is None or self._scheduler.closed:
                 if self._scheduler is not None and self._scheduler.failure is not None:
                     self.scheduler_restarts += 1
                     self.scheduler_failure = self._scheduler.failure
-                self._scheduler = Scheduler(self)
+                if self.engine_process:
+                    from .engine_process import EngineProcess
+
+                    self._scheduler = EngineProcess(self, self.load_again)
+                else:
+                    self._scheduler = Scheduler(self)
             return self._scheduler
 
     @classmethod
@@ -89,7 +100,17 @@ class Engine:
         if experts:
             load_experts(model, experts)
         apply_decode_dtype(model, decode_dtype)
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, partial(cls.load, base_model, lora_weights, load_in_8bit, dtype))
+
+    def serve_in_a_process(self, wanted: bool = True) -> bool:
+        """From the next scheduler on, run the running batch in a process of its own (`hirpf.engine_process`:
+        the web server's Python then no longer holds up its decode steps) where `wanted` and possible: the
+        engine can load itself again (`load_again`) and its model is on the CPU. On a GPU the second copy
+        would double the GPU memory the model takes. Returns whether it will."""
+        self.engine_process = bool(wanted and self.load_again is not None and self.model.device.type == "cpu")
+        log.info("the scheduler's running batch: %s", "in a process of its own" if self.engine_process
+                 else "in this process")
+        return self.engine_process
 
     @property
     def has_experts(self) -> bool:

@@ -190,6 +190,10 @@ _SETTINGS = [
     Setting("HIRPF_SCHEDULER", True, FLAG, "app",
             "serve chat replies and debate statements through the scheduler's running batch, HIRPF_MAX_BATCH "
             "visitors at once; off: one at a time (ZeroGPU is always one at a time)", flag="--scheduler"),
+    Setting("HIRPF_ENGINE_PROCESS", True, FLAG, "app",
+            "run the scheduler's running batch in a process of its own with its own copy of the model, so the web "
+            "server's Python does not hold up its decode steps (hirpf/engine_process.py says why); only where "
+            "the model runs on the CPU (on a GPU the copy would double the GPU memory)", flag="--engine_process"),
     Setting("HIRPF_GPU_DURATION", 180, whole_number(1), "app",
             "seconds of GPU that ZeroGPU lends each call that runs the model (on Hugging Face Spaces)"),
     # --- human evaluation -------------------------------------------------------------------------------------

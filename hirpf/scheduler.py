@@ -43,12 +43,13 @@ import logging
 import threading
 import weakref
 from collections import deque
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from . import environment
 from .batch_runner import BatchRunner, ChunkedPrefill, Row
+from .context_limit import FittedHistory
 from .identities import IdentitySet
 from .prefix_cache import PrefixCache
 from .prompts import Conditioning, expert_identities
@@ -69,6 +70,30 @@ def _close_all() -> None:
 
 class SchedulerClosed(RuntimeError):
     """The scheduler was closed before this request finished."""
+
+
+class CheckedRequest(NamedTuple):
+    identities: IdentitySet
+    conditioning: Conditioning
+    sampling: Sampling
+    sampler: RowSampler
+    fitted: FittedHistory  # the newest turns that fit the context, and how many were left out
+
+
+def checked_request(engine, history: Sequence[Message], identities: "IdentitySet | str",
+                    conditioning: "Conditioning | str", sampling: Sampling | None,
+                    stop_event: threading.Event | None, device: "torch.device | str") -> CheckedRequest:
+    """A request read and checked in its caller's thread, for the scheduler and for the engine process's
+    app side alike, so that a bad one fails there, alone (IdentityError / ValueError / TypeError /
+    ContextLimitError)."""
+    identities = IdentitySet.parse(identities)
+    conditioning = Conditioning.parse(conditioning)
+    sampling = sampling or Sampling()
+    if stop_event is not None and not isinstance(stop_event, threading.Event):
+        raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
+    sampler = RowSampler(sampling, device=device)
+    fitted = engine.fit_history(history, identities, conditioning, sampling.max_new_tokens)
+    return CheckedRequest(identities, conditioning, sampling, sampler, fitted)
 
 
 class Scheduler:
@@ -109,22 +134,20 @@ class Scheduler:
     # --- requests --------------------------------------------------------------------------------
     def submit(self, history: Sequence[Message], identities: "IdentitySet | str",
                conditioning: "Conditioning | str" = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
-               stop_event: threading.Event | None = None) -> ReplyStream:
+               stop_event: threading.Event | None = None, stream: ReplyStream | None = None) -> ReplyStream:
         """Queue one reply to `history` (its newest turns that fit the context); returns its stream at once.
         A bad identity set, conditioning or sampling setting, or a newest message too long for the context,
-        raises here (IdentityError / ValueError / ContextLimitError) and touches nothing else."""
-        identities = IdentitySet.parse(identities)
-        conditioning = Conditioning.parse(conditioning)
-        sampling = sampling or Sampling()
-        if stop_event is not None and not isinstance(stop_event, threading.Event):
-            raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
-        sampler = RowSampler(sampling, device=self.runner.device)
-        fitted = self.engine.fit_history(history, identities, conditioning, sampling.max_new_tokens)
-        messages = self.engine.chat_messages(fitted.history, identities, conditioning)
+        raises here (IdentityError / ValueError / ContextLimitError) and touches nothing else. `stream`: the
+        stream to report to, with `stop_event` as its own (the engine process passes one that forwards each
+        token to the app's process); by default a new `ReplyStream`."""
+        request = checked_request(self.engine, history, identities, conditioning, sampling, stop_event,
+                                  self.runner.device)
+        messages = self.engine.chat_messages(request.fitted.history, request.identities, request.conditioning)
         prompt = self.engine.encode([messages])["input_ids"]
-        stream = ReplyStream(self.tokenizer, stop_event or threading.Event())
-        stream.left_out = fitted.left_out
-        row = Row(prompt, expert_identities(identities, conditioning), sampler, sampling.max_new_tokens, stream)
+        stream = stream or ReplyStream(self.tokenizer, stop_event or threading.Event())
+        stream.left_out = request.fitted.left_out
+        row = Row(prompt, expert_identities(request.identities, request.conditioning), request.sampler,
+                  request.sampling.max_new_tokens, stream)
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the scheduler is closed" if self.failure is None else
@@ -144,6 +167,13 @@ class Scheduler:
               conditioning: "Conditioning | str" = Conditioning.EXPERTS_AND_PROMPT,
               sampling: Sampling | None = None) -> str:
         return self.submit(history, identities, conditioning, sampling).result()
+
+    def prefix_counters(self) -> tuple[int, int, int]:
+        """The prefix store's hits, misses and reused tokens so far (for benchmarks; kept where it lives)."""
+        return self.prefixes.hits, self.prefixes.misses, self.prefixes.reused_tokens
+
+    def clear_prefixes(self) -> None:
+        self.prefixes.clear()
 
     @property
     def running(self) -> int:

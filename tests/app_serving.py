@@ -92,8 +92,9 @@ def client(url: str, address: str | None = None):
 
 
 def transcript(result) -> list[dict]:
-    """The chatbot value out of an endpoint's result (chat returns it with the message box)."""
-    return result[0] if isinstance(result, tuple) else result
+    """The chatbot value an endpoint returned (chat, regenerate, stop and clear return it alone)."""
+    assert isinstance(result, list), f"expected the chatbot's messages, got {type(result).__name__}: {result!r}"
+    return result
 
 
 def text(message: dict) -> str:

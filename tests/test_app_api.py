@@ -173,6 +173,21 @@ def test_mcp_is_switched_off_and_says_so(tiny_url):
     assert httpx.get(f"{tiny_url}config").json()["mcp_server"] is False
 
 
+def test_gradio_summarises_its_events_every_hundredth_not_after_each(monkeypatch, tmp_path):
+    """Gradio's default recomputes a pandas summary of its last 10,000 events after each event, holding the
+    interpreter lock the scheduler's loop needs; the launch makes it every 100th unless the operator says."""
+    from app.build import build_annotation_app
+    from app.launching import ANALYTICS_EVERY_EVENTS, launch
+
+    monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", raising=False)
+    built = build_annotation_app(data_dir=tmp_path)
+    launch(built, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+    try:
+        assert built.blocks._queue.ANAYLTICS_CACHE_FREQUENCY == ANALYTICS_EVERY_EVENTS == 100
+    finally:
+        built.blocks.close()
+
+
 def test_two_clients_never_see_each_others_conversation(tiny_url):
     a, b = client(tiny_url), client(tiny_url)
     a.predict(message="from A", profession=["Doctor"], **QUICK, api_name="/chat")

@@ -109,6 +109,10 @@ def test_a_message_gets_a_streamed_reply(page):
     assert len(lengths) >= 2, f"the reply never grew on the page: {seen[-3:]}"
     assert captions(page) == ["Identity: a programmer with high extraversion"]
     assert last_reply(page).inner_text().strip()
+    # Send emptied the box (in the browser) after the chat event had read it: the message was answered.
+    expect(page.locator("#chat-message textarea")).to_have_value("")
+    sent = page.locator('#chat-transcript [data-testid="user"]').last
+    expect(sent).to_have_text("What are you working on these days?")
 
 
 def test_changing_identities_mid_chat_changes_the_next_turns_record(page):

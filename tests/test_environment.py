@@ -35,6 +35,7 @@ EXAMPLES = {
     "HIRPF_DATA_DIR": ("/tmp/d", Path("/tmp/d"), None),
     "HIRPF_ANNOTATION_ONLY": ("1", True, "only"),
     "HIRPF_SCHEDULER": ("off", False, "2"),
+    "HIRPF_ENGINE_PROCESS": ("0", False, "sometimes"),
     "HIRPF_GPU_DURATION": ("300", 300, "soon"),
     "DATABASE_URL": ("sqlite:///x.db", "sqlite:///x.db", None),
     "HIRPF_SIGN_IN": ("HF", "hf", "github"),

@@ -52,3 +52,4 @@ def test_a_short_soak_loses_and_crosses_no_reply():
     assert summary["lost"] == summary["crossed"] == summary["unexpected"] == 0, problems
     assert summary["warmup"]["lost"] == summary["warmup"]["crossed"] == summary["warmup"]["unexpected"] == 0, problems
     assert summary["replies_started"] > 0
+    assert summary["server_processes"] == 2  # the app's, and the engine process where the replies were decoded
