@@ -239,14 +239,20 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
 
     handlers = ChatHandlers(slot, stops, serving)
     identity_inputs = panel.inputs
-    sent = [send.click, message.submit]
-    chat_event = gr.on(sent, gpu(handlers.chat), [message, conversation, *identity_inputs, *settings],
-                       [chatbot, conversation], api_name="chat", **serving.queue)
-    # Send empties the box in the browser alone (registered after the chat event, which has read the message
-    # by then). Through the server every streamed update would carry the box too: Gradio rebuilds a component
-    # for each `gr.skip()`, a fifth of the web server's interpreter time at 8 visitors (docs/serving.md), time
-    # the scheduler's loop thread waits for.
-    gr.on(sent, None, None, message, js="() => ''", queue=False, show_progress="hidden", api_visibility="private")
+    # Send moves the message out of the box (emptied at once) into `pending`, which the reply then answers, as
+    # Gradio's ChatInterface does; the API's /chat takes the message itself, through a button no one sees. The
+    # reply's events leave the box out of their outputs: every streamed update would carry it too, and Gradio
+    # rebuilds a component for each `gr.skip()`, a fifth of the web server's interpreter time at 8 visitors
+    # (docs/serving.md), time the scheduler's loop thread waited for.
+    pending = gr.State("")
+    api_chat = gr.Button(visible=False, elem_id="chat-api")
+    chat_inputs = [conversation, *identity_inputs, *settings]
+    chat_event = gr.on([send.click, message.submit], lambda text: ("", text), message, [message, pending],
+                       queue=False, show_progress="hidden", api_visibility="private").then(
+        gpu(handlers.chat), [pending, *chat_inputs], [chatbot, conversation], api_name="chat_sent",
+        api_visibility="private", **serving.queue)  # named, or it would take "chat" from the function's name
+    api_chat_event = api_chat.click(gpu(handlers.chat), [message, *chat_inputs], [chatbot, conversation],
+                                    api_name="chat", **serving.queue)
     regenerate_event = regenerate.click(gpu(handlers.regenerate_reply), [conversation, *identity_inputs, *settings],
                                         [chatbot, conversation], api_name="regenerate", **serving.queue)
     quick = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
@@ -260,7 +266,7 @@ def build_chat_tab(slot: ModelSlot, stops: StopSignals, model_queue: dict, servi
     # land after the next Compare began on a busy server, and would hide that new comparison.
     gr.on([panel.traits.input, panel.profession.input, *[s.input for s in panel.sliders], conditioning.input,
            baseline.input, clear.click], lambda: gr.Column(visible=False), None, comparison, **quick)
-    running = [chat_event, regenerate_event, compare_event]
+    running = [chat_event, api_chat_event, regenerate_event, compare_event]
     stop.click(handlers.stop_reply, [conversation], [chatbot, conversation], cancels=running, queue=False,
                api_name="stop")
     clear.click(handlers.clear_chat, None, [chatbot, conversation], cancels=running, queue=False, api_name="clear")
