@@ -74,8 +74,8 @@ class Engine:
         """This engine's one `hirpf.scheduler.Scheduler` (started on first use): callers that share it share
         its running batch, so concurrent requests decode together. After `serve_in_a_process()` the running
         batch lives in a process of its own (`hirpf.engine_process.EngineProcess`, the same signatures). A
-        closed one is replaced, and so is one
-        whose loop thread or process died (counted in `scheduler_restarts`): a dead one is never handed out."""
+        closed one is replaced, and so is one whose loop thread or process died (counted in
+        `scheduler_restarts`): a dead one is never handed out."""
         with self._scheduler_lock:
             if self._scheduler is None or self._scheduler.closed:
                 if self._scheduler is not None and self._scheduler.failure is not None:
