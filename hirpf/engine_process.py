@@ -9,16 +9,17 @@ number of cores: at 8 visitors the served app's loop thread got 0.69-0.84 of a c
 of Python, 1.48 times beside a fifth (`benchmarks/bench_interpreter_lock.py`, docs/serving.md).
 
     app's process                                        engine process (`python -m hirpf.engine_process`)
-    EngineProcess.submit: check, fit the context  ──►    its own copy of the model and a `Scheduler`
+    EngineProcess.submit: check, fit, tokenize    ──►    its own copy of the model and a `Scheduler`
       (in the caller's thread, errors raise there)       ForwardedStream: each token and each end, sent
     a receiver thread feeds each ReplyStream      ◄──      from the loop thread as it happens
     a caller's stop event, forwarded              ──►    sets that request's stop event there
 
-The app's side keeps its own engine: it checks and fits each request before sending it (a bad one fails in
-its caller's thread, as with the in-process scheduler), decodes the tokens into text in the reader's thread,
-and serves everything that is not a streamed reply (Compare, questionnaires) itself. The price is a second
-copy of the model in memory and its load at start. `Engine.scheduler()` starts one when `HIRPF_ENGINE_PROCESS`
-is on and the engine knows how it was loaded (`Engine.load_again`); if the engine process dies, its requests
+The app's side keeps its own engine: it checks, fits and tokenizes each request before sending it (a bad
+one fails in its caller's thread, as with the in-process scheduler), decodes the tokens into text in the
+reader's thread, and serves everything that is not a streamed reply (Compare, questionnaires) itself. The
+price is a second copy of the model in memory and its load at start. `Engine.scheduler()` starts one once
+`Engine.serve_in_a_process()` said so (the app does, from `HIRPF_ENGINE_PROCESS`, where the model is on the
+CPU and the engine knows how it was loaded: `Engine.load_again`); if the engine process dies, its requests
 end with the error and the next `Engine.scheduler()` starts a fresh one, as for a dead loop thread.
 
 The two processes talk over a socket pair (`multiprocessing.connection`); the engine process is started with
@@ -31,6 +32,7 @@ import atexit
 import itertools
 import logging
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -39,12 +41,15 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Callable, Sequence
 
+import torch
+
 from . import environment
 from .paths import PROJECT_ROOT
 from .prompts import Conditioning
 from .reply_stream import FinishReason, ReplyStream
+from .row_sampling import RowSampler
 from .sampling import Message, Sampling
-from .scheduler import SchedulerClosed, checked_request
+from .scheduler import PreparedRequest, SchedulerClosed, prepared_request
 
 log = logging.getLogger(__name__)
 # What the app's side may ask of the engine process's scheduler beside requests (its methods of these names).
@@ -68,7 +73,7 @@ class EngineProcess:
     `submit` and `stream` have the `Scheduler`'s signatures and return `ReplyStream`s."""
 
     def __init__(self, engine, load: Callable[[], object]):
-        """`engine`: this process's engine (it checks and fits requests and decodes their tokens); `load`:
+        """`engine`: this process's engine (it prepares requests and decodes their tokens); `load`:
         a picklable callable that loads the same model in the engine process (`Engine.load_again`)."""
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.max_batch = environment.HIRPF_MAX_BATCH  # the engine process's scheduler reads the same setting
@@ -94,18 +99,22 @@ class EngineProcess:
     # --- requests --------------------------------------------------------------------------------
     def submit(self, history: Sequence[Message], identities, conditioning=Conditioning.EXPERTS_AND_PROMPT,
                sampling: Sampling | None = None, stop_event: threading.Event | None = None) -> ReplyStream:
-        """As `Scheduler.submit`: checked and fitted here, decoded there; returns the reply's stream at once."""
-        request = checked_request(self.engine, history, identities, conditioning, sampling, stop_event, "cpu")
+        """As `Scheduler.submit`: checked, fitted and tokenized here, decoded there; returns the reply's stream
+        at once."""
+        request = prepared_request(self.engine, history, identities, conditioning, sampling, stop_event, "cpu")
         stream = ReplyStream(self.tokenizer, stop_event or threading.Event())
-        stream.left_out = request.fitted.left_out
+        stream.left_out = request.left_out
         with self._lock:
             if self.closed or self._streams is None:
                 raise self._refusal()
             request_id = next(self._ids)
             self._streams[request_id] = stream
         try:
-            self._send(("submit", request_id, list(request.fitted.history), request.identities,
-                        request.conditioning, request.sampling))
+            # Prepared here: the engine process's threads only decode (its receiver would otherwise fit and
+            # tokenize each prompt again, holding the interpreter lock its loop thread needs).
+            # The token ids as a list: `Connection.send` would pass a tensor through torch's shared-memory
+            # sharing, which needs the two processes to be `multiprocessing`'s own.
+            self._send(("submit", request_id, request.prompt[0].tolist(), request.experts, request.sampling))
         except OSError:  # the engine process is gone; the receiver ends the stream, if it has not already
             with self._lock:
                 if self._streams is not None:
@@ -255,8 +264,6 @@ class ForwardedStream(ReplyStream):
 
 def _picklable(error: BaseException | None) -> BaseException | None:
     """`error` if it survives pickling, else a RuntimeError that says what it was."""
-    import pickle
-
     try:
         return pickle.loads(pickle.dumps(error))
     except Exception:
@@ -292,11 +299,14 @@ def serve(conn: Connection) -> int:
             except EOFError:  # the app's process is gone
                 break
             if message[0] == "submit":
-                _, request_id, history, identities, conditioning, sampling = message
+                _, request_id, prompt, experts, sampling = message
                 stop = stops[request_id] = threading.Event()
                 stream = ForwardedStream(engine.tokenizer, stop, request_id, send, ended=lambda i: stops.pop(i, None))
                 try:
-                    scheduler.submit(history, identities, conditioning, sampling, stop, stream=stream)
+                    device = scheduler.runner.device
+                    sampler = RowSampler(sampling, device=device)  # its own generator, on this side's device
+                    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+                    scheduler.enqueue(PreparedRequest(ids, experts, sampling, sampler, 0), stream)
                 except Exception as err:  # checked on the app's side already; said all the same
                     stream._finish(FinishReason.ERROR, err)
             elif message[0] == "call":

@@ -49,7 +49,6 @@ import torch
 
 from . import environment
 from .batch_runner import BatchRunner, ChunkedPrefill, Row
-from .context_limit import FittedHistory
 from .identities import IdentitySet
 from .prefix_cache import PrefixCache
 from .prompts import Conditioning, expert_identities
@@ -72,20 +71,20 @@ class SchedulerClosed(RuntimeError):
     """The scheduler was closed before this request finished."""
 
 
-class CheckedRequest(NamedTuple):
-    identities: IdentitySet
-    conditioning: Conditioning
+class PreparedRequest(NamedTuple):
+    prompt: torch.Tensor  # [1, tokens]: our system message and the newest turns that fit, chat-templated
+    experts: IdentitySet  # what the expert layers see (`hirpf.prompts.expert_identities`)
     sampling: Sampling
     sampler: RowSampler
-    fitted: FittedHistory  # the newest turns that fit the context, and how many were left out
+    left_out: int  # earlier turns of the history left out to fit the context
 
 
-def checked_request(engine, history: Sequence[Message], identities: "IdentitySet | str",
-                    conditioning: "Conditioning | str", sampling: Sampling | None,
-                    stop_event: threading.Event | None, device: "torch.device | str") -> CheckedRequest:
-    """A request read and checked in its caller's thread, for the scheduler and for the engine process's
-    app side alike, so that a bad one fails there, alone (IdentityError / ValueError / TypeError /
-    ContextLimitError)."""
+def prepared_request(engine, history: Sequence[Message], identities: "IdentitySet | str",
+                     conditioning: "Conditioning | str", sampling: Sampling | None,
+                     stop_event: threading.Event | None, device: "torch.device | str") -> PreparedRequest:
+    """A request read, checked, fitted to the context and tokenized in its caller's thread, for the scheduler
+    and for the engine process's app side alike, so that a bad one fails there, alone (IdentityError /
+    ValueError / TypeError / ContextLimitError)."""
     identities = IdentitySet.parse(identities)
     conditioning = Conditioning.parse(conditioning)
     sampling = sampling or Sampling()
@@ -93,7 +92,8 @@ def checked_request(engine, history: Sequence[Message], identities: "IdentitySet
         raise TypeError(f"stop_event must be a threading.Event or None, got {type(stop_event).__name__}")
     sampler = RowSampler(sampling, device=device)
     fitted = engine.fit_history(history, identities, conditioning, sampling.max_new_tokens)
-    return CheckedRequest(identities, conditioning, sampling, sampler, fitted)
+    prompt = engine.encode([engine.chat_messages(fitted.history, identities, conditioning)])["input_ids"]
+    return PreparedRequest(prompt, expert_identities(identities, conditioning), sampling, sampler, fitted.left_out)
 
 
 class Scheduler:
@@ -134,20 +134,19 @@ class Scheduler:
     # --- requests --------------------------------------------------------------------------------
     def submit(self, history: Sequence[Message], identities: "IdentitySet | str",
                conditioning: "Conditioning | str" = Conditioning.EXPERTS_AND_PROMPT, sampling: Sampling | None = None,
-               stop_event: threading.Event | None = None, stream: ReplyStream | None = None) -> ReplyStream:
+               stop_event: threading.Event | None = None) -> ReplyStream:
         """Queue one reply to `history` (its newest turns that fit the context); returns its stream at once.
         A bad identity set, conditioning or sampling setting, or a newest message too long for the context,
-        raises here (IdentityError / ValueError / ContextLimitError) and touches nothing else. `stream`: the
-        stream to report to, with `stop_event` as its own (the engine process passes one that forwards each
-        token to the app's process); by default a new `ReplyStream`."""
-        request = checked_request(self.engine, history, identities, conditioning, sampling, stop_event,
-                                  self.runner.device)
-        messages = self.engine.chat_messages(request.fitted.history, request.identities, request.conditioning)
-        prompt = self.engine.encode([messages])["input_ids"]
-        stream = stream or ReplyStream(self.tokenizer, stop_event or threading.Event())
-        stream.left_out = request.fitted.left_out
-        row = Row(prompt, expert_identities(request.identities, request.conditioning), request.sampler,
-                  request.sampling.max_new_tokens, stream)
+        raises here (IdentityError / ValueError / ContextLimitError) and touches nothing else."""
+        request = prepared_request(self.engine, history, identities, conditioning, sampling, stop_event,
+                                   self.runner.device)
+        return self.enqueue(request, ReplyStream(self.tokenizer, stop_event or threading.Event()))
+
+    def enqueue(self, request: PreparedRequest, stream: ReplyStream) -> ReplyStream:
+        """Queue a prepared request whose reply goes to `stream` (its stop event is the request's); the engine
+        process passes requests prepared on the app's side and streams that forward each token there."""
+        stream.left_out = request.left_out
+        row = Row(request.prompt, request.experts, request.sampler, request.sampling.max_new_tokens, stream)
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the scheduler is closed" if self.failure is None else
