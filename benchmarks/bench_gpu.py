@@ -14,7 +14,7 @@ imports, on a model cut to `EIGHT_BIT_LAYERS[shape]` layers, saved and loaded as
   `speedup_8` = batched ÷ serial aggregate tokens/s.
 
 Step times are medians over `STEPS` steps after a warm-up, with `torch.cuda.synchronize()` around each
-(`decode_timing.py`).
+(`hirpf/decode_timing.py`).
 Without CUDA it prints `{"cuda": false, ...}` and measures nothing; `--smoke` instead runs every part on the
 CPU at one layer and a few tokens (what CI does to keep this script working; not figures).
 """
@@ -33,9 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from decode_timing import decode_step_seconds  # noqa: E402
-
 from app.tiny_model import randomize_experts  # noqa: E402
+from hirpf.decode_timing import decode_step_seconds  # noqa: E402
 from hirpf.engine import Engine  # noqa: E402
 from hirpf.experts import ExpertConfig  # noqa: E402
 from hirpf.identities import IdentitySet  # noqa: E402

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import CLIENT_SETS  # noqa: E402
-from decode_timing import decode_step_seconds  # noqa: E402
 
+from hirpf.decode_timing import decode_step_seconds  # noqa: E402
 from hirpf.engine import Engine  # noqa: E402
 from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
 from hirpf.routing import Routing  # noqa: E402

@@ -36,16 +36,18 @@ are reported per run.
 copies of both paths; the document gives the setting, what it resolved to (`decode_dtype`) and
 `torch.backends.cpu.get_cpu_capability()` (`cpu_capability`).
 
-Torch runs with the app's thread count (`hirpf.serving_threads`: one fewer than the cores) unless `--threads`
-says otherwise. Measured in the same run besides: the model's own batch-8 decode throughput, a bare
-`model(...)` step over a 100-token cache (`decode_timing.py`), with the experts and the 8 clients' identity
-sets and without experts, in a process of its own that does nothing else (as the served batch runs in the
-engine process) with every thread count from 1 to the cores, the best count's figures kept; measured just
-before and just after the scheduler's window at the most clients, and `serving_efficiency_8` divides by
-their mean (`model_decode_8`: the mean, `before` and `after`; this machine's
-speed drifts by a fifth within minutes, and a reference taken minutes earlier moved the ratio with it); and
-the join case (`--join_tokens`, default 1500): while a prompt of that many tokens joins a running batch of 7,
-the running rows' time between text updates, steady and during the join.
+Torch runs with the app's thread counts unless `--threads` says otherwise (`hirpf.serving_threads`): this
+process one fewer than the cores, the engine process as it chooses at its load (`engine_process_threads`).
+Measured in the same run besides: the model's own batch-8 decode throughput, a bare `model(...)` step over a
+100-token cache (`hirpf/decode_timing.py`), with the experts and the 8 clients' identity sets and without
+experts, in a process of its own that does nothing else (as the served batch runs in the engine process) with
+every thread count from 1 to the cores, the best count's figures kept; measured just before and just after the
+scheduler's window at the most clients, and `serving_efficiency_8` divides by their mean (`model_decode_8`:
+the mean, `before` and `after`; this machine's speed drifts by a fifth within minutes, and a reference taken
+minutes earlier moved the ratio with it); and the join case (`--join_tokens`, default 1500): while a prompt of
+that many tokens joins a running batch of 7 kept full (each running client asks again when its reply ends),
+the running rows' time between text updates, steady, during the join (to the joiner's first token) and in the
+three steps after it.
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
@@ -53,12 +55,14 @@ scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a l
 `gradio_serial`; null with `--no_gradio`). Targets: speedup_8 >= 3.5, ttft_p95_ratio_8 <= 3,
 gradio_speedup_8 >= 3; `serving_efficiency_8` (the scheduler's aggregate tokens/s at 8 clients ÷ the
 experts' bare batch-8 throughput) >= 0.75; `join_itl_p95_ratio` (the running rows' p95 time between updates
-during the join ÷ the steady p95) <= 2.
+during the join ÷ the steady p95) <= 2; `after_join_itl_p95_ratio` (the same in the three steps after the
+join, the long row in the batch; reported, no target).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -73,10 +77,9 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
-from decode_timing import decode_step_seconds  # noqa: E402
-
 from hirpf import environment  # noqa: E402
 from hirpf.base_model import load_base_model  # noqa: E402
+from hirpf.decode_timing import decode_step_seconds  # noqa: E402
 from hirpf.engine import Engine, Sampling  # noqa: E402
 from hirpf.fast_inference import decode_dtype_in_use  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
@@ -282,7 +285,7 @@ def run_clients(path, engine: Engine, clients: int, max_new_tokens: int, spread_
 class ModelDecodeReference:
     """The model's own batch-8 decode throughput, no serving code around it: a bare `model(...)` step over a
     100-token cache, with the experts and the 8 clients' identity sets (one per row), and without experts
-    (the base model, loaded beside). The two take turns step by step (`decode_timing.py`), in the main thread
+    (the base model, loaded beside). The two take turns step by step (`hirpf/decode_timing.py`), in the main thread
     of a process of its own that does nothing else (this script again, `--reference_steps`), as the served
     batch runs in the engine process: not in this process, which holds the served apps' web servers, the
     clients' connections and the thread teams of every path measured. Every torch thread count from 1 to
@@ -343,53 +346,73 @@ def prompt_length(engine: Engine, history: list[dict], identities: IdentitySet) 
 
 def join_case(engine: Engine, prompt_tokens: int, running: int, steady_s: float) -> dict:
     """While a `prompt_tokens`-token prompt joins a running batch of `running` rows, the running rows' time
-    between text updates (what their visitors see), p50 and p95, in the steady state before the join and in
-    the join's window (from its submission to its first token and two steady steps after);
-    `join_itl_p95_ratio` = the join window's p95 ÷ the steady p95."""
+    between text updates (what their visitors see), p50 and p95, in the steady state before the join and
+    while it joins (from its submission to its first token); `join_itl_p95_ratio` = the join's p95 ÷ the
+    steady p95. Apart, the same for the three steps after its first token (`after_join_*`): the batch then
+    holds the long row, and every row's step reads its width (`hirpf.batch_cache` pads the rows to the
+    longest), a cost of the long conversation, not of its joining.
+
+    The batch is kept full as a busy server's is: each running client asks again as soon as its reply ends
+    (the experts' replies to one question end after 15-45 tokens, sooner than a long prompt's prefill on a
+    fast machine; a batch that had emptied measured nothing). Gaps are counted within a reply, never from
+    one reply's last update to the next one's first (that is a time to first token)."""
     scheduler = engine.scheduler()
     scheduler.clear_prefixes()
-    updates: list[list[float]] = [[] for _ in range(running)]
+    gaps: list[tuple[float, float]] = []  # (when, seconds since the same reply's previous update)
+    streaming = [0] * running  # updates so far, by client
+    lock, stop = threading.Lock(), threading.Event()
     history = [{"role": "user", "content": "Tell me a long story about your week, day by day, in detail."}]
-    streams = [scheduler.submit(history, CLIENT_SETS[i], sampling=Sampling(max_new_tokens=400, seed=1 + i))
-               for i in range(running)]
 
-    def consume(i):
-        for _ in streams[i]:
-            updates[i].append(time.perf_counter())
+    def client(i):
+        for j in itertools.count():
+            reply = scheduler.submit(history, CLIENT_SETS[i], sampling=Sampling(max_new_tokens=400,
+                                                                                 seed=1 + i + 1000 * j))
+            previous = None
+            for _ in reply:
+                now = time.perf_counter()
+                with lock:
+                    streaming[i] += 1
+                    if previous is not None:
+                        gaps.append((now, now - previous))
+                previous = now
+                if stop.is_set():
+                    reply.close()
+                    return
 
-    readers = [threading.Thread(target=consume, args=(i,)) for i in range(running)]
-    for reader in readers:
-        reader.start()
-    while not all(len(u) >= 8 or s.done for u, s in zip(updates, streams)):
-        time.sleep(0.05)  # every row streaming (or already ended)
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(running)]
+    for thread in clients:
+        thread.start()
+    while min(streaming) < 8:
+        time.sleep(0.05)  # every client streaming
     steady_from = time.perf_counter()
     time.sleep(steady_s)
     joiner_set = CLIENT_SETS[running % len(CLIENT_SETS)]
     joiner_history = long_message(engine, joiner_set, prompt_tokens)
     joined_at = time.perf_counter()
-    joiner = scheduler.submit(joiner_history, joiner_set,
-                              sampling=Sampling(max_new_tokens=8, seed=99))
+    joiner = scheduler.submit(joiner_history, joiner_set, sampling=Sampling(max_new_tokens=8, seed=99))
     joiner.result(timeout=600)
     first_token = joiner.first_token_at or time.perf_counter()
-    gaps = [(later, later - earlier) for u in updates for earlier, later in zip(u, u[1:])]
-    steady = [g for at, g in gaps if steady_from <= at - g and at < joined_at]
-    step = percentile(steady, 0.5) or 0.0
-    time.sleep(3 * step)  # two steady steps after the joiner's first token, and a margin
-    gaps = [(later, later - earlier) for u in updates for earlier, later in zip(u, u[1:])]
-    window_end = first_token + 2 * step
-    joining = [g for at, g in gaps if joined_at < at <= window_end]
-    still_running = sum(not s.done for s in streams)
-    for stream in streams:
-        stream.close()
-    for reader in readers:
-        reader.join()
+    with lock:
+        steady = [g for at, g in gaps if steady_from <= at - g and at < joined_at]
+    while True:  # three steps of the batch that now holds the long row (the joiner reads nothing more)
+        with lock:
+            after = [g for at, g in gaps if at > first_token]
+        if len(after) >= 3 * running or time.perf_counter() - first_token > 60:
+            break
+        time.sleep(0.05)
+    stop.set()
+    for thread in clients:
+        thread.join()
+    joining = [g for at, g in gaps if joined_at < at <= first_token]
+    after = sorted((at, g) for at, g in gaps if at > first_token)[:3 * running]
     result = {"running": running, "prompt_tokens": prompt_length(engine, joiner_history, joiner_set),
-              "steady_s": steady_s,
-              "join_prefill_s": round(first_token - joined_at, 3), "running_rows_left_at_end": still_running,
+              "steady_s": steady_s, "join_prefill_s": round(first_token - joined_at, 3),
               **{f"{name}_itl_p{int(q * 100)}_s": rounded(percentile(gaps, q))
-                 for name, gaps in (("steady", steady), ("join", joining)) for q in (0.5, 0.95)}}
-    result["join_itl_p95_ratio"] = (round(result["join_itl_p95_s"] / result["steady_itl_p95_s"], 3)
-                                    if joining and steady else None)
+                 for name, gaps in (("steady", steady), ("join", joining), ("after_join", [g for _, g in after]))
+                 for q in (0.5, 0.95)}}
+    for name in ("join", "after_join"):
+        result[f"{name}_itl_p95_ratio"] = (round(result[f"{name}_itl_p95_s"] / result["steady_itl_p95_s"], 3)
+                                           if result[f"{name}_itl_p95_s"] and steady else None)
     return result
 
 
@@ -418,6 +441,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.clients, args.window, args.max_new_tokens = "1,8", 10.0, 32
     counts = [int(c) for c in args.clients.split(",")]
+    if args.threads:  # the engine process's threads too; else it chooses them as in the app
+        os.environ["HIRPF_SERVING_THREADS"] = str(args.threads)
     args.threads = args.threads or serving_threads()
     torch.set_num_threads(args.threads)
 
@@ -425,7 +450,6 @@ def main(argv=None) -> int:
         print(*a, file=sys.stderr, flush=True)
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
-    os.environ["HIRPF_SERVING_THREADS"] = str(args.threads)  # an engine process's own torch threads, too
     engine_process = engine.serve_in_a_process(environment.HIRPF_ENGINE_PROCESS)  # as app.py does
     reference = ModelDecodeReference(args.decode_steps)
     top = max(counts)
@@ -465,6 +489,8 @@ def main(argv=None) -> int:
         join = join_case(engine, args.join_tokens, min(7, batched.scheduler.max_batch - 1), steady_s=3.0)
         log(f"join: {join}")
     max_batch = batched.scheduler.max_batch
+    # The engine process's torch threads and why (`hirpf.serving_threads.engine_threads`).
+    engine_threads = getattr(batched.scheduler, "threads", None)
     batched.scheduler.close()
 
     def find(path, n):
@@ -491,6 +517,7 @@ def main(argv=None) -> int:
         f"gradio_speedup_{top}": gradio_speedup,
         f"serving_efficiency_{top}": efficiency,
         "join_itl_p95_ratio": join["join_itl_p95_ratio"] if join else None,
+        "after_join_itl_p95_ratio": join["after_join_itl_p95_ratio"] if join else None,  # no target: reported
         "decode_dtype": decode_dtype_in_use(engine.model),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "targets": {"speedup_8": 3.5, "ttft_p95_ratio_8": 3.0, "gradio_speedup_8": 3.0, "serving_efficiency_8": 0.75,
@@ -500,7 +527,8 @@ def main(argv=None) -> int:
         "settings": {"clients": counts, "window_s": args.window, "max_new_tokens": args.max_new_tokens,
                      "torch_threads": args.threads, "max_batch": max_batch, "quick": args.quick,
                      "model": "embedded + shipped experts, float32, CPU", "arrival_spread_s": round(spread, 3),
-                     "decode_dtype_setting": environment.HIRPF_DECODE_DTYPE, "engine_process": engine_process},
+                     "decode_dtype_setting": environment.HIRPF_DECODE_DTYPE, "engine_process": engine_process,
+                     "engine_process_threads": engine_threads and engine_threads._asdict()},
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "table": table,
     }
@@ -508,7 +536,7 @@ def main(argv=None) -> int:
         print(json.dumps(document, indent=2))
     else:
         for key in (f"speedup_{top}", f"ttft_p95_ratio_{top}", f"gradio_speedup_{top}", f"serving_efficiency_{top}",
-                    "join_itl_p95_ratio", "decode_dtype", "cpu_capability"):
+                    "join_itl_p95_ratio", "after_join_itl_p95_ratio", "decode_dtype", "cpu_capability"):
             print(f"{key}: {document[key]}")
     return 0
 

@@ -249,7 +249,10 @@ class BatchRunner:
         whole, each (row, cache, logits of its last prompt token) to join. If it raises, no cache changed: the
         step and the chunks can run apart."""
         rows = self.rows
-        budget = self.pacer.next_chunk(len(rows))  # for the long prompts, oldest first
+        # For the long prompts, oldest first (sized only when one waits: a step of short prompts alone would
+        # move the pacer's last chunk, which bounds the next).
+        budget = (self.pacer.next_chunk(len(rows), packed=True)
+                  if any(self._is_long(p.row) for p in self.chunked) else 0)
         partials, chunks = [], []
         for partial in self.chunked:
             length = partial.row.prompt.shape[1]

@@ -78,6 +78,7 @@ class EngineProcess:
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.max_batch = environment.HIRPF_MAX_BATCH  # the engine process's scheduler reads the same setting
         self.failure: BaseException | None = None
+        self.threads = None  # its torch threads and why (`hirpf.serving_threads.ThreadChoice`), once it serves
         self._closed = False
         self._streams: dict[int, ReplyStream] = {}  # by request id, until they end
         self._stops_sent: set[int] = set()
@@ -216,6 +217,7 @@ class EngineProcess:
         elif kind == "failed":  # the model did not load; the process ends
             self.failure = EngineProcessError(f"the engine process could not load the model: {message[1]}")
         elif kind == "ready":
+            self.threads = message[1]
             log.info("the engine process is serving (pid %d)", self._process.pid)
 
     def _forward_stops(self) -> None:
@@ -279,19 +281,26 @@ def serve(conn: Connection) -> int:
             conn.send(message)
 
     from .scheduler import Scheduler
-    from .serving_threads import use_serving_threads
+    from .serving_threads import engine_threads, release_thread_team, use_serving_threads
 
     _, load = conn.recv()
     use_serving_threads()
     try:
         engine = load()
+        threads = engine_threads(engine.model) if engine.model.device.type == "cpu" else None
     except Exception as err:
         log.exception("the engine process could not load its model")
         send(("failed", f"{type(err).__name__}: {err}"))
         return 1
+    if threads is not None:
+        torch.set_num_threads(threads.threads)
+        log.info("the engine process runs the model on %d thread(s): %s", *threads)
+    # From here on only the loop thread runs the model: the main thread's OpenMP team (the load, the timing)
+    # would make the process hold more OpenMP threads than cores (`hirpf.serving_threads`).
+    release_thread_team()
     scheduler = Scheduler(engine)
     stops: dict[int, threading.Event] = {}
-    send(("ready",))
+    send(("ready", threads))
     try:
         while True:
             try:

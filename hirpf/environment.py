@@ -170,9 +170,10 @@ _SETTINGS = [
             "tokens a request may span (prompt + new tokens), when smaller than the model's own positions; "
             "unset: the model's max_position_embeddings"),
     Setting("HIRPF_SERVING_THREADS", None, whole_number(1), "serving",
-            "CPU threads torch runs the model with in the served app (set when it loads the model); unset: one "
-            "fewer than the CPU cores, at least 1, so the web server and the visitors' streams keep a core "
-            "(hirpf/serving_threads.py says why)"),
+            "CPU threads torch runs the model with in the served app and its engine process (set when each loads "
+            "the model); unset: one fewer than the CPU cores, at least 1, so the web server and the visitors' "
+            "streams keep a core, and in the engine process all of them where a batch-8 decode step timed at its "
+            "load is at least 1.25 times as fast on them (hirpf/serving_threads.py says why)"),
     Setting("HIRPF_DECODE_DTYPE", "auto", one_of("auto", "model", "bfloat16"), "serving",
             "the dtype of the expert layers' folded copies for batch decoding: auto (bfloat16 where this CPU "
             "decodes faster with it, found by a short calibration), model (the layers' own) or bfloat16"),

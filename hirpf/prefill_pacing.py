@@ -14,11 +14,24 @@ With no rows running there is no one to keep waiting: the chunk is the longest a
 """
 from __future__ import annotations
 
-# Weight of the newest measurement in the running averages: steps vary with the batch's width and the
-# machine's load, and a few steps should be enough to follow a change.
+import statistics
+from collections import deque
+
+# Weight of the newest measurement in the running average of a prefilled token's cost: it varies with the
+# prompt already in the cache, and a few chunks should be enough to follow a change.
 SMOOTHING = 0.3
+# A decode step's time is the median of the last this many at its width: a shared machine's step times have
+# spikes (on the 2-core Xeon, steady 7-row steps of 130-170 ms, one in five 210-350 ms), and an average
+# pulled up by them sized every chunk too long twice over: by a larger budget, and by a lower cost per token
+# (a packed step's prompt tokens cost what it took beyond a plain step). Four steps follow a real change.
+STEP_WINDOW = 7
 # A chunk too short to measure (or to be worth a forward pass of its own).
 SHORTEST = 16
+# A chunk riding in a decode step (`hirpf.packed_step`) costs no forward of its own, only its tokens'
+# arithmetic, so it may be shorter, down to this, when a token costs that much: on the 2-core Xeon with two
+# threads 16 prompt tokens beside 7 rows cost 0.5-0.7 of a 7-row step (the step itself 120-145 ms), and
+# 16-token chunks held the running rows' p50 wait between tokens at twice its steady value for a share of 0.5.
+PACKED_SHORTEST = 4
 
 
 class PrefillPacer:
@@ -32,18 +45,19 @@ class PrefillPacer:
         if not 0 <= step_share:
             raise ValueError(f"step_share must be 0 (fixed chunks) or more, got {step_share}")
         self.longest, self.step_share = longest, step_share
-        self.step_seconds: dict[int, float] = {}  # by running rows
+        self.step_times: dict[int, deque[float]] = {}  # the last STEP_WINDOW steps' seconds, by running rows
         self.seconds_per_token: float | None = None
         self.last_chunk = 0  # the last chunk sized while rows ran (0: none yet)
 
     def step_seconds_at(self, rows: int) -> float | None:
         """A decode step's time at `rows` running rows: measured, or the nearest width measured; None before any."""
-        if not self.step_seconds:
+        if not self.step_times:
             return None
-        return self.step_seconds[min(self.step_seconds, key=lambda width: (abs(width - rows), -width))]
+        return statistics.median(self.step_times[min(self.step_times, key=lambda width: (abs(width - rows), -width))])
 
-    def next_chunk(self, rows: int) -> int:
-        """Tokens for the next chunk while `rows` rows run."""
+    def next_chunk(self, rows: int, packed: bool = False) -> int:
+        """Tokens for the next chunk while `rows` rows run; `packed`: it rides in a decode step (it may then be
+        as short as `PACKED_SHORTEST`, once the cost of a token is measured)."""
         if not rows or not self.step_share:
             return self.longest
         step = self.step_seconds_at(rows)
@@ -54,12 +68,13 @@ class PrefillPacer:
         # At most twice the last chunk: a cost measured low by chance (a difference of two noisy times, for a
         # packed step) must not send one huge chunk; a true low cost is reached in a few doublings.
         budget = min(budget, 2 * self.last_chunk) if self.last_chunk else budget
-        self.last_chunk = max(min(SHORTEST, self.longest), min(self.longest, round(budget)))
+        shortest = PACKED_SHORTEST if packed else SHORTEST
+        self.last_chunk = max(min(shortest, self.longest), min(self.longest, round(budget)))
         return self.last_chunk
 
     def record_step(self, seconds: float, rows: int) -> None:
         """A decode step of `rows` rows took `seconds`."""
-        self.step_seconds[rows] = _average(self.step_seconds.get(rows), seconds)
+        self.step_times.setdefault(rows, deque(maxlen=STEP_WINDOW)).append(seconds)
 
     def record_chunk(self, seconds: float, tokens: int) -> None:
         """A chunk prefilled in a forward of its own took `seconds`."""

@@ -15,6 +15,14 @@ run it and kept its team, and as long as alone once that team was freed
 (`benchmarks/bench_thread_teams.py`; docs/benchmarks.md#figures-behind-choices-in-the-code).
 `release_thread_team` frees the calling thread's team; a thread that lives on and is not the scheduler's
 loop runs its forwards in `releasing_thread_team()`.
+
+The engine process (`hirpf.engine_process`) runs the model and nothing else: the web server and the
+requests' tokenizing are in the app's process. It still leaves a core to them unless its decode step gains
+enough from it (`engine_threads`, timed at its load): on the 2-core AVX2 EPYC a batch-8 step of the embedded
+model with the experts ran as fast on one thread as on two (44.7 against 45.6 tokens/s), while on the 2-core
+Xeon with AVX512 and AMX two threads ran it 1.3-1.6 times as fast, and in three alternating pairs the engine
+process on two threads gave 8 visitors of the served app 6-11 % more tokens/s than on one (the Python API's
+8 clients 15-21 %; docs/serving.md).
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import logging
 import os
 from contextlib import contextmanager
 from functools import cache
+from typing import Callable, NamedTuple
 
 from . import environment
 
@@ -50,6 +59,50 @@ def use_serving_threads() -> int:
     torch.set_num_threads(threads)
     log.info("torch runs the model with %d thread(s) of %d core(s)", threads, available_cores())
     return threads
+
+
+# The engine process takes every core only where a batch-8 decode step runs at least this many times as fast
+# on them as on one fewer: a small gain is lost again to the web server's and the visitors' work on that core.
+ALL_CORES_MIN_GAIN = 1.25
+
+
+class ThreadChoice(NamedTuple):
+    threads: int
+    reason: str  # what decided it, for the log and the benchmarks
+
+
+def engine_threads(model, cores: int | None = None,
+                   time_steps: "Callable[[object, dict[str, int]], dict[str, float]] | None" = None) -> ThreadChoice:
+    """The engine process's torch threads for `model`: `HIRPF_SERVING_THREADS` where set; else one fewer than
+    the cores (`serving_threads`), unless a batch-8 decode step runs `ALL_CORES_MIN_GAIN` times as fast on
+    all of them. `time_steps(model, {name: threads})` -> median seconds of a step by name (default
+    `time_decode_steps`, six to eight seconds for the embedded model on a 2-core CPU, beside the app's own load)
+    is a parameter so that tests decide."""
+    if environment.HIRPF_SERVING_THREADS:
+        return ThreadChoice(environment.HIRPF_SERVING_THREADS, "HIRPF_SERVING_THREADS")
+    cores = available_cores() if cores is None else cores
+    fewer = serving_threads()
+    if cores <= fewer:
+        return ThreadChoice(fewer, f"{cores} core(s): nothing to leave")
+    seconds = (time_steps or time_decode_steps)(model, {"fewer": fewer, "all": cores})
+    gain = seconds["fewer"] / seconds["all"]
+    threads = cores if gain >= ALL_CORES_MIN_GAIN else fewer
+    return ThreadChoice(threads, f"a batch-8 decode step took {seconds['all'] * 1e3:.1f} ms on {cores} threads, "
+                                 f"{seconds['fewer'] * 1e3:.1f} ms on {fewer} ({gain:.2f} times as fast; "
+                                 f"all cores from {ALL_CORES_MIN_GAIN})")
+
+
+def time_decode_steps(model, threads: dict[str, int], steps: int = 6) -> dict[str, float]:
+    """Median seconds of `model`'s batch-8 decode step over a 64-token cache with each thread count (by name),
+    taking turns; with the experts, a batch of 8 single identities."""
+    from .decode_timing import decode_step_seconds
+    from .identities import single_poles
+    from .inject import expert_config
+    from .routing import Routing
+
+    routing = Routing(single_poles()[:8]) if expert_config(model) is not None else None
+    return decode_step_seconds({name: (model, routing) for name in threads}, batch=8, context=64, steps=steps,
+                               threads=threads)
 
 
 def release_thread_team() -> bool:

@@ -109,7 +109,7 @@ class ScriptedPacer(PrefillPacer):
         super().__init__(longest=CHUNK, step_share=0.5)
         self.script, self.asked, self.chunks, self.steps = list(script), [], [], []
 
-    def next_chunk(self, rows):
+    def next_chunk(self, rows, packed=False):
         self.asked.append(rows)
         return self.script.pop(0) if self.script else CHUNK
 

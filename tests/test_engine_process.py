@@ -48,6 +48,12 @@ def test_replies_through_the_engine_process_equal_the_in_process_schedulers(engi
     assert all(text for text, _ in expected)
 
 
+def test_the_engine_process_says_its_thread_count_and_why(process):
+    process.submit(HISTORIES[0], EIGHT_SETS[0], sampling=GREEDY).result(120)  # it has served: it said
+    threads, reason = process.threads
+    assert 1 <= threads <= os.cpu_count() and reason
+
+
 def test_the_reply_streams_as_it_grows(process):
     seen = list(process.stream(HISTORIES[1], EIGHT_SETS[1], sampling=GREEDY))
     assert len(seen) >= 2 and all(b.startswith(a) for a, b in zip(seen, seen[1:]))

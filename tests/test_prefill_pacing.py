@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hirpf.prefill_pacing import SHORTEST, PrefillPacer
+from hirpf.prefill_pacing import PACKED_SHORTEST, SHORTEST, PrefillPacer
 
 
 def test_with_no_row_running_the_chunk_is_the_longest_allowed():
@@ -46,6 +46,15 @@ def test_the_estimates_follow_a_change_within_a_few_measurements():
     assert 180 <= pacer.next_chunk(rows=8) <= 200
 
 
+def test_a_spike_in_the_step_times_does_not_move_the_step_estimate():
+    pacer = PrefillPacer(longest=1024, step_share=0.5)
+    for seconds in (0.15, 0.14, 0.35, 0.16, 0.15, 0.30, 0.15):  # a shared machine: two steps in seven slowed
+        pacer.record_step(seconds, 7)
+    assert pacer.step_seconds_at(7) == 0.15
+    pacer.record_packed(0.25, rows=7, tokens=50)  # what the chunk added to a typical step: 2 ms a token
+    assert pacer.seconds_per_token == pytest.approx(0.002)
+
+
 def test_a_share_of_zero_gives_fixed_chunks_and_bad_settings_are_refused():
     pacer = PrefillPacer(longest=64, step_share=0)
     pacer.record_step(0.1, 8)
@@ -85,3 +94,14 @@ def test_a_chunk_at_most_doubles_so_that_a_cost_measured_low_by_chance_sends_no_
     pacer.record_packed(0.2001, rows=8, tokens=SHORTEST)  # within the noise: the tokens look free
     assert pacer.next_chunk(rows=8) == 2 * SHORTEST
     assert pacer.next_chunk(rows=8) == 4 * SHORTEST
+
+
+def test_a_chunk_riding_in_a_step_may_be_shorter_than_one_with_a_forward_of_its_own():
+    pacer = PrefillPacer(longest=256, step_share=0.5)
+    pacer.record_step(0.120, 7)
+    assert pacer.next_chunk(rows=7, packed=True) == SHORTEST  # the first measures the cost of a token
+    pacer.record_packed(0.200, rows=7, tokens=16)  # 5 ms a token: the share of a step is 12 tokens
+    assert pacer.next_chunk(rows=7, packed=True) == 12
+    pacer.record_packed(0.360, rows=7, tokens=12)  # a token now costs 20 ms (the estimate follows: 8.5 ms)
+    assert PACKED_SHORTEST <= pacer.next_chunk(rows=7, packed=True) < 12
+    assert pacer.next_chunk(rows=7) == SHORTEST  # a chunk with a forward of its own keeps the longer floor

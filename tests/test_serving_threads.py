@@ -72,6 +72,46 @@ def _in_a_thread_that_lives_on(work) -> dict:
     return counts
 
 
+
+def timed_as(seconds: dict[str, float]):
+    """A `time_steps` for `engine_threads` that answers `seconds` and records what it was asked."""
+    asked = []
+
+    def time_steps(model, threads):
+        asked.append(threads)
+        return seconds
+
+    return time_steps, asked
+
+
+def refuse_to_time(model, threads):
+    raise AssertionError("nothing should be timed here")
+
+
+def test_the_engine_process_takes_every_core_only_where_its_step_gains_enough(monkeypatch):
+    monkeypatch.delenv("HIRPF_SERVING_THREADS", raising=False)
+    monkeypatch.setattr(serving_threads, "available_cores", lambda: 4)
+    time_steps, asked = timed_as({"fewer": 0.130, "all": 0.100})  # 1.30 times as fast
+    choice = serving_threads.engine_threads(None, time_steps=time_steps)
+    assert choice.threads == 4 and asked == [{"fewer": 3, "all": 4}] and "1.30 times" in choice.reason
+    time_steps, _ = timed_as({"fewer": 0.110, "all": 0.100})  # 1.10: the core is left to the rest
+    assert serving_threads.engine_threads(None, time_steps=time_steps).threads == 3
+
+
+def test_the_setting_or_a_single_core_decides_the_engine_process_threads_untimed(monkeypatch):
+    monkeypatch.setenv("HIRPF_SERVING_THREADS", "2")
+    assert serving_threads.engine_threads(None, time_steps=refuse_to_time) == (2, "HIRPF_SERVING_THREADS")
+    monkeypatch.delenv("HIRPF_SERVING_THREADS")
+    monkeypatch.setattr(serving_threads, "available_cores", lambda: 1)
+    assert serving_threads.engine_threads(None, time_steps=refuse_to_time).threads == 1
+
+
+def test_decode_steps_are_timed_at_each_thread_count_and_the_count_is_restored(tiny_engine):
+    with torch_threads(1):
+        seconds = serving_threads.time_decode_steps(tiny_engine.model, {"one": 1, "two": 2}, steps=2)
+        assert torch.get_num_threads() == 1
+    assert set(seconds) == {"one", "two"} and all(0 < s < 5 for s in seconds.values())
+
 @needs_openmp_teams
 def test_release_frees_the_calling_threads_team():
     def work(counts):
