@@ -16,13 +16,13 @@ run it and kept its team, and as long as alone once that team was freed
 `release_thread_team` frees the calling thread's team; a thread that lives on and is not the scheduler's
 loop runs its forwards in `releasing_thread_team()`.
 
-The engine process (`hirpf.engine_process`) runs the model and nothing else: the web server and the
-requests' tokenizing are in the app's process. It still leaves a core to them unless its decode step gains
-enough from it (`engine_threads`, timed at its load): on the 2-core AVX2 EPYC a batch-8 step of the embedded
-model with the experts ran as fast on one thread as on two (44.7 against 45.6 tokens/s), while on the 2-core
-Xeon with AVX512 and AMX two threads ran it 1.3-1.6 times as fast, and in three alternating pairs the engine
-process on two threads gave 8 visitors of the served app 6-11 % more tokens/s than on one (the Python API's
-8 clients 15-21 %; docs/serving.md).
+The engine process (`hirpf.engine_process`) runs the model and nothing else: the web server and the requests'
+tokenizing are in the app's process. It still leaves a core to them unless its decode step gains enough from it
+(`engine_threads`, timed at its load): on the 2-core AVX2 EPYC a batch-8 step of the embedded model with the
+experts ran as fast on one thread as on two (44.7 against 45.6 tokens/s), while on the 2-core Xeon with AVX512
+and AMX two threads ran it 1.38-1.74 times as fast at eight loads, and in three alternating pairs the engine
+process on two threads gave 8 visitors of the served app 6-11 % more tokens/s than on one (the Python API's 8
+clients 15-21 %; docs/serving.md).
 """
 from __future__ import annotations
 

@@ -136,3 +136,24 @@ def test_the_pacer_sizes_each_chunk_from_the_measured_steps_and_chunks(exact_eng
     assert all(seconds > 0 for seconds, _ in pacer.chunks) and pacer.steps and min(pacer.steps) > 0
     assert all(pacer.asked)  # a row was running while the prompt joined
     assert joiner.token_ids == alone(exact_engine, LONG, EIGHT_SETS[2], GREEDY)  # chunking changes no token
+
+
+def test_a_short_prompt_riding_in_a_step_tells_the_pacer_nothing(exact_engine, monkeypatch):
+    """The pacer sizes long prompts' chunks: a short prompt's step, its tokens cheaper than a long prompt's
+    later ones, must not set the cost it sizes them by."""
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=256)
+    pacer = ScriptedPacer([])
+    try:
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
+                              sampling=Sampling(max_new_tokens=40, do_sample=False))
+        assert Held.reached.wait(120)
+        scheduler.runner.pacer = pacer
+        joiner = scheduler.submit(HISTORIES[1], EIGHT_SETS[1], sampling=GREEDY)
+        Held.resume.set()
+        joiner.result(timeout=300)
+        running.result(timeout=300)
+    finally:
+        scheduler.close()
+    assert scheduler.runner.packed_steps >= 1  # the joiner rode in a decode step
+    assert pacer.asked == [] and pacer.chunks == []
