@@ -71,7 +71,7 @@ class ThreadChoice(NamedTuple):
     reason: str  # what decided it, for the log and the benchmarks
 
 
-def engine_threads(model, cores: int | None = None,
+def engine_threads(model,
                    time_steps: "Callable[[object, dict[str, int]], dict[str, float]] | None" = None) -> ThreadChoice:
     """The engine process's torch threads for `model`: `HIRPF_SERVING_THREADS` where set; else one fewer than
     the cores (`serving_threads`), unless a batch-8 decode step runs `ALL_CORES_MIN_GAIN` times as fast on
@@ -80,7 +80,7 @@ def engine_threads(model, cores: int | None = None,
     is a parameter so that tests decide."""
     if environment.HIRPF_SERVING_THREADS:
         return ThreadChoice(environment.HIRPF_SERVING_THREADS, "HIRPF_SERVING_THREADS")
-    cores = available_cores() if cores is None else cores
+    cores = available_cores()
     fewer = serving_threads()
     if cores <= fewer:
         return ThreadChoice(fewer, f"{cores} core(s): nothing to leave")
