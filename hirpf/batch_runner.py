@@ -257,18 +257,20 @@ class BatchRunner:
         long_waiting = any(self._is_long(p.row) for p in self.chunked)
         budget = self.pacer.next_chunk(len(rows), packed=True) if long_waiting else 0
         partials, chunks = [], []
-        for partial in self.chunked:
-            length = partial.row.prompt.shape[1]
-            if not self._is_long(partial.row):
-                take = length  # a short prompt joins whole at once, as it would with a forward of its own
-            elif budget > 0:
-                take = budget
-                budget -= length - partial.done  # what this prompt has left uses the budget up to that
-            else:
+        # One budget of prompt tokens per step, as vLLM's: a short prompt joins whole, as it would with a
+        # forward of its own, and uses it first; the long prompts, oldest first, share what is left. A short
+        # prompt riding beside a long one's full chunk had made the slowest steps of a join (bench_serving's
+        # join case: the running clients ask again as their replies end).
+        for partial in sorted(self.chunked, key=lambda p: self._is_long(p.row)):  # short ones first, stable
+            long = self._is_long(partial.row)
+            if long and budget <= 0:
                 continue
             self._start_from_prefix(partial)
+            left = partial.row.prompt.shape[1] - partial.done
+            take = min(budget, left) if long else left
+            budget -= left
             partials.append(partial)
-            chunks.append(PromptChunk(partial.cache, partial.done, min(partial.done + take, length)))
+            chunks.append(PromptChunk(partial.cache, partial.done, partial.done + take))
         step = PackedStep(self.batch, chunks)
         ids = torch.cat([torch.tensor([r.last_token for r in rows], device=self.device)]
                         + [p.row.prompt[0, c.start:c.end] for p, c in zip(partials, chunks)])[None]
@@ -280,7 +282,7 @@ class BatchRunner:
                              logits_to_keep=step.last_token_indices(), hirpf_packed=step)
         step.commit()
         self._finish_device_work()
-        if long_waiting:
+        if any(self._is_long(p.row) for p in partials):
             self.pacer.record_packed(time.perf_counter() - started, len(rows), step.tokens - len(rows))
         self.steps += 1
         self.packed_steps += 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -61,6 +62,22 @@ def enable(model) -> bool:
         return False
     config._attn_implementation = PACKED_ATTENTION  # sdpa for every call that passes no PackedStep
     return True
+
+
+def grouped_query_attention(query, key, value, mask, scaling) -> torch.Tensor:
+    """Attention of `query` `[1, heads, n, dim]` over `key`/`value` `[1, kv_heads, columns, dim]` (`mask`
+    `[1, 1, n, columns]`, True where a query sees a key); `[1, n, heads, dim]`. The query heads that share a
+    key head become rows of one query of `groups × n` rows, so the keys and values are read as they are,
+    never copied once per query head as transformers' sdpa does (`repeat_kv`): for a 4-token chunk over a
+    1,400-token prompt that copy was two thirds of the chunk's attention (2-core Xeon: 644 against 194 µs a
+    layer)."""
+    _, heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    grouped = query.reshape(1, kv_heads, groups * n, dim)  # head h = kv_head × groups + g: rows (g, token)
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=mask.repeat(1, 1, groups, 1),
+                                         scale=scaling)
+    return out.view(1, heads, n, dim).transpose(1, 2)
 
 
 @dataclass
@@ -133,7 +150,7 @@ class PackedStep:
             if held.is_initialized and held.keys.numel():
                 k, v = torch.cat([held.keys, k], dim=-2), torch.cat([held.values, v], dim=-2)
             pending.append((k, v))
-            outputs.append(sdpa_attention_forward(module, q, k, v, mask, scaling=scaling)[0])
+            outputs.append(grouped_query_attention(q, k, v, mask, scaling))
             start = stop
         return torch.cat(outputs, dim=1), None
 

@@ -157,3 +157,30 @@ def test_a_short_prompt_riding_in_a_step_tells_the_pacer_nothing(exact_engine, m
         scheduler.close()
     assert scheduler.runner.packed_steps >= 1  # the joiner rode in a decode step
     assert pacer.asked == [] and pacer.chunks == []
+
+
+def test_a_short_prompt_and_a_long_ones_chunk_share_one_step_budget(exact_engine, monkeypatch):
+    """A short prompt joins whole and uses the step's budget of prompt tokens first; the long prompt's chunk
+    gets what is left, so the step carries the budget, not the budget plus the short prompt."""
+    scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=64)
+    short = HISTORIES[1]
+    short_tokens = exact_engine.encode([exact_engine.chat_messages(short, EIGHT_SETS[1],
+                                                                   Conditioning.EXPERTS_AND_PROMPT)])["input_ids"]
+    pacer = ScriptedPacer([short_tokens.shape[1] + 12])
+    try:
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
+                              sampling=Sampling(max_new_tokens=40, do_sample=False))
+        assert Held.reached.wait(120)
+        scheduler.runner.pacer = pacer
+        long = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
+        joiner = scheduler.submit(short, EIGHT_SETS[1], sampling=GREEDY)
+        Held.resume.set()
+        for reply in (long, joiner, running):
+            reply.result(timeout=300)
+    finally:
+        scheduler.close()
+    first_step_tokens = pacer.chunks[0][1]
+    assert first_step_tokens == short_tokens.shape[1] + 12  # the short prompt whole, 12 of the long one's
+    assert joiner.token_ids == alone(exact_engine, short, EIGHT_SETS[1], GREEDY)
+    assert long.token_ids == alone(exact_engine, LONG, EIGHT_SETS[2], GREEDY)

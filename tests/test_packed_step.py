@@ -142,3 +142,20 @@ def test_a_model_whose_attention_cannot_pack_is_left_as_it_is(tiny_base_dir):
         assert scheduler.reply([{"role": "user", "content": "Hi"}], "", sampling=None) is not None
     finally:
         scheduler.close()
+
+
+def test_grouped_query_attention_equals_sdpa_with_the_keys_repeated_per_head():
+    """The query heads that share a key head read it as rows of one query: the same attention as
+    transformers' sdpa, which repeats the keys and values for each query head, under a causal chunk mask."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Layer:  # what sdpa_attention_forward reads of the attention module
+        num_key_value_groups, is_causal, training = 3, True, False
+
+    g = torch.Generator().manual_seed(0)
+    held, n = 9, 4
+    query = torch.randn(1, 6, n, 8, generator=g, dtype=torch.float64)
+    key, value = (torch.randn(1, 2, held + n, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = (torch.arange(held + n)[None, :] <= torch.arange(held, held + n)[:, None])[None, None]
+    expected = sdpa_attention_forward(Layer(), query, key, value, mask, scaling=0.3)[0]
+    torch.testing.assert_close(packed_step.grouped_query_attention(query, key, value, mask, 0.3), expected)
