@@ -402,3 +402,51 @@ def test_a_run_can_start_from_earlier_experts_with_the_neighbour_contrast(tmp_pa
                                          "--init_experts", first])],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert refused.returncode != 0 and "r=4" in refused.stderr and "r=2" in refused.stderr
+
+
+def test_a_profession_phase_trains_only_the_profession_experts_on_records_with_one(tmp_path, tiny_base_dir):
+    """--train_groups professions leaves every trait layer (experts and router) as loaded and moves the
+    profession layers; --train_records with_profession keeps 3 of every 4 records here; --neighbour_edits
+    profession contrasts only profession edits; a layout that mixes the groups in a layer is refused."""
+    data = write_data(tmp_path / "data.json", n=16)
+    first, phase = tmp_path / "first", tmp_path / "phase"
+    common = ["--data", data, "--base_model", tiny_base_dir, "--rank", 2, "--batch_size", 4, "--micro_batch_size", 2,
+              "--num_epochs", 1, "--eval_steps", 100, "--warmup_steps", 0, "--insert_mode", "alternate"]
+    train(*common, "--output_dir", first, "--learning_rate", 1e-2)
+    train(*common, "--output_dir", phase, "--learning_rate", 1e-2, "--init_experts", first,
+          "--train_groups", "professions", "--train_records", "with_profession", "--neighbour_weight", 1,
+          "--neighbour_edits", "profession", "--experts_only_share", 1)
+    before, after = (load_file(str(d / "adapter_model.safetensors")) for d in (first, phase))
+    layers = read_config(first)[0].groups_for_layer
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    trait_keys = {k for k in before if "traits" in layer_group(k, layers)}
+    assert trait_keys and not moved & trait_keys
+    assert moved and moved <= set(before) - trait_keys
+    summary = json.loads((phase / "training_summary.json").read_text())
+    held_out = 2  # --eval_fraction 0.1 of 16, drawn before the filter
+    assert summary["train_samples"] < 16 - held_out and summary["args"]["neighbour_edits"] == "profession"
+    refused = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"),
+                              *map(str, [*common[:-1], "layered", "--output_dir", tmp_path / "refused",
+                                         "--train_groups", "professions"])],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert refused.returncode != 0 and "--train_groups professions" in refused.stderr
+
+
+def layer_group(key: str, groups_for_layer) -> str:
+    """'traits' or 'professions': the group the decoder layer in a checkpoint key holds (alternate layout)."""
+    index = int(key.split("layers.")[1].split(".")[0])
+    (group,) = groups_for_layer(index)
+    return "traits" if "AGR_high" in group else "professions"
+
+
+def test_the_profession_neighbour_contrast_changes_or_removes_only_the_profession():
+    from hirpf.identities import IdentitySet
+    from training.train import NeighbourContrast
+
+    contrast = NeighbourContrast(1.0, 0.1, seed=0, edits="profession")
+    drawn = {contrast.neighbour(IdentitySet.parse("AGR_low,NEU_high,Doctor")) for _ in range(60)}
+    assert drawn == {IdentitySet.parse(s) for s in ("AGR_low,NEU_high,Artist", "AGR_low,NEU_high,Programmer",
+                                                     "AGR_low,NEU_high")}
+    assert contrast.neighbour(IdentitySet.parse("AGR_low")) == IdentitySet.parse("AGR_low")  # nothing to edit
+    with pytest.raises(SystemExit, match="--neighbour_edits"):
+        NeighbourContrast(1.0, 0.1, seed=0, edits="poles")

@@ -28,7 +28,7 @@ from hirpf.base_model import load_base_model
 from hirpf.checkpoint import load_experts, save_experts
 from hirpf.dialogues import IGNORE, Collator, holdout_split, load_dialogues, tokenize
 from hirpf.experts import GATES, LAYOUTS, ExpertConfig
-from hirpf.identities import IdentitySet, single_edit_neighbours
+from hirpf.identities import GROUPS, IdentitySet, single_edit_neighbours
 from hirpf.inject import add_experts, expert_layers, trainable_parameter_count
 from hirpf.model_options import add_model_arguments, model_options
 from hirpf.prompts import Conditioning
@@ -36,6 +36,7 @@ from hirpf.routing import use_identities
 
 log = logging.getLogger("hirpf.train")
 DEV_TRAIN, DEV_EVAL = 10, 2
+NEIGHBOUR_EDITS = ("all", "profession")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "random single-edit neighbour of its identity set (a pole flipped or removed, the "
                          "profession changed or removed), and -log sigmoid(beta × (log p under the true set - "
                          "log p under the neighbour)) is added to the loss; 0 (default): language modelling only")
+    ap.add_argument("--neighbour_edits", choices=NEIGHBOUR_EDITS, default="all",
+                    help="the neighbour contrast's edits: all (a pole flipped or removed, the profession changed or "
+                         "removed) or profession (the profession changed or removed only: the contrast asks the "
+                         "profession experts alone to tell the fields apart; a set without one contributes nothing)")
     ap.add_argument("--neighbour_beta", type=float, default=0.1,
                     help="the neighbour contrast's scale beta, per nat of the dialogue's summed log-likelihood")
     ap.add_argument("--loss_per_record", action="store_true",
@@ -102,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "tokens, so that a record with a one-word reply (a self-report answer) weighs as much as a "
                          "long dialogue; default: the mean over all reply tokens of the batch. The held-out loss "
                          "stays per token, so runs compare")
+    ap.add_argument("--train_groups", choices=("all",) + tuple(GROUPS), default="all",
+                    help="which experts learn: all (default), or one group (e.g. professions), the others kept as "
+                         "loaded (--init_experts); needs a layout whose layers each hold one group (alternate)")
+    ap.add_argument("--train_records", choices=("all", "with_profession"), default="all",
+                    help="train on every record (default), or only on those whose identity set holds a profession; "
+                         "the held-out split is drawn before, so it stays the same")
     ap.add_argument("--dev", action="store_true", help=f"a quick run: {DEV_TRAIN} train and {DEV_EVAL} eval samples")
     ap.add_argument("--log_samples", action="store_true",
                     help="write the sample ids each process trained on, and each process's experts (rank<N>/)")
@@ -119,7 +130,8 @@ class ExpertTrainer(Trainer):
     """Runs every forward inside the batch's identity routing and saves expert checkpoints only."""
 
     def __init__(self, *args, sample_log: list | None = None, neighbour_weight: float = 0.0,
-                 neighbour_beta: float = 0.1, loss_per_record: bool = False, **kwargs):
+                 neighbour_beta: float = 0.1, neighbour_edits: str = "all", loss_per_record: bool = False,
+                 **kwargs):
         with experts_declared_as_adapters(kwargs["model"]):
             super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
@@ -132,7 +144,7 @@ class ExpertTrainer(Trainer):
                 f"{self.args.n_gpu} training/train.py ...`, or pick one GPU with CUDA_VISIBLE_DEVICES=0")
         self.sample_log = sample_log
         self.tokens_seen = 0
-        self.neighbours = (NeighbourContrast(neighbour_weight, neighbour_beta, self.args.seed)
+        self.neighbours = (NeighbourContrast(neighbour_weight, neighbour_beta, self.args.seed, neighbour_edits)
                            if neighbour_weight else None)
         self.loss_per_record = loss_per_record
 
@@ -174,16 +186,20 @@ class NeighbourContrast:
     loss on the summed log-likelihood of the replies, as recognition scores them.
     """
 
-    def __init__(self, weight: float, beta: float, seed: int):
+    def __init__(self, weight: float, beta: float, seed: int, edits: str = "all"):
         if weight < 0 or beta <= 0:
             raise SystemExit(f"--neighbour_weight must be >= 0 and --neighbour_beta > 0 "
                              f"(got {weight} and {beta})")
-        self.weight, self.beta = weight, beta
+        if edits not in NEIGHBOUR_EDITS:
+            raise SystemExit(f"--neighbour_edits must be one of {', '.join(NEIGHBOUR_EDITS)}, got {edits!r}")
+        self.weight, self.beta, self.edits = weight, beta, edits
         self.random = random.Random(seed)
         self.last: dict = {}  # the last micro-batch's terms, for logging and tests
 
     def neighbour(self, identities: IdentitySet) -> IdentitySet:
         options = single_edit_neighbours(identities, remove_poles=True)
+        if self.edits == "profession":  # the edits that keep every pole: the profession changed or removed
+            options = [s for s in options if s.traits == identities.traits]
         return self.random.choice(options) if options else identities
 
     def loss(self, model, inputs: dict, pairs: torch.Tensor, num_items_in_batch, accumulation: int,
@@ -330,12 +346,16 @@ def main(argv=None) -> dict:
     if not args.train_router:
         for layer in expert_layers(model).values():
             layer.router.requires_grad_(False)
+    train_only_group(model, args.train_groups)
     trainable = trainable_parameter_count(model)
     log.info("trainable parameters: %d (experts and routers only; %s layout, r=%d)",
              trainable, args.insert_mode, args.rank)
 
     train, evaluation, described = split_data(args)
     train, extra_described = add_extra_data(args, train)
+    if args.train_records == "with_profession":
+        train = [d for d in train if d.identities.profession]
+        extra_described += f"; {len(train)} of them hold a profession and train"
     log.info("data: %s%s", described, extra_described)
     train, evaluation = train[:args.limit_train_samples], evaluation[:args.limit_eval_samples]
     conditioning = Conditioning.parse(args.conditioning)
@@ -364,6 +384,7 @@ def main(argv=None) -> dict:
                             eval_dataset=eval_items or None, data_collator=DialogueCollator(tokenizer.pad_token_id),
                             callbacks=[throughput], sample_log=sample_log, optimizers=(optimizer(model, args), None),
                             neighbour_weight=args.neighbour_weight, neighbour_beta=args.neighbour_beta,
+                            neighbour_edits=args.neighbour_edits,
                             loss_per_record=args.loss_per_record)
     throughput.trainer = trainer
     start = time.perf_counter()
@@ -388,6 +409,22 @@ def main(argv=None) -> dict:
         log.info("saved experts to %s (%d steps, %.0f s, %.0f tokens/s)", args.output_dir, summary["steps"],
                  elapsed, summary["tokens_per_s"])
     return summary
+
+
+def train_only_group(model, group: str) -> None:
+    """Freeze every expert layer (experts and router) outside `group` ("all": none). A layer that holds this
+    group's experts and others cannot be split, so such a layout is refused."""
+    if group == "all":
+        return
+    wanted = set(GROUPS[group])
+    for name, layer in expert_layers(model).items():
+        held = set(layer.expert_names)
+        if held & wanted and held - wanted:
+            raise SystemExit(f"--train_groups {group}: layer {name} holds {group} experts and others "
+                             f"({', '.join(sorted(held - wanted))}); use a layout whose layers each hold one "
+                             "group (--insert_mode alternate, without --shared_expert)")
+        if not held & wanted:
+            layer.requires_grad_(False)
 
 
 def optimizer(model, args) -> torch.optim.AdamW:
