@@ -19,8 +19,10 @@ apart: the model runs with `PACKED_ATTENTION` as its attention implementation (`
 the model's own sdpa for every ordinary call and splits the packed sequence only when a `PackedStep` is passed
 to the forward (`hirpf_packed=`, which transformers hands down to the attention function as a keyword).
 
-All or nothing, as joins are (`hirpf.batch_cache`): the keys and values a step computes are kept aside and only
-`commit` puts them in the caches, after the whole forward succeeded; a step that raises changes no cache.
+All or nothing, as joins are (`hirpf.batch_cache`): the keys and values a step computes are written into the
+caches' spare columns (`SpareColumnsLayer.staged`; a prompt's first chunk: a new layer), which no cache holds
+yet, and only `commit` makes the caches hold them, after the whole forward succeeded; a step that raises
+changes no cache, and `commit` allocates nothing, so it cannot fail half way.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .batch_cache import PaddedBatchCache
+from .batch_cache import PaddedBatchCache, SpareColumnsLayer
 
 PACKED_ATTENTION = "hirpf_packed_sdpa"
 
@@ -99,7 +101,8 @@ class PackedStep:
 
     batch: PaddedBatchCache  # the running rows: one token each, first in the packed sequence
     chunks: list[PromptChunk]
-    _pending: dict = field(default_factory=dict)  # layer -> [(keys, values)] of the batch, then of each chunk
+    # layer -> [(keys, values)] of the batch, then (keys, values, the layer to hold them) of each chunk
+    _pending: dict = field(default_factory=dict)
 
     def __post_init__(self):
         device = self.batch.mask.device
@@ -137,8 +140,7 @@ class PackedStep:
         pending = self._pending[layer] = []
         # The decode rows, as the batch of `rows` they are: [rows, heads, 1, dim].
         q, k, v = (t[:, :, :rows].transpose(0, 2) for t in (query, key, value))
-        cached = self.batch.cache.layers[layer]
-        keys, values = torch.cat([cached.keys, k], dim=-2), torch.cat([cached.values, v], dim=-2)
+        keys, values = self.batch.cache.layers[layer].staged(k, v)  # in the spare columns, not yet held
         pending.append((keys, values))
         outputs = [sdpa_attention_forward(module, q, keys, values, self._decode_mask, scaling=scaling)[0]
                    .transpose(0, 1)]  # [rows, 1, heads, dim] -> [1, rows, heads, dim]
@@ -147,9 +149,15 @@ class PackedStep:
             stop = start + chunk.tokens
             q, k, v = (t[:, :, start:stop] for t in (query, key, value))
             held = chunk.cache.layers[layer]
-            if held.is_initialized and held.keys.numel():
-                k, v = torch.cat([held.keys, k], dim=-2), torch.cat([held.values, v], dim=-2)
-            pending.append((k, v))
+            if isinstance(held, SpareColumnsLayer):  # in its spare columns, not yet held
+                k, v = held.staged(k, v)
+                pending.append((k, v, held))
+            else:  # its first chunk (after a stored prefix, if any): from now on its cache grows in place
+                if held.is_initialized and held.keys.numel():
+                    k, v = torch.cat([held.keys, k], dim=-2), torch.cat([held.values, v], dim=-2)
+                grown = SpareColumnsLayer.holding(k, v)
+                k, v = grown.keys, grown.values
+                pending.append((k, v, grown))
             outputs.append(grouped_query_attention(q, k, v, mask, scaling))
             start = stop
         return torch.cat(outputs, dim=1), None
@@ -163,9 +171,7 @@ class PackedStep:
         for layer in range(len(self.batch.cache.layers)):
             (keys, values), *chunks = self._pending[layer]
             batch_layers.append((keys, values))
-            for chunk, (k, v) in zip(self.chunks, chunks):
-                held = chunk.cache.layers[layer]
-                if not held.is_initialized:
-                    held.lazy_initialization(k, v)
-                held.keys, held.values = k, v
+            for chunk, (k, v, grown) in zip(self.chunks, chunks):
+                grown.keys, grown.values = k, v
+                chunk.cache.layers[layer] = grown
         self.batch.append_column(batch_layers)

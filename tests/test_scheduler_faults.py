@@ -17,17 +17,17 @@ from scheduler_helpers import EIGHT_SETS, HISTORIES, alone, held_sampler, submit
 LONG = Sampling(max_new_tokens=16, do_sample=False)
 
 
-class FailsOnCall:
-    """`pad_left`, except that its `n`-th call from now raises as an allocation would."""
+def fails_on_call(function, n: int):
+    """`function`, except that its `n`-th call from now raises as an allocation would (a plain function, so
+    that it binds as a method where it replaces one)."""
+    calls = []
 
-    def __init__(self, n: int):
-        self.calls, self.n, self.pad_left = 0, n, batch_cache.pad_left
-
-    def __call__(self, *args):
-        self.calls += 1
-        if self.calls == self.n:
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == n:
             raise RuntimeError("out of memory (injected)")
-        return self.pad_left(*args)
+        return function(*args, **kwargs)
+    return failing
 
 
 def test_a_join_that_fails_half_way_fails_only_the_joiner(exact_engine, monkeypatch):
@@ -36,8 +36,14 @@ def test_a_join_that_fails_half_way_fails_only_the_joiner(exact_engine, monkeypa
         Held = held_sampler()
         running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0], sampling=LONG)
         assert Held.reached.wait(120)
-        # The joiner's add pads keys and values of the first layer (4 calls), then fails in the second.
-        monkeypatch.setattr(batch_cache, "pad_left", FailsOnCall(5))
+        # The joiner's add builds the first layer of the new batch cache, then fails in the second.
+        add, layer = batch_cache.PaddedBatchCache.add, batch_cache.SpareColumnsLayer
+
+        def add_failing_half_way(batch, *args):
+            with monkeypatch.context() as during:
+                during.setattr(layer, "__init__", fails_on_call(layer.__init__, 2))
+                return add(batch, *args)
+        monkeypatch.setattr(batch_cache.PaddedBatchCache, "add", add_failing_half_way)
         joiner = scheduler.submit(HISTORIES[1], EIGHT_SETS[1], sampling=LONG)
         Held.resume.set()
         with pytest.raises(RuntimeError, match="injected"):
