@@ -14,8 +14,9 @@ Entries are a finished request's tokens and its row of the running batch's cache
 kept least-recently-used within a byte budget (`HIRPF_PREFIX_CACHE_MB`; 0 turns it off): a budget in bytes,
 not in entries, because what an entry costs grows with its length and with the model's layers, heads and
 dtype (what the default holds on the embedded model: docs/benchmarks.md). The stored tensors are never
-changed in place (the batch cache concatenates and selects into new tensors), so an entry can be shared by
-any number of later requests.
+changed in place (the batch cache writes only into columns right of any view it handed out, and copies rows
+into new buffers), so an entry can be shared by any number of later requests; a view of a larger tensor (a
+growing cache's buffers) is stored as a copy, so that the budget counts what an entry keeps alive.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class PrefixCache:
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         if not self.budget_bytes or nbytes > self.budget_bytes or tokens.numel() == 0:
             return
+        layers = tuple((_own(k), _own(v)) for k, v in layers)
         key = (identity_key, tokens.cpu().numpy().tobytes())  # the tokens live on the model's device
         with self._lock:
             for other_key, other in list(self._entries.items()):
@@ -100,6 +102,11 @@ class PrefixCache:
 
     def _drop(self, key) -> None:
         self._bytes -= self._entries.pop(key).nbytes
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a copy of it where it is a view that keeps a larger storage alive."""
+    return t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
 
 
 def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:

@@ -125,3 +125,21 @@ def test_the_store_keeps_the_longest_prefix_within_its_budget():
     off = PrefixCache(budget_bytes=0)
     off.store(key, torch.tensor([1, 2]), _layers(2))
     assert len(off) == 0 and off.lookup(key, torch.tensor([[1, 2, 3]]), None) is None
+
+
+def test_a_view_of_a_larger_buffer_is_stored_as_a_copy_of_what_it_holds():
+    """A growing cache's keys are views of buffers with spare columns: stored as they are, an entry would
+    keep the whole buffer alive beyond what the budget counts."""
+    key = Routing([IdentitySet.parse("Doctor")]).key
+    buffer = torch.randn(1, 2, 40, 2)
+    view = buffer[:, :, :3]
+    whole = torch.randn(1, 2, 3, 2)
+    store = PrefixCache(budget_bytes=1 << 20)
+    store.store(key, torch.tensor([1, 2, 3]), [(view, whole)])
+    cache, _ = store.lookup(key, torch.tensor([[1, 2, 3, 4]]), None)
+    kept_keys, kept_values = cache.layers[0].keys, cache.layers[0].values
+    entry = store._entries[next(iter(store._entries))]
+    assert entry.layers[0][0].untyped_storage().nbytes() == view.numel() * 4  # a copy the size of what it holds
+    assert entry.layers[0][1] is whole  # not a view: kept as it is
+    torch.testing.assert_close(kept_keys, view, rtol=0, atol=0)
+    torch.testing.assert_close(kept_values, whole, rtol=0, atol=0)
