@@ -123,6 +123,24 @@ class ScriptedPacer(PrefillPacer):
         self.chunks.append((seconds, tokens))
 
 
+def join_under(pacer, scheduler, monkeypatch, joins) -> list:
+    """A running row (held in its sampler), then `pacer` in the runner and the `joins` ((history, identity
+    set) pairs) submitted together; every reply to its end, then the scheduler closed: the joiners' replies."""
+    try:
+        Held = held_sampler()
+        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
+                              sampling=Sampling(max_new_tokens=40, do_sample=False))
+        assert Held.reached.wait(120)
+        scheduler.runner.pacer = pacer
+        joiners = [scheduler.submit(history, identities, sampling=GREEDY) for history, identities in joins]
+        Held.resume.set()
+        for reply in joiners + [running]:
+            reply.result(timeout=300)
+    finally:
+        scheduler.close()
+    return joiners
+
+
 def test_the_pacer_sizes_each_chunk_from_the_measured_steps_and_chunks(exact_engine, monkeypatch):
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
     pacer = ScriptedPacer([5, 11, 3])
@@ -143,18 +161,7 @@ def test_a_short_prompt_riding_in_a_step_tells_the_pacer_nothing(exact_engine, m
     later ones, must not set the cost it sizes them by."""
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=256)
     pacer = ScriptedPacer([])
-    try:
-        Held = held_sampler()
-        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
-                              sampling=Sampling(max_new_tokens=40, do_sample=False))
-        assert Held.reached.wait(120)
-        scheduler.runner.pacer = pacer
-        joiner = scheduler.submit(HISTORIES[1], EIGHT_SETS[1], sampling=GREEDY)
-        Held.resume.set()
-        joiner.result(timeout=300)
-        running.result(timeout=300)
-    finally:
-        scheduler.close()
+    join_under(pacer, scheduler, monkeypatch, [(HISTORIES[1], EIGHT_SETS[1])])
     assert scheduler.runner.packed_steps >= 1  # the joiner rode in a decode step
     assert pacer.asked == [] and pacer.chunks == []
 
@@ -167,19 +174,7 @@ def test_a_short_prompt_and_a_long_ones_chunk_share_one_step_budget(exact_engine
     short_tokens = exact_engine.encode([exact_engine.chat_messages(short, EIGHT_SETS[1],
                                                                    Conditioning.EXPERTS_AND_PROMPT)])["input_ids"]
     pacer = ScriptedPacer([short_tokens.shape[1] + 12])
-    try:
-        Held = held_sampler()
-        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
-                              sampling=Sampling(max_new_tokens=40, do_sample=False))
-        assert Held.reached.wait(120)
-        scheduler.runner.pacer = pacer
-        long = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
-        joiner = scheduler.submit(short, EIGHT_SETS[1], sampling=GREEDY)
-        Held.resume.set()
-        for reply in (long, joiner, running):
-            reply.result(timeout=300)
-    finally:
-        scheduler.close()
+    long, joiner = join_under(pacer, scheduler, monkeypatch, [(LONG, EIGHT_SETS[2]), (short, EIGHT_SETS[1])])
     first_step_tokens = pacer.chunks[0][1]
     assert first_step_tokens == short_tokens.shape[1] + 12  # the short prompt whole, 12 of the long one's
     assert joiner.token_ids == alone(exact_engine, short, EIGHT_SETS[1], GREEDY)
