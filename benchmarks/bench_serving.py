@@ -47,7 +47,7 @@ the mean, `before` and `after`; this machine's speed drifts by a fifth within mi
 minutes earlier moved the ratio with it); and the join case (`--join_tokens`, default 1500): while a prompt of
 that many tokens joins a running batch of 7 kept full (each running client asks again when its reply ends),
 the running rows' time between text updates, steady, during the join (to the joiner's first token) and in the
-three steps after it.
+three steps after it (`--join_only N`: only this case, N times in one engine, a JSON line each).
 
 Top level: `speedup_8` (scheduler ÷ serial aggregate tokens/s at 8 clients), `ttft_p95_ratio_8` (the
 scheduler's p95 time to first token at 8 clients ÷ its p50 with one client, a lone request),
@@ -430,6 +430,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no_gradio", action="store_true", help="the Python API only, not the served app")
     parser.add_argument("--quick", action="store_true", help="a smoke run: clients 1 and 8, a 10 s window, 32 tokens")
     parser.add_argument("--join_tokens", type=int, default=1500, help="the joining prompt's length (0: no join case)")
+    parser.add_argument("--join_only", type=int, default=0, metavar="N",
+                        help="only the join case, N times in one engine (a JSON line each; quicker than whole runs "
+                             "for its spread)")
     parser.add_argument("--decode_steps", type=int, default=30,
                         help="steps timed for the model's own batch-8 decode throughput")
     parser.add_argument("--reference_steps", type=int, default=None,
@@ -451,6 +454,12 @@ def main(argv=None) -> int:
 
     engine = Engine.load("embedded", load_in_8bit=False, dtype="float32")  # with the shipped experts
     engine_process = engine.serve_in_a_process(environment.HIRPF_ENGINE_PROCESS)  # as app.py does
+    if args.join_only:
+        for _ in range(args.join_only):
+            running = min(7, engine.scheduler().max_batch - 1)
+            print(json.dumps(join_case(engine, args.join_tokens, running, steady_s=3.0)), flush=True)
+        engine.scheduler().close()
+        return 0
     reference = ModelDecodeReference(args.decode_steps)
     top = max(counts)
     model_decode = None
