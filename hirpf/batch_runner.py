@@ -249,18 +249,17 @@ class BatchRunner:
         whole, each (row, cache, logits of its last prompt token) to join. If it raises, no cache changed: the
         step and the chunks can run apart."""
         rows = self.rows
-        # For the long prompts, oldest first. The pacer sizes and measures only steps that carry one: a short
-        # prompt's tokens, with little cache to attend to, cost less than a long prompt's later chunks, and a
-        # busy batch's many short joins had set the cost of a long prompt's token too low (bench_serving's
-        # join case, the same code twice: the prompt joined in 5.8 s, its running rows waiting 3.9 times their
-        # steady p95 between tokens, against 16.9 s and 2.1 times).
+        # One budget of prompt tokens per step, as vLLM's: a short prompt joins whole, as it would with a
+        # forward of its own, and uses it first; the long prompts, oldest first, share what is left (a short
+        # prompt riding beside a long one's full chunk had made the slowest steps of a join). The pacer sizes
+        # and measures only steps that carry a long prompt: a short prompt's tokens, with little cache to
+        # attend to, cost less than a long prompt's later chunks, and a busy batch's many short joins had set
+        # the cost of a long prompt's token too low (bench_serving's join case, the same code twice: the
+        # prompt joined in 5.8 s, its running rows waiting 3.9 times their steady p95 between tokens, against
+        # 16.9 s and 2.1 times).
         long_waiting = any(self._is_long(p.row) for p in self.chunked)
         budget = self.pacer.next_chunk(len(rows), packed=True) if long_waiting else 0
-        partials, chunks = [], []
-        # One budget of prompt tokens per step, as vLLM's: a short prompt joins whole, as it would with a
-        # forward of its own, and uses it first; the long prompts, oldest first, share what is left. A short
-        # prompt riding beside a long one's full chunk had made the slowest steps of a join (bench_serving's
-        # join case: the running clients ask again as their replies end).
+        partials, chunks, long_rides = [], [], False
         for partial in sorted(self.chunked, key=lambda p: self._is_long(p.row)):  # short ones first, stable
             long = self._is_long(partial.row)
             if long and budget <= 0:
@@ -269,6 +268,7 @@ class BatchRunner:
             left = partial.row.prompt.shape[1] - partial.done
             take = min(budget, left) if long else left
             budget -= left
+            long_rides |= long
             partials.append(partial)
             chunks.append(PromptChunk(partial.cache, partial.done, partial.done + take))
         step = PackedStep(self.batch, chunks)
@@ -282,7 +282,7 @@ class BatchRunner:
                              logits_to_keep=step.last_token_indices(), hirpf_packed=step)
         step.commit()
         self._finish_device_work()
-        if any(self._is_long(p.row) for p in partials):
+        if long_rides:
             self.pacer.record_packed(time.perf_counter() - started, len(rows), step.tokens - len(rows))
         self.steps += 1
         self.packed_steps += 1

@@ -34,7 +34,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .batch_cache import PaddedBatchCache, SpareColumnsLayer
+from .batch_cache import SPARE_COLUMNS, PaddedBatchCache, SpareColumnsLayer
 
 PACKED_ATTENTION = "hirpf_packed_sdpa"
 
@@ -148,16 +148,15 @@ class PackedStep:
         for chunk, mask in zip(self.chunks, self._chunk_masks):
             stop = start + chunk.tokens
             q, k, v = (t[:, :, start:stop] for t in (query, key, value))
-            held = chunk.cache.layers[layer]
-            if isinstance(held, SpareColumnsLayer):  # in its spare columns, not yet held
-                k, v = held.staged(k, v)
-                pending.append((k, v, held))
-            else:  # its first chunk (after a stored prefix, if any): from now on its cache grows in place
-                if held.is_initialized and held.keys.numel():
-                    k, v = torch.cat([held.keys, k], dim=-2), torch.cat([held.values, v], dim=-2)
-                grown = SpareColumnsLayer.holding(k, v)
-                k, v = grown.keys, grown.values
-                pending.append((k, v, grown))
+            grown = chunk.cache.layers[layer]
+            if not isinstance(grown, SpareColumnsLayer):
+                # Its first chunk: from now on its cache grows in place, in a copy of what it holds (a stored
+                # prefix's tensors are shared with the store), which `commit` swaps in.
+                stored = grown.is_initialized and grown.keys is not None and grown.keys.numel() > 0
+                held = (grown.keys, grown.values) if stored else (k[:, :, :0], v[:, :, :0])
+                grown = SpareColumnsLayer.holding(*held, spare=max(SPARE_COLUMNS, chunk.tokens))
+            k, v = grown.staged(k, v)  # in its spare columns, not yet held
+            pending.append((k, v, grown))
             outputs.append(grouped_query_attention(q, k, v, mask, scaling))
             start = stop
         return torch.cat(outputs, dim=1), None

@@ -16,25 +16,35 @@ LONG = [{"role": "user", "content": "Tell me about hospitals, nurses and the nig
 CHUNK = 32
 
 
-def join_long_prompt(engine, scheduler, monkeypatch, before_join=lambda: None):
-    """A running row (held in its sampler), then `LONG` submitted to join it; `before_join` runs while the
-    loop thread waits in that sampler. Both replies to the end, then the scheduler closed: (the running row's
-    stream, the joiner's stream, the joiner's prompt length)."""
+def join_while_one_runs(scheduler, monkeypatch, joins, before_join=lambda: None):
+    """A running row (held in its sampler), then `before_join` (run while the loop thread waits in that
+    sampler) and the `joins` ((history, identity set) pairs) submitted together. Every reply to its end, then
+    the scheduler closed: (the running row's reply, the joiners' replies)."""
     try:
         Held = held_sampler()
         running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
                               sampling=Sampling(max_new_tokens=40, do_sample=False))
         assert Held.reached.wait(120)
         before_join()
-        joiner = scheduler.submit(LONG, EIGHT_SETS[2], sampling=GREEDY)
-        messages = engine.chat_messages(LONG, EIGHT_SETS[2], Conditioning.EXPERTS_AND_PROMPT)
-        length = engine.encode([messages])["input_ids"].shape[1]
+        joiners = [scheduler.submit(history, identities, sampling=GREEDY) for history, identities in joins]
         Held.resume.set()
-        joiner.result(timeout=300)
-        running.result(timeout=300)
+        for reply in joiners + [running]:
+            reply.result(timeout=300)
     finally:
         scheduler.close()
-    return running, joiner, length
+    return running, joiners
+
+
+def prompt_length(engine, history, identities) -> int:
+    return engine.encode([engine.chat_messages(history, identities, Conditioning.EXPERTS_AND_PROMPT)])[
+        "input_ids"].shape[1]
+
+
+def join_long_prompt(engine, scheduler, monkeypatch, before_join=lambda: None):
+    """`LONG` joining a running row: (the running row's reply, the joiner's, the joiner's prompt length)."""
+    running, (joiner,) = join_while_one_runs(scheduler, monkeypatch, [(LONG, EIGHT_SETS[2])], before_join)
+    return running, joiner, prompt_length(engine, LONG, EIGHT_SETS[2])
+
 
 @pytest.mark.parametrize("packed", [True, False], ids=["chunks in the decode steps", "chunks between steps"])
 def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engine, monkeypatch, packed):
@@ -123,24 +133,6 @@ class ScriptedPacer(PrefillPacer):
         self.chunks.append((seconds, tokens))
 
 
-def join_under(pacer, scheduler, monkeypatch, joins) -> list:
-    """A running row (held in its sampler), then `pacer` in the runner and the `joins` ((history, identity
-    set) pairs) submitted together; every reply to its end, then the scheduler closed: the joiners' replies."""
-    try:
-        Held = held_sampler()
-        running = submit_with(Held, monkeypatch, scheduler, HISTORIES[0], EIGHT_SETS[0],
-                              sampling=Sampling(max_new_tokens=40, do_sample=False))
-        assert Held.reached.wait(120)
-        scheduler.runner.pacer = pacer
-        joiners = [scheduler.submit(history, identities, sampling=GREEDY) for history, identities in joins]
-        Held.resume.set()
-        for reply in joiners + [running]:
-            reply.result(timeout=300)
-    finally:
-        scheduler.close()
-    return joiners
-
-
 def test_the_pacer_sizes_each_chunk_from_the_measured_steps_and_chunks(exact_engine, monkeypatch):
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=CHUNK)
     pacer = ScriptedPacer([5, 11, 3])
@@ -161,7 +153,8 @@ def test_a_short_prompt_riding_in_a_step_tells_the_pacer_nothing(exact_engine, m
     later ones, must not set the cost it sizes them by."""
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=256)
     pacer = ScriptedPacer([])
-    join_under(pacer, scheduler, monkeypatch, [(HISTORIES[1], EIGHT_SETS[1])])
+    join_while_one_runs(scheduler, monkeypatch, [(HISTORIES[1], EIGHT_SETS[1])],
+                        before_join=lambda: setattr(scheduler.runner, "pacer", pacer))
     assert scheduler.runner.packed_steps >= 1  # the joiner rode in a decode step
     assert pacer.asked == [] and pacer.chunks == []
 
@@ -171,11 +164,11 @@ def test_a_short_prompt_and_a_long_ones_chunk_share_one_step_budget(exact_engine
     gets what is left, so the step carries the budget, not the budget plus the short prompt."""
     scheduler = Scheduler(exact_engine, max_batch=4, prefix_cache_mb=0, prefill_chunk=64)
     short = HISTORIES[1]
-    short_tokens = exact_engine.encode([exact_engine.chat_messages(short, EIGHT_SETS[1],
-                                                                   Conditioning.EXPERTS_AND_PROMPT)])["input_ids"]
-    pacer = ScriptedPacer([short_tokens.shape[1] + 12])
-    long, joiner = join_under(pacer, scheduler, monkeypatch, [(LONG, EIGHT_SETS[2]), (short, EIGHT_SETS[1])])
+    short_tokens = prompt_length(exact_engine, short, EIGHT_SETS[1])
+    pacer = ScriptedPacer([short_tokens + 12])
+    _, (long, joiner) = join_while_one_runs(scheduler, monkeypatch, [(LONG, EIGHT_SETS[2]), (short, EIGHT_SETS[1])],
+                                            before_join=lambda: setattr(scheduler.runner, "pacer", pacer))
     first_step_tokens = pacer.chunks[0][1]
-    assert first_step_tokens == short_tokens.shape[1] + 12  # the short prompt whole, 12 of the long one's
+    assert first_step_tokens == short_tokens + 12  # the short prompt whole, 12 of the long one's
     assert joiner.token_ids == alone(exact_engine, short, EIGHT_SETS[1], GREEDY)
     assert long.token_ids == alone(exact_engine, LONG, EIGHT_SETS[2], GREEDY)
