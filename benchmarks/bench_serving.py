@@ -81,7 +81,7 @@ from hirpf import environment  # noqa: E402
 from hirpf.base_model import load_base_model  # noqa: E402
 from hirpf.decode_timing import decode_step_seconds  # noqa: E402
 from hirpf.engine import Engine, Sampling  # noqa: E402
-from hirpf.fast_inference import decode_dtype_in_use  # noqa: E402
+from hirpf.fast_inference import decode_dtype_in_use, fold_reach_in_use  # noqa: E402
 from hirpf.identities import PROFESSIONS, IdentitySet  # noqa: E402
 from hirpf.prompts import Conditioning, expert_identities  # noqa: E402
 from hirpf.routing import Routing  # noqa: E402
@@ -528,6 +528,7 @@ def main(argv=None) -> int:
         "join_itl_p95_ratio": join["join_itl_p95_ratio"] if join else None,
         "after_join_itl_p95_ratio": join["after_join_itl_p95_ratio"] if join else None,  # no target: reported
         "decode_dtype": decode_dtype_in_use(engine.model),
+        "fold_reach": fold_reach_in_use(engine.model),  # this process's calibration (an engine process makes its own)
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "targets": {"speedup_8": 3.5, "ttft_p95_ratio_8": 3.0, "gradio_speedup_8": 3.0, "serving_efficiency_8": 0.75,
                     "join_itl_p95_ratio": 2.0},

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hirpf.engine import Engine  # noqa: E402
-from hirpf.fast_inference import decode_dtype_in_use  # noqa: E402
+from hirpf.fast_inference import decode_dtype_in_use, fold_reach_in_use  # noqa: E402
 from hirpf.identities import IdentitySet  # noqa: E402
 from hirpf.sampling import Sampling  # noqa: E402
 from hirpf.scheduler import Scheduler  # noqa: E402
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     stats = pstats.Stats(scheduler.profile)
     document = {"rows": args.rows, "max_new_tokens": args.max_new_tokens, "torch_threads": args.threads,
                 "decode_dtype": decode_dtype_in_use(engine.model),
+                "fold_reach": fold_reach_in_use(engine.model),
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "wall_s": round(wall, 3), "tokens": sum(len(s.token_ids) for s in streams),
                 **breakdown(stats), "stream_decode_ms_per_step": stream_decode_ms_per_step(engine, streams)}

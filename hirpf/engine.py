@@ -21,7 +21,7 @@ from . import environment
 from .base_model import EMBEDDED, load_base_model
 from .checkpoint import load_experts
 from .context_limit import FittedHistory, context_limit, fit_history
-from .fast_inference import apply_decode_dtype
+from .fast_inference import apply_decode_dtype, calibrate_fold_reach
 from .identities import IdentitySet
 from .inject import expert_config
 from .prompts import Conditioning, expert_identities, system_message
@@ -93,13 +93,15 @@ class Engine:
     def load(cls, base_model: str = EMBEDDED, lora_weights: str | Path | None = "default",
              load_in_8bit: bool | None = None, dtype: str = "auto") -> "Engine":
         """`lora_weights`: a checkpoint directory, "default" (the shipped experts if any), or None. The
-        experts' decoding copies follow `HIRPF_DECODE_DTYPE` (`hirpf.fast_inference.apply_decode_dtype`)."""
+        experts' decoding copies follow `HIRPF_DECODE_DTYPE` (`hirpf.fast_inference.apply_decode_dtype`), and
+        fold as far as it pays on this CPU (`calibrate_fold_reach`)."""
         decode_dtype = environment.HIRPF_DECODE_DTYPE  # a bad value fails before minutes of loading
         model, tokenizer = load_base_model(base_model, load_in_8bit=load_in_8bit, dtype=dtype)
         experts = default_experts(base_model) if lora_weights == "default" else lora_weights
         if experts:
             load_experts(model, experts)
         apply_decode_dtype(model, decode_dtype)
+        calibrate_fold_reach(model)
         return cls(model, tokenizer, partial(cls.load, base_model, lora_weights, load_in_8bit, dtype))
 
     def serve_in_a_process(self, wanted: bool = True) -> bool:

@@ -11,7 +11,8 @@ mode) a layer hands its input to the `SharedInputProjections` it belongs to, whi
   that all share one (its masks folded in), one for every mixture of sets (the masks read at each call);
 - for decoding (a few vectors) applies the frozen W and the B matrices as one matmul over
   `[x, mixed expert activations]` (the fold), for batches from a bfloat16 copy where that is faster
-  (`HIRPF_DECODE_DTYPE`, `auto` by default: `choose_decode_dtype`; `set_decode_dtype`).
+  (`HIRPF_DECODE_DTYPE`, `auto` by default: `choose_decode_dtype`; `set_decode_dtype`), up to as many vectors
+  as the fold is faster for on this CPU (`calibrate_fold_reach`).
 
 This module owns every cache of the expert layers. Freshness is explicit: the concatenated weight copies and
 the plans built on them are dropped by `forget_weights` (loading weights, entering training mode and moving
@@ -25,12 +26,16 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 FOLD_MAX_VECTORS = 16  # fold W and B into one matmul for inputs of up to this many rows x tokens (CPU)
+# How far `calibrate_fold_reach` looks beyond that: a packed step (hirpf.packed_step) carries a batch's rows and
+# a joining prompt's tokens, 20 to 70 vectors; a longer chunk is a prompt's, where the fold's zeros cost more.
+FOLD_REACH_CANDIDATES = (32, 48, 64)
 DECODE_DTYPES = {"model": None, "bfloat16": torch.bfloat16}  # the forced choices; None: the layers' own dtype
 # `torch.backends.cpu.get_cpu_capability()` values of CPUs without bfloat16 dot products: there a bfloat16
 # matmul is emulated and far slower than float32 (measured on an AVX2 machine: docs/benchmarks.md).
@@ -152,6 +157,67 @@ def apply_decode_dtype(model: nn.Module, setting: str) -> DecodeDtypeChoice | No
     return choice
 
 
+def calibrate_fold_reach(model: nn.Module, passes: int = 2) -> int | None:
+    """Let the expert layers fold for as many vectors as the fold is no slower than the members one by one on
+    this CPU, and return that reach (logged); None where nothing folds (a GPU, 8-bit projections). From
+    `FOLD_MAX_VECTORS`, each of `FOLD_REACH_CANDIDATES` in turn while the fold, summed over every expert group
+    of the model on its own weights (`passes` times, the two ways taking turns), takes no longer than the
+    members one by one. Summed over the whole model, the weights are read from memory as in a forward (one
+    group timed alone is served from the CPU's caches) and the noise of one small product averages out.
+    Why: a packed step (hirpf.packed_step) carries 20 to 70 vectors, and on the 2-core Xeon (AVX512) a step
+    with a 12-token question took 147 ms folding against 177 ms not; another CPU draws the line elsewhere."""
+    groups = [m.fast_path for m in model.modules()
+              if getattr(m, "fast_path", None) is not None and m.fast_path.members[0] is m]  # each group once
+    groups = [g for g in groups if g.members[0].lora_A.device.type == "cpu" and all(m.plain_base for m in g.members)]
+    if not groups:
+        return None
+    weights = [_batch_fold_weights(g) for g in groups]  # built now, outside the clock
+    reach, measured = FOLD_MAX_VECTORS, {}
+    with torch.no_grad():
+        for vectors in FOLD_REACH_CANDIDATES:
+            inputs = {}
+            for g in groups:
+                first, (p, e, r) = g.members[0], g.shape
+                key = (first.in_features, p * e * r)
+                if key not in inputs:
+                    inputs[key] = (torch.randn(vectors, first.in_features, dtype=first.base.weight.dtype),
+                                   torch.randn(vectors, p * e * r, dtype=first.lora_A.dtype))
+            spent = {"fold": 0.0, "apart": 0.0}
+            for turn in range(passes):
+                for g, (weight_t, bias) in zip(groups, weights):
+                    first, (p, e, r) = g.members[0], g.shape
+                    x, mixed = inputs[(first.in_features, p * e * r)]
+                    ways = [("fold", partial(folded_outputs, g, x, mixed, weight_t, bias)),
+                            ("apart", partial(unfolded_outputs, g, x, mixed))]
+                    for name, way in ways if turn % 2 == 0 else ways[::-1]:
+                        start = time.perf_counter()
+                        way()
+                        spent[name] += time.perf_counter() - start
+            measured[vectors] = spent
+            if spent["fold"] > spent["apart"]:
+                break
+            reach = vectors
+    for g in groups:
+        g.fold_max_vectors = reach
+    log.info("expert layers fold up to %d vectors (ms per pass over the model's groups, fold / apart: %s)", reach,
+             {n: f"{t['fold'] / passes * 1e3:.1f} / {t['apart'] / passes * 1e3:.1f}" for n, t in measured.items()})
+    return reach
+
+
+def _batch_fold_weights(projections: "SharedInputProjections") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fold a batch decodes with (`InferencePlan`): the layers' own copy, or its `set_decode_dtype` copy."""
+    weight_t, bias = projections.weights("out", projections.concat_out)
+    narrow = projections.decode_dtype
+    if narrow is not None and narrow != weight_t.dtype:
+        weight_t = projections.weights(("out", narrow), lambda: weight_t.to(narrow))
+    return weight_t, bias
+
+
+def fold_reach_in_use(model: nn.Module) -> int | None:
+    """The expert layers' fold reach (`calibrate_fold_reach`; for the benchmarks); None without expert layers."""
+    return next((m.fast_path.fold_max_vectors for m in model.modules() if getattr(m, "fast_path", None)), None)
+
+
 def decode_dtype_in_use(model: nn.Module) -> str:
     """The dtype the expert layers' batch fold decodes in: `model` (the layers' own) or e.g. `bfloat16`."""
     dtype = next((m.fast_path.decode_dtype for m in model.modules() if getattr(m, "fast_path", None) is not None),
@@ -266,6 +332,7 @@ class SharedInputProjections:
         self.signature = (first.expert_ids, first.group_bounds, first.hard_mask, first.router is not None, first.gate)
         self._weights: dict = {}  # concatenated weight copies, by name
         self.decode_dtype: torch.dtype | None = None  # the fold's copy in another dtype (set_decode_dtype)
+        self.fold_max_vectors = FOLD_MAX_VECTORS  # inputs of up to this many vectors take the fold
         self._plans = LRU(16)  # inference plans by mask table, reused across calls until forget_weights
         self._lock = threading.Lock()
 
@@ -371,29 +438,23 @@ class InferencePlan:
             # On the CPU the frozen W and the B matrices become one matmul over [x, mixed] for decoding (a
             # second copy of the wrapped weights: cheap for small CPU models, not worth it on a GPU).
             self.out_weight_t, self.out_bias = projections.weights("out", projections.concat_out)
-            narrow = projections.decode_dtype
-            if narrow is not None and narrow != self.out_weight_t.dtype:
-                self.batch_out_weight_t = projections.weights(("out", narrow), lambda: self.out_weight_t.to(narrow))
+            batch_weight_t, _ = _batch_fold_weights(projections)
+            if batch_weight_t is not self.out_weight_t:
+                self.batch_out_weight_t = batch_weight_t
 
     def outputs(self, x: torch.Tensor, table: MaskTable) -> list[torch.Tensor]:
         """Every member's output for `x` under the rows of `table` (the call's mask table)."""
         projections = self.projections
         mixed = self.mixed(x, table)  # [..., P·E·r]
         vectors = x.numel() // x.shape[-1]
-        if self.out_weight_t is not None and vectors <= FOLD_MAX_VECTORS:
-            # Decoding (a few rows, one token each): the op count dominates and folding pays. For a long
-            # prompt the block-diagonal zeros cost more arithmetic than the ops it saves.
+        if self.out_weight_t is not None and vectors <= projections.fold_max_vectors:
+            # Decoding (a few rows, one token each; a packed step's rows and prompt tokens): the op count
+            # dominates and folding pays. For a long prompt the block-diagonal zeros cost more arithmetic than
+            # the ops it saves.
             batch = vectors > 1 and self.batch_out_weight_t is not None  # set_decode_dtype: one vector stays
             weight_t = self.batch_out_weight_t if batch else self.out_weight_t
-            out = _affine(torch.cat([x, mixed.to(x.dtype)], dim=-1), weight_t, self.out_bias)
-            return out.split(projections.out_sizes, dim=-1) if len(projections.out_sizes) > 1 else (out,)
-        mixed = mixed.unflatten(-1, (len(projections.members), -1))
-        outputs = []
-        for slot, m in enumerate(projections.members):
-            y = m.base_forward(x)
-            delta = F.linear(mixed[..., slot, :], m.lora_B)
-            outputs.append(y + delta.to(y.dtype))
-        return outputs
+            return folded_outputs(projections, x, mixed, weight_t, self.out_bias)
+        return unfolded_outputs(projections, x, mixed)
 
     def mixed(self, x: torch.Tensor, table: MaskTable) -> torch.Tensor:
         """`[..., P·E·r]`: each member's A·x, every expert's r columns weighted by its mixture weight and
@@ -425,6 +486,24 @@ class InferencePlan:
             if not table.scale_is_one:
                 weights = weights * scale
         return (a.view(lead + (p, e, r)) * weights).view(lead + (p * e * r,))
+
+
+def folded_outputs(projections: SharedInputProjections, x: torch.Tensor, mixed: torch.Tensor,
+                   weight_t: torch.Tensor, bias: torch.Tensor | None) -> list[torch.Tensor]:
+    """The members' outputs as one matmul of `[x, mixed]` by the fold `[W | blockdiag(B)]`ᵀ."""
+    out = _affine(torch.cat([x, mixed.to(x.dtype)], dim=-1), weight_t, bias)
+    return list(out.split(projections.out_sizes, dim=-1)) if len(projections.out_sizes) > 1 else [out]
+
+
+def unfolded_outputs(projections: SharedInputProjections, x: torch.Tensor, mixed: torch.Tensor) -> list[torch.Tensor]:
+    """The members' outputs one by one: `W·x + B·mixed` each."""
+    mixed = mixed.unflatten(-1, (len(projections.members), -1))
+    outputs = []
+    for slot, m in enumerate(projections.members):
+        y = m.base_forward(x)
+        delta = F.linear(mixed[..., slot, :], m.lora_B)
+        outputs.append(y + delta.to(y.dtype))
+    return outputs
 
 
 def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

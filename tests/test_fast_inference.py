@@ -15,9 +15,12 @@ from hirpf.experts import ExpertConfig
 from hirpf.fast_inference import (
     BFLOAT16_MIN_GAIN,
     FOLD_MAX_VECTORS,
+    FOLD_REACH_CANDIDATES,
     calibrate_bfloat16,
+    calibrate_fold_reach,
     choose_decode_dtype,
     decode_dtype_in_use,
+    fold_reach_in_use,
     forget_weights,
     set_decode_dtype,
 )
@@ -222,6 +225,49 @@ def test_engine_load_applies_and_logs_the_auto_choice(tiny_base_dir, tmp_path, m
     assert decode_dtype_in_use(load()) == "bfloat16"
     monkeypatch.setenv("HIRPF_DECODE_DTYPE", "model")
     assert decode_dtype_in_use(load()) == "model"
+
+
+def test_the_fold_reaches_as_far_as_it_is_no_slower_and_the_calibration_decides_it(monkeypatch):
+    """`calibrate_fold_reach` extends the fold to the largest vector count at which it took no longer than the
+    members one by one, and stops at the first count where it did; every group then folds that far, and a
+    packed-step-sized input that takes the fold still gives the formula's result."""
+    from hirpf import fast_inference
+
+    model = add_experts(tiny_llama(dtype=torch.float64), ExpertConfig(rank=3, dropout=0.0,
+                                                                      target_modules=ATTENTION_AND_MLP))
+    randomize_experts(model)
+
+    def slowed(way, seconds, from_vectors):
+        def run(projections, x, *rest):
+            if x.shape[0] >= from_vectors:
+                time.sleep(seconds)
+            return way(projections, x, *rest)
+        return run
+
+    folded, apart = fast_inference.folded_outputs, fast_inference.unfolded_outputs
+    monkeypatch.setattr(fast_inference, "folded_outputs", slowed(folded, 0.002, FOLD_REACH_CANDIDATES[1]))
+    monkeypatch.setattr(fast_inference, "unfolded_outputs", slowed(apart, 0.001, 0))
+    assert calibrate_fold_reach(model, passes=1) == FOLD_REACH_CANDIDATES[0]  # the fold lost at the second
+    assert fold_reach_in_use(model) == FOLD_REACH_CANDIDATES[0]
+    monkeypatch.setattr(fast_inference, "folded_outputs", folded)  # the members apart always slower
+    assert calibrate_fold_reach(model, passes=1) == FOLD_REACH_CANDIDATES[-1]
+    monkeypatch.setattr(fast_inference, "unfolded_outputs", apart)
+    monkeypatch.setattr(fast_inference, "folded_outputs", slowed(folded, 0.002, 0))  # the fold always slower
+    assert calibrate_fold_reach(model, passes=1) == FOLD_MAX_VECTORS  # never below the default
+    monkeypatch.setattr(fast_inference, "folded_outputs", folded)
+
+    for layer in expert_layers(model).values():
+        layer.fast_path.fold_max_vectors = 64
+    calls = []
+    monkeypatch.setattr(fast_inference, "folded_outputs", lambda *a: calls.append(a[1].numel()) or folded(*a))
+    ids = torch.randint(3, 64, (4, 10))  # 40 vectors: a packed step's size, beyond the default reach
+    formula, fast = formula_and_fast(model, ids, MIXED[:4])
+    assert calls and min(calls) // model.config.hidden_size >= 40 > FOLD_MAX_VECTORS  # they took the fold
+    torch.testing.assert_close(fast, formula, rtol=1e-10, atol=1e-10)
+
+
+def test_nothing_folds_on_a_model_without_expert_layers():
+    assert calibrate_fold_reach(tiny_llama()) is None and fold_reach_in_use(tiny_llama()) is None
 
 
 def test_in_place_edits_are_seen_after_forget_weights():
