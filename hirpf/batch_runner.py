@@ -1,13 +1,13 @@
 """The scheduler's runner: what runs the model for the running batch, one call at a time from the loop thread.
 
-    prefill(rows) ─────────► join(row, cache, logits) ──► step() ──► step() ──► …   keep(indices)
-    (one forward, each row      (its first token; its          (one token for        (rows leave; their
-     under its own identity,     cache joins the batch's)       every running row)    sequences stored first:
-     continuing a stored prefix)                                                      store_prefixes)
-    prefill_next_chunk() ──► … ──► (cache, logits) ──► join(…)     a long prompt, one chunk per step
+    prefill(rows) ─────────► first_token(row, logits), add(row, cache) ──► step() ──► …   keep(indices)
+    (one forward, each row      (its first token; its cache joins       (one token for   (rows leave; their
+     under its own identity,     the batch's)                            every running    sequences stored
+     continuing a stored prefix)                                         row)             first: store_prefixes)
+    prefill_next_chunk() ──► … ──► (cache, logits) ──► first_token, add    a long prompt, one chunk per step
 
 It knows nothing of queues, stop events or failures: which requests run, when they leave and what happens
-when a call raises is the scheduler's policy (`hirpf.scheduler`). A `join` that raises leaves the running
+when a call raises is the scheduler's policy (`hirpf.scheduler`). An `add` that raises leaves the running
 batch as it was (`PaddedBatchCache.add` is all-or-nothing); a `step` that raises leaves it unusable, and the
 scheduler ends its rows.
 
@@ -216,16 +216,16 @@ class BatchRunner:
         return row, cache, logits
 
     # --- the running batch ------------------------------------------------------------------------
-    def join(self, row: Row, cache: DynamicCache, logits: torch.Tensor) -> FinishReason | None:
-        """The row's first token from its prefill's logits; then it joins the batch, unless that token ended
-        it (the reason is returned)."""
-        finished = row.choose(logits, self.eos_ids)
-        if finished:
-            return finished
-        self.batch.add(cache, row.prompt.shape[1])  # checks the cache before changing the batch
+    def first_token(self, row: Row, logits: torch.Tensor) -> FinishReason | None:
+        """The row's first token, from its prefill's logits; the reason if that token ended it."""
+        return row.choose(logits, self.eos_ids)
+
+    def add(self, row: Row, cache: DynamicCache) -> None:
+        """The row, its first token chosen, joins the batch (`PaddedBatchCache.add` checks the cache before
+        changing the batch)."""
+        self.batch.add(cache, row.prompt.shape[1])
         self.rows.append(row)
         self.routing = None
-        return None
 
     def step(self) -> dict[int, FinishReason | Exception]:
         """One token for every running row; what ended a row, by its index: a finish reason, or the error
@@ -330,7 +330,8 @@ class BatchRunner:
             self.prefixes.store(row.identity_key, row.ids[0, :held], layers)
 
     def keep(self, indices: list[int]) -> None:
-        """Keep only the rows at `indices` (in that order); the others leave the batch."""
+        """Keep only the rows at `indices` (in that order; `swap_remove_order` gives one that moves the fewest
+        rows); the others leave the batch."""
         self.rows = [self.rows[i] for i in indices]
         self.batch.keep(indices)
         self.routing = None

@@ -1,7 +1,7 @@
 """Serving many requests at once, the policy: who waits, who joins the running batch, who leaves it, and
 what a failure ends. The model itself is run by `hirpf.batch_runner.BatchRunner` (prefill, decode step, cache).
 
-    submit() ──► waiting queue ──► admitted ──► runner.prefill ──► runner.join ──► runner.step, each loop turn
+    submit() ──► waiting queue ──► admitted ──► runner.prefill ──► runner.add ───► runner.step, each loop turn
     (caller thread:                (while the     (loop thread;       (first token;     (one token per row)
      validate, tokenize)            batch has      those admitted      the row joins          │
                                     room)          together)           the batch)             ▼
@@ -31,10 +31,9 @@ cache. The expert layers take their identity rows from the batch dimension (`Rou
 batch would give all requests one identity set; carrying a set per token would need a token-to-row map
 inside `hirpf.routing` and `hirpf.fast_inference`, as vLLM maps tokens to adapters. Its sampling settings
 are also one per batch, with one random generator. So the batch here is an ordinary left-padded batch over
-transformers' `DynamicCache`, whose per-layer tensors are re-padded and index-selected as rows join and
-leave (`hirpf.batch_cache`). Joining costs one copy of the batch's cache, in proportion to the tokens it
-holds, paid once per request rather than on every step; leaving, one index select (the measured cost of a
-join: docs/benchmarks.md).
+transformers' `DynamicCache`, whose rows leave and join in place where they can (a leaving row's slot
+taken by the last row, a joining row written into the room it left: `hirpf.batch_cache`), else by a copy of
+the batch's cache (the measured cost of a join: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -48,6 +47,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from . import environment
+from .batch_cache import swap_remove_order
 from .batch_runner import BatchRunner, ChunkedPrefill, Row
 from .identities import IdentitySet
 from .prefix_cache import PrefixCache
@@ -309,9 +309,10 @@ class Scheduler:
             self.runner.chunked.remove(partial)
 
     def _packed_step(self) -> None:
-        """One decode step that carries the waiting prompts' next chunks (`BatchRunner.packed_step`); the rows
-        that ended leave, the prompts now whole join. Should it fail, nothing changed: the chunk and the step
-        run apart, so that a failure of either ends only the requests it concerns."""
+        """One decode step that carries the waiting prompts' next chunks (`BatchRunner.packed_step`); the
+        prompts now whole get their first tokens, the rows that ended leave, then the new rows join (into the
+        room the leaving ones left). Should it fail, nothing changed: the chunk and the step run apart, so that
+        a failure of either ends only the requests it concerns."""
         try:
             ended, complete = self.runner.packed_step()
         except Exception as err:
@@ -321,20 +322,38 @@ class Scheduler:
             if self.runner.rows:
                 self._leave(self._outcomes(self.runner.step()))
             return
-        self._leave(self._outcomes(ended))
-        for row, cache, logits in complete:
-            self._join(row, cache, logits)
+        # First tokens first: a joiner's reader need not wait for the leaving rows' cache work.
+        joining = [(row, cache) for row, cache, logits in complete if self._first_token(row, logits)]
+        try:
+            self._leave(self._outcomes(ended))
+        finally:  # held nowhere else: should leaving fail, they join the rows that fail with it
+            for row, cache in joining:
+                self._add(row, cache)
 
     def _join(self, row: Row, cache, logits: torch.Tensor) -> None:
-        """The row's first token; it joins the batch unless that ended it. A failure ends it alone."""
+        """The row's first token; it joins the batch unless that ended it."""
+        if self._first_token(row, logits):
+            self._add(row, cache)
+
+    def _first_token(self, row: Row, logits: torch.Tensor) -> bool:
+        """The row's first token; whether the row goes on to join (not ended by it). A failure ends it alone."""
         try:
-            finished = self.runner.join(row, cache, logits)
+            finished = self.runner.first_token(row, logits)
         except Exception as err:  # this request alone fails
             log.warning("request failed at its first token: %s", err)
             row.stream._finish(FinishReason.ERROR, err)
-            return
+            return False
         if finished:
             row.stream._finish(finished)
+        return not finished
+
+    def _add(self, row: Row, cache) -> None:
+        """The row joins the running batch. A failure ends it alone (the batch is as it was)."""
+        try:
+            self.runner.add(row, cache)
+        except Exception as err:  # this request alone fails
+            log.warning("request failed joining the batch: %s", err)
+            row.stream._finish(FinishReason.ERROR, err)
 
     # --- leaving -----------------------------------------------------------------------------------
     @staticmethod
@@ -383,7 +402,7 @@ class Scheduler:
         self.runner.store_prefixes(finished)
         for i, reason in finished.items():
             self.runner.rows[i].stream._finish(reason)
-        self.runner.keep([i for i in range(len(self.runner.rows)) if i not in ended])
+        self.runner.keep(swap_remove_order(len(self.runner.rows), ended))
 
     def _fail_all(self, err: BaseException) -> None:
         for row in self.runner.rows:
