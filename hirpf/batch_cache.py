@@ -41,7 +41,8 @@ SPARE_COLUMNS = 64
 class SpareColumnsLayer(DynamicLayer):
     """A cache layer whose `keys`/`values` `[rows, heads, tokens, dim]` are views of the left columns of larger
     buffers: `update` writes the new columns into the spare ones (in place) and widens the views. A view
-    handed out before never sees a change: only columns right of every committed view are written. Whoever
+    handed out before never sees a change: only columns right of every committed view are written, and rows
+    beyond them (a joining row: `stage_row`), except the leaving rows' slots that `move_rows` fills. Whoever
     assigns other tensors to `keys`/`values` is followed: the next write first copies them into new buffers
     unless they are this layer's own views (as `staged` returns them, which a packed step's commit assigns)."""
 
