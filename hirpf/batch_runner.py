@@ -241,13 +241,14 @@ class BatchRunner:
             self._finish_device_work()
             self.pacer.record_step(time.perf_counter() - started, len(rows))
         self.steps += 1
-        return self._choose(logits)
+        return self.choose(logits)
 
-    def packed_step(self) -> tuple[dict[int, FinishReason | Exception], list["Joining"]]:
+    def packed_step(self) -> tuple[torch.Tensor, list["Joining"]]:
         """`step`, carrying in the same forward the next chunks of the prompts waiting to join (oldest first, as
-        many tokens as the pacer allows: `hirpf.packed_step`). Returns what `step` returns, and the prompts now
-        whole, each (row, cache, logits of its last prompt token) to join. If it raises, no cache changed: the
-        step and the chunks can run apart."""
+        many tokens as the pacer allows: `hirpf.packed_step`). Returns the running rows' logits `[rows, vocab]`
+        (their tokens not yet chosen: `choose`, once the prompts now whole have their first tokens), and those
+        prompts, each (row, cache, logits of its last prompt token) to join. If it raises, no cache changed:
+        the step and the chunks can run apart."""
         rows = self.rows
         # One budget of prompt tokens per step, as vLLM's: a short prompt joins whole, as it would with a
         # forward of its own, and uses it first; the long prompts, oldest first, share what is left (a short
@@ -295,9 +296,9 @@ class BatchRunner:
             if chunk.end == partial.row.prompt.shape[1]:
                 self.chunked.remove(partial)
                 complete.append(self._prompt_complete(partial, logits[len(rows) + i][None]))
-        return self._choose(logits[:len(rows)]), complete
+        return logits[:len(rows)], complete
 
-    def _choose(self, logits: torch.Tensor) -> dict[int, FinishReason | Exception]:
+    def choose(self, logits: torch.Tensor) -> dict[int, FinishReason | Exception]:
         """Every running row's next token from its logits `[rows, vocab]`; what ended a row, by its index."""
         rows = self.rows
         self.widest_batch = max(self.widest_batch, len(rows))

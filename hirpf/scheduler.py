@@ -310,11 +310,11 @@ class Scheduler:
 
     def _packed_step(self) -> None:
         """One decode step that carries the waiting prompts' next chunks (`BatchRunner.packed_step`); the
-        prompts now whole get their first tokens, the rows that ended leave, then the new rows join (into the
-        room the leaving ones left). Should it fail, nothing changed: the chunk and the step run apart, so that
-        a failure of either ends only the requests it concerns."""
+        prompts now whole get their first tokens, then the running rows theirs, the rows that ended leave, and
+        the new rows join (into the room the leaving ones left). Should it fail, nothing changed: the chunk
+        and the step run apart, so that a failure of either ends only the requests it concerns."""
         try:
-            ended, complete = self.runner.packed_step()
+            row_logits, complete = self.runner.packed_step()
         except Exception as err:
             log.warning("a packed step failed (%s): its prompt chunks and the decode step run apart", err)
             for partial in list(self.runner.chunked):  # each alone, so that only a prompt that breaks fails
@@ -322,10 +322,11 @@ class Scheduler:
             if self.runner.rows:
                 self._leave(self._outcomes(self.runner.step()))
             return
-        # First tokens first: a joiner's reader need not wait for the leaving rows' cache work.
+        # First tokens first: a joiner's reader need not wait for the running rows' sampling (7 ms for 7 rows
+        # on the 2-core Xeon) or the leaving rows' cache work.
         joining = [(row, cache) for row, cache, logits in complete if self._first_token(row, logits)]
         try:
-            self._leave(self._outcomes(ended))
+            self._leave(self._outcomes(self.runner.choose(row_logits)))
         finally:  # held nowhere else: should leaving fail, they join the rows that fail with it
             for row, cache in joining:
                 self._add(row, cache)
