@@ -15,6 +15,7 @@ With no rows running there is no one to keep waiting: the chunk is the longest a
 from __future__ import annotations
 
 import statistics
+import time
 from collections import deque
 
 # Weight of the newest measurement in the running average of a prefilled token's cost: it varies with the
@@ -25,6 +26,14 @@ SMOOTHING = 0.3
 # pulled up by them sized every chunk too long twice over: by a larger budget, and by a lower cost per token
 # (a packed step's prompt tokens cost what it took beyond a plain step). Four steps follow a real change.
 STEP_WINDOW = 7
+# A width's step times stand for it only while they are this recent beside the newest step time of any width:
+# a width seen rarely keeps old times (a batch one row short only between a leave and a join), and after 8
+# visitors of the served app, whose web server shared the cores, 6-row steps were remembered at 0.23 s while
+# 7-row ones took 0.09 s; a 1,500-token prompt's tokens then seemed free beside 6 rows (a packed step less its
+# plain step) and it joined in chunks of 60-130 tokens, the running rows waiting 2.4-4.0 times their steady
+# p95 between tokens. Relative to the newest, not to the clock: while a long prompt joins every step is packed
+# and no plain step is timed, and its estimates must not age out.
+STEP_MAX_AGE_S = 5.0
 # A chunk too short to measure (or to be worth a forward pass of its own).
 SHORTEST = 16
 # A chunk riding in a decode step (`hirpf.packed_step`) costs no forward of its own, only its tokens'
@@ -39,21 +48,27 @@ class PrefillPacer:
     0 gives fixed chunks of `longest` tokens. A decode step's time is kept per number of running rows (a
     batch of 8 takes longer than a batch of 1), and the nearest measured width stands in for an unmeasured one."""
 
-    def __init__(self, longest: int, step_share: float):
+    def __init__(self, longest: int, step_share: float, clock=time.monotonic):
         if longest < 1:
             raise ValueError(f"the longest chunk must be at least 1 token, got {longest}")
         if not 0 <= step_share:
             raise ValueError(f"step_share must be 0 (fixed chunks) or more, got {step_share}")
-        self.longest, self.step_share = longest, step_share
-        self.step_times: dict[int, deque[float]] = {}  # the last STEP_WINDOW steps' seconds, by running rows
+        self.longest, self.step_share, self.clock = longest, step_share, clock
+        # (when, seconds) of the last STEP_WINDOW steps, by running rows
+        self.step_times: dict[int, deque[tuple[float, float]]] = {}
         self.seconds_per_token: float | None = None
         self.last_chunk = 0  # the last chunk sized while rows ran (0: none yet)
 
     def step_seconds_at(self, rows: int) -> float | None:
-        """A decode step's time at `rows` running rows: measured, or the nearest width measured; None before any."""
+        """A decode step's time at `rows` running rows: measured, or the nearest width measured recently
+        (`STEP_MAX_AGE_S`); None before any."""
         if not self.step_times:
             return None
-        return statistics.median(self.step_times[min(self.step_times, key=lambda width: (abs(width - rows), -width))])
+        newest = max(at for times in self.step_times.values() for at, _ in times)
+        recent = {width: [seconds for at, seconds in times if newest - at <= STEP_MAX_AGE_S]
+                  for width, times in self.step_times.items()}
+        recent = {width: seconds for width, seconds in recent.items() if seconds}
+        return statistics.median(recent[min(recent, key=lambda width: (abs(width - rows), -width))])
 
     def next_chunk(self, rows: int, packed: bool = False) -> int:
         """Tokens for the next chunk while `rows` rows run; `packed`: it rides in a decode step (it may then be
@@ -74,7 +89,7 @@ class PrefillPacer:
 
     def record_step(self, seconds: float, rows: int) -> None:
         """A decode step of `rows` rows took `seconds`."""
-        self.step_times.setdefault(rows, deque(maxlen=STEP_WINDOW)).append(seconds)
+        self.step_times.setdefault(rows, deque(maxlen=STEP_WINDOW)).append((self.clock(), seconds))
 
     def record_chunk(self, seconds: float, tokens: int) -> None:
         """A chunk prefilled in a forward of its own took `seconds`."""

@@ -105,3 +105,17 @@ def test_a_chunk_riding_in_a_step_may_be_shorter_than_one_with_a_forward_of_its_
     pacer.record_packed(0.360, rows=7, tokens=12)  # a token now costs 20 ms (the estimate follows: 8.5 ms)
     assert PACKED_SHORTEST <= pacer.next_chunk(rows=7, packed=True) < 12
     assert pacer.next_chunk(rows=7) == SHORTEST  # a chunk with a forward of its own keeps the longer floor
+
+
+def test_a_width_not_timed_lately_is_stood_in_for_by_a_recent_one():
+    now = [0.0]
+    pacer = PrefillPacer(longest=512, step_share=0.5, clock=lambda: now[0])
+    pacer.record_step(0.230, 6)  # 6 rows, on a machine busy with something else
+    now[0] = 30.0
+    for _ in range(3):
+        pacer.record_step(0.090, 7)
+    assert pacer.step_seconds_at(6) == 0.090  # the 6-row time is too old beside the 7-row ones
+    pacer.record_step(0.080, 6)
+    assert pacer.step_seconds_at(6) == 0.080
+    now[0] = 100.0  # no plain step for a while (a long prompt joining): the estimates stay
+    assert pacer.step_seconds_at(7) == 0.090 and pacer.step_seconds_at(6) == 0.080
