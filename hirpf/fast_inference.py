@@ -172,21 +172,18 @@ def calibrate_fold_reach(model: nn.Module, passes: int = 2) -> int | None:
     if not groups:
         return None
     weights = [_batch_fold_weights(g) for g in groups]  # built now, outside the clock
+    # Each group's input widths: x, and its members' mixed expert activations (P·E·r).
+    widths = [(g.members[0].in_features, g.shape[0] * g.shape[1] * g.shape[2]) for g in groups]
+    dtypes = {w: (g.members[0].base.weight.dtype, g.members[0].lora_A.dtype) for g, w in zip(groups, widths)}
     reach, measured = FOLD_MAX_VECTORS, {}
     with torch.no_grad():
         for vectors in FOLD_REACH_CANDIDATES:
-            inputs = {}
-            for g in groups:
-                first, (p, e, r) = g.members[0], g.shape
-                key = (first.in_features, p * e * r)
-                if key not in inputs:
-                    inputs[key] = (torch.randn(vectors, first.in_features, dtype=first.base.weight.dtype),
-                                   torch.randn(vectors, p * e * r, dtype=first.lora_A.dtype))
+            inputs = {(i, m): (torch.randn(vectors, i, dtype=dx), torch.randn(vectors, m, dtype=dm))
+                      for (i, m), (dx, dm) in dtypes.items()}
             spent = {"fold": 0.0, "apart": 0.0}
             for turn in range(passes):
-                for g, (weight_t, bias) in zip(groups, weights):
-                    first, (p, e, r) = g.members[0], g.shape
-                    x, mixed = inputs[(first.in_features, p * e * r)]
+                for g, (weight_t, bias), width in zip(groups, weights, widths):
+                    x, mixed = inputs[width]
                     ways = [("fold", partial(folded_outputs, g, x, mixed, weight_t, bias)),
                             ("apart", partial(unfolded_outputs, g, x, mixed))]
                     for name, way in ways if turn % 2 == 0 else ways[::-1]:
