@@ -5,6 +5,8 @@
      under its own identity,     the batch's)                            every running    sequences stored
      continuing a stored prefix)                                         row)             first: store_prefixes)
     prefill_next_chunk() ──► … ──► (cache, logits) ──► first_token, add    a long prompt, one chunk per step
+    packed_step(take_joiner) ──► (cache, logits) of the prompts it completed ──► first_token, add
+    (a decode step that carries prompts' tokens, and takes in between two layers a request that arrives)
 
 It knows nothing of queues, stop events or failures: which requests run, when they leave and what happens
 when a call raises is the scheduler's policy (`hirpf.scheduler`). An `add` that raises leaves the running
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
 
 from .batch_cache import PaddedBatchCache
 from .identities import IdentitySet
-from .packed_step import PackedStep, PromptChunk
+from .packed_step import LayerJoin, PackedStep, PromptChunk, forward_to_layer
 from .packed_step import enable as enable_packed_steps
 from .padding import pad_left
 from .prefill_pacing import PrefillPacer
@@ -96,11 +99,12 @@ class BatchRunner:
         self.rows: list[Row] = []  # in batch order
         self.batch = PaddedBatchCache()
         self.routing: Routing | None = None  # the rows' identities; None: rebuild at the next step
+        self.packed_routing: Routing | None = None  # the same, for a packed step that carries no prompt yet
         self.chunked: deque[ChunkedPrefill] = deque()  # oldest first
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.widest_batch = 0  # the most rows one step decoded
         self.prefills = 0  # forwards that prefilled prompt tokens (packed steps included)
-        self.packed_steps = 0  # decode steps that carried prompt chunks
+        self.packed_steps = 0  # decode steps that carried prompt tokens
         self.widest_prefill = 0  # the most prompts one such forward took
 
     @property
@@ -110,9 +114,9 @@ class BatchRunner:
 
     def needs_chunks(self, row: Row) -> bool:
         """Whether `row`'s prompt goes in chunks: any prompt while rows run and steps pack, else a long one."""
-        return (self.packs and bool(self.rows)) or self._is_long(row)
+        return (self.packs and bool(self.rows)) or self.is_long(row)
 
-    def _is_long(self, row: Row) -> bool:
+    def is_long(self, row: Row) -> bool:
         """A prompt longer than `prefill_chunk` tokens: prefilled a paced chunk at a time (a shorter one goes
         whole)."""
         return bool(self.prefill_chunk) and row.prompt.shape[1] > self.prefill_chunk
@@ -182,7 +186,7 @@ class BatchRunner:
         try:
             self._start_from_prefix(partial)
             length = row.prompt.shape[1]
-            end = min(partial.done + self.pacer.next_chunk(len(self.rows)), length) if self._is_long(row) else length
+            end = min(partial.done + self.pacer.next_chunk(len(self.rows)), length) if self.is_long(row) else length
             started = time.perf_counter()
             with use_identities([row.identities]):
                 out = self.model(input_ids=row.prompt[:, partial.done:end],
@@ -225,7 +229,7 @@ class BatchRunner:
         changing the batch)."""
         self.batch.add(cache, row.prompt.shape[1])
         self.rows.append(row)
-        self.routing = None
+        self.routing = self.packed_routing = None
 
     def step(self) -> dict[int, FinishReason | Exception]:
         """One token for every running row; what ended a row, by its index: a finish reason, or the error
@@ -243,12 +247,18 @@ class BatchRunner:
         self.steps += 1
         return self.choose(logits)
 
-    def packed_step(self) -> tuple[torch.Tensor, list["Joining"]]:
+    def packed_step(self, take_joiner: "Callable[[], Row | None] | None" = None,
+                    joiner_failed: "Callable[[Row, Exception], None] | None" = None
+                    ) -> tuple[torch.Tensor, list["Joining"]]:
         """`step`, carrying in the same forward the next chunks of the prompts waiting to join (oldest first, as
-        many tokens as the pacer allows: `hirpf.packed_step`). Returns the running rows' logits `[rows, vocab]`
-        (their tokens not yet chosen: `choose`, once the prompts now whole have their first tokens), and those
-        prompts, each (row, cache, logits of its last prompt token) to join. If it raises, no cache changed:
-        the step and the chunks can run apart."""
+        many tokens as the pacer allows: `hirpf.packed_step`), and the requests that arrive while it runs:
+        before each decoder layer `take_joiner()` may hand over one (a short prompt; the batch has room for
+        it), which is run alone through the layers passed and rides the rest (`PackedStep.join`); should that
+        fail, `joiner_failed(row, error)` and the step goes on without it. Returns the running rows' logits
+        `[rows, vocab]` (their tokens not yet chosen: `choose`, once the prompts now whole have their first
+        tokens), and those prompts, each (row, cache, logits of its last prompt token) to join. If it raises,
+        no cache of the batch or of a chunked prompt changed (the prompts that joined in flight start again
+        from the prefix store): the step and the chunks can run apart."""
         rows = self.rows
         # One budget of prompt tokens per step, as vLLM's: a short prompt joins whole, as it would with a
         # forward of its own, and uses it first; the long prompts, oldest first, share what is left (a short
@@ -258,11 +268,11 @@ class BatchRunner:
         # the cost of a long prompt's token too low (bench_serving's join case, the same code twice: the
         # prompt joined in 5.8 s, its running rows waiting 3.9 times their steady p95 between tokens, against
         # 16.9 s and 2.1 times).
-        long_waiting = any(self._is_long(p.row) for p in self.chunked)
+        long_waiting = any(self.is_long(p.row) for p in self.chunked)
         budget = self.pacer.next_chunk(len(rows), packed=True) if long_waiting else 0
         partials, chunks, long_rides = [], [], False
-        for partial in sorted(self.chunked, key=lambda p: self._is_long(p.row)):  # short ones first, stable
-            long = self._is_long(partial.row)
+        for partial in sorted(self.chunked, key=lambda p: self.is_long(p.row)):  # short ones first, stable
+            long = self.is_long(partial.row)
             if long and budget <= 0:
                 continue
             self._start_from_prefix(partial)
@@ -272,31 +282,74 @@ class BatchRunner:
             long_rides |= long
             partials.append(partial)
             chunks.append(PromptChunk(partial.cache, partial.done, partial.done + take))
-        step = PackedStep(self.batch, chunks)
+        joined_in_flight: list[ChunkedPrefill] = []
+
+        def join(layer: int) -> LayerJoin | None:
+            row = take_joiner()
+            if row is None:
+                return None
+            partial = ChunkedPrefill(row)
+            try:
+                joined = self._catch_up(partial, layer)
+            except Exception as err:  # this request alone fails; the step goes on
+                joiner_failed(row, err)
+                return None
+            self.chunked.append(partial)
+            partials.append(partial)
+            joined_in_flight.append(partial)
+            return joined
+
+        step = PackedStep(self.batch, chunks, [r.identities for r in rows] + [p.row.identities for p in partials],
+                          join=join if take_joiner is not None else None)
         ids = torch.cat([torch.tensor([r.last_token for r in rows], device=self.device)]
                         + [p.row.prompt[0, c.start:c.end] for p, c in zip(partials, chunks)])[None]
-        routing = Routing([r.identities for r in rows] + [p.row.identities for p in partials],
-                          tokens_per_row=[1] * len(rows) + [c.tokens for c in chunks])
+        if not partials:  # a decode step that prompts may join: the rows' routing, kept while they run
+            if self.packed_routing is None:
+                self.packed_routing = Routing(step.identities, tokens_per_row=step.tokens_per_row())
+            routing = self.packed_routing
+        else:
+            routing = None
         started = time.perf_counter()
-        with use_identities(routing):
-            out = self.model(input_ids=ids, position_ids=step.position_ids(), use_cache=False,
-                             logits_to_keep=step.last_token_indices(), hirpf_packed=step)
-        step.commit()
+        try:
+            logits = step.run(self.model, ids, routing)
+            step.commit()
+        except Exception:
+            for partial in joined_in_flight:  # its cache holds some layers of its prompt: start it again
+                partial.cache, partial.done = None, 0
+            raise
         self._finish_device_work()
         if long_rides:
             self.pacer.record_packed(time.perf_counter() - started, len(rows), step.tokens - len(rows))
+        elif not partials and self.pacer is not None:  # nothing joined: a decode step's time, as `step`'s
+            self.pacer.record_step(time.perf_counter() - started, len(rows))
         self.steps += 1
-        self.packed_steps += 1
-        self.prefills += 1
-        self.widest_prefill = max(self.widest_prefill, len(chunks))
-        logits = out.logits[0]  # [rows + chunks, vocab]: the rows' next tokens, then each chunk's last
+        if partials:
+            self.packed_steps += 1
+            self.prefills += 1
+        self.widest_prefill = max(self.widest_prefill, len(partials))
+        # logits [rows + chunks, vocab]: the rows' next tokens, then each chunk's last
         complete = []
-        for i, (partial, chunk) in enumerate(zip(partials, chunks)):
+        for i, (partial, chunk) in enumerate(zip(partials, step.chunks)):
             partial.done = chunk.end
             if chunk.end == partial.row.prompt.shape[1]:
                 self.chunked.remove(partial)
                 complete.append(self._prompt_complete(partial, logits[len(rows) + i][None]))
         return logits[:len(rows)], complete
+
+    def _catch_up(self, partial: ChunkedPrefill, layer: int) -> LayerJoin:
+        """A prompt joining a step in flight before decoder `layer`: from the longest prefix the store holds, run
+        alone through the layers before it (into its own cache)."""
+        self._start_from_prefix(partial)
+        row, start = partial.row, partial.done
+        end = row.prompt.shape[1]
+        with use_identities([row.identities]):
+            hidden, layer_kwargs = forward_to_layer(
+                self.model, layer, input_ids=row.prompt[:, start:end],
+                attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
+                position_ids=torch.arange(start, end, device=self.device)[None], past_key_values=partial.cache,
+                use_cache=True)
+        return LayerJoin(PromptChunk(partial.cache, start, end), hidden, layer_kwargs["position_embeddings"],
+                         row.identities)
 
     def choose(self, logits: torch.Tensor) -> dict[int, FinishReason | Exception]:
         """Every running row's next token from its logits `[rows, vocab]`; what ended a row, by its index."""
@@ -335,8 +388,8 @@ class BatchRunner:
         rows); the others leave the batch."""
         self.rows = [self.rows[i] for i in indices]
         self.batch.keep(indices)
-        self.routing = None
+        self.routing = self.packed_routing = None
 
     def clear_batch(self) -> None:
         """Drop every running row and the batch cache (the chunked prompts stay)."""
-        self.rows, self.batch, self.routing = [], PaddedBatchCache(), None
+        self.rows, self.batch, self.routing, self.packed_routing = [], PaddedBatchCache(), None, None

@@ -19,6 +19,12 @@ apart: the model runs with `PACKED_ATTENTION` as its attention implementation (`
 the model's own sdpa for every ordinary call and splits the packed sequence only when a `PackedStep` is passed
 to the forward (`hirpf_packed=`, which transformers hands down to the attention function as a keyword).
 
+A prompt can also join a step already in flight, between two of its decoder layers (`PackedStep.join`): it is
+run alone through the layers the step has passed (`forward_to_layer`, its keys and values going into its own
+cache), then rides the rest of the step. A request that arrives just after a step began had waited for that
+step and then for the step that carried it; on the 2-core Xeon, with the engine in a process of its own, that
+was most of a new request's time to first token at 8 clients.
+
 All or nothing, as joins are (`hirpf.batch_cache`): the keys and values a step computes are written into the
 caches' spare columns (`SpareColumnsLayer.staged`; a prompt's first chunk: a new layer), which no cache holds
 yet, and only `commit` makes the caches hold them, after the whole forward succeeded; a step that raises
@@ -26,7 +32,10 @@ changes no cache, and `commit` allocates nothing, so it cannot fail half way.
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +44,15 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .batch_cache import SPARE_COLUMNS, PaddedBatchCache, SpareColumnsLayer
+from .identities import IdentitySet
+from .routing import Routing, switch_identities, use_identities
 
 PACKED_ATTENTION = "hirpf_packed_sdpa"
+# What the hooks `enable` puts on the model's layers act on, in this thread: installed once, they act only
+# inside `PackedStep.run` and `forward_to_layer` (adding hooks per call would change the modules' hook tables
+# while another thread's forward of the same model reads them).
+_RUNNING: contextvars.ContextVar["PackedStep | None"] = contextvars.ContextVar("hirpf_packed_step", default=None)
+_STOP_BEFORE: contextvars.ContextVar["int | None"] = contextvars.ContextVar("hirpf_stop_before", default=None)
 
 
 def _packed_or_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -51,19 +67,73 @@ AttentionInterface.register(PACKED_ATTENTION, _packed_or_sdpa)
 AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
 
 
+def decoder_layers(model) -> "torch.nn.ModuleList | None":
+    """The model's decoder layers, in order (None if it does not expose them as transformers' decoders do)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return getattr(decoder, "layers", None)
+
+
+class _ReachedLayer(Exception):
+    def __init__(self, hidden: torch.Tensor, layer_kwargs: dict):
+        super().__init__()
+        self.hidden, self.layer_kwargs = hidden, layer_kwargs
+
+
+def forward_to_layer(model, layer: int, **forward_kwargs) -> tuple[torch.Tensor, dict]:
+    """`model(**forward_kwargs)` stopped before decoder layer `layer`: the hidden states entering that layer and
+    the keyword arguments the model passes its layers (`position_embeddings`, `position_ids`); a cache passed in
+    holds the first `layer` layers' keys and values of the tokens. The model's own forward runs, so whatever
+    it does before its layers (embedding scales, rotary tables) is done as always. Inside a packed step, that
+    step's hooks stand aside meanwhile. Needs the hooks `enable` installs."""
+    if not getattr(model, "_hirpf_packed_hooks", False):
+        raise RuntimeError("forward_to_layer needs a model that runs packed steps (packed_step.enable)")
+    stopping = _STOP_BEFORE.set(layer)
+    try:
+        model(**forward_kwargs)
+    except _ReachedLayer as reached:
+        return reached.hidden, reached.layer_kwargs
+    finally:
+        _STOP_BEFORE.reset(stopping)
+    raise RuntimeError(f"the forward ended without reaching decoder layer {layer}")
+
+
 def enable(model) -> bool:
     """Let `model` run packed steps; False (and nothing changed) when it cannot: its attention is not sdpa
-    (eager, flash attention: their own kernels and masks), or it has layers other than full attention."""
+    (eager, flash attention: their own kernels and masks), it has layers other than full attention, or it
+    does not expose its decoder layers and output projection (a step's joins and logits go through them)."""
+    layers = decoder_layers(model)
+    if layers is None or model.get_output_embeddings() is None:
+        return False
     config = model.config
     attention = getattr(config, "_attn_implementation", None)
-    if attention == PACKED_ATTENTION:
-        return True
-    if attention != "sdpa":
+    if attention not in ("sdpa", PACKED_ATTENTION):
         return False
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
     config._attn_implementation = PACKED_ATTENTION  # sdpa for every call that passes no PackedStep
+    if not getattr(model, "_hirpf_packed_hooks", False):
+        for index, layer in enumerate(layers):
+            layer.register_forward_pre_hook(partial(_before_layer, index), with_kwargs=True)
+        model.get_output_embeddings().register_forward_pre_hook(_keep_last_tokens)
+        model._hirpf_packed_hooks = True
     return True
+
+
+def _before_layer(index: int, module, args, kwargs):
+    stop = _STOP_BEFORE.get()
+    if stop is not None:  # a forward run up to a layer (`forward_to_layer`), maybe inside a step
+        if index == stop:
+            raise _ReachedLayer(args[0] if args else kwargs["hidden_states"], kwargs)
+        return None
+    step = _RUNNING.get()
+    return None if step is None else step.before_layer(index, args, kwargs)
+
+
+def _keep_last_tokens(module, args):
+    """Only the logits of the rows' tokens and of each chunk's last token: known once the last layer ran (a
+    chunk may join before any layer)."""
+    step = _RUNNING.get()
+    return None if step is None else (args[0][:, step.last_token_indices()],)
 
 
 def grouped_query_attention(query, key, value, mask, scaling) -> torch.Tensor:
@@ -96,23 +166,79 @@ class PromptChunk:
 
 
 @dataclass
+class LayerJoin:
+    """A prompt that joins a step in flight before one of its layers: its chunk (whose cache already holds
+    the layers before that one), the hidden states and rotary embeddings its tokens enter it with
+    (`forward_to_layer`), and its identity set."""
+
+    chunk: PromptChunk
+    hidden: torch.Tensor  # [1, tokens, hidden]
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), [1, tokens, head_dim] each
+    identities: IdentitySet
+
+
+@dataclass
 class PackedStep:
     """One packed forward's parts and the keys and values it computed, until `commit`."""
 
     batch: PaddedBatchCache  # the running rows: one token each, first in the packed sequence
     chunks: list[PromptChunk]
+    identities: list[IdentitySet]  # of the rows, then of the chunks
+    # Asked before each decoder layer (its index) for a prompt to join there; None: nothing joins in flight.
+    join: "Callable[[int], LayerJoin | None] | None" = None
     # layer -> [(keys, values)] of the batch, then (keys, values, the layer to hold them) of each chunk
     _pending: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        device = self.batch.mask.device
         # Each decode token sees its row's tokens and itself; `[rows, 1, 1, columns + 1]`.
         self._decode_mask = torch.nn.functional.pad(self.batch.mask, (0, 1), value=1).bool()[:, None, None, :]
-        self._chunk_masks = []
-        for chunk in self.chunks:  # causal over what the prompt's cache holds and the chunk itself
-            keys = torch.arange(chunk.end, device=device)
-            queries = torch.arange(chunk.start, chunk.end, device=device)
-            self._chunk_masks.append((keys[None, :] <= queries[:, None])[None, None])
+        self._chunk_masks = [self._causal_mask(chunk) for chunk in self.chunks]
+        self._joined_at = [0] * len(self.chunks)  # the first layer this step computes each chunk in
+        self._position_embeddings = None  # (cos, sin) of every token, once a prompt joined in flight
+
+    def _causal_mask(self, chunk: PromptChunk) -> torch.Tensor:
+        """The chunk's tokens over what its prompt's cache holds and the chunk itself, causally."""
+        device = self.batch.mask.device
+        keys = torch.arange(chunk.end, device=device)
+        queries = torch.arange(chunk.start, chunk.end, device=device)
+        return (keys[None, :] <= queries[:, None])[None, None]
+
+    def tokens_per_row(self) -> list[int]:
+        return [1] * self.rows + [c.tokens for c in self.chunks]
+
+    def run(self, model, input_ids: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
+        """The packed forward of `input_ids` `[1, tokens]` (the rows' tokens, then the chunks'), under
+        `routing` (built from `identities` if None); the logits `[rows + chunks, vocab]` of the rows' tokens
+        and of each chunk's last token, the chunks that joined in flight included. `commit` follows."""
+        routing = routing or Routing(self.identities, tokens_per_row=self.tokens_per_row())
+        running = _RUNNING.set(self)
+        try:
+            with use_identities(routing):
+                out = model(input_ids=input_ids, position_ids=self.position_ids(), use_cache=False,
+                            hirpf_packed=self)
+        finally:
+            _RUNNING.reset(running)
+        return out.logits[0]
+
+    def before_layer(self, index: int, args, kwargs):
+        """A prompt that joins before layer `index` (`join`) is appended to the packed sequence there: its
+        hidden states, rotary embeddings, chunk and identity row. The model hands every layer the rotary
+        embeddings it computed for the step's first tokens, so each layer after a join gets the longer ones."""
+        joined = None if self.join is None else self.join(index)
+        if joined is not None:
+            self._position_embeddings = tuple(
+                torch.cat([ours, its], dim=1) for ours, its
+                in zip(self._position_embeddings or kwargs["position_embeddings"], joined.position_embeddings))
+            args = (torch.cat([args[0], joined.hidden], dim=1), *args[1:])
+            self.chunks.append(joined.chunk)
+            self._chunk_masks.append(self._causal_mask(joined.chunk))
+            self._joined_at.append(index)
+            self.identities.append(joined.identities)
+            switch_identities(Routing(self.identities, tokens_per_row=self.tokens_per_row()))
+        if self._position_embeddings is None:
+            return None
+        kwargs["position_embeddings"] = self._position_embeddings
+        return args, kwargs
 
     @property
     def rows(self) -> int:
@@ -170,7 +296,9 @@ class PackedStep:
         for layer in range(len(self.batch.cache.layers)):
             (keys, values), *chunks = self._pending[layer]
             batch_layers.append((keys, values))
-            for chunk, (k, v, grown) in zip(self.chunks, chunks):
+            # A chunk that joined in flight holds the layers before it already (its own forward wrote them).
+            computed = [chunk for chunk, at in zip(self.chunks, self._joined_at) if at <= layer]
+            for chunk, (k, v, grown) in zip(computed, chunks, strict=True):
                 grown.keys, grown.values = k, v
                 chunk.cache.layers[layer] = grown
         self.batch.append_column(batch_layers)

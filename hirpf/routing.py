@@ -98,6 +98,14 @@ class Routing:
         return chosen.repeat_interleave(n // b, dim=0), strength.repeat_interleave(n // b, dim=0)
 
 
+def switch_identities(routing: Routing) -> None:
+    """Inside a `use_identities` block, run the rest of the call under `routing` (a packed step that a prompt
+    joined between two layers); the block's end restores what was before it, as always."""
+    if _CURRENT.get() is None:
+        raise RuntimeError("switch_identities is only for a call already running inside use_identities")
+    _CURRENT.set(routing)
+
+
 def current_routing() -> "Routing | None":
     """The identity rows of the call running in this thread or task (None: the plain base model)."""
     return _CURRENT.get()

@@ -15,8 +15,10 @@ loop thread owns the model's decoding: at every turn it drops waiting requests w
 admits waiting requests while the batch has fewer than `max_batch` rows (`HIRPF_MAX_BATCH`), takes out the
 rows whose callers stopped them, then runs one decode step for all rows. With rows running, the admitted
 prompts ride in that decode step (a packed step, `hirpf.packed_step`; a prompt longer than
-`HIRPF_PREFILL_CHUNK` tokens a chunk per step), so a join never stops the batch; with none running (or on
-a model that cannot pack), those admitted are prefilled together in a forward of their own first. Each
+`HIRPF_PREFILL_CHUNK` tokens a chunk per step), so a join never stops the batch, and while the batch has
+room a request that arrives during the step joins it between two layers (`_take_joiner`); with none
+running (or on a model that cannot pack), those admitted are prefilled together in a forward of their own
+first. Each
 caller reads its reply from a `ReplyStream` (`hirpf.reply_stream`), which yields the whole text so far, as
 `Engine.stream` does.
 
@@ -236,7 +238,9 @@ class Scheduler:
         try:
             with torch.no_grad():
                 self._leave_stopped()
-                if runner.rows and runner.packs and runner.chunked:
+                # A packed step also when nothing waits to ride in it yet but the batch has room: a request
+                # that arrives while it runs joins it between two layers (`BatchRunner.packed_step`).
+                if runner.rows and runner.packs and (runner.chunked or runner.occupied < self.max_batch):
                     self._packed_step()
                 elif runner.rows:
                     self._leave(self._outcomes(runner.step()))
@@ -314,9 +318,10 @@ class Scheduler:
         the new rows join (into the room the leaving ones left). Should it fail, nothing changed: the chunk
         and the step run apart, so that a failure of either ends only the requests it concerns."""
         try:
-            row_logits, complete = self.runner.packed_step()
+            row_logits, complete = self.runner.packed_step(self._take_joiner, self._joiner_failed)
         except Exception as err:
-            log.warning("a packed step failed (%s): its prompt chunks and the decode step run apart", err)
+            log.warning("a packed step failed (%s): its prompt chunks and the decode step run apart", err,
+                        exc_info=True)
             for partial in list(self.runner.chunked):  # each alone, so that only a prompt that breaks fails
                 self._continue_chunked_prefill(partial)
             if self.runner.rows:
@@ -330,6 +335,27 @@ class Scheduler:
         finally:  # held nowhere else: should leaving fail, they join the rows that fail with it
             for row, cache in joining:
                 self._add(row, cache)
+
+    def _take_joiner(self) -> Row | None:
+        """A waiting request for the step in flight to take in (asked before each of its layers): the oldest,
+        while the batch has room and if its prompt is short (a long one goes in paced chunks, from the next
+        step on); one stopped while it waited ends here."""
+        runner = self.runner
+        if not self._waiting:  # read without the lock first: asked about 30 times a step
+            return None
+        with self._wake:
+            while self._waiting and runner.occupied < self.max_batch and not self._closed:
+                if runner.is_long(self._waiting[0]):
+                    return None
+                row = self._waiting.popleft()
+                if self._still_wanted([row]):
+                    return row
+        return None
+
+    @staticmethod
+    def _joiner_failed(row: Row, err: Exception) -> None:
+        log.warning("request failed joining a step in flight: %s", err)
+        row.stream._finish(FinishReason.ERROR, err)
 
     def _join(self, row: Row, cache, logits: torch.Tensor) -> None:
         """The row's first token; it joins the batch unless that ended it."""

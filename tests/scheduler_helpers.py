@@ -3,6 +3,7 @@ sampler that holds the decode loop at a chosen token."""
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import hirpf.scheduler as scheduler_module
 from hirpf.engine import Engine, Sampling
@@ -57,3 +58,32 @@ def submit_with(sampler_class, monkeypatch, scheduler, *args, **kwargs):
     with monkeypatch.context() as patch:
         patch.setattr(scheduler_module, "RowSampler", sampler_class)  # the sampler is built inside submit
         return scheduler.submit(*args, **kwargs)
+
+
+@contextmanager
+def arriving_during_a_step(scheduler, history, identities, sampling=GREEDY, layer: int = -1):
+    """Submits one request from inside the first decode step that runs while rows run, just before its decoder
+    layer `layer` (the last by default: the tiny models have two), as a visitor's request arrives while the
+    loop is busy. Yields a record: `step`, the steps run before that one; `stream`, the request's;
+    `first_token_after`, the steps run when its first token came."""
+    runner, record = scheduler.runner, {}
+
+    def arrive(module, args):
+        if "stream" in record or not runner.rows or args[0].shape[1] > len(runner.rows):
+            return  # a prefill's forward, or a step that already carries prompt tokens
+        record["step"] = runner.steps
+        stream = scheduler.submit(history, identities, sampling=sampling)
+        push = stream._push
+
+        def first_push(token):
+            record.setdefault("first_token_after", runner.steps)
+            push(token)
+        stream._push = first_push
+        record["stream"] = stream
+
+    # Before the scheduler's own hook on that layer, which takes in the requests that wait.
+    hook = scheduler.engine.model.model.layers[layer].register_forward_pre_hook(arrive, prepend=True)
+    try:
+        yield record
+    finally:
+        hook.remove()

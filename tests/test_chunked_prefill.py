@@ -54,10 +54,10 @@ def test_a_long_prompt_joins_in_chunks_while_the_running_rows_stream(exact_engin
     name = "packed_step" if packed else "step"
     step = getattr(scheduler.runner, name)
 
-    def counting_step():
+    def counting_step(*args):
         if scheduler.runner.chunked:
             steps_while_prefilling.append(scheduler.runner.chunked[0].done)
-        return step()
+        return step(*args)
 
     monkeypatch.setattr(scheduler.runner, name, counting_step)
     running, joiner, length = join_long_prompt(exact_engine, scheduler, monkeypatch)

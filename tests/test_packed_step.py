@@ -3,6 +3,8 @@ decode step and separate prefills give, each token under its own identity set; a
 changes no cache."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -10,7 +12,7 @@ from transformers import DynamicCache
 from hirpf import packed_step
 from hirpf.batch_cache import PaddedBatchCache
 from hirpf.identities import IdentitySet
-from hirpf.packed_step import PackedStep, PromptChunk
+from hirpf.packed_step import LayerJoin, PackedStep, PromptChunk
 from hirpf.routing import Routing, use_identities
 
 SETS = [IdentitySet.parse(s) for s in ("Doctor,AGR_high", "", "EXT_low,NEU_high,Artist", "OPE_low,Programmer")]
@@ -67,14 +69,10 @@ def test_a_packed_step_gives_the_decode_step_and_the_prefills_logits_and_caches(
         _, want_first = prefilled(model, first, SETS[2])
         second_cache, want_second = prefilled(model, second, SETS[3])
 
-        step = PackedStep(batch, chunks)
+        step = PackedStep(batch, chunks, SETS[:2] + SETS[2:])
         ids = torch.cat([torch.tensor(tokens), first[0, 3:], second[0]])[None]
-        routing = Routing(SETS[:2] + SETS[2:], tokens_per_row=[1, 1, 5, 6])
-        with use_identities(routing):
-            out = model(input_ids=ids, position_ids=step.position_ids(), use_cache=False,
-                        logits_to_keep=step.last_token_indices(), hirpf_packed=step)
+        logits = step.run(model, ids)
         step.commit()
-    logits = out.logits[0]
     torch.testing.assert_close(logits[:2], want_rows, rtol=0, atol=1e-10)
     torch.testing.assert_close(logits[2], want_first[-1], rtol=0, atol=1e-10)
     torch.testing.assert_close(logits[3], want_second[-1], rtol=0, atol=1e-10)
@@ -93,15 +91,117 @@ def test_a_packed_step_that_fails_half_way_changes_no_cache(model, monkeypatch):
         held, _ = prefilled(model, torch.randint(10, 500, (1, 3), generator=generator), SETS[2])
         before = ([(la.keys, la.values) for la in batch.cache.layers], batch.mask,
                   [(la.keys, la.values) for la in held.layers])
-        step = PackedStep(batch, [PromptChunk(held, 3, 6)])
+        step = PackedStep(batch, [PromptChunk(held, 3, 6)], SETS[:3])
         last = model.model.layers[-1].self_attn.o_proj
         monkeypatch.setattr(last, "forward", lambda x: (_ for _ in ()).throw(MemoryError("no room")))
-        with pytest.raises(MemoryError), use_identities(Routing(SETS[:3], tokens_per_row=[1, 1, 3])):
-            model(input_ids=torch.randint(10, 500, (1, 5), generator=generator), position_ids=step.position_ids(),
-                  use_cache=False, logits_to_keep=step.last_token_indices(), hirpf_packed=step)
+        with pytest.raises(MemoryError):
+            step.run(model, torch.randint(10, 500, (1, 5), generator=generator))
     assert batch.mask is before[1]
     assert all(la.keys is k and la.values is v for la, (k, v) in zip(batch.cache.layers, before[0]))
     assert all(la.keys is k and la.values is v for la, (k, v) in zip(held.layers, before[2]))
+
+
+def joining_before(model, layer: int, prompt: torch.Tensor, held: int, cache: DynamicCache, identities) -> LayerJoin:
+    """`prompt`'s tokens after the `held` its `cache` holds, run alone through the layers before `layer`, as the
+    scheduler's runner does for a request that arrives while a step runs."""
+    with use_identities([identities]):
+        hidden, layer_kwargs = packed_step.forward_to_layer(
+            model, layer, input_ids=prompt[:, held:], attention_mask=torch.ones_like(prompt),
+            position_ids=torch.arange(held, prompt.shape[1])[None], past_key_values=cache, use_cache=True)
+    return LayerJoin(PromptChunk(cache, held, prompt.shape[1]), hidden, layer_kwargs["position_embeddings"],
+                     identities)
+
+
+@pytest.mark.parametrize("layer", [0, -1], ids=["before the first layer", "before the last"])
+def test_a_prompt_that_joins_a_step_in_flight_gets_what_its_prefill_alone_gives(model, layer):
+    """Between two layers of a running step a prompt (3 of its 7 tokens stored) is run alone through the layers
+    passed and rides the rest: its logits and keys and values are its prefill's alone, the rows' the decode
+    step's, and the step asked before every layer."""
+    generator = torch.Generator().manual_seed(3)
+    layers = len(packed_step.decoder_layers(model))
+    layer %= layers
+    with torch.no_grad():
+        batch, tokens = running_batch(model, generator)
+        prompt = torch.randint(10, 500, (1, 7), generator=generator)
+        held, _ = prefilled(model, prompt[:, :3], SETS[3])
+        apart = PaddedBatchCache()
+        apart.cache, apart.mask = copy_cache(batch.cache, model.config), batch.mask.clone()
+        with use_identities(SETS[:2]):
+            want_rows = apart.decode(model, torch.tensor([[t] for t in tokens]))
+        want_cache, want = prefilled(model, prompt, SETS[3])
+
+        asked, cache = [], copy_cache(held, model.config)
+
+        def join(index):
+            asked.append(index)
+            return joining_before(model, index, prompt, 3, cache, SETS[3]) if index == layer else None
+
+        step = PackedStep(batch, [], SETS[:2], join=join)
+        logits = step.run(model, torch.tensor([tokens]))
+        step.commit()
+    assert asked == list(range(layers))
+    assert logits.shape[0] == 3
+    torch.testing.assert_close(logits[:2], want_rows, rtol=0, atol=1e-10)
+    torch.testing.assert_close(logits[2], want[-1], rtol=0, atol=1e-10)
+    for mine, theirs in zip(cache.layers, want_cache.layers):
+        torch.testing.assert_close(mine.keys, theirs.keys, rtol=0, atol=1e-10)
+        torch.testing.assert_close(mine.values, theirs.values, rtol=0, atol=1e-10)
+    for mine, theirs in zip(batch.cache.layers, apart.cache.layers):
+        torch.testing.assert_close(mine.values, theirs.values, rtol=0, atol=1e-10)
+
+
+def test_two_prompts_join_one_step_in_flight_at_different_layers(model):
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        batch, tokens = running_batch(model, generator)
+        prompts = [torch.randint(10, 500, (1, n), generator=generator) for n in (5, 3)]
+        wants = [prefilled(model, p, s)[1][-1] for p, s in zip(prompts, SETS[2:])]
+        caches = [DynamicCache(config=model.config) for _ in prompts]
+        joins = {0: 0, 1: 1}  # layer -> which prompt joins before it (the tiny model has two)
+
+        def join(index):
+            if index not in joins:
+                return None
+            i = joins[index]
+            return joining_before(model, index, prompts[i], 0, caches[i], SETS[2 + i])
+
+        step = PackedStep(batch, [], SETS[:2], join=join)
+        logits = step.run(model, torch.tensor([tokens]))
+        step.commit()
+    torch.testing.assert_close(logits[2], wants[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(logits[3], wants[1], rtol=0, atol=1e-10)
+    assert [c.get_seq_length() for c in caches] == [5, 3]
+
+
+def test_a_step_in_flight_does_not_touch_another_threads_forward_of_the_same_model(model):
+    """The hooks that let prompts join act only in the thread running the step: a forward of the same model in
+    another thread, made while the step waits between two layers, gives what it gives with no step running."""
+    generator = torch.Generator().manual_seed(5)
+    ids = torch.randint(10, 500, (1, 6), generator=generator)
+    with torch.no_grad(), use_identities([SETS[2]]):
+        want = model(input_ids=ids, use_cache=False).logits
+    between_layers, other_done, got = threading.Event(), threading.Event(), []
+
+    def other_forward():
+        assert between_layers.wait(60)
+        with torch.no_grad(), use_identities([SETS[2]]):
+            got.append(model(input_ids=ids, use_cache=False).logits)
+        other_done.set()
+
+    def join(index):
+        if index == 1:
+            between_layers.set()
+            assert other_done.wait(60)
+        return None
+
+    thread = threading.Thread(target=other_forward)
+    thread.start()
+    with torch.no_grad():
+        batch, tokens = running_batch(model, generator)
+        step = PackedStep(batch, [], SETS[:2], join=join)
+        step.run(model, torch.tensor([tokens]))
+    thread.join(60)
+    torch.testing.assert_close(got[0], want, rtol=0, atol=0)
 
 
 def test_packed_rows_route_each_token_by_its_own_set_in_the_formula_too(model):

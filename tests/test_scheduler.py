@@ -20,7 +20,16 @@ from hirpf.routing import use_identities
 from hirpf.row_sampling import RowSampler
 from hirpf.scheduler import Scheduler
 
-from scheduler_helpers import EIGHT_SETS, GREEDY, HISTORIES, PausingSampler, alone, held_sampler, submit_with
+from scheduler_helpers import (
+    EIGHT_SETS,
+    GREEDY,
+    HISTORIES,
+    PausingSampler,
+    alone,
+    arriving_during_a_step,
+    held_sampler,
+    submit_with,
+)
 
 
 @pytest.fixture
@@ -164,6 +173,20 @@ def test_a_request_that_breaks_a_joint_prefill_fails_alone(exact_engine, packed,
         assert scheduler.runner.prefills == 1 + 2  # the held request's; after the shared one failed, each good one
     finally:
         scheduler.close()
+
+
+def test_a_request_that_arrives_while_a_step_runs_rides_the_rest_of_that_step(exact_engine, scheduler):
+    """Its first token comes out of the step it arrived in (not the next one: before, it waited for the step in
+    flight to end), and its reply is the one it gives alone; the running row's too."""
+    first_sampling = Sampling(max_new_tokens=20, do_sample=False)
+    with arriving_during_a_step(scheduler, HISTORIES[1], EIGHT_SETS[1]) as arrival:
+        running = scheduler.submit(HISTORIES[0], EIGHT_SETS[0], sampling=first_sampling)
+        running.result(timeout=300)
+        joiner = arrival["stream"]
+        joiner.result(timeout=300)
+    assert arrival["first_token_after"] == arrival["step"] + 1
+    assert joiner.token_ids == alone(exact_engine, HISTORIES[1], EIGHT_SETS[1])
+    assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0], first_sampling)
 
 
 def test_requests_beyond_max_batch_wait_and_still_match(exact_engine):

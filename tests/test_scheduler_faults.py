@@ -8,11 +8,12 @@ import threading
 import pytest
 
 import hirpf.batch_cache as batch_cache
+import hirpf.packed_step as packed_step
 from app.model_slot import ModelSlot
 from hirpf.engine import Engine, Sampling
 from hirpf.scheduler import Scheduler
 
-from scheduler_helpers import EIGHT_SETS, HISTORIES, alone, held_sampler, submit_with
+from scheduler_helpers import EIGHT_SETS, HISTORIES, alone, arriving_during_a_step, held_sampler, submit_with
 
 LONG = Sampling(max_new_tokens=16, do_sample=False)
 
@@ -49,6 +50,44 @@ def test_a_join_that_fails_half_way_fails_only_the_joiner(exact_engine, monkeypa
         with pytest.raises(RuntimeError, match="injected"):
             joiner.result(timeout=300)
         assert running.result(timeout=300) is not None and running.finish_reason == "length"
+        assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0], LONG)
+    finally:
+        scheduler.close()
+
+
+def test_a_request_that_fails_joining_a_step_in_flight_fails_alone(exact_engine, monkeypatch):
+    scheduler = Scheduler(exact_engine, max_batch=4)
+    try:
+        monkeypatch.setattr(scheduler.runner, "_catch_up", fails_on_call(scheduler.runner._catch_up, 1))
+        with arriving_during_a_step(scheduler, HISTORIES[1], EIGHT_SETS[1], LONG) as arrival:
+            running = scheduler.submit(HISTORIES[0], EIGHT_SETS[0], sampling=LONG)
+            running.result(timeout=300)
+            with pytest.raises(RuntimeError, match="injected"):
+                arrival["stream"].result(timeout=300)
+        assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0], LONG)
+    finally:
+        scheduler.close()
+
+
+def test_a_step_that_fails_after_a_request_joined_it_in_flight_loses_no_reply(exact_engine, monkeypatch):
+    """The step changed no cache; the joiner's own cache, which held the layers it was run through alone,
+    starts again from the prefix store: both replies are still the ones they give alone."""
+    scheduler = Scheduler(exact_engine, max_batch=4)
+    commit, failed = packed_step.PackedStep.commit, []
+
+    def commit_failing_after_a_join_in_flight(step):
+        if any(at > 0 for at in step._joined_at) and not failed:
+            failed.append(step)
+            raise RuntimeError("out of memory (injected)")
+        return commit(step)
+    monkeypatch.setattr(packed_step.PackedStep, "commit", commit_failing_after_a_join_in_flight)
+    try:
+        with arriving_during_a_step(scheduler, HISTORIES[1], EIGHT_SETS[1], LONG) as arrival:
+            running = scheduler.submit(HISTORIES[0], EIGHT_SETS[0], sampling=LONG)
+            running.result(timeout=300)
+            arrival["stream"].result(timeout=300)
+        assert failed
+        assert arrival["stream"].token_ids == alone(exact_engine, HISTORIES[1], EIGHT_SETS[1], LONG)
         assert running.token_ids == alone(exact_engine, HISTORIES[0], EIGHT_SETS[0], LONG)
     finally:
         scheduler.close()
