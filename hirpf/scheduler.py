@@ -18,9 +18,8 @@ prompts ride in that decode step (a packed step, `hirpf.packed_step`; a prompt l
 `HIRPF_PREFILL_CHUNK` tokens a chunk per step), so a join never stops the batch, and while the batch has
 room a request that arrives during the step joins it between two layers (`_take_joiner`); with none
 running (or on a model that cannot pack), those admitted are prefilled together in a forward of their own
-first. Each
-caller reads its reply from a `ReplyStream` (`hirpf.reply_stream`), which yields the whole text so far, as
-`Engine.stream` does.
+first. Each caller reads its reply from a `ReplyStream` (`hirpf.reply_stream`), which yields the whole text
+so far, as `Engine.stream` does.
 
 Faults stay with their requests: a failed joint prefill is retried one request at a time so that only the
 request that breaks it fails; a failure at a request's first token or chunk ends that request; a failure of
