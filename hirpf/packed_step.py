@@ -23,7 +23,8 @@ A prompt can also join a step already in flight, between two of its decoder laye
 run alone through the layers the step has passed (`forward_to_layer`, its keys and values going into its own
 cache), then rides the rest of the step. A request that arrives just after a step began had waited for that
 step and then for the step that carried it; on the 2-core Xeon, with the engine in a process of its own, that
-was most of a new request's time to first token at 8 clients.
+was most of a new request's time to first token at 8 clients (p95 0.26–0.37 s, now 0.21–0.25 s: docs/serving.md,
+"A new request's first token").
 
 All or nothing, as joins are (`hirpf.batch_cache`): the keys and values a step computes are written into the
 caches' spare columns (`SpareColumnsLayer.staged`; a prompt's first chunk: a new layer), which no cache holds
