@@ -284,8 +284,7 @@ class Scheduler:
             try:
                 [(cache, logits)] = runner.prefill([row])
             except Exception as err:  # this request alone fails
-                log.warning("request failed at prefill: %s", err)
-                row.stream._finish(FinishReason.ERROR, err)
+                self._fail_alone(row, "at prefill", err)
                 continue
             self._join(row, cache, logits)
 
@@ -298,8 +297,7 @@ class Scheduler:
         try:
             complete = self.runner.prefill_next_chunk(partial)
         except Exception as err:  # this request alone fails
-            log.warning("request failed at a chunk of its prefill: %s", err)
-            row.stream._finish(FinishReason.ERROR, err)
+            self._fail_alone(row, "at a chunk of its prefill", err)
             return
         if complete:
             self._join(*complete)
@@ -319,8 +317,7 @@ class Scheduler:
         try:
             row_logits, complete = self.runner.packed_step(self._take_joiner, self._joiner_failed)
         except Exception as err:
-            log.warning("a packed step failed (%s): its prompt chunks and the decode step run apart", err,
-                        exc_info=True)
+            log.warning("a packed step failed (%s): its prompt chunks and the decode step run apart", err)
             for partial in list(self.runner.chunked):  # each alone, so that only a prompt that breaks fails
                 self._continue_chunked_prefill(partial)
             if self.runner.rows:
@@ -351,9 +348,13 @@ class Scheduler:
                     return row
         return None
 
+    def _joiner_failed(self, row: Row, err: Exception) -> None:
+        self._fail_alone(row, "joining a step in flight", err)
+
     @staticmethod
-    def _joiner_failed(row: Row, err: Exception) -> None:
-        log.warning("request failed joining a step in flight: %s", err)
+    def _fail_alone(row: Row, what: str, err: Exception) -> None:
+        """This request alone ends with `err` (it failed `what`); the others go on."""
+        log.warning("request failed %s: %s", what, err)
         row.stream._finish(FinishReason.ERROR, err)
 
     def _join(self, row: Row, cache, logits: torch.Tensor) -> None:
@@ -366,8 +367,7 @@ class Scheduler:
         try:
             finished = self.runner.first_token(row, logits)
         except Exception as err:  # this request alone fails
-            log.warning("request failed at its first token: %s", err)
-            row.stream._finish(FinishReason.ERROR, err)
+            self._fail_alone(row, "at its first token", err)
             return False
         if finished:
             row.stream._finish(finished)
@@ -378,8 +378,7 @@ class Scheduler:
         try:
             self.runner.add(row, cache)
         except Exception as err:  # this request alone fails
-            log.warning("request failed joining the batch: %s", err)
-            row.stream._finish(FinishReason.ERROR, err)
+            self._fail_alone(row, "joining the batch", err)
 
     # --- leaving -----------------------------------------------------------------------------------
     @staticmethod
