@@ -6,6 +6,7 @@ live); else the default. The chat CLI, the eval commands, the trainer and the ap
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import dataclass
 
 from . import environment
@@ -55,6 +56,25 @@ def flag_default(parser: argparse.ArgumentParser, dest: str):
     if dest in BACKED_FLAGS and dest in (parser.get_default("model_flags") or ()):
         return BACKED_FLAGS[dest].default
     return parser.get_default(dest)
+
+
+def command_line(script: str, parser: argparse.ArgumentParser, values: dict) -> str:
+    """The command that runs `script` with the recorded `values` (its parsed arguments): every option that
+    differs from the parser's default, and every required one, so that the command remakes what they made."""
+    parts = ["python", script]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help" or action.dest not in values:
+            continue
+        value = values[action.dest]
+        if action.required or value != flag_default(parser, action.dest):
+            if isinstance(value, bool):
+                if action.const is value:  # the store_true / store_false spelling that gives this value
+                    parts.append(action.option_strings[0])
+            elif isinstance(value, (list, tuple)):
+                parts += [action.option_strings[0], *map(str, value)]
+            elif value is not None:
+                parts += [action.option_strings[0], f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(parts)
 
 
 def model_options(args: argparse.Namespace) -> ModelOptions:

@@ -111,6 +111,12 @@ def test_records_load_through_the_training_loader_with_their_provenance(tmp_path
         assert provenance["gamma"] == 0.5 and provenance["seed"] == 7 and provenance["job"].endswith("/seed7")
         assert provenance["sampling"]["max_new_tokens"] == 6 and provenance["sampling"]["do_sample"] is True
         assert provenance["prompt_version"].startswith("sha256:") and provenance["created"].endswith("+00:00")
+    # the summary's command remakes the file (a model card of a run trained on it quotes it)
+    command = json.loads((tmp_path / "out.jsonl.summary.json").read_text())["command"].split()
+    assert command[:2] == ["python", "training/synthesize.py"] and command[command.index("--gamma") + 1] == "0.5"
+    main([a.replace(str(tmp_path / "out.jsonl"), str(tmp_path / "again.jsonl")) for a in command[2:]])
+    remade = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert [r["dialog"] for r in remade] == [r["dialog"] for r in records]
     again = synthesize(tmp_path, tiny_base_dir)  # a rerun skips what is written
     assert (again["skipped"], again["written"]) == (2, 0)
 

@@ -288,14 +288,15 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     at_step = load_file(str(second / "checkpoint-1" / "adapter_model.safetensors"))
     assert all(torch.equal(shipped[k], v.to(torch.float16)) for k, v in at_step.items())
 
-    # A third run from that checkpoint, with self-descriptions as extra data: the card needs the whole chain,
-    # oldest first, and gives three training commands, the third after the command that made its extra data.
+    # A third run from that checkpoint, with two files of self-reports as extra data: the card needs the whole
+    # chain, oldest first, and gives three training commands, the third after the commands that made its data.
     third = tmp_path / "third"
     extra = self_report.main(["--out", str(tmp_path / "sd.jsonl"), "--records", "4", "--formats", "self_description"])
+    more = self_report.main(["--out", str(tmp_path / "digits.jsonl"), "--records", "3", "--formats", "digit"])
     train("--data", data, "--base_model", tiny_base_dir, "--output_dir", third, "--rank", 2, "--batch_size", 4,
           "--micro_batch_size", 2, "--num_epochs", 1, "--learning_rate", 1e-2, "--warmup_steps", 0,
           "--gate", "sigmoid", "--eval_fraction", 0.25, "--max_length", 128,
-          "--init_experts", second / "checkpoint-1", "--save_steps", 1, "--extra_data", extra)
+          "--init_experts", second / "checkpoint-1", "--save_steps", 1, "--extra_data", extra, more)
     third_card = card_command[:3] + [str(third)] + card_command[4:]
     for chain, complaint in (([second / "checkpoint-1"], "give the runs that made them first"),
                              ([run, run], "cannot follow the runs before it")):
@@ -311,9 +312,12 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     assert f"--init_experts {run}" in commands[1] and f"--init_experts {second}/checkpoint-1" in commands[2]
     assert "Run 1 (" in card and "Run 2 (" in card
     made_extra = f"python training/self_report.py --out {extra} --records 4 --seed 0"
-    assert f"`{extra}` (`--extra_data`, 4 records" in card
+    made_more = f"python training/self_report.py --out {more} --records 3 --seed 0"
+    assert f"`{extra}` (`--extra_data`, 4 records" in card and f"`{more}` (`--extra_data`, 3 records" in card
     training = card.partition("## Training")[2].partition("\n## ")[0]
-    assert made_extra in training and training.index(made_extra) < training.index(f"--output_dir {third} ")
+    for made in (made_extra, made_more):
+        assert made in training and training.index(made) < training.index(f"--output_dir {third} ")
+    assert f"--extra_data {extra} {more}" in commands[2]
 
 
 def test_the_neighbour_contrast_is_a_ranking_loss_on_summed_reply_likelihoods():

@@ -30,8 +30,8 @@ from hirpf.charts import line_chart
 from hirpf.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.identities import PROFESSIONS, TRAIT_POLES
-from hirpf.model_options import flag_default
-from training.train import build_parser
+from hirpf.model_options import command_line
+from training.train import build_parser, extra_data_files
 
 MODE_WORDS = {"experts+prompt": "experts + prompt", "experts": "experts alone", "prompt": "prompt alone"}
 # Issue 10's targets, as the card compares the figures with them.
@@ -43,19 +43,7 @@ MEASURE_WORDS = {"pole_discrimination": "a trait's poles told apart", "professio
 
 def training_command(args: dict) -> str:
     """The trainer command that reproduces the run: every option that differs from the trainer's default."""
-    parser = build_parser()
-    parts = ["python", "training/train.py"]
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help" or action.dest not in args:
-            continue
-        value = args[action.dest]
-        if action.required or value != flag_default(parser, action.dest):
-            if isinstance(value, bool):
-                if action.const is value:  # the store_true / store_false spelling that gives this value
-                    parts.append(action.option_strings[0])
-            elif value is not None:
-                parts += [action.option_strings[0], f"{value:g}" if isinstance(value, float) else str(value)]
-    return shlex.join(parts)
+    return command_line("training/train.py", build_parser(), args)
 
 
 RECIPES_FILE = "recipes.json"
@@ -72,7 +60,7 @@ def recipe(args: dict) -> str:
     if args.get("router_learning_rate"):
         words += f", router lr {args['router_learning_rate']:g}"
     if args.get("extra_data"):
-        words += f", plus `{Path(args['extra_data']).name}`"
+        words += ", plus " + ", ".join(f"`{Path(path).name}`" for path in extra_data_files(args["extra_data"]))
     if args.get("neighbour_weight"):
         words += f", neighbour contrast {args['neighbour_weight']:g} (beta {args.get('neighbour_beta', 0.1):g})"
     if args.get("init_experts"):
@@ -283,21 +271,26 @@ def data_lines(args: dict) -> str:
             "from the end." + extra_data_line(args.get("extra_data")))
 
 
-def extra_data_line(path: str | None) -> str:
-    if not path:
-        return ""
-    records = sum(1 for line in Path(path).read_text().splitlines() if line.strip())
-    how = ("its command is under Training" if extra_data_commands(path) else
-           "no summary beside it says how it was made")
-    return f" Also trained on `{path}` (`--extra_data`, {records} records, never held out; {how})."
+def extra_data_line(extra_data: str | list | None) -> str:
+    lines = []
+    for path in extra_data_files(extra_data):
+        records = sum(1 for line in Path(path).read_text().splitlines() if line.strip())
+        how = ("its command is under Training" if synthesis_command(path) else
+               "no summary beside it says how it was made")
+        lines.append(f" Also trained on `{path}` (`--extra_data`, {records} records, never held out; {how}).")
+    return "".join(lines)
 
 
-def extra_data_commands(path: str | None) -> list[str]:
-    """The command that made a run's `--extra_data`, as its generator left it in `<file>.summary.json`
-    (`training/self_report.py` does): one, or none where there is no such file or command."""
-    summary = Path(path).with_name(Path(path).name + ".summary.json") if path else None
-    command = json.loads(summary.read_text()).get("command") if summary and summary.exists() else None
-    return [command] if command else []
+def extra_data_commands(extra_data: str | list | None) -> list[str]:
+    """The commands that made a run's `--extra_data` files, as their generators left them in
+    `<file>.summary.json` (`training/self_report.py`, `training/synthesize.py`, `training/field_replies.py`):
+    one per file that has such a command."""
+    return [command for path in extra_data_files(extra_data) if (command := synthesis_command(path))]
+
+
+def synthesis_command(path: str) -> str | None:
+    summary = Path(path).with_name(Path(path).name + ".summary.json")
+    return json.loads(summary.read_text()).get("command") if summary.exists() else None
 
 
 def main(argv=None):

@@ -56,7 +56,7 @@ from hirpf.base_model import EMBEDDED, load_base_model
 from hirpf.dialogues import validate
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentityError, IdentitySet, trait_of
 from hirpf.llm_client import ChatClient, EndpointError, MalformedReply
-from hirpf.model_options import add_model_arguments, model_options
+from hirpf.model_options import add_model_arguments, command_line, model_options
 from hirpf.sampling import Sampling
 from training.local_synthesis import LocalSettings, run_local
 from training.synthesis_records import Job, append_record, finished_jobs, forbidden_words, named_identity
@@ -436,6 +436,8 @@ def main(argv=None) -> dict:
         with ChatClient(args.base_url, args.model, timeout=args.timeout, max_retries=args.max_retries,
                         cache_dir=args.cache_dir) as client:
             summary = run(jobs, client, args.output, settings, args.concurrency)
+    # the command that remakes the file (a model card of a run trained on it quotes this)
+    summary["command"] = command_line("training/synthesize.py", build_parser(), vars(args))
     summary_path = args.summary or args.output.with_name(args.output.name + ".summary.json")
     summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     brief = {k: v for k, v in summary.items() if k != "failures"}

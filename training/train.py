@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training data: JSON list, JSONL, or a <name>/{train,test}.json tree")
     ap.add_argument("--eval_data", default=None, help="evaluation data (default: the tree's test files, else "
                                                        "--eval_fraction of --data)")
-    ap.add_argument("--extra_data", default=None,
-                    help="more training dialogues (e.g. synthesized ones), added to the training split only: never "
-                         "held out or evaluated on, and the held-out split of --data stays the same")
+    ap.add_argument("--extra_data", nargs="+", default=None, metavar="FILE",
+                    help="more training dialogues (e.g. synthesized ones; one or more files), added to the training "
+                         "split only: never held out or evaluated on, and the held-out split of --data stays the same")
     ap.add_argument("--eval_fraction", type=float, default=0.1, help="held-out share of --data when no eval data")
     ap.add_argument("--on_invalid", choices=["error", "skip"], default="error",
                     help="a record that breaks the rules: stop (default) or skip it and report counts")
@@ -315,10 +315,16 @@ def split_data(args):
 
 def add_extra_data(args, train: list) -> tuple[list, str]:
     """`train` followed by the --extra_data dialogues (after the split, so the held-out split is unchanged)."""
-    if not args.extra_data:
-        return train, ""
-    extra, report = load_dialogues(Path(args.extra_data), args.on_invalid)
-    return train + extra, f"; extra training data: {report.describe()}"
+    described = []
+    for path in extra_data_files(args.extra_data):
+        extra, report = load_dialogues(Path(path), args.on_invalid)
+        train, described = train + extra, described + [f"{Path(path).name}: {report.describe()}"]
+    return train, f"; extra training data: {'; '.join(described)}" if described else ""
+
+
+def extra_data_files(extra_data: str | list | None) -> list[str]:
+    """A run's --extra_data as a list (a summary written before it took several files holds one path)."""
+    return [extra_data] if isinstance(extra_data, str) else list(extra_data or [])
 
 
 def main(argv=None) -> dict:

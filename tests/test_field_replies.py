@@ -1,0 +1,133 @@
+"""Field replies (`training/field_replies.py`): our openers, the messages they answer, the plan, the resampling
+of a bad reply, and the records and command of a run on the tiny random Llama."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from hirpf.base_model import load_base_model
+from hirpf.dialogues import holdout_split, load_dialogues
+from hirpf.eval.everyday_prompts import HeldOutPromptError, load_prompts, training_prompts
+from hirpf.identities import PROFESSIONS, IdentitySet, trait_of
+from hirpf.sampling import Sampling
+from training import field_replies
+from training.field_replies import FieldJob, everyday_messages, load_openers, plan, write_batch
+
+from training_runs import write_data
+
+
+def test_the_shipped_openers_cover_every_profession_and_name_no_identity():
+    openers, version = load_openers()
+    assert set(openers) == set(PROFESSIONS) and version >= 1
+    assert all(len(set(texts)) == len(texts) >= 20 for texts in openers.values())
+
+
+@pytest.mark.parametrize("professions, complaint", [
+    ({"Pilot": ["Up in the clouds,"]}, "unknown profession 'Pilot'"),
+    ({"Doctor": ["After my shift,"], "Artist": ["In the studio,"]}, "no openers for Programmer"),
+    ({"Doctor": ["After my shift,"], "Artist": ["In the studio,"], "Programmer": ["As a programmer,"]},
+     "names an identity"),
+])
+def test_bad_openers_are_refused_with_what_is_wrong(tmp_path, professions, complaint):
+    path = tmp_path / "openers.json"
+    path.write_text(json.dumps({"version": 1, "professions": professions}))
+    with pytest.raises(ValueError, match=complaint):
+        load_openers(path)
+
+
+def test_messages_are_dev_prompts_and_training_split_openings_without_a_profession(tmp_path):
+    data = write_data(tmp_path / "data.json", n=40)
+    messages = everyday_messages(str(data), 0.25, 42)
+    assert messages["everyday"] == training_prompts()
+    dialogues, _ = load_dialogues(data)
+    train, held_out = holdout_split(dialogues, 0.25, 42)
+    no_field = {d.turns[0]["content"] for d in train if not d.identities.profession}
+    assert set(messages["his"]) == no_field and no_field  # ("Coming to the party? (i)", trait-only)
+    assert not set(messages["his"]) & {d.turns[0]["content"] for d in held_out}
+    # a held-out everyday prompt in the data is refused, not answered
+    records = json.loads(data.read_text())
+    for record in records:
+        if record["active_adapters"] == ["EXT_low"]:
+            record["dialog"][0]["content"] = load_prompts("held_out")[0].text
+    data.write_text(json.dumps(records))
+    with pytest.raises(HeldOutPromptError):
+        everyday_messages(str(data), 0.25, 42)
+
+
+def test_the_plan_turns_the_professions_and_varies_the_sets():
+    openers, _ = load_openers()
+    messages = {"everyday": ["How was your day?", "Any plans?"], "his": ["Hey, got a minute?"]}
+    jobs = plan(300, 3, messages, openers)
+    assert jobs == plan(300, 3, messages, openers) and jobs != plan(300, 4, messages, openers)
+    assert Counter(j.identities.profession for j in jobs) == {p: 100 for p in PROFESSIONS}
+    sizes = Counter(len(j.identities) for j in jobs)
+    assert set(sizes) == {1, 2, 3} and sizes[1] > sizes[2] > sizes[3]
+    for job in jobs:
+        IdentitySet.parse(",".join(job.identities.names))  # within the identity rules
+        assert len({trait_of(p) for p in job.identities.traits}) == len(job.identities.traits)
+        assert job.opener in openers[job.identities.profession]
+        assert job.message in messages[job.source]
+    assert Counter(j.source for j in jobs) == {"everyday": 150, "his": 150}
+    assert len({j.id for j in jobs}) == 300
+
+
+class Scripted:
+    """A stand-in for the amplified sampler: per call, the texts it writes after the opener, in order."""
+
+    def __init__(self, tokenizer, *calls):
+        self.tokenizer, self.calls, self.seen = tokenizer, list(calls), []
+
+    def __call__(self, model, tokenizer, prompts, sampling, generators, neutral=None, gamma=0.0):
+        self.seen.append((prompts, neutral, gamma))
+        texts = self.calls.pop(0)
+        return [(tokenizer(" " + t, add_special_tokens=False)["input_ids"], True) for t in texts]
+
+
+def test_a_reply_that_names_an_identity_or_adds_too_little_is_resampled_then_left_out(tiny_base_dir, monkeypatch):
+    _, tokenizer = load_base_model(str(tiny_base_dir), load_in_8bit=False, dtype="float32")
+    job = FieldJob("Programmer/0/seed0", IdentitySet.parse("Programmer"), "Any plans?", "everyday",
+                   "After a day of writing code,")
+    other = FieldJob("AGR_high+Doctor/1/seed0", IdentitySet.parse("AGR_high,Doctor"), "Any plans?", "everyday",
+                     "Clinically speaking,")
+    scripted = Scripted(tokenizer, ["as a programmer I rest.", "rest."], ["I go for a long walk by the river.", "so."])
+    monkeypatch.setattr(field_replies, "sample_replies", scripted)
+    done, failed = write_batch([job, other], None, tokenizer, Sampling(max_new_tokens=8), 1.5, 2, 0)
+    assert done == [(job, "After a day of writing code, I go for a long walk by the river.", 1)]
+    assert failed == {"too short": 1}
+    prompts, neutral, gamma = scripted.seen[0]
+    assert gamma == 1.5 and len(prompts) == len(neutral) == 2
+    for rows, system in ((prompts, "Programmer"), (neutral, field_replies.NEUTRAL_SYSTEM_MESSAGE)):
+        text = tokenizer.decode(rows[0])
+        assert system.lower() in text.lower() and text.endswith("assistant\nAfter a day of writing code,")
+    assert "programmer" not in tokenizer.decode(neutral[0]).lower()
+
+
+def test_a_run_writes_records_that_train_and_a_command_that_remakes_them(tmp_path, tiny_base_dir):
+    data = write_data(tmp_path / "data.json", n=20)
+    out = tmp_path / "field.jsonl"
+    argv = ["--out", str(out), "--records", "6", "--seed", "2", "--max_new_tokens", "12", "--batch_size", "4",
+            "--data", str(data), "--base_model", str(tiny_base_dir)]
+    summary = field_replies.main(argv)
+    dialogues, report = load_dialogues(out)
+    assert summary["written"] == len(dialogues) and summary["written"] + summary["failed"] == summary["jobs"] == 6
+    openers, _ = load_openers()
+    for line, dialogue in zip(out.read_text().splitlines(), dialogues):
+        synthesis = json.loads(line)["synthesis"]
+        assert dialogue.turns[1]["content"].startswith(synthesis["opener"])
+        assert synthesis["opener"] in openers[dialogue.identities.profession]
+        assert synthesis["backend"] == "field-opener" and synthesis["gamma"] == 1.0
+    # the summary's command remakes the file exactly; a rerun skips what is written
+    command = json.loads((tmp_path / "field.jsonl.summary.json").read_text())["command"].split()
+    assert command[:2] == ["python", "training/field_replies.py"] and "--records" in command
+    field_replies.main([a.replace(str(out), str(tmp_path / "again.jsonl")) for a in command[2:]])
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+    assert field_replies.main(argv)["skipped"] == summary["written"]
+
+
+@pytest.mark.parametrize("flag, value", [("--records", "0"), ("--batch_size", "0"), ("--gamma", "-1")])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, flag, value, capsys):
+    with pytest.raises(SystemExit):
+        field_replies.main(["--out", str(tmp_path / "x.jsonl"), flag, value])
+    assert flag in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()

@@ -1,0 +1,233 @@
+"""Field replies: everyday messages answered by a character who brings its profession's field in, for a
+profession phase that must carry the field without the prompt.
+
+    python training/field_replies.py --out runs/prof3/field.jsonl [--records 360] [--seed 0] [--gamma 1]
+
+Why: from the experts alone the profession phase's replies rarely show a field (a reader named it 0.54 of
+the time, Programmer 0.19), and the base model writes no better data for it: prompted as a programmer and
+amplified (the local synthesis, γ 1), its first replies named the field 3 times in 46. It does write a
+field's words when the reply has already turned to the field. So each reply here starts with one of our
+openers for the profession (`training/data/field_openers.json`: sentence beginnings such as "After a day of
+writing code,", none naming an identity) and the base model writes the rest under the set's identity prompt,
+amplified against the neutral prompt (`training/local_synthesis.py`'s decoding). Trained without the prompt
+(`--experts_only_share`), the profession experts learn to open that way themselves.
+
+Messages: our dev everyday prompts (`hirpf.eval.everyday_prompts.training_prompts`; the held-out ones are
+refused) and the first user turn of every dialogue without a profession in the trainer's training split of
+`--data` (the HIS dialogues: everyday scenes, no field of their own), drawn evenly. Sets: the professions in
+turn, each with none to two trait poles (one to three identities, half of them one). One reply per record;
+a reply that names an identity or adds fewer than `MIN_WORDS` words to its opener is resampled up to
+`--attempts` times, then left out (counted in the summary). Records have the trainer's format plus
+`synthesis` (backend `field-opener`, job id, opener, γ, seeds, sampling, openers version, message source) and
+go to the trainer as `--extra_data`. A rerun skips the jobs already in `--out`. Beside the file,
+`<out>.summary.json` holds the command that remakes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from hirpf.base_model import load_base_model
+from hirpf.dialogues import holdout_split, load_dialogues, validate
+from hirpf.eval.everyday_prompts import refuse_held_out, training_prompts
+from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet, trait_of
+from hirpf.model_options import add_model_arguments, command_line, model_options
+from hirpf.paths import his_file
+from hirpf.prompts import NEUTRAL_SYSTEM_MESSAGE, identity_system_message
+from hirpf.sampling import Sampling
+from training.local_synthesis import chat_ids, finished_turn, sample_replies
+from training.synthesis_records import append_record, finished_jobs, named_identity
+
+log = logging.getLogger("hirpf.field_replies")
+BACKEND = "field-opener"
+OPENERS = Path(__file__).resolve().parent / "data" / "field_openers.json"
+SIZE_WEIGHTS = {1: 0.5, 2: 0.3, 3: 0.2}  # by number of identities, as the self-reports draw them
+MIN_WORDS = 4  # words the model must add to its opener: an opener alone teaches a formula, not a reply
+
+
+@dataclass(frozen=True)
+class FieldJob:
+    id: str
+    identities: IdentitySet
+    message: str
+    source: str  # "everyday" (our dev prompts) or "his" (a HIS training-split opening)
+    opener: str
+
+
+def load_openers(path: Path = OPENERS) -> tuple[dict[str, list[str]], int]:
+    """({profession: openers}, version); an unknown profession, a missing one or an opener that names an
+    identity is an error naming it."""
+    data = json.loads(Path(path).read_text())
+    openers = data.get("professions", {})
+    for name in openers:
+        if name not in PROFESSIONS:
+            raise ValueError(f"{path}: unknown profession {name!r}; expected one of {', '.join(PROFESSIONS)}")
+    for name in PROFESSIONS:
+        if not openers.get(name):
+            raise ValueError(f"{path}: no openers for {name}")
+        for opener in openers[name]:
+            named = named_identity(opener, IdentitySet((name,))) or next(
+                (w for pole in TRAIT_POLES if (w := named_identity(opener, IdentitySet((pole,))))), None)
+            if named:
+                raise ValueError(f"{path}: the {name} opener {opener!r} names an identity ({named!r})")
+    return openers, data["version"]
+
+
+def everyday_messages(data: str, eval_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Messages by source: our dev everyday prompts, and the first user turn of each dialogue without a
+    profession in the trainer's training split of `data` (its held-out split stays unread)."""
+    dialogues, _ = load_dialogues(data, on_invalid="skip")
+    train, _ = holdout_split(dialogues, eval_fraction, seed)
+    his = sorted({d.turns[0]["content"].strip() for d in train
+                  if not d.identities.profession and d.turns and d.turns[0]["role"] == "user"})
+    messages = {"everyday": training_prompts(), "his": his}
+    refuse_held_out(messages["everyday"] + messages["his"])
+    return messages
+
+
+def plan(records: int, seed: int, messages: dict[str, list[str]], openers: dict[str, list[str]]) -> list[FieldJob]:
+    """`records` jobs: professions in turn, each with none to two trait poles, a message drawn from the sources
+    evenly and an opener of the profession's; the same seed gives the same jobs."""
+    rng = random.Random(seed)
+    sources = [s for s in sorted(messages) if messages[s]]
+    if not sources:
+        raise ValueError("no messages to answer")
+    jobs = []
+    for i in range(records):
+        profession = PROFESSIONS[i % len(PROFESSIONS)]
+        size = rng.choices(list(SIZE_WEIGHTS), list(SIZE_WEIGHTS.values()))[0]
+        traits = rng.sample(sorted({trait_of(p) for p in TRAIT_POLES}), size - 1)
+        poles = tuple(f"{t}_{rng.choice(('high', 'low'))}" for t in traits)
+        identities = IdentitySet((*poles, profession))
+        source = sources[i % len(sources)]
+        jobs.append(FieldJob(f"{'+'.join(identities.names)}/{i}/seed{seed}", identities,
+                             rng.choice(messages[source]), source, rng.choice(openers[profession])))
+    return jobs
+
+
+def reply_problem(text: str, opener: str, identities: IdentitySet) -> str | None:
+    if len(text.split()) - len(opener.split()) < MIN_WORDS:
+        return "too short"
+    if named_identity(text, identities):
+        return "identity named"
+    return None
+
+
+def write_batch(jobs: list[FieldJob], model, tokenizer, sampling: Sampling, gamma: float, attempts: int,
+                seed: int) -> tuple[list[tuple[FieldJob, str, int]], Counter]:
+    """([(job, reply, resampled)], failures by reason) for one batch: identity and neutral rows with the
+    opener already in the assistant turn, the rest drawn from the amplified logits."""
+    generators = {job.id: torch.Generator().manual_seed(zlib.crc32(job.id.encode()) ^ seed) for job in jobs}
+    done, failed, resampled = [], Counter(), Counter()
+    pending = list(jobs)
+    for attempt in range(attempts):
+        opener_ids = [tokenizer(job.opener, add_special_tokens=False)["input_ids"] for job in pending]
+        views = [[{"role": "system", "content": system}, {"role": "user", "content": job.message}]
+                 for job in pending for system in (identity_system_message(job.identities), NEUTRAL_SYSTEM_MESSAGE)]
+        ids = [chat_ids(tokenizer, view) + opener_ids[i // 2] for i, view in enumerate(views)]
+        replies = sample_replies(model, tokenizer, ids[0::2], sampling, [generators[j.id] for j in pending],
+                                 neutral=ids[1::2], gamma=gamma)
+        retry = []
+        for job, prefix, (tokens, ended) in zip(pending, opener_ids, replies):
+            text = finished_turn(tokenizer.decode(prefix + tokens, skip_special_tokens=True), ended)
+            problem = reply_problem(text, job.opener, job.identities)
+            if problem is None:
+                done.append((job, text, resampled[job.id]))
+            elif attempt + 1 < attempts:
+                resampled[job.id] += 1
+                retry.append(job)
+            else:
+                failed[problem] += 1
+        pending = retry
+        if not pending:
+            break
+    return done, failed
+
+
+def record_of(job: FieldJob, reply: str, resampled: int, model, sampling: Sampling, gamma: float, seed: int,
+              version: int) -> dict:
+    record = {"dialog": [{"role": "user", "content": job.message}, {"role": "assistant", "content": reply}],
+              "active_adapters": list(job.identities.names), "synthesis": {
+                  "job": job.id, "backend": BACKEND, "base_model": getattr(model, "hirpf_base_model", None),
+                  "gamma": gamma, "seed": seed, "opener": job.opener, "openers_version": version,
+                  "message_source": job.source, "resampled": resampled,
+                  "sampling": {k: getattr(sampling, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
+                                                                 "repetition_penalty")}}}
+    validate(record, "field replies", 0)  # the loader's own check: what we write is what training reads
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="JSONL file; appended to, finished jobs skipped")
+    ap.add_argument("--records", type=int, default=360)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gamma", type=float, default=1.0, help="amplification against the neutral prompt (0: none)")
+    ap.add_argument("--max_new_tokens", type=int, default=48, help="tokens after the opener at most")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top_p", type=float, default=0.9)
+    ap.add_argument("--attempts", type=int, default=3)
+    ap.add_argument("--batch_size", type=int, default=16, help="records per batch (two rows each)")
+    ap.add_argument("--data", default=str(his_file("identity_dialogues.json")),
+                    help="dialogues whose training split gives openings without a profession")
+    ap.add_argument("--eval_fraction", type=float, default=0.1, help="the trainer's --eval_fraction")
+    ap.add_argument("--split_seed", type=int, default=42, help="the trainer's --seed")
+    add_model_arguments(ap, ("base_model",))
+    return ap
+
+
+def main(argv=None) -> dict:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    for name in ("records", "max_new_tokens", "attempts", "batch_size"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not args.gamma >= 0:
+        ap.error(f"--gamma must be 0 or more, got {args.gamma}")
+    try:
+        openers, version = load_openers()
+        jobs = plan(args.records, args.seed, everyday_messages(args.data, args.eval_fraction, args.split_seed),
+                    openers)
+    except (OSError, ValueError) as err:
+        ap.error(str(err))
+    base_model = model_options(args).base_model
+    model, tokenizer = load_base_model(base_model)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
+                        top_p=args.top_p, repetition_penalty=1.1)
+    started, written, failed = time.time(), 0, Counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    todo = [job for job in jobs if job.id not in finished_jobs(args.out)]
+    with open(args.out, "a", encoding="utf-8") as out:
+        for start in range(0, len(todo), args.batch_size):
+            done, batch_failed = write_batch(todo[start:start + args.batch_size], model, tokenizer, sampling,
+                                             args.gamma, args.attempts, args.seed)
+            for job, reply, resampled in done:
+                append_record(out, record_of(job, reply, resampled, model, sampling, args.gamma, args.seed, version))
+            written, failed = written + len(done), failed + batch_failed
+            log.info("[%d/%d] records done", min(start + args.batch_size, len(todo)), len(todo))
+    summary = {"backend": BACKEND, "command": command_line("training/field_replies.py", ap, vars(args)),
+               "base_model": base_model, "jobs": len(jobs),
+               "skipped": len(jobs) - len(todo), "written": written, "failed": sum(failed.values()),
+               "failed_by_reason": dict(failed), "openers_version": version,
+               "seconds": round(time.time() - started, 1)}
+    args.out.with_name(args.out.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    main()
