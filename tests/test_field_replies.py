@@ -13,28 +13,33 @@ from hirpf.eval.everyday_prompts import HeldOutPromptError, load_prompts, traini
 from hirpf.identities import PROFESSIONS, IdentitySet, trait_of
 from hirpf.sampling import Sampling
 from training import field_replies
-from training.field_replies import FieldJob, everyday_messages, load_openers, plan, write_batch
+from training.field_replies import FieldJob, everyday_messages, load_bank, plan, write_batch
 
 from training_runs import write_data
 
 
-def test_the_shipped_openers_cover_every_profession_and_name_no_identity():
-    openers, version = load_openers()
-    assert set(openers) == set(PROFESSIONS) and version >= 1
-    assert all(len(set(texts)) == len(texts) >= 20 for texts in openers.values())
+def test_the_shipped_bank_covers_every_profession_and_its_openers_name_no_identity():
+    bank = load_bank()
+    assert set(bank.openers) == set(bank.briefs) == set(PROFESSIONS) and bank.version >= 1
+    assert all(len(set(texts)) == len(texts) >= 20 for texts in bank.openers.values())
 
 
-@pytest.mark.parametrize("professions, complaint", [
-    ({"Pilot": ["Up in the clouds,"]}, "unknown profession 'Pilot'"),
-    ({"Doctor": ["After my shift,"], "Artist": ["In the studio,"]}, "no openers for Programmer"),
-    ({"Doctor": ["After my shift,"], "Artist": ["In the studio,"], "Programmer": ["As a programmer,"]},
+BRIEFS = {"Doctor": "Talk health.", "Artist": "Talk art.", "Programmer": "Talk code."}
+
+
+@pytest.mark.parametrize("professions, briefs, complaint", [
+    ({"Pilot": ["Up in the clouds,"]}, BRIEFS, "unknown profession 'Pilot'"),
+    ({"Doctor": ["After my shift,"], "Artist": ["In the studio,"]}, BRIEFS, "no openers or no brief for Programmer"),
+    ({"Doctor": ["After my shift,"], "Artist": ["In the studio,"], "Programmer": ["After a commit,"]},
+     {"Doctor": "Talk health."}, "no openers or no brief for Artist"),
+    ({"Doctor": ["After my shift,"], "Artist": ["In the studio,"], "Programmer": ["As a programmer,"]}, BRIEFS,
      "names an identity"),
 ])
-def test_bad_openers_are_refused_with_what_is_wrong(tmp_path, professions, complaint):
+def test_a_bad_bank_is_refused_with_what_is_wrong(tmp_path, professions, briefs, complaint):
     path = tmp_path / "openers.json"
-    path.write_text(json.dumps({"version": 1, "professions": professions}))
+    path.write_text(json.dumps({"version": 1, "briefs": briefs, "professions": professions}))
     with pytest.raises(ValueError, match=complaint):
-        load_openers(path)
+        load_bank(path)
 
 
 def test_messages_are_dev_prompts_and_training_split_openings_without_a_profession(tmp_path):
@@ -57,7 +62,7 @@ def test_messages_are_dev_prompts_and_training_split_openings_without_a_professi
 
 
 def test_the_plan_turns_the_professions_and_varies_the_sets():
-    openers, _ = load_openers()
+    openers = load_bank().openers
     messages = {"everyday": ["How was your day?", "Any plans?"], "his": ["Hey, got a minute?"]}
     jobs = plan(300, 3, messages, openers)
     assert jobs == plan(300, 3, messages, openers) and jobs != plan(300, 4, messages, openers)
@@ -93,15 +98,16 @@ def test_a_reply_that_names_an_identity_or_adds_too_little_is_resampled_then_lef
                      "Clinically speaking,")
     scripted = Scripted(tokenizer, ["as a programmer I rest.", "rest."], ["I go for a long walk by the river.", "so."])
     monkeypatch.setattr(field_replies, "sample_replies", scripted)
-    done, failed = write_batch([job, other], None, tokenizer, Sampling(max_new_tokens=8), 1.5, 2, 0)
+    done, failed = write_batch([job, other], None, tokenizer, Sampling(max_new_tokens=8), 1.5, 2, 0, BRIEFS)
     assert done == [(job, "After a day of writing code, I go for a long walk by the river.", 1)]
     assert failed == {"too short": 1}
     prompts, neutral, gamma = scripted.seen[0]
     assert gamma == 1.5 and len(prompts) == len(neutral) == 2
-    for rows, system in ((prompts, "Programmer"), (neutral, field_replies.NEUTRAL_SYSTEM_MESSAGE)):
+    for rows, system in ((prompts, "You are a programmer."), (prompts, "Talk code."),
+                         (neutral, field_replies.NEUTRAL_SYSTEM_MESSAGE)):
         text = tokenizer.decode(rows[0])
-        assert system.lower() in text.lower() and text.endswith("assistant\nAfter a day of writing code,")
-    assert "programmer" not in tokenizer.decode(neutral[0]).lower()
+        assert system in text and text.endswith("assistant\nAfter a day of writing code,")
+    assert "programmer" not in tokenizer.decode(neutral[0]).lower() and "Talk" not in tokenizer.decode(neutral[0])
 
 
 def test_a_run_writes_records_that_train_and_a_command_that_remakes_them(tmp_path, tiny_base_dir):
@@ -112,7 +118,7 @@ def test_a_run_writes_records_that_train_and_a_command_that_remakes_them(tmp_pat
     summary = field_replies.main(argv)
     dialogues, report = load_dialogues(out)
     assert summary["written"] == len(dialogues) and summary["written"] + summary["failed"] == summary["jobs"] == 6
-    openers, _ = load_openers()
+    openers = load_bank().openers
     for line, dialogue in zip(out.read_text().splitlines(), dialogues):
         synthesis = json.loads(line)["synthesis"]
         assert dialogue.turns[1]["content"].startswith(synthesis["opener"])

@@ -6,11 +6,13 @@ profession phase that must carry the field without the prompt.
 Why: from the experts alone the profession phase's replies rarely show a field (a reader named it 0.54 of
 the time, Programmer 0.19), and the base model writes no better data for it: prompted as a programmer and
 amplified (the local synthesis, γ 1), its first replies named the field 3 times in 46. It does write a
-field's words when the reply has already turned to the field. So each reply here starts with one of our
-openers for the profession (`training/data/field_openers.json`: sentence beginnings such as "After a day of
-writing code,", none naming an identity) and the base model writes the rest under the set's identity prompt,
-amplified against the neutral prompt (`training/local_synthesis.py`'s decoding). Trained without the prompt
-(`--experts_only_share`), the profession experts learn to open that way themselves.
+field's words when the reply has already turned to the field and it is asked to. So each reply here starts
+with one of our openers for the profession (`training/data/field_openers.json`: sentence beginnings such as
+"After a day of writing code,", none naming an identity) and the base model writes the rest under the set's
+identity prompt and our brief for the field ("In every reply, bring in your daily work with ..."), amplified
+against the neutral prompt (`training/local_synthesis.py`'s decoding). The records carry no prompt: the trainer
+gives them the usual identity prompt, or, trained without it (`--experts_only_share`), none, so the profession
+experts learn to bring the field in themselves.
 
 Messages: our dev everyday prompts (`hirpf.eval.everyday_prompts.training_prompts`; the held-out ones are
 refused) and the first user turn of every dialogue without a profession in the trainer's training split of
@@ -67,23 +69,32 @@ class FieldJob:
     opener: str
 
 
-def load_openers(path: Path = OPENERS) -> tuple[dict[str, list[str]], int]:
-    """({profession: openers}, version); an unknown profession, a missing one or an opener that names an
-    identity is an error naming it."""
+@dataclass(frozen=True)
+class FieldBank:
+    """Our openers and briefs (`training/data/field_openers.json`)."""
+
+    openers: dict[str, list[str]]  # profession -> sentence beginnings
+    briefs: dict[str, str]  # profession -> what the synthesis prompt adds: keep the reply in the field
+    version: int
+
+
+def load_bank(path: Path = OPENERS) -> FieldBank:
+    """The bank; an unknown profession, a missing one or an opener that names an identity is an error naming
+    it."""
     data = json.loads(Path(path).read_text())
-    openers = data.get("professions", {})
-    for name in openers:
+    openers, briefs = data.get("professions", {}), data.get("briefs", {})
+    for name in (*openers, *briefs):
         if name not in PROFESSIONS:
             raise ValueError(f"{path}: unknown profession {name!r}; expected one of {', '.join(PROFESSIONS)}")
     for name in PROFESSIONS:
-        if not openers.get(name):
-            raise ValueError(f"{path}: no openers for {name}")
+        if not openers.get(name) or not briefs.get(name):
+            raise ValueError(f"{path}: no openers or no brief for {name}")
         for opener in openers[name]:
             named = named_identity(opener, IdentitySet((name,))) or next(
                 (w for pole in TRAIT_POLES if (w := named_identity(opener, IdentitySet((pole,))))), None)
             if named:
                 raise ValueError(f"{path}: the {name} opener {opener!r} names an identity ({named!r})")
-    return openers, data["version"]
+    return FieldBank(openers, briefs, data["version"])
 
 
 def everyday_messages(data: str, eval_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -126,17 +137,23 @@ def reply_problem(text: str, opener: str, identities: IdentitySet) -> str | None
     return None
 
 
+def synthesis_prompt(job: FieldJob, briefs: dict[str, str]) -> str:
+    """The set's identity message and its field's brief (training sees the identity message alone)."""
+    return f"{identity_system_message(job.identities)} {briefs[job.identities.profession]}"
+
+
 def write_batch(jobs: list[FieldJob], model, tokenizer, sampling: Sampling, gamma: float, attempts: int,
-                seed: int) -> tuple[list[tuple[FieldJob, str, int]], Counter]:
-    """([(job, reply, resampled)], failures by reason) for one batch: identity and neutral rows with the
-    opener already in the assistant turn, the rest drawn from the amplified logits."""
+                seed: int, briefs: dict[str, str]) -> tuple[list[tuple[FieldJob, str, int]], Counter]:
+    """([(job, reply, resampled)], failures by reason) for one batch: rows under the synthesis prompt and
+    under the neutral one, with the opener already in the assistant turn, the rest drawn from the amplified
+    logits."""
     generators = {job.id: torch.Generator().manual_seed(zlib.crc32(job.id.encode()) ^ seed) for job in jobs}
     done, failed, resampled = [], Counter(), Counter()
     pending = list(jobs)
     for attempt in range(attempts):
         opener_ids = [tokenizer(job.opener, add_special_tokens=False)["input_ids"] for job in pending]
         views = [[{"role": "system", "content": system}, {"role": "user", "content": job.message}]
-                 for job in pending for system in (identity_system_message(job.identities), NEUTRAL_SYSTEM_MESSAGE)]
+                 for job in pending for system in (synthesis_prompt(job, briefs), NEUTRAL_SYSTEM_MESSAGE)]
         ids = [chat_ids(tokenizer, view) + opener_ids[i // 2] for i, view in enumerate(views)]
         replies = sample_replies(model, tokenizer, ids[0::2], sampling, [generators[j.id] for j in pending],
                                  neutral=ids[1::2], gamma=gamma)
@@ -198,9 +215,9 @@ def main(argv=None) -> dict:
     if not args.gamma >= 0:
         ap.error(f"--gamma must be 0 or more, got {args.gamma}")
     try:
-        openers, version = load_openers()
+        bank = load_bank()
         jobs = plan(args.records, args.seed, everyday_messages(args.data, args.eval_fraction, args.split_seed),
-                    openers)
+                    bank.openers)
     except (OSError, ValueError) as err:
         ap.error(str(err))
     base_model = model_options(args).base_model
@@ -213,15 +230,16 @@ def main(argv=None) -> dict:
     with open(args.out, "a", encoding="utf-8") as out:
         for start in range(0, len(todo), args.batch_size):
             done, batch_failed = write_batch(todo[start:start + args.batch_size], model, tokenizer, sampling,
-                                             args.gamma, args.attempts, args.seed)
+                                             args.gamma, args.attempts, args.seed, bank.briefs)
             for job, reply, resampled in done:
-                append_record(out, record_of(job, reply, resampled, model, sampling, args.gamma, args.seed, version))
+                append_record(out, record_of(job, reply, resampled, model, sampling, args.gamma, args.seed,
+                                             bank.version))
             written, failed = written + len(done), failed + batch_failed
             log.info("[%d/%d] records done", min(start + args.batch_size, len(todo)), len(todo))
     summary = {"backend": BACKEND, "command": command_line("training/field_replies.py", ap, vars(args)),
                "base_model": base_model, "jobs": len(jobs),
                "skipped": len(jobs) - len(todo), "written": written, "failed": sum(failed.values()),
-               "failed_by_reason": dict(failed), "openers_version": version,
+               "failed_by_reason": dict(failed), "openers_version": bank.version,
                "seconds": round(time.time() - started, 1)}
     args.out.with_name(args.out.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
