@@ -289,6 +289,7 @@ def extra_data_commands(extra_data: str | list | None) -> list[str]:
 
 
 def synthesis_command(path: str) -> str | None:
+    """The command in `<path>.summary.json`, or None where there is no such file or command."""
     summary = Path(path).with_name(Path(path).name + ".summary.json")
     return json.loads(summary.read_text()).get("command") if summary.exists() else None
 
