@@ -90,8 +90,8 @@ def load_bank(path: Path = OPENERS) -> FieldBank:
         if not openers.get(name) or not briefs.get(name):
             raise ValueError(f"{path}: no openers or no brief for {name}")
         for opener in openers[name]:
-            named = named_identity(opener, IdentitySet((name,))) or next(
-                (w for pole in TRAIT_POLES if (w := named_identity(opener, IdentitySet((pole,))))), None)
+            named = next((w for identity in (name, *TRAIT_POLES)
+                          if (w := named_identity(opener, IdentitySet((identity,))))), None)
             if named:
                 raise ValueError(f"{path}: the {name} opener {opener!r} names an identity ({named!r})")
     return FieldBank(openers, briefs, data["version"])
