@@ -78,6 +78,31 @@ def test_the_plan_turns_the_professions_and_varies_the_sets():
     assert len({j.id for j in jobs}) == 300
 
 
+def test_own_beginnings_take_their_share_and_leave_the_other_jobs_as_they_were():
+    openers = load_bank().openers
+    messages = {"everyday": ["How was your day?", "Any plans?"], "his": ["Hey, got a minute?"]}
+    mixed, ours = plan(300, 3, messages, openers, 0.5), plan(300, 3, messages, openers)
+    own = [job for job in mixed if job.opener is None]
+    assert len(own) == 150 and all(job.id.endswith("/own") and job.opener_source == "own" for job in own)
+    assert {job.own_words for job in own} == {2, 3, 4, 5}
+    for job, before in zip(mixed, ours):  # the same sets and messages; only the opener's source differs
+        assert (job.identities, job.message, job.source) == (before.identities, before.message, before.source)
+        if job.opener is not None:
+            assert job == before and job.opener_source == "bank"
+    assert all(job.opener is None for job in plan(30, 3, messages, openers, 1.0))
+
+
+@pytest.mark.parametrize("text, words, expected", [
+    ("I'm not sure what to say. I think so.", 4, "I'm not sure what"),
+    ("I'm not sure. I think so.", 5, "I'm not sure."),
+    ("Oh, really? That's nice.", 4, "Oh, really?"),
+    ("Sure", 3, "Sure"),
+    ("", 3, ""),
+])
+def test_a_beginning_is_the_first_words_up_to_the_first_sentence_end(text, words, expected):
+    assert field_replies.beginning(text, words) == expected
+
+
 class Scripted:
     """A stand-in for the amplified sampler: per call, the texts it writes after the opener, in order."""
 
@@ -85,7 +110,7 @@ class Scripted:
         self.tokenizer, self.calls, self.seen = tokenizer, list(calls), []
 
     def __call__(self, model, tokenizer, prompts, sampling, generators, neutral=None, gamma=0.0):
-        self.seen.append((prompts, neutral, gamma))
+        self.seen.append((prompts, neutral, gamma, sampling))
         texts = self.calls.pop(0)
         return [(tokenizer(" " + t, add_special_tokens=False)["input_ids"], True) for t in texts]
 
@@ -101,7 +126,7 @@ def test_a_reply_that_names_an_identity_or_adds_too_little_is_resampled_then_lef
     done, failed = write_batch([job, other], None, tokenizer, Sampling(max_new_tokens=8), 1.5, 2, 0, BRIEFS)
     assert done == [(job, "After a day of writing code, I go for a long walk by the river.", 1)]
     assert failed == {"too short": 1}
-    prompts, neutral, gamma = scripted.seen[0]
+    prompts, neutral, gamma, _ = scripted.seen[0]
     assert gamma == 1.5 and len(prompts) == len(neutral) == 2
     for rows, system in ((prompts, "You are a programmer."), (prompts, "Talk code."),
                          (neutral, field_replies.NEUTRAL_SYSTEM_MESSAGE)):
@@ -110,11 +135,29 @@ def test_a_reply_that_names_an_identity_or_adds_too_little_is_resampled_then_lef
     assert "programmer" not in tokenizer.decode(neutral[0]).lower() and "Talk" not in tokenizer.decode(neutral[0])
 
 
+def test_an_own_beginning_is_the_models_greedy_reply_under_the_neutral_prompt(tiny_base_dir, monkeypatch):
+    _, tokenizer = load_base_model(str(tiny_base_dir), load_in_8bit=False, dtype="float32")
+    job = FieldJob("Doctor/0/seed0/own", IdentitySet.parse("Doctor"), "Any plans?", "everyday", None, 3)
+    scripted = Scripted(tokenizer, ["I'm not sure what to do."], ["I might rest after my shift on the ward."])
+    monkeypatch.setattr(field_replies, "sample_replies", scripted)
+    done, failed = write_batch([job], None, tokenizer, Sampling(max_new_tokens=8), 1.0, 2, 0, BRIEFS)
+    (written, reply, _), = done
+    assert written.opener == "I'm not sure" and reply == "I'm not sure I might rest after my shift on the ward."
+    prompts, neutral, gamma, sampling = scripted.seen[0]  # the greedy beginning: neutral prompt, no brief
+    assert neutral is None and not sampling.do_sample and sampling.repetition_penalty == 1.1
+    assert field_replies.NEUTRAL_SYSTEM_MESSAGE in tokenizer.decode(prompts[0])
+    assert "Talk health." not in tokenizer.decode(prompts[0]) and tokenizer.decode(prompts[0]).endswith("assistant\n")
+    prompts, neutral, gamma, sampling = scripted.seen[1]  # then the amplified reply after it, under the brief
+    assert tokenizer.decode(prompts[0]).endswith("assistant\nI'm not sure") and "Talk health." in tokenizer.decode(
+        prompts[0])
+    assert sampling.do_sample and gamma == 1.0
+
+
 def test_a_run_writes_records_that_train_and_a_command_that_remakes_them(tmp_path, tiny_base_dir):
     data = write_data(tmp_path / "data.json", n=20)
     out = tmp_path / "field.jsonl"
     argv = ["--out", str(out), "--records", "6", "--seed", "2", "--max_new_tokens", "12", "--batch_size", "4",
-            "--data", str(data), "--base_model", str(tiny_base_dir)]
+            "--own_beginnings", "0.5", "--data", str(data), "--base_model", str(tiny_base_dir)]
     summary = field_replies.main(argv)
     dialogues, report = load_dialogues(out)
     assert summary["written"] == len(dialogues) and summary["written"] + summary["failed"] == summary["jobs"] == 6
@@ -122,7 +165,8 @@ def test_a_run_writes_records_that_train_and_a_command_that_remakes_them(tmp_pat
     for line, dialogue in zip(out.read_text().splitlines(), dialogues):
         synthesis = json.loads(line)["synthesis"]
         assert dialogue.turns[1]["content"].startswith(synthesis["opener"])
-        assert synthesis["opener"] in openers[dialogue.identities.profession]
+        assert (synthesis["opener"] in openers[dialogue.identities.profession]) == (
+            synthesis["opener_source"] == "bank")
         assert synthesis["backend"] == "field-opener" and synthesis["gamma"] == 1.0
     # the summary's command remakes the file exactly; a rerun skips what is written
     command = json.loads((tmp_path / "field.jsonl.summary.json").read_text())["command"].split()
@@ -132,7 +176,8 @@ def test_a_run_writes_records_that_train_and_a_command_that_remakes_them(tmp_pat
     assert field_replies.main(argv)["skipped"] == summary["written"]
 
 
-@pytest.mark.parametrize("flag, value", [("--records", "0"), ("--batch_size", "0"), ("--gamma", "-1")])
+@pytest.mark.parametrize("flag, value", [("--records", "0"), ("--batch_size", "0"), ("--gamma", "-1"),
+                                         ("--own_beginnings", "1.5")])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, flag, value, capsys):
     with pytest.raises(SystemExit):
         field_replies.main(["--out", str(tmp_path / "x.jsonl"), flag, value])

@@ -1,7 +1,8 @@
 """Field replies: everyday messages answered by a character who brings its profession's field in, for a
 profession phase that must carry the field without the prompt.
 
-    python training/field_replies.py --out runs/prof3/field.jsonl [--records 360] [--seed 0] [--gamma 1]
+    python training/field_replies.py --out runs/prof3/field.jsonl [--records 360] [--seed 0] [--gamma 1] \
+        [--own_beginnings 0.5]
 
 Why: from the experts alone the profession phase's replies rarely show a field (a reader named it 0.54 of
 the time, Programmer 0.19), and the base model writes no better data for it: prompted as a programmer and
@@ -13,6 +14,13 @@ identity prompt and our brief for the field ("In every reply, bring in your dail
 against the neutral prompt (`training/local_synthesis.py`'s decoding). The records carry no prompt: the trainer
 gives them the usual identity prompt, or, trained without it (`--experts_only_share`), none, so the profession
 experts learn to bring the field in themselves.
+
+Own beginnings (`--own_beginnings SHARE`): for that share of the jobs the opener is not ours but the first two
+to five words of the base model's own greedy reply to the message under the neutral prompt (up to its first
+sentence's end), e.g. "I'm not sure". Why: replies from the experts alone are greedy and begin as the base
+model's do ("I'm not sure ...", "I've been working on this project ..."); our openers split the first tokens
+among 24 beginnings that greedy decoding rarely reaches, so the turn to the field they teach is seldom taken.
+A record that begins as the model's own reply teaches the turn where greedy decoding arrives.
 
 Messages: our dev everyday prompts (`hirpf.eval.everyday_prompts.training_prompts`; the held-out ones are
 refused) and the first user turn of every dialogue without a profession in the trainer's training split of
@@ -34,7 +42,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -44,13 +52,14 @@ import torch
 
 from hirpf.base_model import load_base_model
 from hirpf.dialogues import holdout_split, load_dialogues, validate
+from hirpf.eval.discriminate import REPETITION_PENALTY  # the evaluated greedy replies' penalty
 from hirpf.eval.everyday_prompts import refuse_held_out, training_prompts
 from hirpf.identities import PROFESSIONS, TRAIT_POLES, IdentitySet, trait_of
 from hirpf.model_options import add_model_arguments, command_line, model_options
 from hirpf.paths import his_file
 from hirpf.prompts import NEUTRAL_SYSTEM_MESSAGE, identity_system_message
 from hirpf.sampling import Sampling
-from training.local_synthesis import chat_ids, finished_turn, sample_replies
+from training.local_synthesis import SENTENCE_END, chat_ids, finished_turn, sample_replies
 from training.synthesis_records import append_record, finished_jobs, named_identity
 
 log = logging.getLogger("hirpf.field_replies")
@@ -58,6 +67,8 @@ BACKEND = "field-opener"
 OPENERS = Path(__file__).resolve().parent / "data" / "field_openers.json"
 SIZE_WEIGHTS = {1: 0.5, 2: 0.3, 3: 0.2}  # by number of identities, as the self-reports draw them
 MIN_WORDS = 4  # words the model must add to its opener: an opener alone teaches a formula, not a reply
+OWN_WORDS = (2, 5)  # an own beginning's words, at least and at most: the turn comes before the habit goes on
+OWN_TOKENS = 16  # greedy tokens drawn for an own beginning (five words fit)
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,12 @@ class FieldJob:
     identities: IdentitySet
     message: str
     source: str  # "everyday" (our dev prompts) or "his" (a HIS training-split opening)
-    opener: str
+    opener: str | None  # None: the base model's own beginning, drawn before the reply (`own_beginnings`)
+    own_words: int = 0  # an own beginning's words at most
+
+    @property
+    def opener_source(self) -> str:
+        return "bank" if self.own_words == 0 else "own"
 
 
 @dataclass(frozen=True)
@@ -109,9 +125,17 @@ def everyday_messages(data: str, eval_fraction: float, seed: int) -> dict[str, l
     return messages
 
 
-def plan(records: int, seed: int, messages: dict[str, list[str]], openers: dict[str, list[str]]) -> list[FieldJob]:
+def takes_own_beginning(i: int, share: float) -> bool:
+    """Whether job `i` begins as the model's own reply: spread evenly, `share` of the jobs (independent of the
+    draws, so a share of 0 gives the jobs it gave before)."""
+    return int((i + 1) * share) > int(i * share)
+
+
+def plan(records: int, seed: int, messages: dict[str, list[str]], openers: dict[str, list[str]],
+         own_share: float = 0.0) -> list[FieldJob]:
     """`records` jobs: professions in turn, each with none to two trait poles, a message drawn from the sources
-    evenly and an opener of the profession's; the same seed gives the same jobs."""
+    evenly and an opener of the profession's (for `own_share` of them, the model's own beginning instead);
+    the same seed gives the same jobs."""
     rng = random.Random(seed)
     sources = [s for s in sorted(messages) if messages[s]]
     if not sources:
@@ -124,9 +148,41 @@ def plan(records: int, seed: int, messages: dict[str, list[str]], openers: dict[
         poles = tuple(f"{t}_{rng.choice(('high', 'low'))}" for t in traits)
         identities = IdentitySet((*poles, profession))
         source = sources[i % len(sources)]
-        jobs.append(FieldJob(f"{'+'.join(identities.names)}/{i}/seed{seed}", identities,
-                             rng.choice(messages[source]), source, rng.choice(openers[profession])))
+        message, opener = rng.choice(messages[source]), rng.choice(openers[profession])
+        job_id = f"{'+'.join(identities.names)}/{i}/seed{seed}"
+        if takes_own_beginning(i, own_share):
+            job_id += "/own"
+            opener, own_words = None, OWN_WORDS[0] + zlib.crc32(job_id.encode()) % (OWN_WORDS[1] - OWN_WORDS[0] + 1)
+        else:
+            own_words = 0
+        jobs.append(FieldJob(job_id, identities, message, source, opener, own_words))
     return jobs
+
+
+def beginning(text: str, words: int) -> str:
+    """The first `words` words of `text`, ending early with its first sentence."""
+    kept = []
+    for word in text.split()[:words]:
+        kept.append(word)
+        if SENTENCE_END.search(word):
+            break
+    return " ".join(kept)
+
+
+def own_beginnings(jobs: list[FieldJob], model, tokenizer) -> list[FieldJob]:
+    """`jobs` with each own-beginning job's opener drawn: the start of the base model's greedy reply to its
+    message under the neutral prompt (the experts-alone condition's prompt), with the evaluated replies'
+    repetition penalty."""
+    own = [job for job in jobs if job.opener is None]
+    if not own:
+        return jobs
+    ids = [chat_ids(tokenizer, [{"role": "system", "content": NEUTRAL_SYSTEM_MESSAGE},
+                                {"role": "user", "content": job.message}]) for job in own]
+    greedy = Sampling(max_new_tokens=OWN_TOKENS, do_sample=False, repetition_penalty=REPETITION_PENALTY)
+    replies = sample_replies(model, tokenizer, ids, greedy, [torch.Generator() for _ in own])
+    drawn = {job.id: beginning(tokenizer.decode(tokens, skip_special_tokens=True), job.own_words)
+             for job, (tokens, _) in zip(own, replies)}
+    return [replace(job, opener=drawn[job.id]) if job.id in drawn else job for job in jobs]
 
 
 def reply_problem(text: str, opener: str, identities: IdentitySet) -> str | None:
@@ -149,7 +205,7 @@ def write_batch(jobs: list[FieldJob], model, tokenizer, sampling: Sampling, gamm
     logits."""
     generators = {job.id: torch.Generator().manual_seed(zlib.crc32(job.id.encode()) ^ seed) for job in jobs}
     done, failed, resampled = [], Counter(), Counter()
-    pending = list(jobs)
+    pending = own_beginnings(list(jobs), model, tokenizer)
     for attempt in range(attempts):
         opener_ids = [tokenizer(job.opener, add_special_tokens=False)["input_ids"] for job in pending]
         views = [[{"role": "system", "content": system}, {"role": "user", "content": job.message}]
@@ -179,7 +235,8 @@ def record_of(job: FieldJob, reply: str, resampled: int, model, sampling: Sampli
     record = {"dialog": [{"role": "user", "content": job.message}, {"role": "assistant", "content": reply}],
               "active_adapters": list(job.identities.names), "synthesis": {
                   "job": job.id, "backend": BACKEND, "base_model": getattr(model, "hirpf_base_model", None),
-                  "gamma": gamma, "seed": seed, "opener": job.opener, "openers_version": version,
+                  "gamma": gamma, "seed": seed, "opener": job.opener, "opener_source": job.opener_source,
+                  "openers_version": version,
                   "message_source": job.source, "resampled": resampled,
                   "sampling": {k: getattr(sampling, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
                                                                  "repetition_penalty")}}}
@@ -197,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top_p", type=float, default=0.9)
     ap.add_argument("--attempts", type=int, default=3)
+    ap.add_argument("--own_beginnings", type=float, default=0.0, metavar="SHARE",
+                    help="share of the jobs whose reply begins as the base model's own greedy reply (0 to 1)")
     ap.add_argument("--batch_size", type=int, default=16, help="records per batch (two rows each)")
     ap.add_argument("--data", default=str(his_file("identity_dialogues.json")),
                     help="dialogues whose training split gives openings without a profession")
@@ -214,10 +273,12 @@ def main(argv=None) -> dict:
             ap.error(f"--{name} must be positive, got {getattr(args, name)}")
     if not args.gamma >= 0:
         ap.error(f"--gamma must be 0 or more, got {args.gamma}")
+    if not 0 <= args.own_beginnings <= 1:
+        ap.error(f"--own_beginnings must be a share from 0 to 1, got {args.own_beginnings}")
     try:
         bank = load_bank()
         jobs = plan(args.records, args.seed, everyday_messages(args.data, args.eval_fraction, args.split_seed),
-                    bank.openers)
+                    bank.openers, args.own_beginnings)
     except (OSError, ValueError) as err:
         ap.error(str(err))
     base_model = model_options(args).base_model
