@@ -28,8 +28,8 @@ refused) and the first user turn of every dialogue without a profession in the t
 turn, each with none to two trait poles (one to three identities, half of them one). One reply per record;
 a reply that names an identity or adds fewer than `MIN_WORDS` words to its opener is resampled up to
 `--attempts` times, then left out (counted in the summary). Records have the trainer's format plus
-`synthesis` (backend `field-opener`, job id, opener, γ, seeds, sampling, openers version, message source) and
-go to the trainer as `--extra_data`. A rerun skips the jobs already in `--out`. Beside the file,
+`synthesis` (backend `field-opener`, job id, opener and its source, γ, seeds, sampling, openers version,
+message source) and go to the trainer as `--extra_data`. A rerun skips the jobs already in `--out`. Beside the file,
 `<out>.summary.json` holds the command that remakes it.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ class FieldJob:
     message: str
     source: str  # "everyday" (our dev prompts) or "his" (a HIS training-split opening)
     opener: str | None  # None: the base model's own beginning, drawn before the reply (`own_beginnings`)
-    own_words: int = 0  # an own beginning's words at most
+    own_words: int = 0  # an own beginning's words at most; 0: an opener from our bank
 
     @property
     def opener_source(self) -> str:
