@@ -436,6 +436,28 @@ def test_a_profession_phase_trains_only_the_profession_experts_on_records_with_o
     assert refused.returncode != 0 and "--train_groups professions" in refused.stderr
 
 
+def test_a_trait_phase_passes_over_micro_batches_that_reach_no_trait_expert(tmp_path, tiny_base_dir):
+    """With --train_groups traits, a micro-batch of profession-only sets has no gradient; it must not stop the
+    run (the trait phase t2 failed so at its last step): the trait experts learn, the profession ones stay."""
+    records = [{"dialog": [{"role": "user", "content": f"{question} ({i})"}, {"role": "assistant", "content": answer}],
+                "active_adapters": adapters}
+               for i in range(12) for adapters, question, answer in
+               [(["Doctor"], "Does the clinic open early?", "Yes, rounds at seven."),
+                (["EXT_low"], "Coming to the party?", "I will stay home and read.")][i % 2:i % 2 + 1]]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    first, phase = tmp_path / "first", tmp_path / "phase"
+    common = ["--data", data, "--base_model", tiny_base_dir, "--rank", 2, "--batch_size", 2, "--micro_batch_size", 1,
+              "--num_epochs", 1, "--eval_steps", 100, "--warmup_steps", 0, "--insert_mode", "alternate",
+              "--learning_rate", 1e-2]
+    train(*common, "--output_dir", first)
+    train(*common, "--output_dir", phase, "--init_experts", first, "--train_groups", "traits")
+    before, after = (load_file(str(d / "adapter_model.safetensors")) for d in (first, phase))
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    layers = read_config(first)[0].groups_for_layer
+    assert moved and all("traits" in layer_group(k, layers) for k in moved)
+
+
 def layer_group(key: str, groups_for_layer) -> str:
     """'traits' or 'professions': the group the decoder layer in a checkpoint key holds (alternate layout)."""
     index = int(key.split("layers.")[1].split(".")[0])

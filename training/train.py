@@ -149,6 +149,14 @@ class ExpertTrainer(Trainer):
         self.loss_per_record = loss_per_record
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self.loss_of(model, inputs, return_outputs, num_items_in_batch)
+        if model.training and not loss.requires_grad:
+            # No record of this micro-batch reaches a trained expert (`--train_groups traits` and sets of a
+            # profession alone): its loss counts, its gradient is zero, and backward still needs a graph.
+            loss = loss + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
+        return loss
+
+    def loss_of(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Training and evaluation (prediction_step calls this too) both go through here.
         pairs = inputs.pop("identity_pairs")
         ids = inputs.pop("sample_id")
