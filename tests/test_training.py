@@ -476,3 +476,12 @@ def test_the_profession_neighbour_contrast_changes_or_removes_only_the_professio
     assert contrast.neighbour(IdentitySet.parse("AGR_low")) == IdentitySet.parse("AGR_low")  # nothing to edit
     with pytest.raises(SystemExit, match="--neighbour_edits"):
         NeighbourContrast(1.0, 0.1, seed=0, edits="poles")
+
+
+def test_a_card_says_when_a_resumed_run_did_not_keep_its_earlier_time():
+    from training.model_card import minutes_text
+
+    assert minutes_text({"seconds": 90}) == "1.5 minutes"  # a summary written before resumes kept their time
+    assert minutes_text({"seconds": 90, "seconds_known": True}) == "1.5 minutes"
+    assert minutes_text({"seconds": 90, "seconds_known": False}).endswith("after its resume (the time before was "
+                                                                          "not kept)")

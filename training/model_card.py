@@ -128,6 +128,14 @@ def loss_text(loss: float | None) -> str:
     return "–" if loss is None else f"{loss:.3f}"
 
 
+def minutes_text(summary: dict) -> str:
+    """A run's minutes; a run resumed from a checkpoint that did not keep its time says so."""
+    minutes = f"{summary['seconds'] / 60:.1f} minutes"
+    if summary.get("seconds_known", True):
+        return minutes
+    return f"{minutes} after its resume (the time before was not kept)"
+
+
 def recipe_row(summary: dict, evaluation: dict, step: int | None = None) -> str:
     """A row of the recipe table; for a checkpoint of a longer run, its step's held-out loss and the time
     to reach it (the run's time in proportion to its steps)."""
@@ -327,7 +335,7 @@ def main(argv=None):
     a = summary["args"]
     commands, earlier = training_commands(a, args.init_run)
     started = "".join(
-        f"Run {i + 1} ({s['steps']} optimizer steps, {s['seconds'] / 60:.1f} minutes, final held-out loss "
+        f"Run {i + 1} ({s['steps']} optimizer steps, {minutes_text(s)}, final held-out loss "
         f"{s['final_eval_loss']:.3f}) makes the experts that run {i + 2} starts from.\n"
         for i, s in enumerate(earlier))
     if earlier:
@@ -371,7 +379,7 @@ The app and `python -m hirpf chat` use them by default on the embedded model.
 ## Training
     {(chr(10) + "    ").join(commands)}
 
-{started}{summary['steps']} optimizer steps, {summary['seconds'] / 60:.1f} minutes on this machine
+{started}{summary['steps']} optimizer steps, {minutes_text(summary)} on this machine
 ({summary['tokens_per_s']:.0f} tokens/s), {summary['trainable_parameters']:,} trainable parameters.
 Mean train loss over the run {summary['mean_train_loss']:.3f}; final held-out loss {summary['final_eval_loss']:.3f}.
 {checkpoint}

@@ -273,11 +273,25 @@ def experts_declared_as_adapters(model):
         del model._hf_peft_config_loaded  # back to the class default (False)
 
 
-class Throughput(TrainerCallback):
-    """Adds tokens/s (and, with the neighbour contrast, its terms) to every log line."""
+RUN_SO_FAR = "run_so_far.json"  # in each checkpoint: the seconds and log lines before it, for a resumed run
 
-    def __init__(self):
-        self.trainer, self.start, self.history = None, time.perf_counter(), []
+
+class Throughput(TrainerCallback):
+    """Adds tokens/s (and, with the neighbour contrast, its terms) to every log line, and keeps in each
+    checkpoint the run's seconds and log lines so far: a run resumed from it reports the whole run."""
+
+    def __init__(self, resumed_from: str | None = None):
+        self.trainer, self.start = None, time.perf_counter()
+        self.earlier_seconds, self.history, self.earlier_seconds_known = run_so_far(resumed_from)
+
+    def seconds(self) -> float:
+        return self.earlier_seconds + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (checkpoint / RUN_SO_FAR).write_text(json.dumps({
+                "seconds": self.seconds(), "seconds_known": self.earlier_seconds_known, "history": self.history}))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.trainer is not None:
@@ -285,6 +299,19 @@ class Throughput(TrainerCallback):
             if self.trainer.neighbours is not None and self.trainer.neighbours.last:  # the last micro-batch's terms
                 logs.update({f"neighbour_{k}": round(v, 4) for k, v in self.trainer.neighbours.last.items()})
             self.history.append({"step": state.global_step, **logs})
+
+
+def run_so_far(checkpoint: str | None) -> tuple[float, list[dict], bool]:
+    """(seconds, log lines, whether the seconds are known) of the run up to `checkpoint`; a checkpoint saved
+    before `RUN_SO_FAR` existed gives the Trainer's own log lines and unknown seconds."""
+    if checkpoint is None:
+        return 0.0, [], True
+    path = Path(checkpoint)
+    if (path / RUN_SO_FAR).exists():
+        so_far = json.loads((path / RUN_SO_FAR).read_text())
+        return so_far["seconds"], so_far["history"], so_far["seconds_known"]
+    state = json.loads((path / "trainer_state.json").read_text())
+    return 0.0, state["log_history"], False
 
 
 def tokenized(dialogues, tokenizer, conditioning, max_length, first_id=0, experts_only_share=0.0, seed=0):
@@ -382,7 +409,7 @@ def main(argv=None) -> dict:
         raise SystemExit("no training samples left")
 
     sample_log = [] if args.log_samples else None
-    throughput = Throughput()
+    throughput = Throughput(args.resume_from_checkpoint)
     training_args = TrainingArguments(
         output_dir=args.output_dir, num_train_epochs=args.num_epochs,
         per_device_train_batch_size=args.micro_batch_size,
@@ -406,7 +433,10 @@ def main(argv=None) -> dict:
     elapsed = time.perf_counter() - start
     final_eval = trainer.evaluate() if eval_items else {}
     summary = {
-        "steps": trainer.state.global_step, "epochs": args.num_epochs, "seconds": round(elapsed, 1),
+        "steps": trainer.state.global_step, "epochs": args.num_epochs,
+        # the whole run's, resumes included (where an old checkpoint did not keep its seconds, after it only)
+        "seconds": round(throughput.earlier_seconds + elapsed, 1), "seconds_known": throughput.earlier_seconds_known,
+        "resumed_from": args.resume_from_checkpoint,
         "processes": world, "train_samples": len(train_items), "eval_samples": len(eval_items),
         "trainable_parameters": trainable, "tokens_per_s": round(trainer.tokens_seen * world / elapsed, 1),
         "mean_train_loss": result.training_loss,
