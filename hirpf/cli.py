@@ -93,8 +93,6 @@ def settings(args) -> int:
 
 def export(args) -> int:
     from .dialogues import holdout_split, load_dialogues
-    from .engine import Engine
-    from .export import export_identity_set
     from .identities import IdentityError, IdentitySet
     from .paths import his_file
 
@@ -116,6 +114,9 @@ def export(args) -> int:
             _, dialogues = holdout_split(dialogues, args.held_out_fraction, args.split_seed)
         dialogues = dialogues[:args.limit]
     model = model_options(args)
+    from .engine import Engine  # seconds of imports (torch, transformers): only once the input is known good
+    from .export import export_identity_set
+
     try:
         engine = Engine.load(model.base_model, lora_weights=model.lora_weights, load_in_8bit=False, dtype="float32")
         path = export_identity_set(engine.model, engine.tokenizer, identities, args.output, args.gate, dialogues)
@@ -131,9 +132,9 @@ def chat(args) -> int:
     if args.cuda_devices is not None:  # must happen before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = args.cuda_devices
     from .context_limit import ContextLimitError
-    from .engine import Engine, Sampling
     from .identities import IdentitySet
     from .prompts import Conditioning
+    from .sampling import Sampling
 
     if args.mode == "single" and not args.user_prompt:
         print("error: --user_prompt is required in single mode (or use --mode multi)", file=sys.stderr)
@@ -154,6 +155,8 @@ def chat(args) -> int:
     conditioning = Conditioning.parse(args.conditioning)
     print(report.describe() if not identities.strengths else f"{report.describe()}; strengths {identities}",
           file=sys.stderr)
+
+    from .engine import Engine  # seconds of imports (torch, transformers): only once the input is known good
 
     try:
         engine = Engine.load(model.base_model, lora_weights=model.lora_weights, load_in_8bit=model.load_in_8bit,

@@ -85,8 +85,10 @@ def check(out: Path, budget_s: float) -> dict:
         summary["bitsandbytes"] = False
 
     junit = out / "cuda-tests.xml"
-    status, stdout = run([sys.executable, "-m", "pytest", *CUDA_TEST_FILES, "-m", "cuda", "-q", "-rs",
-                          f"--junitxml={junit}"], budget_s * TEST_SHARE, out / "cuda-tests.stderr")
+    # `-o addopts=`: not the project's two xdist workers (the device machine has no pytest-xdist, one GPU).
+    status, stdout = run([sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider",
+                          *CUDA_TEST_FILES, "-m", "cuda", "-q", "-rs", f"--junitxml={junit}"],
+                         budget_s * TEST_SHARE, out / "cuda-tests.stderr")
     (out / "cuda-tests.stdout").write_text(stdout)
     log(stdout[-6000:])
     tests = junit_counts(junit) if junit.is_file() else {"passed": 0, "failed": 0, "skipped": 0, "failures": []}

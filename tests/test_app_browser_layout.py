@@ -133,8 +133,17 @@ def test_stop_is_not_red_while_nothing_runs(open_page):
         assert page.evaluate(colour, stop) == page.evaluate(colour, quiet)
 
 
-def progress_indicators(page, root: str) -> int:
-    return page.locator(f"#{root} .progress-text:visible, #{root} .eta-bar:visible").count()
+def progress_and_result(page, root: str, result: str) -> tuple[int, bool]:
+    """How many progress indicators under `#root` are visible, and whether `#result` is, read in one go: two
+    separate reads can straddle the moment a run ends and its result appears."""
+    return tuple(page.evaluate("""([root, result]) => {
+        const visible = (el) => {  // Playwright's own test: a box with area, and not visibility: hidden
+            const box = el && el.getBoundingClientRect();
+            return !!box && box.width > 0 && box.height > 0 && getComputedStyle(el).visibility !== "hidden";
+        };
+        const indicators = document.querySelectorAll(`#${root} .progress-text, #${root} .eta-bar`);
+        return [[...indicators].filter(visible).length, visible(document.getElementById(result))];
+    }""", [root, result]))
 
 
 def test_a_questionnaire_shows_one_progress_indicator_in_place_of_its_result(open_page):
@@ -150,18 +159,19 @@ def test_a_questionnaire_shows_one_progress_indicator_in_place_of_its_result(ope
     page.locator("#questionnaire-items-per-factor input").press("Tab")
     for _ in range(2):  # the second run starts over the first one's result
         page.locator("#questionnaire-run").click()
-        most, old_result_shown = 0, False
+        most, began, finished = 0, False, False  # began: the old result (if any) has left the page
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            shown = progress_indicators(page, "tab-questionnaire")
-            if results.is_visible() and not shown:
-                break
+        while not finished and time.monotonic() < deadline:
+            shown, result_visible = progress_and_result(page, "tab-questionnaire", "questionnaire-results")
             most = max(most, shown)
-            old_result_shown |= shown > 0 and results.is_visible()
+            if not began:  # until the old result goes, no progress indicator may be drawn over it
+                assert not (shown and result_visible), "the old result stayed on screen during the new run"
+                began = not result_visible
+            finished = began and result_visible and not shown
             time.sleep(0.05)
+        assert finished, f"the run did not finish in time (began: {began})"
         expect(page.locator("#questionnaire-radar img")).to_be_visible()
         assert most <= 1, f"{most} progress indicators at once"
-        assert not old_result_shown, "the old result stayed on screen during the new run"
     expect(outcome).to_contain_text("statement")  # which judge ran
     headers = page.locator("#questionnaire-answers thead th").all_inner_texts()
     assert "score" in [h.strip() for h in headers] and "answer" not in [h.strip() for h in headers]

@@ -28,7 +28,7 @@ def app_parser():
 
 
 def train_parser():
-    from training.train import build_parser
+    from training.train_options import build_parser
     return build_parser(), ["--data", "d.json", "--output_dir", "out"]
 
 

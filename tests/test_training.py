@@ -217,6 +217,9 @@ def test_evaluation_and_model_card_come_from_the_run(tmp_path, tiny_base_dir):
     # Strength 0 is the prompt alone, strength 1 the trained experts: the curve's ends are the measured modes.
     assert curves["0.0"]["recognition_accuracy"] == result["recognition"]["accuracy_by_mode"]["prompt"]
     assert curves["1.0"]["recognition_accuracy"] == result["recognition"]["accuracy_by_mode"]["experts+prompt"]
+    for strength, mode in (("0.0", "prompt"), ("1.0", "experts+prompt")):  # the questionnaires', measured once
+        measured = result["personality"]["statement"][mode]["poles"]
+        assert curves[strength]["questionnaire_shift"]["statement"] == {p: v["shift"] for p, v in measured.items()}
     assert set(curves["2.0"]["questionnaire_shift"]) == {"likelihood", "statement"}
     discrimination = result["discrimination"]  # quick: two held-out prompts, all three conditions
     assert discrimination["settings"]["prompts"] == ["work-3", "weekend-3"] and discrimination["validation"] is None

@@ -105,21 +105,23 @@ def profession(engine, conditioning: Conditioning, batch_size: int, judge: str =
 def dose_response(engine, dialogues, args, measured: dict) -> dict:
     """Recognition margin (experts + prompt) per identity and questionnaire shift per pole, against strength.
     Strength 1 is the trained experts and strength 0 the prompt alone (exactly: every expert's contribution
-    is scaled to zero), so those two recognition points are the `measured` experts+prompt and prompt figures."""
+    is scaled to zero), so those two points are the `measured` experts+prompt and prompt figures (recognition,
+    and the questionnaires where they ran: the same numbers, measured once)."""
     curves = {}
     for strength in STRENGTHS:
-        if strength in (0.0, 1.0):
-            mode = "prompt" if strength == 0.0 else "experts+prompt"
-            margins = [{"identities": m["identities"], "margin": m[mode]} for m in measured["margins"]]
-            accuracy = measured["accuracy_by_mode"][mode]
+        mode = {0.0: "prompt", 1.0: "experts+prompt"}.get(strength)
+        if mode:
+            margins = [{"identities": m["identities"], "margin": m[mode]} for m in measured["recognition"]["margins"]]
+            accuracy = measured["recognition"]["accuracy_by_mode"][mode]
         else:
             scored = recognition(engine, dialogues, args, modes=(Conditioning.EXPERTS_AND_PROMPT,), strength=strength)
             margins = [{"identities": m["identities"], "margin": m["experts+prompt"]} for m in scored["margins"]]
             accuracy = scored["accuracy_by_mode"]["experts+prompt"]
         per_identity = {name: [m["margin"] for m in margins if name in m["identities"].split(",")]
                         for name in TRAIT_POLES + PROFESSIONS}
-        shifts = {judge: personality(engine, Conditioning.EXPERTS_AND_PROMPT, args.batch_size, strength,
-                                     judge)["poles"] for judge in JUDGES}
+        shifts = {judge: measured["personality"][judge][mode]["poles"] if mode and "personality" in measured else
+                  personality(engine, Conditioning.EXPERTS_AND_PROMPT, args.batch_size, strength, judge)["poles"]
+                  for judge in JUDGES}
         curves[str(strength)] = {
             "recognition_accuracy": accuracy,
             "mean_margin": {p: round(mean(v), 4) if v else None for p, v in per_identity.items()},
@@ -170,7 +172,7 @@ def main(argv=None) -> dict:
         result["profession"] = {judge: {m.value: profession(engine, m, args.batch_size, judge)
                                         for m in QUESTIONNAIRE_MODES} for judge in JUDGES}
     if args.dose_response:
-        result["dose_response"] = dose_response(engine, dialogues, args, result["recognition"])
+        result["dose_response"] = dose_response(engine, dialogues, args, result)
     if args.discrimination != "none":
         quick = args.discrimination == "quick"
         settings = {"quick": quick, "judge": args.discrimination_judge} | (

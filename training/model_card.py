@@ -31,7 +31,7 @@ from hirpf.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hirpf.dialogues import holdout_split, load_dialogues
 from hirpf.identities import PROFESSIONS, TRAIT_POLES
 from hirpf.model_options import command_line
-from training.train import build_parser, extra_data_files
+from training.train_options import build_parser, extra_data_files
 
 MODE_WORDS = {"experts+prompt": "experts + prompt", "experts": "experts alone", "prompt": "prompt alone"}
 # Issue 10's targets, as the card compares the figures with them.
