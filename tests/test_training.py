@@ -481,6 +481,17 @@ def test_the_profession_neighbour_contrast_changes_or_removes_only_the_professio
         NeighbourContrast(1.0, 0.1, seed=0, edits="poles")
 
 
+def test_the_trait_neighbour_contrast_flips_or_removes_only_a_pole():
+    from hirpf.identities import IdentitySet
+    from training.train import NeighbourContrast
+
+    contrast = NeighbourContrast(1.0, 0.1, seed=0, edits="traits")
+    drawn = {contrast.neighbour(IdentitySet.parse("AGR_low,NEU_high,Doctor")) for _ in range(80)}
+    assert drawn == {IdentitySet.parse(s) for s in ("AGR_high,NEU_high,Doctor", "AGR_low,NEU_low,Doctor",
+                                                     "NEU_high,Doctor", "AGR_low,Doctor")}
+    assert contrast.neighbour(IdentitySet.parse("Doctor")) == IdentitySet.parse("Doctor")  # no pole to edit
+
+
 def test_a_card_says_when_a_resumed_run_did_not_keep_its_earlier_time():
     from training.model_card import minutes_text
 

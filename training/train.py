@@ -119,6 +119,8 @@ class NeighbourContrast:
         options = single_edit_neighbours(identities, remove_poles=True)
         if self.edits == "profession":  # the edits that keep every pole: the profession changed or removed
             options = [s for s in options if s.traits == identities.traits]
+        elif self.edits == "traits":  # the edits that keep the profession: a pole flipped or removed
+            options = [s for s in options if s.profession == identities.profession]
         return self.random.choice(options) if options else identities
 
     def loss(self, model, inputs: dict, pairs: torch.Tensor, num_items_in_batch, accumulation: int,

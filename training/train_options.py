@@ -9,7 +9,7 @@ from hirpf.identities import GROUPS
 from hirpf.model_options import add_model_arguments
 
 DEV_TRAIN, DEV_EVAL = 10, 2
-NEIGHBOUR_EDITS = ("all", "profession")
+NEIGHBOUR_EDITS = ("all", "profession", "traits")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "log p under the neighbour)) is added to the loss; 0 (default): language modelling only")
     ap.add_argument("--neighbour_edits", choices=NEIGHBOUR_EDITS, default="all",
                     help="the neighbour contrast's edits: all (a pole flipped or removed, the profession changed or "
-                         "removed) or profession (the profession changed or removed only: the contrast asks the "
-                         "profession experts alone to tell the fields apart; a set without one contributes nothing)")
+                         "removed), profession (the profession changed or removed only: the contrast asks the "
+                         "profession experts alone to tell the fields apart; a set without one contributes nothing) "
+                         "or traits (a pole flipped or removed only, the profession kept: for a trait phase, "
+                         "--train_groups traits, whose experts an edit of the profession would not reach)")
     ap.add_argument("--neighbour_beta", type=float, default=0.1,
                     help="the neighbour contrast's scale beta, per nat of the dialogue's summed log-likelihood")
     ap.add_argument("--loss_per_record", action="store_true",
