@@ -101,7 +101,6 @@ def add_switch(ap: argparse.ArgumentParser, name: str, help_text: str, default: 
                     help=argparse.SUPPRESS)  # the same default: a command rebuilt from the args omits both
 
 
-
 def extra_data_files(extra_data: str | list | None) -> list[str]:
     """A run's --extra_data as a list (a summary written before it took several files holds one path)."""
     return [extra_data] if isinstance(extra_data, str) else list(extra_data or [])
